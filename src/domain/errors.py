@@ -1,0 +1,154 @@
+"""The bus's errors: one root, few classes, structured attributes.
+
+Every error a caller can see derives from :class:`MessageBusError`. Input errors are
+also :class:`ValueError`, timeouts are also :class:`TimeoutError`, so callers can catch
+either the bus's own classes or the built-in ones.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class MessageBusError(Exception):
+    """Root of every error raised by the message bus."""
+
+
+class ValidationError(MessageBusError, ValueError):
+    """Input was rejected before any I/O.
+
+    Attributes:
+        field: the name of the offending field (``corridor_id``, ``headers``, ...).
+        value: the offending value, as given.
+        reason: why it was rejected.
+    """
+
+    def __init__(self, field: str, value: Any, reason: str) -> None:
+        self.field = field
+        self.value = value
+        self.reason = reason
+        super().__init__(f"invalid {field} {value!r}: {reason}")
+
+
+class DecodeError(MessageBusError, ValueError):
+    """Bytes or headers received from the wire could not be turned into a Message.
+
+    Attributes:
+        reason: what was wrong.
+        field: the header or part that was wrong (``body``, ``Deltran-Type``, ...).
+    """
+
+    def __init__(self, field: str, reason: str) -> None:
+        self.field = field
+        self.reason = reason
+        super().__init__(f"cannot decode {field}: {reason}")
+
+
+class PublishError(MessageBusError):
+    """A message was not accepted by the broker.
+
+    Attributes:
+        message_id: the id of the message that was not published.
+        subject: its subject.
+        reason: a short machine-readable reason (``timeout``, ``stream_full``, ...).
+        retryable: whether publishing the same message again may succeed.
+    """
+
+    def __init__(
+        self, message_id: str, subject: str, reason: str, *, retryable: bool, detail: str = ""
+    ) -> None:
+        self.message_id = message_id
+        self.subject = subject
+        self.reason = reason
+        self.retryable = retryable
+        self.detail = detail
+        text = f"publish of {message_id} to {subject} failed: {reason}"
+        super().__init__(f"{text} ({detail})" if detail else text)
+
+
+class PublishTimeout(PublishError, TimeoutError):
+    """The broker did not acknowledge the message within the publish timeout."""
+
+    def __init__(self, message_id: str, subject: str, detail: str = "") -> None:
+        super().__init__(message_id, subject, "timeout", retryable=True, detail=detail)
+
+
+class CircuitOpenError(PublishError):
+    """The publisher is failing fast because the broker has been failing."""
+
+    def __init__(self, message_id: str, subject: str, retry_after: float) -> None:
+        self.retry_after = retry_after
+        super().__init__(
+            message_id,
+            subject,
+            "circuit_open",
+            retryable=True,
+            detail=f"retry after {retry_after:.3f}s",
+        )
+
+
+class ClosedError(MessageBusError):
+    """The publisher, subscriber or connection was used after close()."""
+
+
+class NoRespondersError(MessageBusError):
+    """A request found nobody subscribed to answer it."""
+
+    def __init__(self, subject: str) -> None:
+        self.subject = subject
+        super().__init__(f"no responders for request on {subject}")
+
+
+class RequestTimeout(MessageBusError, TimeoutError):
+    """A request got no reply within its timeout."""
+
+    def __init__(self, subject: str, timeout: float) -> None:
+        self.subject = subject
+        self.timeout = timeout
+        super().__init__(f"no reply on {subject} within {timeout:.3f}s")
+
+
+class BusConnectionError(MessageBusError, ConnectionError):
+    """The broker could not be reached or the connection was lost."""
+
+
+class HandlerError(MessageBusError):
+    """Base for errors a :class:`MessageHandler` raises to steer the acknowledgement."""
+
+
+class RetryableError(HandlerError):
+    """Processing failed but may succeed later: the message is NAKed and redelivered.
+
+    Attributes:
+        delay: seconds to wait before redelivery; ``None`` lets the subscriber compute
+            an exponential delay from the delivery count.
+    """
+
+    def __init__(self, reason: str, *, delay: float | None = None) -> None:
+        self.reason = reason
+        self.delay = delay
+        super().__init__(reason)
+
+
+class PermanentError(HandlerError):
+    """Processing can never succeed: the message is TERMed and dead-lettered."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class PublishBatchError(MessageBusError):
+    """Some messages of a batch were not published; the others were.
+
+    Attributes:
+        results: one entry per input message, in input order: the receipt of each
+            message that was accepted, the :class:`PublishError` of each that was not.
+    """
+
+    def __init__(self, results: list[Any]) -> None:
+        self.results = results
+        failed = [r for r in results if isinstance(r, PublishError)]
+        self.errors: list[PublishError] = failed
+        first = failed[0] if failed else None
+        super().__init__(f"{len(failed)} of {len(results)} messages not published; first: {first}")

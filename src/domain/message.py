@@ -1,0 +1,175 @@
+"""The message envelope."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from types import MappingProxyType
+from typing import Any, TypeVar
+
+import msgspec
+
+from .catalog import MessageType
+from .errors import ValidationError
+from .ids import new_message_id
+from .partition import PartitionKey
+
+T = TypeVar("T")
+
+RESERVED_HEADER_PREFIXES = ("nats-", "deltran-")
+RESERVED_HEADER_NAMES = frozenset({"content-type"})
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_FORBIDDEN_IN_VALUE = re.compile(r"[\r\n\x00]")
+_ID = re.compile(r"[!-~]{1,128}")  # printable ASCII, no space, no control characters
+_EMPTY: Mapping[str, str] = MappingProxyType({})
+
+
+def check_header(name: object, value: object) -> None:
+    """Raise :class:`ValidationError` unless ``name: value`` is a safe user header."""
+    if not isinstance(name, str) or _HEADER_NAME.fullmatch(name) is None:
+        raise ValidationError("headers", name, "header name must be a non-empty HTTP token")
+    lowered = name.lower()
+    if lowered.startswith(RESERVED_HEADER_PREFIXES) or lowered in RESERVED_HEADER_NAMES:
+        raise ValidationError(
+            "headers", name, "header name is reserved (Nats-*, Deltran-*, Content-Type)"
+        )
+    if not isinstance(value, str):
+        raise ValidationError(f"headers[{name!r}]", value, "header value must be a str")
+    if _FORBIDDEN_IN_VALUE.search(value) is not None:
+        raise ValidationError(f"headers[{name!r}]", value, "header value holds CR, LF or NUL")
+
+
+def check_id(field: str, value: object) -> str:
+    """Return ``value`` if it is a usable id (1-128 printable ASCII, no spaces), else raise."""
+    if not isinstance(value, str) or _ID.fullmatch(value) is None:
+        raise ValidationError(field, value, "must be 1-128 printable ASCII characters, no spaces")
+    return value
+
+
+def freeze_headers(headers: Mapping[str, str] | None) -> Mapping[str, str]:
+    """Validate user headers and return a read-only copy."""
+    if not headers:
+        return _EMPTY
+    if not isinstance(headers, Mapping):
+        raise ValidationError("headers", headers, "must be a mapping of str to str")
+    for name, value in headers.items():
+        check_header(name, value)
+    return MappingProxyType(dict(headers))
+
+
+class Message(msgspec.Struct, frozen=True, kw_only=True):
+    """An immutable DelTran message: what it is, where it goes, and what it carries.
+
+    Create one with :meth:`Message.new`. Received messages also carry the partition
+    number and count they were published with (``partition``, ``partitions``).
+
+    Attributes:
+        id: UUIDv7 string; the deduplication key on the wire (``Nats-Msg-Id``).
+        message_type: one of the eleven :class:`MessageType` members.
+        partition_key: routing key; its canonical form is the subject suffix.
+        payload: a JSON-compatible value or a msgspec Struct.
+        created_at: creation time, UTC.
+        correlation_id: id shared by every message of one flow (e.g. one payment).
+        causation_id: id of the message that caused this one.
+        headers: user headers (no reserved names, no CR/LF/NUL).
+        partition: partition number the message was published to (None for broadcast
+            or before publish).
+        partitions: the partition count that number was computed with.
+    """
+
+    id: str
+    message_type: MessageType
+    partition_key: PartitionKey
+    payload: Any
+    created_at: datetime
+    correlation_id: str | None = None
+    causation_id: str | None = None
+    headers: Mapping[str, str] = _EMPTY
+    partition: int | None = None
+    partitions: int | None = None
+
+    @classmethod
+    def new(
+        cls,
+        message_type: MessageType,
+        partition_key: PartitionKey,
+        payload: Any,
+        *,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        message_id: str | None = None,
+        created_at: datetime | None = None,
+    ) -> Message:
+        """Build a new message with a fresh UUIDv7 id and the current UTC time.
+
+        Raises:
+            ValidationError: a field is of the wrong type or unsafe for the wire.
+        """
+        if not isinstance(message_type, MessageType):
+            raise ValidationError("message_type", message_type, "must be a MessageType")
+        if not isinstance(partition_key, PartitionKey) or type(partition_key) is PartitionKey:
+            raise ValidationError(
+                "partition_key", partition_key, "must be built with PartitionKey.corridor/..."
+            )
+        if correlation_id is not None:
+            check_id("correlation_id", correlation_id)
+        if causation_id is not None:
+            check_id("causation_id", causation_id)
+        if created_at is None:
+            created_at = datetime.now(UTC)
+        elif created_at.tzinfo is None:
+            raise ValidationError("created_at", created_at, "must be timezone-aware")
+        return cls(
+            id=new_message_id() if message_id is None else check_id("message_id", message_id),
+            message_type=message_type,
+            partition_key=partition_key,
+            payload=payload,
+            created_at=created_at.astimezone(UTC),
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+            headers=freeze_headers(headers),
+        )
+
+    @property
+    def subject(self) -> str:
+        """``deltran.{type_subject}.{partition suffix}``."""
+        return f"{self.message_type.subject_prefix}.{self.partition_key.suffix}"
+
+    def reply(
+        self,
+        message_type: MessageType,
+        payload: Any,
+        partition_key: PartitionKey | None = None,
+        *,
+        headers: Mapping[str, str] | None = None,
+    ) -> Message:
+        """A message caused by this one: same correlation id, causation id = this id."""
+        return Message.new(
+            message_type,
+            self.partition_key if partition_key is None else partition_key,
+            payload,
+            correlation_id=self.correlation_id or self.id,
+            causation_id=self.id,
+            headers=headers,
+        )
+
+    def with_headers(self, extra: Mapping[str, str]) -> Message:
+        """A copy with ``extra`` user headers added (validated)."""
+        merged = dict(self.headers)
+        merged.update(extra)
+        return msgspec.structs.replace(self, headers=freeze_headers(merged))
+
+    def payload_as(self, payload_type: type[T]) -> T:
+        """The payload converted and validated as ``payload_type`` (e.g. a msgspec Struct).
+
+        Raises:
+            ValidationError: the payload does not fit ``payload_type``.
+        """
+        if isinstance(self.payload, payload_type):
+            return self.payload
+        try:
+            return msgspec.convert(self.payload, payload_type, strict=False)
+        except msgspec.ValidationError as exc:
+            raise ValidationError("payload", self.payload, str(exc)) from exc

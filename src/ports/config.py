@@ -1,0 +1,139 @@
+"""Publisher and subscriber configuration, with the original crate's defaults."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from message_bus.domain.errors import ValidationError
+from message_bus.domain.partition import DEFAULT_PARTITIONS, PartitionKey, check_partition_count
+
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def _positive(field: str, value: float, *, allow_zero: bool = False) -> None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if not ok or value < 0 or (value == 0 and not allow_zero):
+        raise ValidationError(field, value, "must be a positive number")
+
+
+def _count(field: str, value: int, low: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValidationError(field, value, f"must be an int >= {low}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PublisherConfig:
+    """How a publisher talks to the broker.
+
+    Attributes:
+        use_jetstream: persist stream-backed types in JetStream (core publish if False).
+        publish_timeout: overall deadline of one publish, retries included (seconds).
+        max_retry_attempts: attempts per message, the first one included.
+        initial_retry_delay: backoff before the second attempt (seconds); doubles each time.
+        max_retry_delay: backoff cap (seconds); each delay gets full jitter.
+        partitions: partition count written to headers (1..4096).
+        circuit_breaker_threshold: consecutive failed publishes that open the breaker
+            (0 disables it).
+        circuit_breaker_cooldown: seconds the open breaker fails fast before one probe.
+        max_in_flight: acks awaited at once by ``publish_many``.
+    """
+
+    use_jetstream: bool = True
+    publish_timeout: float = 5.0
+    max_retry_attempts: int = 3
+    initial_retry_delay: float = 0.1
+    max_retry_delay: float = 2.0
+    partitions: int = DEFAULT_PARTITIONS
+    circuit_breaker_threshold: int = 5
+    circuit_breaker_cooldown: float = 10.0
+    max_in_flight: int = 256
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`ValidationError` naming the first bad field."""
+        _positive("publish_timeout", self.publish_timeout)
+        _count("max_retry_attempts", self.max_retry_attempts)
+        _positive("initial_retry_delay", self.initial_retry_delay, allow_zero=True)
+        _positive("max_retry_delay", self.max_retry_delay, allow_zero=True)
+        check_partition_count(self.partitions)
+        _count("circuit_breaker_threshold", self.circuit_breaker_threshold, low=0)
+        _positive("circuit_breaker_cooldown", self.circuit_breaker_cooldown, allow_zero=True)
+        _count("max_in_flight", self.max_in_flight)
+
+    def retry_delay(self, attempt: int) -> float:
+        """Backoff cap after failed attempt number ``attempt`` (1-based), before jitter."""
+        return float(min(self.max_retry_delay, self.initial_retry_delay * 2 ** (attempt - 1)))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SubscriberConfig:
+    """How a subscriber consumes one message type.
+
+    Attributes:
+        consumer_group: members of one group share the work; each group sees everything.
+        durable_name: the durable consumer's base name; with ``consumer_group`` it names
+            the consumer, so a restarted group resumes where it stopped.
+        max_concurrent: handlers in flight at once, per subscriber.
+        ack_wait: seconds a delivery may stay unacknowledged before it is redelivered.
+        max_deliver: deliveries before the message is dead-lettered.
+        use_jetstream: consume from the stream (core subscription if False).
+        partition_key: only messages with exactly this key (None = all).
+        nak_initial_delay: redelivery delay after the first failure (seconds); doubles
+            with each delivery.
+        nak_max_delay: redelivery delay cap (seconds).
+        max_ack_pending: deliveries unacknowledged at once across the whole group.
+        fetch_batch: messages asked for per pull (adapters may ask for fewer).
+        dead_letter: dead-letter TERMed and exhausted messages (else just drop them).
+    """
+
+    consumer_group: str = "deltran-workers"
+    durable_name: str = "deltran-consumer"
+    max_concurrent: int = 10
+    ack_wait: float = 30.0
+    max_deliver: int = 3
+    use_jetstream: bool = True
+    partition_key: PartitionKey | None = None
+    nak_initial_delay: float = 1.0
+    nak_max_delay: float = 60.0
+    max_ack_pending: int = 1000
+    fetch_batch: int = 64
+    dead_letter: bool = True
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`ValidationError` naming the first bad field."""
+        for field, value in (
+            ("consumer_group", self.consumer_group),
+            ("durable_name", self.durable_name),
+        ):
+            if not isinstance(value, str) or _NAME.fullmatch(value) is None:
+                raise ValidationError(field, value, "must be 1-64 characters of [A-Za-z0-9_-]")
+        _count("max_concurrent", self.max_concurrent)
+        _positive("ack_wait", self.ack_wait)
+        _count("max_deliver", self.max_deliver)
+        _positive("nak_initial_delay", self.nak_initial_delay, allow_zero=True)
+        _positive("nak_max_delay", self.nak_max_delay, allow_zero=True)
+        _count("max_ack_pending", self.max_ack_pending)
+        _count("fetch_batch", self.fetch_batch)
+        if self.partition_key is not None and not isinstance(self.partition_key, PartitionKey):
+            raise ValidationError("partition_key", self.partition_key, "must be a PartitionKey")
+
+    @property
+    def consumer_name(self) -> str:
+        """The durable consumer's name: durable name, group and partition filter.
+
+        Two groups, or one group with two filters, never share a position by accident.
+        """
+        name = f"{self.durable_name}__{self.consumer_group}"
+        if self.partition_key is not None:
+            name += "__" + self.partition_key.suffix.replace(".", "_")
+        return name
+
+    def nak_delay(self, attempt: int) -> float:
+        """Redelivery delay after failed delivery number ``attempt`` (1-based)."""
+        return float(min(self.nak_max_delay, self.nak_initial_delay * 2 ** (attempt - 1)))

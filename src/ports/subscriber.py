@@ -1,0 +1,211 @@
+"""The Subscriber port: how a service receives messages, and how the outcome is acked.
+
+Contract, for every adapter:
+
+* At-least-once for stream-backed types: a message is delivered until it is ACKed,
+  TERMed, or has been delivered ``max_deliver`` times; then it goes to the dead-letter
+  stream with the reason. An ACKed message is never redelivered to the same group.
+* A delivery not settled within ``ack_wait`` is redelivered (``in_progress`` resets
+  the clock for long work).
+* Members of one consumer group share the work; every group sees every message.
+  Groups are durable: a group that restarts resumes after its last ACK.
+* At most ``max_concurrent`` handlers of one subscriber run at once.
+* Core-only types reach only subscribers that are live when the message is sent.
+
+The handler decides the acknowledgement by its outcome (see :func:`run_handler`):
+
+=====================================  ==========================================
+handler                                delivery
+=====================================  ==========================================
+returns (``None`` or a reply)          ACK (the reply answers a request)
+raises :class:`RetryableError`         NAK, redelivered after its ``delay`` or the
+                                       subscriber's exponential delay
+raises any other ``Exception``         same as retryable
+raises :class:`PermanentError`         TERM and dead-letter with its reason
+fails on its last allowed delivery     TERM and dead-letter ("max deliveries")
+=====================================  ==========================================
+
+A handler that wants explicit control calls :func:`current_delivery` and uses
+``ack``, ``nak(delay)``, ``term(reason)`` or ``in_progress`` itself; once it has
+settled the delivery its outcome no longer changes anything.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
+from typing import Protocol, runtime_checkable
+
+from message_bus.domain.catalog import MessageType
+from message_bus.domain.errors import MessageBusError, PermanentError, RetryableError
+from message_bus.domain.message import Message
+
+from .config import SubscriberConfig
+
+log = logging.getLogger("message_bus.subscriber")
+
+
+class Delivery(ABC):
+    """One delivery of one message to one handler, with its acknowledgement controls.
+
+    Attributes:
+        message: the decoded message.
+        attempt: the delivery count, 1 on first delivery.
+        stream: the stream it came from (None for core-only types).
+        sequence: its sequence in that stream (None for core-only types).
+        subject: the subject it was published to.
+    """
+
+    message: Message
+    attempt: int
+    stream: str | None
+    sequence: int | None
+    subject: str
+
+    @property
+    @abstractmethod
+    def settled(self) -> bool:
+        """Whether ack, nak or term was already called."""
+
+    @abstractmethod
+    async def ack(self) -> None:
+        """Processing succeeded: never deliver this message to this group again."""
+
+    @abstractmethod
+    async def nak(self, delay: float | None = None) -> None:
+        """Processing failed for now: redeliver after ``delay`` seconds (None = at once)."""
+
+    @abstractmethod
+    async def term(self, reason: str) -> None:
+        """Processing can never succeed: dead-letter the message with ``reason``, then
+        stop delivering it. The dead letter is stored before the TERM is sent."""
+
+    @abstractmethod
+    async def in_progress(self) -> None:
+        """Still working: restart the ``ack_wait`` clock of this delivery."""
+
+    async def respond(self, reply: Message) -> None:
+        """Answer the request this delivery carries (no-op if it is not a request)."""
+        return None
+
+
+@runtime_checkable
+class MessageHandler(Protocol):
+    """Processes one message; its outcome decides the acknowledgement.
+
+    Return ``None`` to ACK, or a reply :class:`Message` to ACK and answer a request.
+    Raise :class:`RetryableError` (or any exception) to NAK, :class:`PermanentError`
+    to TERM and dead-letter.
+    """
+
+    async def handle(self, message: Message) -> Message | None:
+        """Handle ``message``."""
+        ...
+
+
+class FunctionHandler:
+    """Adapts an ``async def f(message) -> Message | None`` to :class:`MessageHandler`."""
+
+    def __init__(self, function: Callable[[Message], Awaitable[Message | None]]) -> None:
+        self.function = function
+
+    async def handle(self, message: Message) -> Message | None:
+        return await self.function(message)
+
+
+_current: contextvars.ContextVar[Delivery] = contextvars.ContextVar("message_bus_delivery")
+
+
+def current_delivery() -> Delivery:
+    """The delivery being handled by the calling handler.
+
+    Raises:
+        LookupError: called outside a handler.
+    """
+    return _current.get()
+
+
+async def run_handler(handler: MessageHandler, delivery: Delivery, config: SubscriberConfig) -> str:
+    """Run ``handler`` on ``delivery`` and settle it by the outcome; return the outcome.
+
+    The outcome is one of ``ack``, ``nak``, ``term``, ``dead`` (failed on its last
+    allowed delivery) or ``explicit`` (the handler settled the delivery itself).
+    Adapters call this for every delivery so every adapter acks the same way.
+    """
+    token = _current.set(delivery)
+    try:
+        reply = await handler.handle(delivery.message)
+    except PermanentError as exc:
+        if delivery.settled:
+            return "explicit"
+        await delivery.term(exc.reason)
+        return "term"
+    except Exception as exc:  # noqa: BLE001  # any failure is retryable unless it says otherwise
+        if delivery.settled:
+            return "explicit"
+        reason = exc.reason if isinstance(exc, RetryableError) else f"{type(exc).__name__}: {exc}"
+        if not isinstance(exc, MessageBusError):
+            log.warning(
+                "handler failed on %s (attempt %d): %s", delivery.subject, delivery.attempt, reason
+            )
+        if delivery.stream is not None and delivery.attempt >= config.max_deliver:
+            await delivery.term(f"max deliveries ({config.max_deliver}) exhausted: {reason}")
+            return "dead"
+        delay = exc.delay if isinstance(exc, RetryableError) else None
+        await delivery.nak(config.nak_delay(delivery.attempt) if delay is None else delay)
+        return "nak"
+    finally:
+        _current.reset(token)
+    if delivery.settled:
+        return "explicit"
+    if reply is not None:
+        await delivery.respond(reply)
+    await delivery.ack()
+    return "ack"
+
+
+class Subscription(ABC):
+    """A running subscription; stop or drain it when done."""
+
+    @property
+    @abstractmethod
+    def active(self) -> bool:
+        """Whether the subscription is still receiving."""
+
+    @abstractmethod
+    async def stop(self) -> None:
+        """Stop receiving: in-flight handlers finish and are settled; deliveries fetched
+        but not started are released for redelivery at once. Idempotent."""
+
+    @abstractmethod
+    async def drain(self) -> None:
+        """Stop receiving new messages, handle every message already fetched, then stop.
+        Idempotent."""
+
+
+class Subscriber(ABC):
+    """Consumes one message type with one :class:`SubscriberConfig`.
+
+    Attributes:
+        message_type: the type this subscriber receives.
+        config: consumer group, durable name, concurrency and redelivery settings.
+    """
+
+    message_type: MessageType
+    config: SubscriberConfig
+
+    @abstractmethod
+    async def subscribe(self, handler: MessageHandler) -> Subscription:
+        """Start delivering messages to ``handler``; returns once receiving has started
+        (for core-only types: once a message published after this call will arrive).
+
+        Raises:
+            ClosedError: the subscriber was closed.
+            BusConnectionError: the broker is unreachable.
+        """
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Stop every subscription of this subscriber; idempotent."""
