@@ -67,7 +67,7 @@ def key_hash(canonical: str) -> int:
     return int.from_bytes(blake3.blake3(canonical.encode()).digest(length=8), "little")
 
 
-@lru_cache(maxsize=65536)
+@lru_cache(maxsize=65536, typed=True)
 def partition_of(canonical: str, partitions: int) -> int:
     """The partition (0..partitions-1) of a canonical key; cached, it repeats a lot."""
     return jump_consistent_hash(key_hash(canonical), check_partition_count(partitions))

@@ -12,7 +12,6 @@ from typing import Annotated, Literal
 
 import msgspec
 
-Amount = Annotated[Decimal, msgspec.Meta(gt=0)]
 Currency = Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$")]
 Bic = Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{4}[A-Z]{2}[A-Z0-9]{2}([A-Z0-9]{3})?$")]
 CorridorId = Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}-[A-Z]{3}$")]
@@ -23,12 +22,16 @@ class PaymentInstruction(msgspec.Struct, frozen=True, kw_only=True):
     """A bank's instruction to pay ``amount`` in ``currency`` to another bank."""
 
     payment_id: Identifier
-    amount: Amount
+    amount: Decimal
     currency: Currency
     debtor_bank: Bic
     creditor_bank: Bic
     corridor: CorridorId | None = None
     reference: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.amount.is_finite() or self.amount <= 0:
+            raise ValueError(f"amount must be a positive finite decimal, got {self.amount}")
 
 
 class NettingProposal(msgspec.Struct, frozen=True, kw_only=True):

@@ -1,0 +1,268 @@
+"""The embedded nats-server launcher against a real nats-server process."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import nats
+import nats.errors
+import pytest
+import trustme
+from nats.aio.client import Client
+
+from message_bus.app.embedded import (
+    EmbeddedNatsServer,
+    EmbeddedServerError,
+    NatsServerNotFoundError,
+    TlsFiles,
+)
+
+ServerFactory = Callable[..., EmbeddedNatsServer]
+
+
+@asynccontextmanager
+async def connected(servers: str | list[str], **options: Any) -> AsyncIterator[Client]:
+    """A nats-py connection that fails fast and keeps its errors out of the test log."""
+    errors: list[Exception] = []
+
+    async def collect(error: Exception) -> None:
+        errors.append(error)
+
+    nc = await nats.connect(
+        servers,
+        error_cb=collect,
+        allow_reconnect=False,
+        max_reconnect_attempts=0,
+        connect_timeout=2,
+        **options,
+    )
+    try:
+        yield nc
+    finally:
+        await nc.close()
+
+
+async def publish_to_new_stream(url: str, payload: bytes) -> int:
+    async with connected(url) as nc:
+        js = nc.jetstream()
+        await js.add_stream(name="PAYMENTS", subjects=["deltran.payment.>"])
+        ack = await js.publish("deltran.payment.instruction.corridor.USD-EUR", payload)
+        return ack.seq
+
+
+async def read_from_stream(url: str, seq: int) -> bytes:
+    async with connected(url) as nc:
+        message = await nc.jetstream().get_msg("PAYMENTS", seq)
+        assert message.data is not None
+        return message.data
+
+
+async def test_starts_on_a_free_loopback_port_with_jetstream(
+    nats_server: EmbeddedNatsServer,
+) -> None:
+    assert nats_server.is_running
+    assert nats_server.url == f"nats://127.0.0.1:{nats_server.port}"
+    async with connected(nats_server.url) as nc:
+        info = await nc.jetstream().account_info()
+    assert info.streams == 0
+    assert nats_server.healthz(js_enabled_only=True)[0] == 200
+
+
+def test_uses_the_shipped_config_with_fsync_on_every_write(
+    nats_server: EmbeddedNatsServer,
+) -> None:
+    status, varz = nats_server.monitor("varz")
+
+    assert status == 200
+    assert varz["host"] == "127.0.0.1"
+    assert varz["config_load_time"]
+    assert varz["jetstream"]["config"]["sync_always"] is True
+    assert varz["jetstream"]["config"]["store_dir"] == str(nats_server.store_dir / "jetstream")
+
+
+def test_two_servers_get_different_ports(nats_server_factory: ServerFactory) -> None:
+    first, second = nats_server_factory(), nats_server_factory()
+
+    assert first.port != second.port
+    assert first.store_dir != second.store_dir
+
+
+async def test_stream_data_survives_restart(nats_server: EmbeddedNatsServer) -> None:
+    seq = await publish_to_new_stream(nats_server.url, b'{"payment_id": "pay_1"}')
+    port, store_dir, pid = nats_server.port, nats_server.store_dir, nats_server.pid
+
+    nats_server.restart()
+
+    assert (nats_server.port, nats_server.store_dir) == (port, store_dir)
+    assert nats_server.pid != pid
+    assert await read_from_stream(nats_server.url, seq) == b'{"payment_id": "pay_1"}'
+
+
+async def test_acknowledged_data_survives_a_kill(nats_server: EmbeddedNatsServer) -> None:
+    seq = await publish_to_new_stream(nats_server.url, b'{"payment_id": "pay_2"}')
+
+    nats_server.kill()
+    assert not nats_server.is_running
+    nats_server.restart()
+
+    assert await read_from_stream(nats_server.url, seq) == b'{"payment_id": "pay_2"}'
+
+
+def test_port_collision_raises_with_the_fatal_line(
+    nats_server: EmbeddedNatsServer,
+) -> None:
+    intruder = EmbeddedNatsServer(port=nats_server.port)
+
+    with pytest.raises(EmbeddedServerError, match="address already in use") as caught:
+        intruder.start()
+
+    assert caught.value.fatal_line is not None
+    assert caught.value.fatal_line.startswith("[FTL] Error listening on port")
+    assert any("Starting nats-server" in line for line in caught.value.log_tail)
+    assert caught.value.returncode == 1
+    assert not intruder.is_running
+    with pytest.raises(EmbeddedServerError, match="not been started"):
+        _ = intruder.store_dir  # its temporary directory is already gone
+
+
+def test_bad_config_raises_with_the_parse_error(tmp_path: Path) -> None:
+    config = tmp_path / "bad.conf"
+    config.write_text("jetstream {\n  sync_interval: sometimes\n}\n")
+    server = EmbeddedNatsServer(config_file=config)
+
+    with pytest.raises(EmbeddedServerError, match="error parsing sync_interval") as caught:
+        server.start()
+
+    assert caught.value.returncode == 1
+    assert caught.value.fatal_line is not None
+    assert "bad.conf:2:" in caught.value.fatal_line
+
+
+def test_unusable_store_dir_raises_with_the_fatal_line(tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    server = EmbeddedNatsServer(store_dir=not_a_dir)
+
+    with pytest.raises(EmbeddedServerError, match=r"\[FTL\] Can't start JetStream"):
+        server.start()
+
+
+def test_missing_binary_is_a_clear_error(tmp_path: Path) -> None:
+    server = EmbeddedNatsServer(binary=tmp_path / "nats-server")
+
+    with pytest.raises(NatsServerNotFoundError, match="is not an executable file"):
+        server.start()
+
+
+def test_stop_is_idempotent_and_deletes_its_temporary_store() -> None:
+    server = EmbeddedNatsServer().start()
+    store_dir = server.store_dir
+    assert store_dir.is_dir()
+
+    server.stop()
+    server.stop()
+
+    assert not server.is_running
+    assert server.pid is None
+    assert not store_dir.exists()
+    assert not store_dir.parent.exists()
+
+
+def test_stop_keeps_a_given_store_dir(tmp_path: Path) -> None:
+    with EmbeddedNatsServer(store_dir=tmp_path / "data") as server:
+        assert server.monitor_url is None
+
+    assert (tmp_path / "data" / "jetstream").is_dir()
+
+
+async def test_user_and_password_are_required(nats_server_factory: ServerFactory) -> None:
+    server = nats_server_factory(user="bank", password="s3cret")
+
+    async with connected(server.url, user="bank", password="s3cret") as nc:
+        await nc.jetstream().account_info()
+    with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+        async with connected(server.url, user="bank", password="wrong"):
+            pass
+    with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+        async with connected(server.url):
+            pass
+
+
+async def test_token_is_required(nats_server_factory: ServerFactory) -> None:
+    server = nats_server_factory(token="t0ken")
+
+    async with connected(server.url, token="t0ken") as nc:
+        assert nc.is_connected
+    with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+        async with connected(server.url, token="other"):
+            pass
+
+
+def test_credentials_are_checked_before_start() -> None:
+    with pytest.raises(ValueError, match="together"):
+        EmbeddedNatsServer(user="bank")
+    with pytest.raises(ValueError, match="not both"):
+        EmbeddedNatsServer(user="bank", password="s3cret", token="t0ken")
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+def server_tls(ca: trustme.CA, tmp_path: Path) -> TlsFiles:
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    cert.cert_chain_pems[0].write_to_path(tmp_path / "server.pem")
+    cert.private_key_pem.write_to_path(tmp_path / "server.key")
+    ca.cert_pem.write_to_path(tmp_path / "ca.pem")
+    return TlsFiles(cert_file=tmp_path / "server.pem", key_file=tmp_path / "server.key")
+
+
+def trusting(ca: trustme.CA) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    return context
+
+
+async def test_tls_with_a_trusted_ca(
+    nats_server_factory: ServerFactory, server_tls: TlsFiles, ca: trustme.CA
+) -> None:
+    server = nats_server_factory(tls=server_tls)
+
+    async with connected(server.url, tls=trusting(ca)) as nc:
+        await nc.jetstream().account_info()
+
+
+async def test_tls_with_an_untrusted_ca_fails_verification(
+    nats_server_factory: ServerFactory, server_tls: TlsFiles
+) -> None:
+    server = nats_server_factory(tls=server_tls)
+
+    with pytest.raises(ssl.SSLCertVerificationError, match="certificate verify failed"):
+        async with connected(server.url, tls=trusting(trustme.CA())):
+            pass
+
+
+async def test_mutual_tls_requires_a_client_certificate(
+    nats_server_factory: ServerFactory, server_tls: TlsFiles, ca: trustme.CA, tmp_path: Path
+) -> None:
+    server = nats_server_factory(
+        tls=TlsFiles(
+            cert_file=server_tls.cert_file,
+            key_file=server_tls.key_file,
+            ca_file=tmp_path / "ca.pem",
+        )
+    )
+    with_client_cert = trusting(ca)
+    ca.issue_cert("bank@deltran.test").configure_cert(with_client_cert)
+
+    async with connected(server.url, tls=with_client_cert) as nc:
+        assert nc.is_connected
+    with pytest.raises((nats.errors.Error, ssl.SSLError, ConnectionError)):
+        async with connected(server.url, tls=trusting(ca)) as nc:
+            await nc.flush(timeout=2)

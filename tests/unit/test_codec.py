@@ -1,0 +1,172 @@
+"""The wire codec: what goes on the wire, and that bad bytes give typed errors."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from message_bus import DecodeError, Message, MessageType, PartitionKey, ValidationError, WireCodec
+
+VECTORS = json.loads((Path(__file__).parents[2] / "docs" / "wire-vectors.json").read_text())
+codec = WireCodec()
+
+corridors = st.from_regex(r"[A-Z]{3}-[A-Z]{3}", fullmatch=True)
+bics = st.from_regex(r"[A-Z]{4}[A-Z]{2}[A-Z0-9]{2}([A-Z0-9]{3})?", fullmatch=True)
+keys = st.one_of(
+    corridors.map(PartitionKey.corridor),
+    bics.map(PartitionKey.bank),
+    st.builds(lambda c, b: PartitionKey.corridor_bank(corridor_id=c, bank_id=b), corridors, bics),
+    st.just(PartitionKey.broadcast()),
+)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+header_names = st.from_regex(r"[a-z][a-z0-9-]{0,15}", fullmatch=True).filter(
+    lambda n: not n.startswith(("nats-", "deltran-")) and n != "content-type"
+)
+header_values = st.text(
+    st.characters(codec="ascii", exclude_characters="\r\n\x00"), max_size=30
+).map(str.strip).filter(bool)
+ids = st.from_regex(r"[!-~]{1,40}", fullmatch=True)
+
+
+@st.composite
+def messages(draw: st.DrawFn) -> Message:
+    return Message.new(
+        draw(st.sampled_from(list(MessageType))),
+        draw(keys),
+        draw(json_values),
+        correlation_id=draw(st.none() | ids),
+        causation_id=draw(st.none() | ids),
+        headers=draw(st.dictionaries(header_names, header_values, max_size=3)),
+    )
+
+
+@given(messages(), st.integers(min_value=1, max_value=4096))
+def test_every_message_survives_the_wire_unchanged(message: Message, partitions: int) -> None:
+    wire = WireCodec(partitions)
+    subject, headers, body = wire.encode(message)
+    back = wire.decode(subject, headers, body)
+    assert back.id == message.id
+    assert back.message_type is message.message_type
+    assert back.partition_key == message.partition_key
+    assert back.payload == message.payload
+    assert back.created_at == message.created_at
+    assert back.correlation_id == message.correlation_id
+    assert back.causation_id == message.causation_id
+    assert dict(back.headers) == dict(message.headers)
+    assert back.partition == message.partition_key.partition_number(partitions)
+    assert back.partitions == (None if back.partition is None else partitions)
+    assert wire.encode(back) == (subject, headers, body)
+
+
+def test_encoding_matches_the_documented_vectors() -> None:
+    for vector in VECTORS:
+        message = Message.new(
+            MessageType(vector["message"]["message_type"]),
+            PartitionKey.parse(vector["message"]["partition_key"]),
+            vector["message"]["payload"],
+            message_id=vector["message"]["id"],
+            created_at=datetime.fromisoformat(vector["message"]["created_at"]),
+            correlation_id=vector["message"].get("correlation_id"),
+            causation_id=vector["message"].get("causation_id"),
+            headers=vector["message"].get("headers"),
+        )
+        subject, headers, body = WireCodec(vector["partitions"]).encode(message)
+        assert subject == vector["wire"]["subject"]
+        assert headers == vector["wire"]["headers"]
+        assert body.decode() == vector["wire"]["body"]
+        back = WireCodec(vector["partitions"]).decode(subject, headers, body)
+        expected = vector["wire"]["headers"].get("Deltran-Partition")
+        assert back.partition == (None if expected is None else int(expected))
+        assert back.payload == vector["message"]["payload"]
+
+
+def test_a_foreign_client_may_send_rfc3339_with_nanoseconds_and_an_offset() -> None:
+    subject, headers, body = codec.encode(
+        Message.new(MessageType.SYSTEM_EVENT, PartitionKey.broadcast(), {"event": "x"})
+    )
+    headers["Deltran-Created-At"] = "2026-11-27T15:57:19.123456789+02:00"
+    back = codec.decode(subject, headers, body)
+    assert back.created_at == datetime(2026, 11, 27, 13, 57, 19, 123456, tzinfo=UTC)
+
+
+def _good() -> tuple[str, dict[str, str], bytes]:
+    message = Message.new(
+        MessageType.PAYMENT_INSTRUCTION, PartitionKey.corridor("USD-EUR"), {"payment_id": "p1"}
+    )
+    return codec.encode(message)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (lambda s, h, b: (s, None, b), "headers"),
+        (lambda s, h, b: (s, {k: v for k, v in h.items() if k != "Deltran-Type"}, b), "Deltran-Type"),
+        (lambda s, h, b: (s, {**h, "Deltran-Type": "Payment"}, b), "Deltran-Type"),
+        (lambda s, h, b: (s, {k: v for k, v in h.items() if k != "Nats-Msg-Id"}, b), "Nats-Msg-Id"),
+        (lambda s, h, b: (s, {**h, "Nats-Msg-Id": "has space"}, b), "Nats-Msg-Id"),
+        (lambda s, h, b: (s, {**h, "Deltran-Partition-Key": "corridor.usd-eur"}, b), "Deltran-Partition-Key"),
+        (lambda s, h, b: (s, {**h, "Deltran-Partition-Key": "corridor.GBP-USD"}, b), "subject"),
+        (lambda s, h, b: ("deltran.payment.instruction.corridor.GBP-USD", h, b), "subject"),
+        (lambda s, h, b: ("deltran.netting.proposal.corridor.USD-EUR", h, b), "subject"),
+        (lambda s, h, b: (s, {**h, "Deltran-Partition": "7"}, b), "Deltran-Partition"),
+        (lambda s, h, b: (s, {**h, "Deltran-Partition": "x"}, b), "Deltran-Partition"),
+        (lambda s, h, b: (s, {**h, "Deltran-Partitions": "0"}, b), "Deltran-Partitions"),
+        (lambda s, h, b: (s, {k: v for k, v in h.items() if k != "Deltran-Partitions"}, b), "Deltran-Partition"),
+        (lambda s, h, b: (s, {**h, "Deltran-Created-At": "yesterday"}, b), "Deltran-Created-At"),
+        (lambda s, h, b: (s, {**h, "Deltran-Created-At": "2026-11-27T13:57:19"}, b), "Deltran-Created-At"),
+        (lambda s, h, b: (s, {k: v for k, v in h.items() if k != "Deltran-Created-At"}, b), "Deltran-Created-At"),
+        (lambda s, h, b: (s, {**h, "Content-Type": "application/xml"}, b), "Content-Type"),
+        (lambda s, h, b: (s, {**h, "Deltran-Correlation-Id": "a b"}, b), "Deltran-Correlation-Id"),
+        (lambda s, h, b: (s, h, b"{not json"), "body"),
+        (lambda s, h, b: (s, h, b"\xff\xfe"), "body"),
+    ],
+)
+def test_bad_wire_input_gives_a_decode_error_naming_the_part(mutate: Any, field: str) -> None:
+    with pytest.raises(DecodeError) as caught:
+        codec.decode(*mutate(*_good()))
+    assert caught.value.field == field
+    assert caught.value.reason
+
+
+@given(st.binary(max_size=64), st.dictionaries(st.text(max_size=20), st.text(max_size=40), max_size=6))
+def test_arbitrary_bytes_and_headers_never_escape_as_anything_but_decode_error(
+    body: bytes, headers: dict[str, str]
+) -> None:
+    subject, good_headers, _ = _good()
+    for candidate in (headers, {**good_headers, **headers}):
+        try:
+            codec.decode(subject, candidate, body)
+        except DecodeError:
+            pass
+
+
+def test_a_payload_that_is_not_json_is_rejected_before_any_io() -> None:
+    message = Message.new(MessageType.PAYMENT_INSTRUCTION, PartitionKey.corridor("USD-EUR"), {1j})
+    with pytest.raises(ValidationError) as caught:
+        codec.encode(message)
+    assert caught.value.field == "payload"
+
+
+def test_broadcast_messages_carry_no_partition_headers() -> None:
+    _, headers, _ = codec.encode(
+        Message.new(MessageType.SYSTEM_EVENT, PartitionKey.broadcast(), {"event": "halt"})
+    )
+    assert "Deltran-Partition" not in headers
+    assert "Deltran-Partitions" not in headers
+
+
+def test_partition_count_is_part_of_the_codec() -> None:
+    with pytest.raises(ValidationError, match="partitions"):
+        WireCodec(0)
+    message = Message.new(MessageType.PAYMENT_INSTRUCTION, PartitionKey.corridor("USD-EUR"), {})
+    assert WireCodec(256).encode(message).headers["Deltran-Partitions"] == "256"
