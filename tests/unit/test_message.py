@@ -17,9 +17,17 @@ KEY = PartitionKey.corridor("USD-EUR")
 
 def test_message_type_has_the_eleven_types_with_the_crates_names() -> None:
     assert [t.value for t in MessageType] == [
-        "PaymentInstruction", "NettingProposal", "BankConfirmation", "SettlementFinalize",
-        "SettlementProof", "Checkpoint", "AdapterTransfer", "AdapterResponse",
-        "RiskAssessment", "ComplianceCheck", "SystemEvent",
+        "PaymentInstruction",
+        "NettingProposal",
+        "BankConfirmation",
+        "SettlementFinalize",
+        "SettlementProof",
+        "Checkpoint",
+        "AdapterTransfer",
+        "AdapterResponse",
+        "RiskAssessment",
+        "ComplianceCheck",
+        "SystemEvent",
     ]
 
 
@@ -29,7 +37,12 @@ def test_message_type_has_the_eleven_types_with_the_crates_names() -> None:
         (MessageType.PAYMENT_INSTRUCTION, "deltran.payment.instruction", "PAYMENT_INSTRUCTIONS", 7),
         (MessageType.NETTING_PROPOSAL, "deltran.netting.proposal", "NETTING_PROPOSALS", 7),
         (MessageType.BANK_CONFIRMATION, "deltran.bank.confirmation", "BANK_CONFIRMATIONS", 7),
-        (MessageType.SETTLEMENT_FINALIZE, "deltran.settlement.finalize", "SETTLEMENT_FINALIZATIONS", 7),
+        (
+            MessageType.SETTLEMENT_FINALIZE,
+            "deltran.settlement.finalize",
+            "SETTLEMENT_FINALIZATIONS",
+            7,
+        ),
         (MessageType.SETTLEMENT_PROOF, "deltran.settlement.proof", "SETTLEMENT_PROOFS", 30),
         (MessageType.CHECKPOINT, "deltran.consensus.checkpoint", "CHECKPOINTS", 30),
         (MessageType.ADAPTER_TRANSFER, "deltran.adapter.transfer", "ADAPTER_TRANSFERS", 3),
@@ -85,7 +98,9 @@ def test_ids_stay_ordered_when_the_clock_steps_back() -> None:
 
 
 def test_message_is_immutable() -> None:
-    message = Message.new(MessageType.PAYMENT_INSTRUCTION, KEY, {"a": 1}, headers={"x-tenant": "t1"})
+    message = Message.new(
+        MessageType.PAYMENT_INSTRUCTION, KEY, {"a": 1}, headers={"x-tenant": "t1"}
+    )
     with pytest.raises(AttributeError):
         message.id = "other"  # type: ignore[misc]
     with pytest.raises(TypeError):
@@ -132,7 +147,7 @@ def test_message_type_and_key_must_be_the_real_things() -> None:
 
 def test_naive_created_at_is_rejected_and_aware_is_converted_to_utc() -> None:
     with pytest.raises(ValidationError, match="created_at"):
-        Message.new(MessageType.CHECKPOINT, KEY, {}, created_at=datetime(2026, 1, 1))  # noqa: DTZ001
+        Message.new(MessageType.CHECKPOINT, KEY, {}, created_at=datetime(2026, 1, 1))
     plus_two = timezone(timedelta(hours=2))
     message = Message.new(
         MessageType.CHECKPOINT, KEY, {}, created_at=datetime(2026, 1, 1, 12, tzinfo=plus_two)
@@ -170,17 +185,50 @@ def test_typed_payloads_keep_money_exact() -> None:
 @pytest.mark.parametrize(
     ("payload", "fragment"),
     [
-        ({"payment_id": "p", "amount": "-1", "currency": "USD", "debtor_bank": "BANKGB2L",
-          "creditor_bank": "DEUTDEFF"}, "amount"),
-        ({"payment_id": "p", "amount": "1", "currency": "usd", "debtor_bank": "BANKGB2L",
-          "creditor_bank": "DEUTDEFF"}, "currency"),
-        ({"payment_id": "p", "amount": "1", "currency": "USD", "debtor_bank": "BANK.GB",
-          "creditor_bank": "DEUTDEFF"}, "debtor_bank"),
-        ({"payment_id": "p", "currency": "USD", "debtor_bank": "BANKGB2L",
-          "creditor_bank": "DEUTDEFF"}, "amount"),
+        (
+            {
+                "payment_id": "p",
+                "amount": "-1",
+                "currency": "USD",
+                "debtor_bank": "BANKGB2L",
+                "creditor_bank": "DEUTDEFF",
+            },
+            "amount",
+        ),
+        (
+            {
+                "payment_id": "p",
+                "amount": "1",
+                "currency": "usd",
+                "debtor_bank": "BANKGB2L",
+                "creditor_bank": "DEUTDEFF",
+            },
+            "currency",
+        ),
+        (
+            {
+                "payment_id": "p",
+                "amount": "1",
+                "currency": "USD",
+                "debtor_bank": "BANK.GB",
+                "creditor_bank": "DEUTDEFF",
+            },
+            "debtor_bank",
+        ),
+        (
+            {
+                "payment_id": "p",
+                "currency": "USD",
+                "debtor_bank": "BANKGB2L",
+                "creditor_bank": "DEUTDEFF",
+            },
+            "amount",
+        ),
     ],
 )
-def test_typed_payload_validation_names_the_bad_field(payload: dict[str, str], fragment: str) -> None:
+def test_typed_payload_validation_names_the_bad_field(
+    payload: dict[str, str], fragment: str
+) -> None:
     message = Message.new(MessageType.PAYMENT_INSTRUCTION, KEY, payload)
     with pytest.raises(ValidationError, match=fragment) as caught:
         message.payload_as(PaymentInstruction)

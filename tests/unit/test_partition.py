@@ -26,10 +26,26 @@ keys = st.one_of(
 
 @pytest.mark.parametrize(
     "bad",
-    ["USD.EUR", "usd-eur", "USD EUR", "*", ">", "", "USD-EUR\r\n", "USD-EUR\n", "USD\x00EUR",
-     "ÜSD-EUR", "USD-EU", "USD-EURO", "USD-EUR.>", "USD--EUR"],
+    [
+        "USD.EUR",
+        "usd-eur",
+        "USD EUR",
+        "*",
+        ">",
+        "",
+        "USD-EUR\r\n",
+        "USD-EUR\n",
+        "USD\x00EUR",
+        "ÜSD-EUR",
+        "USD-EU",
+        "USD-EURO",
+        "USD-EUR.>",
+        "USD--EUR",
+    ],
 )
-def test_a_corridor_that_is_not_a_currency_pair_is_rejected_naming_field_and_value(bad: str) -> None:
+def test_a_corridor_that_is_not_a_currency_pair_is_rejected_naming_field_and_value(
+    bad: str,
+) -> None:
     with pytest.raises(ValidationError) as caught:
         PartitionKey.corridor(bad)
     assert caught.value.field == "corridor_id"
@@ -41,8 +57,21 @@ def test_a_corridor_that_is_not_a_currency_pair_is_rejected_naming_field_and_val
 
 @pytest.mark.parametrize(
     "bad",
-    ["BANKGB2", "BANKGB2LXXXX", "BANKGB2LXX", "bankgb2l", "BANK.GB2L", "BANKGB2*", "BANKGB2>",
-     "", "BANKGB2L\r\n", "BANKGB2L\x00", "BANKGB2 L", "BÄNKGB2L", "1ANKGB2L"],
+    [
+        "BANKGB2",
+        "BANKGB2LXXXX",
+        "BANKGB2LXX",
+        "bankgb2l",
+        "BANK.GB2L",
+        "BANKGB2*",
+        "BANKGB2>",
+        "",
+        "BANKGB2L\r\n",
+        "BANKGB2L\x00",
+        "BANKGB2 L",
+        "BÄNKGB2L",
+        "1ANKGB2L",
+    ],
 )
 def test_a_bank_id_that_is_not_a_bic_is_rejected(bad: str) -> None:
     with pytest.raises(ValidationError) as caught:
@@ -84,7 +113,7 @@ def test_parsing_arbitrary_text_yields_a_valid_key_or_a_validation_error(text: s
     try:
         key = PartitionKey.parse(text)
     except ValidationError as exc:
-        assert exc.field in {"partition_key", "corridor_id", "bank_id"}
+        assert exc.field in {"partition_key", "corridor_id", "bank_id"}  # noqa: PT017
     else:
         assert key.suffix == text
         assert not set(text) & {"*", ">", " ", "\r", "\n", "\x00"}
@@ -127,13 +156,19 @@ def test_partition_number_is_in_range_and_stable(key: PartitionKey, n: int) -> N
 
 
 def _many_keys(count: int) -> list[PartitionKey]:
-    banks = [f"{b}{c}2L" for b in ("BANK", "DEUT", "CHAS", "BNPA") for c in ("GB", "DE", "FR", "US", "JP")]
+    banks = [
+        f"{b}{c}2L"
+        for b in ("BANK", "DEUT", "CHAS", "BNPA")
+        for c in ("GB", "DE", "FR", "US", "JP")
+    ]
     letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
     result: list[PartitionKey] = []
     i = 0
     while len(result) < count:
         corridor = f"{letters[i % 26]}{letters[i // 26 % 26]}{letters[i // 676 % 26]}-EUR"
-        result.append(PartitionKey.corridor_bank(corridor_id=corridor, bank_id=banks[i % len(banks)]))
+        result.append(
+            PartitionKey.corridor_bank(corridor_id=corridor, bank_id=banks[i % len(banks)])
+        )
         i += 1
     return result
 
@@ -143,7 +178,8 @@ def test_growing_from_32_to_64_partitions_moves_about_half_the_keys_and_only_to_
     moved = 0
     for key in keys_:
         before, after = key.partition_number(32), key.partition_number(64)
-        assert before is not None and after is not None
+        assert before is not None
+        assert after is not None
         if before != after:
             moved += 1
             assert after >= 32, "a key moved between two old partitions"

@@ -1,0 +1,54 @@
+"""Dead-letter encoding: the original survives, the facts travel in headers."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from message_bus import DecodeError, Message, MessageType, PartitionKey, WireCodec
+from message_bus.domain.dead_letter import decode_dead_letter, encode_dead_letter, original_of
+
+codec = WireCodec()
+
+
+def test_a_dead_letter_keeps_the_original_and_records_why() -> None:
+    message = Message.new(
+        MessageType.PAYMENT_INSTRUCTION,
+        PartitionKey.corridor("USD-EUR"),
+        {"payment_id": "p1"},
+        headers={"x-tenant": "t1"},
+    )
+    original = codec.encode(message)
+    failed_at = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+    dead = encode_dead_letter(
+        original,
+        reason="bad account\r\nNats-Msg-Id: forged",
+        stream="PAYMENT_INSTRUCTIONS",
+        sequence=42,
+        deliveries=3,
+        consumer_group="netting",
+        failed_at=failed_at,
+    )
+    assert dead.subject == "deltran.dlq.payment.instruction.corridor.USD-EUR"
+    assert dead.headers["Nats-Msg-Id"] == "dlq:netting:PAYMENT_INSTRUCTIONS:42"
+    assert "\n" not in dead.headers["Deltran-Dlq-Reason"]
+    letter = decode_dead_letter(codec, *dead, dlq_sequence=7)
+    assert letter.message.id == message.id
+    assert letter.message.payload == {"payment_id": "p1"}
+    assert dict(letter.message.headers) == {"x-tenant": "t1"}
+    assert letter.reason == "bad account Nats-Msg-Id: forged"
+    assert (letter.stream, letter.sequence, letter.deliveries) == ("PAYMENT_INSTRUCTIONS", 42, 3)
+    assert letter.subject == message.subject
+    assert letter.consumer_group == "netting"
+    assert letter.failed_at == failed_at
+    assert letter.dlq_sequence == 7
+    assert original_of(dead) == original
+
+
+def test_a_message_that_is_not_a_dead_letter_is_refused() -> None:
+    subject, headers, body = codec.encode(
+        Message.new(MessageType.CHECKPOINT, PartitionKey.bank("BANKGB2L"), {})
+    )
+    with pytest.raises(DecodeError, match="not a dead letter"):
+        decode_dead_letter(codec, subject, headers, body)
