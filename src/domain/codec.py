@@ -59,7 +59,9 @@ class Encoded(NamedTuple):
 
 def format_timestamp(moment: datetime) -> str:
     """RFC 3339 UTC with microseconds and a ``Z``: ``2026-11-27T13:57:19.123456Z``."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if moment.tzinfo is not UTC:
+        moment = moment.astimezone(UTC)
+    return moment.isoformat(timespec="microseconds")[:-6] + "Z"  # drop "+00:00"
 
 
 def parse_timestamp(text: str) -> datetime:
