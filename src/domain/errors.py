@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+_MAX_SHOWN = 120
+
 
 class MessageBusError(Exception):
     """Root of every error raised by the message bus."""
@@ -27,7 +29,10 @@ class ValidationError(MessageBusError, ValueError):
         self.field = field
         self.value = value
         self.reason = reason
-        super().__init__(f"invalid {field} {value!r}: {reason}")
+        shown = repr(value)
+        if len(shown) > _MAX_SHOWN:  # a payload can be large or sensitive: show its start only
+            shown = shown[: _MAX_SHOWN - 3] + "..."
+        super().__init__(f"invalid {field} {shown}: {reason}")
 
 
 class DecodeError(MessageBusError, ValueError):

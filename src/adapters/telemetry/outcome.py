@@ -56,6 +56,10 @@ def handler_outcome(
         return ACK
     if isinstance(error, PermanentError):
         return TERM
-    if delivery is not None and delivery.stream is not None and delivery.attempt >= config.max_deliver:
+    if (
+        delivery is not None
+        and delivery.stream is not None
+        and delivery.attempt >= config.max_deliver
+    ):
         return DEAD
     return NAK

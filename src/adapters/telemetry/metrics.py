@@ -1,0 +1,522 @@
+"""Prometheus metrics of the bus, and decorators that record them around any port.
+
+Exposed series (names as scraped; ``message_type`` is the wire name, e.g.
+``PaymentInstruction``):
+
+``message_bus_publish_total{message_type,status}``
+    Publishes by final result: ``success``, ``duplicate`` (the stream already held the
+    id), ``rejected`` (invalid message, or refused by the broker for good),
+    ``timeout``, ``error`` (anything else, e.g. circuit open, closed).
+``message_bus_publish_duration_seconds{message_type}``
+    Seconds the caller waited for each publish, failures included.
+``message_bus_receive_total{message_type,status}``
+    Deliveries handled, by the outcome ``run_handler`` settles them with: ``ack``,
+    ``nak``, ``term``, ``dead``, ``explicit``; plus ``decode_error``, which adapters
+    report through :meth:`BusMetrics.record_decode_error`.
+``message_bus_process_duration_seconds{message_type}``
+    Seconds each handler ran.
+``nats_connection_status{status}``
+    1 for the current status (``connected``, ``disconnected``, ``reconnecting``,
+    ``closed``), 0 for the others.
+``message_bus_publish_retries_total{message_type}``
+    Publish attempts after the first, reported by the adapter's retry hook.
+``message_bus_redeliveries_total{message_type}``
+    Deliveries with ``attempt`` > 1.
+``message_bus_dead_letters_total{message_type,reason}``
+    Messages dead-lettered: ``term`` (the handler raised PermanentError) or
+    ``max_deliver`` (its last allowed delivery failed).
+``message_bus_in_flight{message_type}``
+    Handlers running now.
+``message_bus_request_total{message_type,status}`` and ``message_bus_request_duration_seconds``
+    Requests: ``success``, ``timeout``, ``no_responders``, ``rejected``, ``error``.
+
+Every label child is created once per message type and cached, so recording a
+message costs a dict lookup and the increments themselves.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Sequence
+from time import perf_counter
+from typing import ClassVar, Final
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from message_bus.domain.catalog import MessageType
+from message_bus.domain.errors import (
+    NoRespondersError,
+    PublishBatchError,
+    PublishError,
+    ValidationError,
+)
+from message_bus.domain.message import Message
+from message_bus.ports import (
+    Delivery,
+    MessageHandler,
+    Publisher,
+    PublishReceipt,
+    Subscriber,
+    SubscriberConfig,
+    Subscription,
+)
+
+from .outcome import (
+    DEAD,
+    DECODE_ERROR,
+    HANDLER_OUTCOMES,
+    TERM,
+    delivery_or_none,
+    handler_outcome,
+)
+
+PUBLISH_STATUSES: Final = ("success", "duplicate", "error", "timeout", "rejected")
+RECEIVE_STATUSES: Final = (*HANDLER_OUTCOMES, DECODE_ERROR)
+REQUEST_STATUSES: Final = ("success", "timeout", "no_responders", "error", "rejected")
+CONNECTION_STATUSES: Final = ("connected", "disconnected", "reconnecting", "closed")
+DEAD_LETTER_REASONS: Final = ("term", "max_deliver")
+
+DEFAULT_BUCKETS: Final = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+"""Histogram buckets in seconds: sub-millisecond publishes up to the 5 s publish timeout."""
+
+
+def publish_status(error: BaseException) -> str:
+    """The ``status`` label of a publish that raised ``error``."""
+    if isinstance(error, ValidationError):
+        return "rejected"
+    if isinstance(error, TimeoutError):
+        return "timeout"
+    if isinstance(error, PublishError) and not error.retryable:
+        return "rejected"
+    return "error"
+
+
+def request_status(error: BaseException) -> str:
+    """The ``status`` label of a request that raised ``error``."""
+    if isinstance(error, ValidationError):
+        return "rejected"
+    if isinstance(error, TimeoutError):
+        return "timeout"
+    if isinstance(error, NoRespondersError):
+        return "no_responders"
+    return "error"
+
+
+def _type_label(message_type: MessageType | str) -> str:
+    return message_type.value if isinstance(message_type, MessageType) else str(message_type)
+
+
+class _PublishSeries:
+    __slots__ = ("by_status", "duration")
+
+    def __init__(self, metrics: BusMetrics, label: str) -> None:
+        self.by_status = {s: metrics.publish_total.labels(label, s) for s in PUBLISH_STATUSES}
+        self.duration = metrics.publish_duration.labels(label)
+
+    def record(self, status: str, seconds: float) -> None:
+        self.by_status[status].inc()
+        self.duration.observe(seconds)
+
+
+class _RequestSeries:
+    __slots__ = ("by_status", "duration")
+
+    def __init__(self, metrics: BusMetrics, label: str) -> None:
+        self.by_status = {s: metrics.request_total.labels(label, s) for s in REQUEST_STATUSES}
+        self.duration = metrics.request_duration.labels(label)
+
+    def record(self, status: str, seconds: float) -> None:
+        self.by_status[status].inc()
+        self.duration.observe(seconds)
+
+
+class _ReceiveSeries:
+    __slots__ = ("by_status", "dead_letters", "duration", "in_flight", "redeliveries")
+
+    def __init__(self, metrics: BusMetrics, label: str) -> None:
+        self.by_status = {s: metrics.receive_total.labels(label, s) for s in RECEIVE_STATUSES}
+        self.duration = metrics.process_duration.labels(label)
+        self.redeliveries = metrics.redeliveries_total.labels(label)
+        self.in_flight = metrics.in_flight.labels(label)
+        self.dead_letters = {
+            TERM: metrics.dead_letters_total.labels(label, "term"),
+            DEAD: metrics.dead_letters_total.labels(label, "max_deliver"),
+        }
+
+
+class BusMetrics:
+    """The bus's Prometheus metrics, registered once in one registry.
+
+    A registry can hold each metric name once, so there is one ``BusMetrics`` per
+    registry: use :meth:`for_registry` to get it (creating it on first use), and pass
+    it, or the registry, to every decorator and hook of that process.
+
+    Attributes:
+        publish_total, publish_duration, receive_total, process_duration,
+        connection_status, publish_retries_total, redeliveries_total,
+        dead_letters_total, in_flight, request_total, request_duration: the metric
+            objects, for callers that need them directly.
+    """
+
+    _instances: ClassVar[weakref.WeakKeyDictionary[CollectorRegistry, BusMetrics]] = (
+        weakref.WeakKeyDictionary()
+    )
+    _instances_lock: ClassVar[threading.RLock] = threading.RLock()
+
+    def __init__(
+        self, registry: CollectorRegistry, *, buckets: Sequence[float] = DEFAULT_BUCKETS
+    ) -> None:
+        """Register the metrics in ``registry``.
+
+        Raises:
+            ValueError: ``registry`` already has bus metrics (use :meth:`for_registry`),
+                or holds another metric of one of these names (then nothing is
+                registered).
+        """
+        self._publish: dict[object, _PublishSeries] = {}
+        self._request: dict[object, _RequestSeries] = {}
+        self._receive: dict[object, _ReceiveSeries] = {}
+        self._retries: dict[object, Counter] = {}
+        self._decode_errors: dict[object, Counter] = {}
+        self._create(tuple(buckets))
+        self._connection = {s: self.connection_status.labels(s) for s in CONNECTION_STATUSES}
+        for child in self._connection.values():
+            child.set(0)
+        with BusMetrics._instances_lock:
+            if registry in BusMetrics._instances:
+                raise ValueError(
+                    "this registry already has bus metrics; use BusMetrics.for_registry"
+                )
+            self._register(registry)
+            BusMetrics._instances[registry] = self
+
+    @classmethod
+    def for_registry(cls, registry: CollectorRegistry) -> BusMetrics:
+        """The bus metrics of ``registry``, registered in it on first call."""
+        with cls._instances_lock:
+            existing = cls._instances.get(registry)
+            return existing if existing is not None else cls(registry)
+
+    def _create(self, buckets: tuple[float, ...]) -> None:
+        by_type_status = ("message_type", "status")
+        by_type = ("message_type",)
+        self.publish_total = Counter(
+            "message_bus_publish_total",
+            "Messages published, by outcome.",
+            by_type_status,
+            registry=None,
+        )
+        self.publish_duration = Histogram(
+            "message_bus_publish_duration_seconds",
+            "Seconds a publish took until the broker accepted or refused it.",
+            by_type,
+            registry=None,
+            buckets=buckets,
+        )
+        self.receive_total = Counter(
+            "message_bus_receive_total",
+            "Deliveries handled, by the acknowledgement they led to.",
+            by_type_status,
+            registry=None,
+        )
+        self.process_duration = Histogram(
+            "message_bus_process_duration_seconds",
+            "Seconds a handler took to process one delivery.",
+            by_type,
+            registry=None,
+            buckets=buckets,
+        )
+        self.connection_status = Gauge(
+            "nats_connection_status",
+            "1 for the current NATS connection status, 0 for the others.",
+            ("status",),
+            registry=None,
+        )
+        self.publish_retries_total = Counter(
+            "message_bus_publish_retries_total",
+            "Publish attempts after the first one.",
+            by_type,
+            registry=None,
+        )
+        self.redeliveries_total = Counter(
+            "message_bus_redeliveries_total",
+            "Deliveries of a message that had been delivered before.",
+            by_type,
+            registry=None,
+        )
+        self.dead_letters_total = Counter(
+            "message_bus_dead_letters_total",
+            "Messages dead-lettered: term (permanent failure) or max_deliver (exhausted).",
+            ("message_type", "reason"),
+            registry=None,
+        )
+        self.in_flight = Gauge(
+            "message_bus_in_flight",
+            "Handlers running now.",
+            by_type,
+            registry=None,
+        )
+        self.request_total = Counter(
+            "message_bus_request_total",
+            "Requests sent, by outcome.",
+            by_type_status,
+            registry=None,
+        )
+        self.request_duration = Histogram(
+            "message_bus_request_duration_seconds",
+            "Seconds a request waited for its reply.",
+            by_type,
+            registry=None,
+            buckets=buckets,
+        )
+
+    def _register(self, registry: CollectorRegistry) -> None:
+        """Register every metric, or none: a name clash leaves ``registry`` as it was."""
+        registered: list[Counter | Gauge | Histogram] = []
+        try:
+            for metric in (
+                self.publish_total,
+                self.publish_duration,
+                self.receive_total,
+                self.process_duration,
+                self.connection_status,
+                self.publish_retries_total,
+                self.redeliveries_total,
+                self.dead_letters_total,
+                self.in_flight,
+                self.request_total,
+                self.request_duration,
+            ):
+                registry.register(metric)
+                registered.append(metric)
+        except ValueError:
+            for metric in registered:
+                registry.unregister(metric)
+            raise
+
+    def set_connection_status(self, status: str) -> None:
+        """Mark ``status`` as the current connection status (1) and the others as 0.
+
+        Raises:
+            ValueError: ``status`` is not connected, disconnected, reconnecting or closed.
+        """
+        if status not in self._connection:
+            raise ValueError(f"unknown connection status {status!r}; one of {CONNECTION_STATUSES}")
+        for name, child in self._connection.items():
+            child.set(1 if name == status else 0)
+
+    def record_retry(self, message_type: MessageType | str) -> None:
+        """Count one publish retry (an attempt after the first) of ``message_type``.
+
+        Publishers call this from their retry hook; a receipt does not say how many
+        attempts it took.
+        """
+        child = self._retries.get(message_type)
+        if child is None:
+            child = self._retries[message_type] = self.publish_retries_total.labels(
+                _type_label(message_type)
+            )
+        child.inc()
+
+    def record_decode_error(self, message_type: MessageType | str) -> None:
+        """Count one received message that could not be decoded (it never reached a
+        handler). Subscribers call this with the type they consume."""
+        child = self._decode_errors.get(message_type)
+        if child is None:
+            child = self._decode_errors[message_type] = self.receive_total.labels(
+                _type_label(message_type), DECODE_ERROR
+            )
+        child.inc()
+
+    def record_dead_letter(self, message_type: MessageType | str, reason: str) -> None:
+        """Count one dead letter the handler decorators cannot see (e.g. an undecodable
+        message an adapter dead-letters itself).
+
+        Raises:
+            ValueError: ``reason`` is not ``term`` or ``max_deliver``.
+        """
+        if reason not in DEAD_LETTER_REASONS:
+            raise ValueError(f"unknown dead-letter reason {reason!r}; one of {DEAD_LETTER_REASONS}")
+        self.dead_letters_total.labels(_type_label(message_type), reason).inc()
+
+    def _publish_series(self, message_type: MessageType) -> _PublishSeries:
+        series = self._publish.get(message_type)
+        if series is None:
+            series = self._publish[message_type] = _PublishSeries(self, _type_label(message_type))
+        return series
+
+    def _request_series(self, message_type: MessageType) -> _RequestSeries:
+        series = self._request.get(message_type)
+        if series is None:
+            series = self._request[message_type] = _RequestSeries(self, _type_label(message_type))
+        return series
+
+    def _receive_series(self, message_type: MessageType) -> _ReceiveSeries:
+        series = self._receive.get(message_type)
+        if series is None:
+            series = self._receive[message_type] = _ReceiveSeries(self, _type_label(message_type))
+        return series
+
+
+def _metrics_of(registry: CollectorRegistry | BusMetrics) -> BusMetrics:
+    return registry if isinstance(registry, BusMetrics) else BusMetrics.for_registry(registry)
+
+
+class MetricsPublisher(Publisher):
+    """A :class:`Publisher` that records publish and request metrics around ``inner``.
+
+    A publish is counted once, with the status of its final result (retries inside
+    ``inner`` are counted by the retry hook, see :meth:`BusMetrics.record_retry`). In
+    ``publish_many`` each message is counted by its own result, and its duration is
+    the batch's: how long the caller waited for it.
+
+    Args:
+        inner: the publisher to measure.
+        registry: the registry to record in, or its :class:`BusMetrics`.
+    """
+
+    def __init__(self, inner: Publisher, registry: CollectorRegistry | BusMetrics) -> None:
+        self.inner = inner
+        self.metrics = _metrics_of(registry)
+
+    async def publish(self, message: Message) -> PublishReceipt:
+        series = self.metrics._publish_series(message.message_type)
+        start = perf_counter()
+        try:
+            receipt = await self.inner.publish(message)
+        except Exception as exc:
+            series.record(publish_status(exc), perf_counter() - start)
+            raise
+        series.record("duplicate" if receipt.duplicate else "success", perf_counter() - start)
+        return receipt
+
+    async def publish_many(self, messages: Sequence[Message]) -> list[PublishReceipt]:
+        metrics = self.metrics
+        start = perf_counter()
+        try:
+            receipts = await self.inner.publish_many(messages)
+        except PublishBatchError as exc:
+            elapsed = perf_counter() - start
+            for message, result in zip(messages, exc.results, strict=False):
+                if isinstance(result, PublishReceipt):
+                    status = "duplicate" if result.duplicate else "success"
+                else:
+                    status = publish_status(result)
+                metrics._publish_series(message.message_type).record(status, elapsed)
+            raise
+        except Exception as exc:
+            elapsed = perf_counter() - start
+            status = publish_status(exc)
+            for message in messages:
+                metrics._publish_series(message.message_type).record(status, elapsed)
+            raise
+        elapsed = perf_counter() - start
+        for message, receipt in zip(messages, receipts, strict=False):
+            metrics._publish_series(message.message_type).record(
+                "duplicate" if receipt.duplicate else "success", elapsed
+            )
+        return receipts
+
+    async def request(self, message: Message, timeout: float = 5.0) -> Message:
+        series = self.metrics._request_series(message.message_type)
+        start = perf_counter()
+        try:
+            reply = await self.inner.request(message, timeout)
+        except Exception as exc:
+            series.record(request_status(exc), perf_counter() - start)
+            raise
+        series.record("success", perf_counter() - start)
+        return reply
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+class _MeteredHandler:
+    """Runs a handler and records the outcome ``run_handler`` will settle it with."""
+
+    __slots__ = ("_config", "_handler", "_series")
+
+    def __init__(
+        self, handler: MessageHandler, series: _ReceiveSeries, config: SubscriberConfig
+    ) -> None:
+        self._handler = handler
+        self._series = series
+        self._config = config
+
+    async def handle(self, message: Message) -> Message | None:
+        series = self._series
+        delivery = delivery_or_none()
+        if delivery is not None and delivery.attempt > 1:
+            series.redeliveries.inc()
+        series.in_flight.inc()
+        start = perf_counter()
+        try:
+            reply = await self._handler.handle(message)
+        except Exception as exc:
+            self._settled(delivery, exc, perf_counter() - start)
+            raise
+        finally:
+            series.in_flight.dec()
+        self._settled(delivery, None, perf_counter() - start)
+        return reply
+
+    def _settled(self, delivery: Delivery | None, error: Exception | None, seconds: float) -> None:
+        series = self._series
+        outcome = handler_outcome(delivery, self._config, error)
+        series.by_status[outcome].inc()
+        series.duration.observe(seconds)
+        dead_letter = series.dead_letters.get(outcome)
+        if (
+            dead_letter is not None
+            and self._config.dead_letter
+            and delivery is not None
+            and delivery.stream is not None
+        ):
+            dead_letter.inc()
+
+
+class MetricsSubscriber(Subscriber):
+    """A :class:`Subscriber` whose handlers are measured.
+
+    Each delivery the handler runs on is counted once in
+    ``message_bus_receive_total`` with the outcome ``run_handler`` settles it with
+    (see :func:`~message_bus.adapters.telemetry.outcome.handler_outcome`): a handler
+    that settles the delivery itself counts as ``explicit``, whichever call it made.
+    A handler cancelled mid-run (subscription stopped) is not counted; its delivery
+    is redelivered. Dead letters are counted for stream deliveries when the
+    subscriber's ``dead_letter`` setting is on.
+
+    Args:
+        inner: the subscriber to measure.
+        registry: the registry to record in, or its :class:`BusMetrics`.
+    """
+
+    def __init__(self, inner: Subscriber, registry: CollectorRegistry | BusMetrics) -> None:
+        self.inner = inner
+        self.message_type = inner.message_type
+        self.config = inner.config
+        self.metrics = _metrics_of(registry)
+
+    async def subscribe(self, handler: MessageHandler) -> Subscription:
+        series = self.metrics._receive_series(self.message_type)
+        return await self.inner.subscribe(_MeteredHandler(handler, series, self.config))
+
+    async def close(self) -> None:
+        await self.inner.close()

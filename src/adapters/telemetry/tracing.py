@@ -1,0 +1,351 @@
+"""OpenTelemetry spans around any port, with W3C trace context carried in headers.
+
+Spans follow the OpenTelemetry messaging semantic conventions:
+
+* ``publish``: a PRODUCER span ``publish {template}`` per message (``publish_many``
+  too: one span per message, each ending with that message's own result, carrying
+  ``messaging.batch.message_count``). Its context is written into the message's
+  ``traceparent`` / ``tracestate`` headers.
+* ``request``: a CLIENT span ``request {template}``, whose context travels the same way.
+* handling a delivery: a CONSUMER span ``process {template}``, child of the context
+  found in the message's headers, current while the handler runs, so everything the
+  handler publishes joins the same trace: one payment's flow is one trace.
+
+``{template}`` is the low-cardinality destination ``deltran.{type_subject}.{partition_key}``
+(``messaging.destination.template``); the concrete subject is
+``messaging.destination.name``. A failure records the exception, sets ``error.type``
+and the ERROR status. Consumer spans also carry the delivery attempt and the outcome
+the delivery is settled with (``deltran.delivery.outcome``).
+
+Propagation uses the W3C TraceContext propagator directly, not the globally
+configured one, so the wire format does not depend on process-wide settings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Final
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer, TracerProvider
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.util.types import AttributeValue
+
+from message_bus.domain.catalog import MessageType
+from message_bus.domain.errors import PublishBatchError
+from message_bus.domain.message import Message
+from message_bus.ports import (
+    MessageHandler,
+    Publisher,
+    PublishReceipt,
+    Subscriber,
+    SubscriberConfig,
+    Subscription,
+)
+
+from .outcome import delivery_or_none, handler_outcome
+
+# Attribute names of the messaging semantic conventions (opentelemetry.semconv
+# messaging_attributes / error_attributes), spelled out: that module is incubating.
+MESSAGING_SYSTEM: Final = "messaging.system"
+MESSAGING_OPERATION_NAME: Final = "messaging.operation.name"
+MESSAGING_OPERATION_TYPE: Final = "messaging.operation.type"
+MESSAGING_DESTINATION_NAME: Final = "messaging.destination.name"
+MESSAGING_DESTINATION_TEMPLATE: Final = "messaging.destination.template"
+MESSAGING_DESTINATION_PARTITION_ID: Final = "messaging.destination.partition.id"
+MESSAGING_DESTINATION_SUBSCRIPTION_NAME: Final = "messaging.destination.subscription.name"
+MESSAGING_CONSUMER_GROUP_NAME: Final = "messaging.consumer.group.name"
+MESSAGING_MESSAGE_ID: Final = "messaging.message.id"
+MESSAGING_MESSAGE_CONVERSATION_ID: Final = "messaging.message.conversation_id"
+MESSAGING_BATCH_MESSAGE_COUNT: Final = "messaging.batch.message_count"
+ERROR_TYPE: Final = "error.type"
+
+# The bus's own attributes.
+DELTRAN_MESSAGE_TYPE: Final = "deltran.message.type"
+DELTRAN_STREAM: Final = "deltran.stream.name"
+DELTRAN_STREAM_SEQUENCE: Final = "deltran.stream.sequence"
+DELTRAN_DUPLICATE: Final = "deltran.publish.duplicate"
+DELTRAN_DELIVERY_ATTEMPT: Final = "deltran.delivery.attempt"
+DELTRAN_DELIVERY_OUTCOME: Final = "deltran.delivery.outcome"
+
+TRACER_NAME: Final = "message_bus"
+DEFAULT_SYSTEM: Final = "nats"
+
+_PROPAGATOR: Final = TraceContextTextMapPropagator()
+_NO_PARENT: Final = Context()
+
+_Attributes = dict[str, AttributeValue]
+
+
+def destination_template(message_type: MessageType) -> str:
+    """The low-cardinality destination of ``message_type``'s subjects."""
+    return f"{message_type.subject_prefix}.{{partition_key}}"
+
+
+def _fail(span: Span, error: Exception) -> None:
+    span.record_exception(error)
+    span.set_attribute(ERROR_TYPE, type(error).__qualname__)
+    span.set_status(Status(StatusCode.ERROR, type(error).__qualname__))
+
+
+def _accepted(span: Span, receipt: PublishReceipt) -> None:
+    if not span.is_recording():
+        return
+    attributes: _Attributes = {DELTRAN_DUPLICATE: receipt.duplicate}
+    if receipt.partition is not None:
+        attributes[MESSAGING_DESTINATION_PARTITION_ID] = str(receipt.partition)
+    if receipt.stream is not None:
+        attributes[DELTRAN_STREAM] = receipt.stream
+    if receipt.sequence is not None:
+        attributes[DELTRAN_STREAM_SEQUENCE] = receipt.sequence
+    span.set_attributes(attributes)
+
+
+def _end(spans: list[Span]) -> None:
+    for span in spans:
+        span.end()
+
+
+def _with_context(message: Message, context: Context | None = None) -> Message:
+    """``message`` with the trace context (current, or ``context``) in its headers."""
+    carrier: dict[str, str] = {}
+    _PROPAGATOR.inject(carrier, context)
+    return message.with_headers(carrier) if carrier else message
+
+
+def _tracer(tracer_provider: TracerProvider | None) -> Tracer:
+    provider = trace.get_tracer_provider() if tracer_provider is None else tracer_provider
+    return provider.get_tracer(TRACER_NAME)
+
+
+class _SendKind:
+    """Span name and constant attributes of one operation on one message type."""
+
+    __slots__ = ("attributes", "name")
+
+    def __init__(self, operation: str, message_type: MessageType, system: str) -> None:
+        template = destination_template(message_type)
+        self.name = f"{operation} {template}"
+        self.attributes: _Attributes = {
+            MESSAGING_SYSTEM: system,
+            MESSAGING_OPERATION_NAME: operation,
+            MESSAGING_OPERATION_TYPE: "send",
+            MESSAGING_DESTINATION_TEMPLATE: template,
+            DELTRAN_MESSAGE_TYPE: message_type.value,
+        }
+
+    def attributes_for(self, message: Message) -> _Attributes:
+        attributes = self.attributes.copy()
+        attributes[MESSAGING_DESTINATION_NAME] = message.subject
+        attributes[MESSAGING_MESSAGE_ID] = message.id
+        if message.correlation_id is not None:
+            attributes[MESSAGING_MESSAGE_CONVERSATION_ID] = message.correlation_id
+        return attributes
+
+
+class TracingPublisher(Publisher):
+    """A :class:`Publisher` that traces every call and propagates the trace in headers.
+
+    The message ``inner`` receives is a copy of the caller's with ``traceparent`` (and
+    ``tracestate`` if any) headers set to the publish span; its id is unchanged, so
+    deduplication is unaffected.
+
+    Args:
+        inner: the publisher to trace.
+        tracer_provider: where spans go; None uses the global provider.
+        system: the ``messaging.system`` attribute.
+    """
+
+    def __init__(
+        self,
+        inner: Publisher,
+        tracer_provider: TracerProvider | None = None,
+        *,
+        system: str = DEFAULT_SYSTEM,
+    ) -> None:
+        self.inner = inner
+        self._tracer = _tracer(tracer_provider)
+        self._system = system
+        self._publish: dict[MessageType, _SendKind] = {}
+        self._request: dict[MessageType, _SendKind] = {}
+
+    def _kind(
+        self, cache: dict[MessageType, _SendKind], operation: str, message: Message
+    ) -> _SendKind:
+        kind = cache.get(message.message_type)
+        if kind is None:
+            kind = cache[message.message_type] = _SendKind(
+                operation, message.message_type, self._system
+            )
+        return kind
+
+    async def publish(self, message: Message) -> PublishReceipt:
+        kind = self._kind(self._publish, "publish", message)
+        with self._tracer.start_as_current_span(
+            kind.name,
+            kind=SpanKind.PRODUCER,
+            attributes=kind.attributes_for(message),
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            try:
+                receipt = await self.inner.publish(_with_context(message))
+            except Exception as exc:
+                _fail(span, exc)
+                raise
+            _accepted(span, receipt)
+            return receipt
+
+    async def publish_many(self, messages: Sequence[Message]) -> list[PublishReceipt]:
+        count = len(messages)
+        spans: list[Span] = []
+        try:
+            carried: list[Message] = []
+            for message in messages:
+                kind = self._kind(self._publish, "publish", message)
+                attributes = kind.attributes_for(message)
+                attributes[MESSAGING_BATCH_MESSAGE_COUNT] = count
+                span = self._tracer.start_span(
+                    kind.name, kind=SpanKind.PRODUCER, attributes=attributes
+                )
+                spans.append(span)
+                carried.append(_with_context(message, trace.set_span_in_context(span)))
+            receipts = await self.inner.publish_many(carried)
+        except PublishBatchError as exc:
+            for span, result in zip(spans, exc.results, strict=False):
+                if isinstance(result, PublishReceipt):
+                    _accepted(span, result)
+                else:
+                    _fail(span, result)
+            _end(spans)
+            raise
+        except BaseException as exc:
+            if isinstance(exc, Exception):
+                for span in spans:
+                    _fail(span, exc)
+            _end(spans)
+            raise
+        for span, receipt in zip(spans, receipts, strict=False):
+            _accepted(span, receipt)
+        _end(spans)
+        return receipts
+
+    async def request(self, message: Message, timeout: float = 5.0) -> Message:
+        kind = self._kind(self._request, "request", message)
+        with self._tracer.start_as_current_span(
+            kind.name,
+            kind=SpanKind.CLIENT,
+            attributes=kind.attributes_for(message),
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            try:
+                return await self.inner.request(_with_context(message), timeout)
+            except Exception as exc:
+                _fail(span, exc)
+                raise
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+class _TracedHandler:
+    """Runs a handler inside a CONSUMER span that continues the message's trace."""
+
+    __slots__ = ("_attributes", "_config", "_handler", "_name", "_tracer")
+
+    def __init__(
+        self,
+        handler: MessageHandler,
+        tracer: Tracer,
+        name: str,
+        attributes: _Attributes,
+        config: SubscriberConfig,
+    ) -> None:
+        self._handler = handler
+        self._tracer = tracer
+        self._name = name
+        self._attributes = attributes
+        self._config = config
+
+    async def handle(self, message: Message) -> Message | None:
+        # Only the message's own headers choose the parent, never an ambient context.
+        parent = _PROPAGATOR.extract(message.headers, _NO_PARENT) if message.headers else None
+        delivery = delivery_or_none()
+        attributes = self._attributes.copy()
+        attributes[MESSAGING_MESSAGE_ID] = message.id
+        if message.correlation_id is not None:
+            attributes[MESSAGING_MESSAGE_CONVERSATION_ID] = message.correlation_id
+        if message.partition is not None:
+            attributes[MESSAGING_DESTINATION_PARTITION_ID] = str(message.partition)
+        if delivery is None:
+            attributes[MESSAGING_DESTINATION_NAME] = message.subject
+        else:
+            attributes[MESSAGING_DESTINATION_NAME] = delivery.subject
+            attributes[DELTRAN_DELIVERY_ATTEMPT] = delivery.attempt
+            if delivery.stream is not None:
+                attributes[DELTRAN_STREAM] = delivery.stream
+            if delivery.sequence is not None:
+                attributes[DELTRAN_STREAM_SEQUENCE] = delivery.sequence
+        with self._tracer.start_as_current_span(
+            self._name,
+            context=_NO_PARENT if parent is None else parent,
+            kind=SpanKind.CONSUMER,
+            attributes=attributes,
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            try:
+                reply = await self._handler.handle(message)
+            except Exception as exc:
+                span.set_attribute(
+                    DELTRAN_DELIVERY_OUTCOME, handler_outcome(delivery, self._config, exc)
+                )
+                _fail(span, exc)
+                raise
+            span.set_attribute(
+                DELTRAN_DELIVERY_OUTCOME, handler_outcome(delivery, self._config, None)
+            )
+            return reply
+
+
+class TracingSubscriber(Subscriber):
+    """A :class:`Subscriber` whose handlers run in CONSUMER spans continuing the trace
+    carried by each message's ``traceparent`` header (a new trace if it has none).
+
+    Args:
+        inner: the subscriber to trace.
+        tracer_provider: where spans go; None uses the global provider.
+        system: the ``messaging.system`` attribute.
+    """
+
+    def __init__(
+        self,
+        inner: Subscriber,
+        tracer_provider: TracerProvider | None = None,
+        *,
+        system: str = DEFAULT_SYSTEM,
+    ) -> None:
+        self.inner = inner
+        self.message_type = inner.message_type
+        self.config = inner.config
+        self._tracer = _tracer(tracer_provider)
+        template = destination_template(self.message_type)
+        self._name = f"process {template}"
+        self._attributes: _Attributes = {
+            MESSAGING_SYSTEM: system,
+            MESSAGING_OPERATION_NAME: "process",
+            MESSAGING_OPERATION_TYPE: "process",
+            MESSAGING_DESTINATION_TEMPLATE: template,
+            MESSAGING_CONSUMER_GROUP_NAME: self.config.consumer_group,
+            MESSAGING_DESTINATION_SUBSCRIPTION_NAME: self.config.consumer_name,
+            DELTRAN_MESSAGE_TYPE: self.message_type.value,
+        }
+
+    async def subscribe(self, handler: MessageHandler) -> Subscription:
+        traced = _TracedHandler(handler, self._tracer, self._name, self._attributes, self.config)
+        return await self.inner.subscribe(traced)
+
+    async def close(self) -> None:
+        await self.inner.close()
