@@ -16,7 +16,7 @@ import msgspec
 
 from .catalog import MessageType
 from .errors import DecodeError, ValidationError
-from .message import Message, check_id
+from .message import Message, check_header, check_id
 from .partition import DEFAULT_PARTITIONS, PartitionKey, check_partition_count, partition_of
 
 H_MSG_ID = "Nats-Msg-Id"
@@ -118,7 +118,13 @@ class WireCodec:
         self.partitions = check_partition_count(partitions)
 
     def encode(self, message: Message) -> Encoded:
-        """Encode ``message``; raises :class:`ValidationError` before any I/O if it can't."""
+        """Encode ``message``; raises :class:`ValidationError` before any I/O if it can't.
+
+        The envelope is checked again here (not only in ``Message.new``) because a
+        ``Message`` built directly or with ``msgspec.structs.replace`` skips that check:
+        nothing unchecked reaches a subject or a header.
+        """
+        check_id("id", message.id)
         subject, template = _template(
             message.message_type, message.partition_key.suffix, self.partitions
         )
@@ -126,10 +132,12 @@ class WireCodec:
         headers[H_MSG_ID] = message.id
         headers[H_CREATED_AT] = format_timestamp(message.created_at)
         if message.correlation_id is not None:
-            headers[H_CORRELATION_ID] = message.correlation_id
+            headers[H_CORRELATION_ID] = check_id("correlation_id", message.correlation_id)
         if message.causation_id is not None:
-            headers[H_CAUSATION_ID] = message.causation_id
+            headers[H_CAUSATION_ID] = check_id("causation_id", message.causation_id)
         if message.headers:
+            for name, value in message.headers.items():
+                check_header(name, value)
             headers.update(message.headers)
         return Encoded(subject, headers, encode_payload(message.payload))
 

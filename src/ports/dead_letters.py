@@ -13,8 +13,10 @@ class DeadLetters(ABC):
     """The dead-letter stream, as an operator sees it.
 
     ``replay`` republishes the original message (same id, same subject, same headers)
-    to its stream, so a consumer group processes it again; JetStream deduplicates the
-    replay itself if it is repeated within the duplicate window.
+    to its stream, so a consumer group processes it again. The id is kept so that
+    consumers' own idempotency still recognises the payment; the price is that a replay
+    inside the duplicate window of the original publish (or of an earlier replay) is
+    deduplicated: the receipt says ``duplicate=True`` and nothing is redelivered.
     """
 
     @abstractmethod

@@ -9,7 +9,8 @@ Contract, for every adapter:
   the clock for long work).
 * Members of one consumer group share the work; every group sees every message.
   Groups are durable: a group that restarts resumes after its last ACK.
-* At most ``max_concurrent`` handlers of one subscriber run at once.
+* At most ``max_concurrent`` handlers of one subscription (one ``subscribe`` call) run
+  at once.
 * Core-only types reach only subscribers that are live when the message is sent.
 
 The handler decides the acknowledgement by its outcome (see :func:`run_handler`):

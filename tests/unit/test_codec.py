@@ -188,3 +188,16 @@ def test_partition_count_is_part_of_the_codec() -> None:
         WireCodec(0)
     message = Message.new(MessageType.PAYMENT_INSTRUCTION, PartitionKey.corridor("USD-EUR"), {})
     assert WireCodec(256).encode(message).headers["Deltran-Partitions"] == "256"
+
+
+def test_a_message_built_around_the_checks_is_still_refused_at_encode() -> None:
+    import msgspec
+
+    good = Message.new(MessageType.PAYMENT_INSTRUCTION, PartitionKey.corridor("USD-EUR"), {})
+    forged = msgspec.structs.replace(good, headers={"Nats-Msg-Id": "other"})
+    with pytest.raises(ValidationError, match="reserved"):
+        codec.encode(forged)
+    with pytest.raises(ValidationError, match="id"):
+        codec.encode(msgspec.structs.replace(good, id="two words"))
+    with pytest.raises(ValidationError, match="causation_id"):
+        codec.encode(msgspec.structs.replace(good, causation_id="a\r\nb"))

@@ -1,0 +1,513 @@
+"""The in-memory broker: JetStream's semantics in one process, through the real wire codec."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import TracebackType
+
+from message_bus.domain.catalog import MessageType, StreamCatalog
+from message_bus.domain.codec import H_MSG_ID, H_PARTITION, H_TYPE, Encoded, WireCodec
+from message_bus.domain.dead_letter import (
+    DeadLetter,
+    decode_dead_letter,
+    encode_dead_letter,
+    original_of,
+)
+from message_bus.domain.errors import (
+    ClosedError,
+    NoRespondersError,
+    RequestTimeout,
+    ValidationError,
+)
+from message_bus.domain.message import Message
+from message_bus.domain.partition import DEFAULT_PARTITIONS, check_partition_count
+from message_bus.ports.config import PublisherConfig, SubscriberConfig
+from message_bus.ports.dead_letters import DeadLetters
+from message_bus.ports.publisher import Publisher, PublishReceipt
+from message_bus.ports.subscriber import MessageHandler, Subscriber, Subscription
+
+from ._consumer import CoreMember, CoreQueue, Group, Member, StreamMember
+from ._store import Stream
+from .clock import Clock, SystemClock
+
+log = logging.getLogger("message_bus.memory")
+
+
+@dataclass(frozen=True, slots=True)
+class StreamState:
+    """A stream's contents at one moment.
+
+    Attributes:
+        name: the stream.
+        messages: messages stored (expired ones are gone).
+        first_sequence: sequence of the oldest stored message (``last_sequence + 1``
+            when empty).
+        last_sequence: sequence of the newest message ever stored (0 if none).
+    """
+
+    name: str
+    messages: int
+    first_sequence: int
+    last_sequence: int
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerState:
+    """A durable consumer group's position.
+
+    Attributes:
+        stream: the stream it consumes.
+        name: its consumer name (``SubscriberConfig.consumer_name``).
+        delivered_sequence: the highest stream sequence delivered at least once.
+        ack_pending: delivered and neither acknowledged nor terminated.
+        redelivered: deliveries that were redeliveries, since the group was created.
+        members: live subscriptions in the group.
+    """
+
+    stream: str
+    name: str
+    delivered_sequence: int
+    ack_pending: int
+    redelivered: int
+    members: int
+
+
+class InMemoryBroker:
+    """A broker with JetStream's semantics, in memory: a product feature for tests, demos
+    and benchmarks, not a mock.
+
+    Every message is encoded by :class:`WireCodec` when published and decoded again for
+    each delivery, so nothing is shared by reference between publisher and handler.
+
+    * Streams come from ``catalog`` (plus the dead-letter stream); each keeps messages by
+      sequence until ``max_age`` and deduplicates on ``Nats-Msg-Id`` within
+      ``duplicate_window``. A publish of a stream-backed type is stored (also when the
+      publisher does not use JetStream, as a NATS server's stream captures its
+      subjects); only a JetStream publish gets the stream and sequence in its receipt.
+    * Consumer groups are durable and live in the broker, keyed by stream and
+      ``SubscriberConfig.consumer_name``; a new group starts at the first stored
+      message. The latest member's config sets the group's ``ack_wait``,
+      ``max_deliver`` and ``max_ack_pending``. Workers take one message at a time, so
+      nothing is fetched ahead (``fetch_batch`` has no effect).
+    * Core delivery (core-only types, or ``use_jetstream=False`` subscribers) reaches the
+      subscriptions live at publish time, one member per queue group
+      (``consumer_group``). ``request`` is always core: it is not stored.
+    * All time comes from ``clock``. With a :class:`ManualClock`, ``clock.advance(s)``
+      fires due ack-wait expiries and NAK delays and wakes idle workers; then
+      ``await broker.settle()`` lets the woken workers hand their deliveries to handlers.
+
+    Args:
+        clock: time source (default :class:`SystemClock`).
+        catalog: the streams (default :meth:`StreamCatalog.default`).
+        duplicate_window: seconds a message id is remembered for deduplication.
+        partitions: the partition count of publishers created without a config.
+    """
+
+    def __init__(
+        self,
+        *,
+        clock: Clock | None = None,
+        catalog: StreamCatalog | None = None,
+        duplicate_window: float = 120.0,
+        partitions: int = DEFAULT_PARTITIONS,
+    ) -> None:
+        ok = isinstance(duplicate_window, int | float) and not isinstance(duplicate_window, bool)
+        if not ok or duplicate_window <= 0:
+            raise ValidationError("duplicate_window", duplicate_window, "must be a positive number")
+        self.clock: Clock = clock if clock is not None else SystemClock()
+        self.catalog = catalog if catalog is not None else StreamCatalog.default()
+        self.partitions = check_partition_count(partitions)
+        self.codec = WireCodec(self.partitions)
+        self._streams: dict[str, Stream] = {}
+        for spec in self.catalog.all_streams():
+            self._streams.setdefault(spec.name, Stream(spec, float(duplicate_window)))
+        self._dead = self._streams[self.catalog.dead_letters.name]
+        self._type_streams = {
+            message_type: self._streams[spec.name]
+            for message_type, spec in self.catalog.streams.items()
+        }
+        self._groups: dict[tuple[str, str], Group] = {}
+        # Core queue groups by route: an exact subject, or a message type (all its subjects).
+        self._core: dict[str | MessageType, dict[str, CoreQueue]] = {}
+        self._members: set[Member] = set()
+        self._requests: set[asyncio.Future[Encoded]] = set()
+        self._closed = False
+        # Progress counters read by settle(): broker events, and workers woken but not
+        # yet running.
+        self._activity = 0
+        self._woken = 0
+
+    # -- ports ----------------------------------------------------------------------
+
+    def publisher(self, config: PublisherConfig | None = None) -> InMemoryPublisher:
+        """A publisher; without a config it uses the broker's partition count."""
+        if config is None:
+            config = PublisherConfig(partitions=self.partitions)
+        return InMemoryPublisher(self, config)
+
+    def subscriber(
+        self, message_type: MessageType, config: SubscriberConfig | None = None
+    ) -> InMemorySubscriber:
+        """A subscriber of ``message_type`` (default :class:`SubscriberConfig`)."""
+        return InMemorySubscriber(self, message_type, config or SubscriberConfig())
+
+    def dead_letters(self) -> InMemoryDeadLetters:
+        """The dead-letter stream, as the :class:`DeadLetters` port."""
+        return InMemoryDeadLetters(self)
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    async def close(self) -> None:
+        """Stop every subscription (in-flight handlers finish) and refuse further use.
+
+        Idempotent. Requests still waiting for a reply fail with :class:`ClosedError`.
+        """
+        if not self._closed:
+            self._closed = True
+            for request in self._requests:
+                if not request.done():
+                    request.set_exception(ClosedError("broker closed"))
+        for member in list(self._members):
+            await member.stop()
+        for group in self._groups.values():
+            group.cancel_timer()
+
+    async def __aenter__(self) -> InMemoryBroker:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- introspection --------------------------------------------------------------
+
+    async def settle(self, *, max_rounds: int = 100_000) -> None:
+        """Let the event loop run until the broker is quiet.
+
+        Quiet means: no worker woken and not yet running, and no broker event (publish,
+        delivery, ack, nak, term, timer) during three consecutive event-loop rounds.
+        So every delivery that is due has reached its handler, and every handler that
+        could finish without waiting on something outside the broker has finished.
+        Handlers suspended on other things (a sleep, an event) are not waited for.
+
+        Raises:
+            TimeoutError: still busy after ``max_rounds`` rounds (a handler loop that
+                never stops producing work).
+        """
+        quiet = 0
+        for _ in range(max_rounds):
+            before = self._activity
+            await asyncio.sleep(0)
+            if self._woken == 0 and self._activity == before:
+                quiet += 1
+                if quiet >= 3:
+                    return
+            else:
+                quiet = 0
+        raise TimeoutError(f"broker still busy after {max_rounds} event-loop rounds")
+
+    def stream_info(self, name: str) -> StreamState:
+        """The current state of stream ``name``.
+
+        Raises:
+            KeyError: no such stream.
+        """
+        stream = self._streams[name]
+        stream.expire(self.clock.now())
+        return StreamState(name, len(stream), stream.first_seq, stream.last_seq)
+
+    def consumer_info(self, stream: str, consumer_name: str) -> ConsumerState:
+        """The state of the durable group ``consumer_name`` on ``stream``.
+
+        Raises:
+            KeyError: no such group.
+        """
+        group = self._groups[(stream, consumer_name)]
+        return ConsumerState(
+            stream,
+            consumer_name,
+            group.next_seq - 1,
+            len(group.pending),
+            group.redelivered,
+            group.members,
+        )
+
+    # -- internals used by publishers, subscribers and groups ----------------------------
+
+    def _check_open(self, what: str) -> None:
+        if self._closed:
+            raise ClosedError(f"{what}: broker closed")
+
+    def _publish(
+        self, encoded: Encoded, message_type: MessageType, jetstream: bool, partition: int | None
+    ) -> PublishReceipt:
+        stream = self._type_streams.get(message_type)
+        seq: int | None = None
+        duplicate = False
+        if stream is not None:
+            seq, duplicate = stream.store(encoded, self.clock.now())
+            if not duplicate:
+                self._activity += 1
+                subject = encoded.subject
+                for group in stream.groups:
+                    if group.waiters and group.matches(subject):
+                        group.kick()
+        if self._core:
+            self._route_core(encoded, message_type, None)
+        message_id = encoded.headers[H_MSG_ID]
+        if jetstream and stream is not None:
+            return PublishReceipt(
+                message_id, encoded.subject, stream.name, seq, duplicate, partition
+            )
+        return PublishReceipt(message_id, encoded.subject, partition=partition)
+
+    def _route_core(
+        self,
+        encoded: Encoded,
+        message_type: MessageType,
+        reply: asyncio.Future[Encoded] | None,
+    ) -> int:
+        """Hand ``encoded`` to one member of every matching queue group; return how many."""
+        reached = 0
+        core = self._core
+        for queues in (core.get(message_type), core.get(encoded.subject)):
+            if queues:
+                for queue in queues.values():
+                    queue.pick().push(encoded, reply)
+                    reached += 1
+        if reached:
+            self._activity += 1
+        return reached
+
+    def _join(
+        self, message_type: MessageType, handler: MessageHandler, config: SubscriberConfig
+    ) -> Member:
+        key = config.partition_key
+        exact = key is not None
+        subject_filter = (
+            f"{message_type.subject_prefix}.{key.suffix}"
+            if key is not None
+            else f"{message_type.subject_prefix}."
+        )
+        stream = self._type_streams.get(message_type) if config.use_jetstream else None
+        member: Member
+        if stream is not None:
+            member = StreamMember(
+                self, message_type, handler, config, self._group(stream, subject_filter, config)
+            )
+        else:
+            core = CoreMember(self, message_type, handler, config, subject_filter, exact)
+            queues = self._core.setdefault(core.route, {})
+            queues.setdefault(core.queue_name, CoreQueue()).members.append(core)
+            member = core
+        self._members.add(member)
+        member.start()
+        return member
+
+    def _group(self, stream: Stream, subject_filter: str, config: SubscriberConfig) -> Group:
+        key = (stream.name, config.consumer_name)
+        exact = config.partition_key is not None
+        group = self._groups.get(key)
+        if group is None:
+            group = Group(self, stream, config.consumer_name, subject_filter, exact, config)
+            self._groups[key] = group
+            stream.groups.append(group)
+        elif group.subject_filter != subject_filter:
+            raise ValidationError(
+                "consumer_name",
+                config.consumer_name,
+                f"already consumes {group.subject_filter!r} on {stream.name}",
+            )
+        else:
+            group.config = config
+        return group
+
+    def _remove_core(self, member: CoreMember) -> None:
+        queues = self._core.get(member.route)
+        queue = queues.get(member.queue_name) if queues is not None else None
+        if queues is None or queue is None or member not in queue.members:
+            return
+        queue.members.remove(member)
+        if not queue.members:
+            del queues[member.queue_name]
+            if not queues:
+                del self._core[member.route]
+
+    def _forget_member(self, member: Member) -> None:
+        self._members.discard(member)
+
+    def _store_dead_letter(
+        self,
+        original: Encoded,
+        *,
+        reason: str,
+        stream: str,
+        sequence: int,
+        deliveries: int,
+        consumer_group: str,
+    ) -> None:
+        dead = encode_dead_letter(
+            original,
+            reason=reason,
+            stream=stream,
+            sequence=sequence,
+            deliveries=deliveries,
+            consumer_group=consumer_group,
+            failed_at=self.clock.utcnow(),
+        )
+        self._dead.store(dead, self.clock.now())
+        self._activity += 1
+
+
+class InMemoryPublisher(Publisher):
+    """Publishes into an :class:`InMemoryBroker`; see :class:`Publisher` for the contract.
+
+    The broker accepts or rejects a message at once, so the config's timeout, retry and
+    circuit-breaker settings never come into play; ``use_jetstream`` and ``partitions``
+    do.
+    """
+
+    def __init__(self, broker: InMemoryBroker, config: PublisherConfig) -> None:
+        self.config = config
+        self._broker = broker
+        self._partitions = config.partitions
+        self._codec = (
+            broker.codec if config.partitions == broker.partitions else WireCodec(config.partitions)
+        )
+        self._jetstream = config.use_jetstream
+        self._closed = False
+
+    def _check(self) -> None:
+        if self._closed:
+            raise ClosedError("publisher closed")
+        self._broker._check_open("publish")
+
+    def _encode(self, message: Message) -> Encoded:
+        if not isinstance(message, Message):
+            raise ValidationError("message", message, "must be a Message")
+        return self._codec.encode(message)
+
+    async def publish(self, message: Message) -> PublishReceipt:
+        self._check()
+        encoded = self._encode(message)
+        return self._broker._publish(
+            encoded,
+            message.message_type,
+            self._jetstream,
+            message.partition_key.partition_number(self._partitions),
+        )
+
+    async def publish_many(self, messages: Sequence[Message]) -> list[PublishReceipt]:
+        """Publish a batch; every message is encoded (validated) before any is stored."""
+        self._check()
+        encoded = [self._encode(message) for message in messages]
+        publish, jetstream, partitions = self._broker._publish, self._jetstream, self._partitions
+        return [
+            publish(e, m.message_type, jetstream, m.partition_key.partition_number(partitions))
+            for m, e in zip(messages, encoded, strict=True)
+        ]
+
+    async def request(self, message: Message, timeout: float = 5.0) -> Message:
+        self._check()
+        ok = isinstance(timeout, int | float) and not isinstance(timeout, bool)
+        if not ok or timeout <= 0:
+            raise ValidationError("timeout", timeout, "must be a positive number")
+        encoded = self._encode(message)
+        broker = self._broker
+        reply: asyncio.Future[Encoded] = asyncio.get_running_loop().create_future()
+        if not broker._route_core(encoded, message.message_type, reply):
+            raise NoRespondersError(encoded.subject)
+
+        def expire() -> None:
+            if not reply.done():
+                reply.set_exception(RequestTimeout(encoded.subject, timeout))
+
+        clock = broker.clock
+        timer = clock.call_at(clock.now() + timeout, expire)
+        broker._requests.add(reply)
+        try:
+            answer = await reply
+        finally:
+            timer.cancel()
+            broker._requests.discard(reply)
+        return broker.codec.decode(*answer)
+
+    async def close(self) -> None:
+        self._closed = True
+
+
+class InMemorySubscriber(Subscriber):
+    """Subscribes to one message type of an :class:`InMemoryBroker`.
+
+    Each :meth:`subscribe` starts one member with ``max_concurrent`` workers, so the
+    ``max_concurrent`` bound holds per subscription (a subscriber normally runs one).
+    """
+
+    def __init__(
+        self, broker: InMemoryBroker, message_type: MessageType, config: SubscriberConfig
+    ) -> None:
+        if not isinstance(message_type, MessageType):
+            raise ValidationError("message_type", message_type, "must be a MessageType")
+        if not isinstance(config, SubscriberConfig):
+            raise ValidationError("config", config, "must be a SubscriberConfig")
+        self.message_type = message_type
+        self.config = config
+        self._broker = broker
+        self._subscriptions: list[Member] = []
+        self._closed = False
+
+    async def subscribe(self, handler: MessageHandler) -> Subscription:
+        if self._closed:
+            raise ClosedError("subscriber closed")
+        self._broker._check_open("subscribe")
+        if not isinstance(handler, MessageHandler):
+            raise TypeError(f"handler must have an async handle(message) method, got {handler!r}")
+        member = self._broker._join(self.message_type, handler, self.config)
+        self._subscriptions.append(member)
+        return member
+
+    async def close(self) -> None:
+        self._closed = True
+        for subscription in self._subscriptions:
+            await subscription.stop()
+
+
+class InMemoryDeadLetters(DeadLetters):
+    """The broker's ``DEAD_LETTERS`` stream."""
+
+    def __init__(self, broker: InMemoryBroker) -> None:
+        self._broker = broker
+
+    async def list(self, limit: int = 100) -> list[DeadLetter]:
+        broker = self._broker
+        stream = broker._dead
+        stream.expire(broker.clock.now())
+        if limit < 1:
+            return []
+        return [
+            decode_dead_letter(broker.codec, *entry.encoded, dlq_sequence=seq)
+            for seq, entry in stream.entries_from(stream.first_seq, limit)
+        ]
+
+    async def replay(self, dlq_sequence: int) -> PublishReceipt:
+        broker = self._broker
+        broker._check_open("replay")
+        entry = broker._dead.get(dlq_sequence)
+        if entry is None:
+            raise KeyError(dlq_sequence)
+        original = original_of(entry.encoded)
+        message_type = MessageType.from_wire(original.headers[H_TYPE])
+        partition = original.headers.get(H_PARTITION)
+        return broker._publish(
+            original, message_type, True, int(partition) if partition is not None else None
+        )

@@ -1,0 +1,425 @@
+"""Behaviour of the in-memory broker beyond the shared contract: its clock, max age,
+windows, limits and operator tools."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from message_bus import (
+    ClosedError,
+    FunctionHandler,
+    Message,
+    MessageType,
+    PartitionKey,
+    PermanentError,
+    PublisherConfig,
+    RequestTimeout,
+    StreamCatalog,
+    SubscriberConfig,
+    ValidationError,
+    current_delivery,
+)
+from message_bus.adapters.memory import InMemoryBroker, ManualClock, SystemClock
+from message_bus.testing import Gate, eventually
+
+PAYMENT = MessageType.PAYMENT_INSTRUCTION
+STREAM = "PAYMENT_INSTRUCTIONS"
+KEY = PartitionKey.corridor_bank(corridor_id="USD-EUR", bank_id="BANKGB2L")
+
+
+def payment(n: int = 0, key: PartitionKey = KEY) -> Message:
+    return Message.new(PAYMENT, key, {"payment_id": f"pay-{n}", "amount": "10.00"})
+
+
+class Recorder:
+    """Records (message id, attempt) of every delivery; optionally blocks until released."""
+
+    def __init__(self, *, block: bool = False) -> None:
+        self.seen: list[tuple[str, int]] = []
+        self.release = Gate(10.0)
+        if not block:
+            self.release.open()
+
+    async def handle(self, message: Message) -> None:
+        self.seen.append((message.id, current_delivery().attempt))
+        await self.release.wait()
+
+    def attempts(self, message: Message) -> list[int]:
+        return [attempt for message_id, attempt in self.seen if message_id == message.id]
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+async def broker(clock: ManualClock) -> AsyncIterator[InMemoryBroker]:
+    broker = InMemoryBroker(clock=clock)
+    yield broker
+    await broker.close()
+
+
+def config(**overrides: Any) -> SubscriberConfig:
+    settings: dict[str, Any] = {"consumer_group": "settlement", "ack_wait": 30.0}
+    settings.update(overrides)
+    return SubscriberConfig(**settings)
+
+
+async def subscribe(broker: InMemoryBroker, recorder: Recorder, **overrides: Any) -> Any:
+    subscriber = broker.subscriber(PAYMENT, config(**overrides))
+    return await subscriber.subscribe(FunctionHandler(recorder.handle))
+
+
+# -- clock ------------------------------------------------------------------------------
+
+
+def test_manual_clock_runs_due_timers_in_deadline_order_at_their_own_time() -> None:
+    clock = ManualClock()
+    fired: list[tuple[str, float]] = []
+    clock.call_at(5.0, lambda: fired.append(("late", clock.now())))
+    clock.call_at(2.0, lambda: fired.append(("early", clock.now())))
+
+    def chain() -> None:
+        clock.call_at(3.0, lambda: fired.append(("chained", clock.now())))
+
+    clock.call_at(2.5, chain)
+    clock.call_at(4.0, lambda: fired.append(("cancelled", clock.now()))).cancel()
+    clock.advance(4.5)
+    assert fired == [("early", 2.0), ("chained", 3.0)]
+    assert clock.now() == 4.5
+    clock.advance(1.0)
+    assert fired[-1] == ("late", 5.0)
+
+
+def test_manual_clock_refuses_to_go_back() -> None:
+    with pytest.raises(ValueError, match="back in time"):
+        ManualClock().advance(-1.0)
+
+
+def test_manual_clock_wall_time_follows_its_advances() -> None:
+    clock = ManualClock()
+    start = clock.utcnow()
+    clock.advance(90.0)
+    assert (clock.utcnow() - start).total_seconds() == 90.0
+
+
+async def test_system_clock_redelivers_after_a_real_ack_wait() -> None:
+    async with InMemoryBroker(clock=SystemClock()) as broker:
+        recorder = Recorder(block=True)
+        await subscribe(broker, recorder, ack_wait=0.05, max_concurrent=2)
+        sent = payment()
+        await broker.publisher().publish(sent)
+        await eventually(lambda: recorder.attempts(sent) == [1, 2], timeout=5.0)
+        recorder.release.open()
+
+
+# -- streams ----------------------------------------------------------------------------
+
+
+async def test_messages_older_than_max_age_are_gone_and_never_delivered() -> None:
+    clock = ManualClock()
+    catalog = StreamCatalog.default().with_max_age(PAYMENT, 60.0)
+    async with InMemoryBroker(clock=clock, catalog=catalog) as broker:
+        publisher = broker.publisher()
+        await publisher.publish(payment(1))
+        clock.advance(30.0)
+        kept = payment(2)
+        await publisher.publish(kept)
+        clock.advance(30.0)
+        state = broker.stream_info(STREAM)
+        assert (state.messages, state.first_sequence, state.last_sequence) == (1, 2, 2)
+        recorder = Recorder()
+        await subscribe(broker, recorder)
+        await broker.settle()
+        assert recorder.seen == [(kept.id, 1)]
+
+
+async def test_a_message_that_expires_while_waiting_for_redelivery_is_not_redelivered() -> None:
+    clock = ManualClock()
+    catalog = StreamCatalog.default().with_max_age(PAYMENT, 60.0)
+    async with InMemoryBroker(clock=clock, catalog=catalog) as broker:
+        recorder = Recorder()
+        subscriber = broker.subscriber(PAYMENT, config(max_deliver=5))
+
+        async def fail(message: Message) -> None:
+            await recorder.handle(message)
+            await current_delivery().nak(delay=120.0)
+
+        await subscriber.subscribe(FunctionHandler(fail))
+        sent = payment()
+        await broker.publisher().publish(sent)
+        await broker.settle()
+        clock.advance(121.0)
+        await broker.settle()
+        assert recorder.attempts(sent) == [1]
+        assert broker.consumer_info(STREAM, subscriber.config.consumer_name).ack_pending == 0
+        assert await broker.dead_letters().list() == []
+
+
+async def test_an_id_is_stored_again_once_the_duplicate_window_has_passed(
+    broker: InMemoryBroker, clock: ManualClock
+) -> None:
+    publisher = broker.publisher()
+    sent = payment()
+    first = await publisher.publish(sent)
+    clock.advance(119.0)
+    assert (await publisher.publish(sent)).duplicate
+    clock.advance(2.0)
+    again = await publisher.publish(sent)
+    assert not again.duplicate
+    assert again.sequence == (first.sequence or 0) + 1
+
+
+async def test_received_messages_are_copies_not_the_published_objects(
+    broker: InMemoryBroker,
+) -> None:
+    payload: dict[str, Any] = {"payment_id": "pay-1", "lines": [1, 2]}
+    sent = Message.new(PAYMENT, KEY, payload)
+    received: list[Message] = []
+    seen_lines: list[list[int]] = []
+
+    async def keep(message: Message) -> None:
+        received.append(message)
+        seen_lines.append(list(message.payload["lines"]))
+        message.payload["lines"].append(99)
+
+    for group in ("first", "second"):
+        await broker.subscriber(PAYMENT, config(consumer_group=group)).subscribe(
+            FunctionHandler(keep)
+        )
+    await broker.publisher().publish(sent)
+    payload["lines"].append(3)
+    await broker.settle()
+    assert seen_lines == [[1, 2], [1, 2]]
+    assert received[0] is not sent
+    assert received[0].payload is not received[1].payload
+
+
+async def test_core_publish_of_a_stream_type_is_captured_by_its_stream(
+    broker: InMemoryBroker,
+) -> None:
+    live = Recorder()
+    await subscribe(broker, live, use_jetstream=False, consumer_group="live")
+    receipt = await broker.publisher(PublisherConfig(use_jetstream=False)).publish(payment())
+    assert (receipt.stream, receipt.sequence) == (None, None)
+    assert broker.stream_info(STREAM).messages == 1
+    await broker.settle()
+    assert len(live.seen) == 1
+
+
+# -- consumer groups ----------------------------------------------------------------------
+
+
+async def test_max_ack_pending_bounds_unacknowledged_deliveries_of_the_group(
+    broker: InMemoryBroker,
+) -> None:
+    recorder = Recorder(block=True)
+    subscription = await subscribe(broker, recorder, max_ack_pending=2, max_concurrent=5)
+    await broker.publisher().publish_many([payment(n) for n in range(5)])
+    await broker.settle()
+    assert len(recorder.seen) == 2
+    recorder.release.open()
+    await broker.settle()
+    assert len(recorder.seen) == 5
+    await subscription.stop()
+
+
+async def test_stop_lets_the_handler_in_flight_finish_and_settle(
+    broker: InMemoryBroker,
+) -> None:
+    recorder = Recorder(block=True)
+    subscription = await subscribe(broker, recorder)
+    await broker.publisher().publish(payment())
+    await broker.settle()
+    stopping = asyncio.ensure_future(subscription.stop())
+    await broker.settle()
+    assert not stopping.done()
+    recorder.release.open()
+    await stopping
+    state = broker.consumer_info(STREAM, config().consumer_name)
+    assert (state.ack_pending, state.members, state.delivered_sequence) == (0, 0, 1)
+
+
+async def test_explicit_nak_on_the_last_allowed_delivery_dead_letters_it(
+    broker: InMemoryBroker,
+) -> None:
+    async def nak(message: Message) -> None:
+        await current_delivery().nak()
+
+    await broker.subscriber(PAYMENT, config(max_deliver=2)).subscribe(FunctionHandler(nak))
+    sent = payment()
+    await broker.publisher().publish(sent)
+    await broker.settle()
+    [dead] = await broker.dead_letters().list()
+    assert dead.message.id == sent.id
+    assert dead.reason == "max deliveries (2) exhausted: nak"
+    assert dead.deliveries == 2
+
+
+async def test_a_late_ack_of_a_redelivered_message_still_counts(
+    broker: InMemoryBroker, clock: ManualClock
+) -> None:
+    recorder = Recorder(block=True)
+    await subscribe(broker, recorder, max_concurrent=2, ack_wait=10.0)
+    sent = payment()
+    await broker.publisher().publish(sent)
+    await broker.settle()
+    clock.advance(10.0)
+    await broker.settle()
+    assert recorder.attempts(sent) == [1, 2]
+    recorder.release.open()
+    await broker.settle()
+    clock.advance(60.0)
+    await broker.settle()
+    assert recorder.attempts(sent) == [1, 2]
+    assert broker.consumer_info(STREAM, config().consumer_name).ack_pending == 0
+
+
+async def test_term_without_dead_letter_drops_the_message(broker: InMemoryBroker) -> None:
+    async def reject(message: Message) -> None:
+        raise PermanentError("duplicate payment")
+
+    subscriber = broker.subscriber(PAYMENT, config(dead_letter=False))
+    await subscriber.subscribe(FunctionHandler(reject))
+    await broker.publisher().publish(payment())
+    await broker.settle()
+    assert await broker.dead_letters().list() == []
+    assert broker.consumer_info(STREAM, subscriber.config.consumer_name).ack_pending == 0
+
+
+async def test_a_handler_can_stop_its_own_subscription(broker: InMemoryBroker) -> None:
+    subscriptions: list[Any] = []
+    handled: list[str] = []
+
+    async def once(message: Message) -> None:
+        handled.append(message.id)
+        await subscriptions[0].stop()
+
+    subscriptions.append(
+        await broker.subscriber(PAYMENT, config(max_concurrent=1)).subscribe(FunctionHandler(once))
+    )
+    await broker.publisher().publish_many([payment(1), payment(2)])
+    await broker.settle()
+    assert len(handled) == 1
+    assert not subscriptions[0].active
+
+
+# -- core and request-reply ---------------------------------------------------------------
+
+
+async def test_drain_of_a_core_subscription_handles_what_it_already_received(
+    broker: InMemoryBroker,
+) -> None:
+    recorder = Recorder(block=True)
+    subscriber = broker.subscriber(MessageType.SYSTEM_EVENT, config(max_concurrent=1))
+    subscription = await subscriber.subscribe(FunctionHandler(recorder.handle))
+    publisher = broker.publisher()
+    events = [
+        Message.new(MessageType.SYSTEM_EVENT, PartitionKey.broadcast(), {"n": n}) for n in range(3)
+    ]
+    for event in events:
+        await publisher.publish(event)
+    await broker.settle()
+    draining = asyncio.ensure_future(subscription.drain())
+    await broker.settle()
+    await publisher.publish(Message.new(MessageType.SYSTEM_EVENT, PartitionKey.broadcast(), {}))
+    recorder.release.open()
+    await draining
+    assert [message_id for message_id, _ in recorder.seen] == [e.id for e in events]
+
+
+async def test_request_times_out_by_the_broker_clock(
+    broker: InMemoryBroker, clock: ManualClock
+) -> None:
+    async def silent(message: Message) -> None:
+        return None
+
+    await broker.subscriber(MessageType.RISK_ASSESSMENT, config()).subscribe(
+        FunctionHandler(silent)
+    )
+    request = Message.new(MessageType.RISK_ASSESSMENT, KEY, {"payment_id": "pay-1"})
+    waiting = asyncio.ensure_future(broker.publisher().request(request, timeout=2.0))
+    await broker.settle()
+    assert not waiting.done()
+    clock.advance(2.0)
+    with pytest.raises(RequestTimeout):
+        await waiting
+
+
+async def test_closing_the_broker_fails_requests_still_waiting(broker: InMemoryBroker) -> None:
+    release = Gate(10.0)
+
+    async def slow(message: Message) -> None:
+        await release.wait()
+
+    await broker.subscriber(MessageType.RISK_ASSESSMENT, config()).subscribe(FunctionHandler(slow))
+    request = Message.new(MessageType.RISK_ASSESSMENT, KEY, {"payment_id": "pay-1"})
+    waiting = asyncio.ensure_future(broker.publisher().request(request, timeout=30.0))
+    await broker.settle()
+    closing = asyncio.ensure_future(broker.close())
+    await broker.settle()
+    release.open()
+    await closing
+    with pytest.raises(ClosedError):
+        await waiting
+
+
+# -- dead letters -------------------------------------------------------------------------
+
+
+async def test_replay_delivers_a_dead_letter_again_once_its_id_left_the_window(
+    broker: InMemoryBroker, clock: ManualClock
+) -> None:
+    outcomes = iter(["reject", "accept"])
+    accepted: list[Message] = []
+
+    async def handle(message: Message) -> None:
+        if next(outcomes) == "reject":
+            raise PermanentError("limits exceeded")
+        accepted.append(message)
+
+    await broker.subscriber(PAYMENT, config()).subscribe(FunctionHandler(handle))
+    sent = payment()
+    await broker.publisher().publish(sent)
+    await broker.settle()
+    [dead] = await broker.dead_letters().list()
+    assert dead.dlq_sequence is not None
+    inside_window = await broker.dead_letters().replay(dead.dlq_sequence)
+    assert inside_window.duplicate
+    clock.advance(121.0)
+    replayed = await broker.dead_letters().replay(dead.dlq_sequence)
+    assert not replayed.duplicate
+    await broker.settle()
+    assert [m.id for m in accepted] == [sent.id]
+    assert accepted[0].payload == sent.payload
+
+
+async def test_replay_of_an_unknown_dead_letter_is_a_key_error(broker: InMemoryBroker) -> None:
+    with pytest.raises(KeyError):
+        await broker.dead_letters().replay(42)
+
+
+# -- construction -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("window", [0, -1.0, True, "120"])
+def test_a_bad_duplicate_window_is_rejected(window: Any) -> None:
+    with pytest.raises(ValidationError, match="duplicate_window"):
+        InMemoryBroker(duplicate_window=window)
+
+
+async def test_settle_gives_up_on_a_handler_loop_that_never_ends(broker: InMemoryBroker) -> None:
+    async def retry_forever(message: Message) -> None:
+        await current_delivery().nak()
+
+    await broker.subscriber(PAYMENT, config(max_deliver=10**9)).subscribe(
+        FunctionHandler(retry_forever)
+    )
+    await broker.publisher().publish(payment())
+    with pytest.raises(TimeoutError, match="still busy"):
+        await broker.settle(max_rounds=200)
