@@ -1,0 +1,485 @@
+"""The demo: the example payment flow end to end, with a few failures on purpose.
+
+Payment instructions across several corridors and banks go to a consumer group of
+netting workers; the workers publish netting proposals; an audit subscriber checks that
+every payment was netted exactly once. A few deliveries fail on their first attempt
+(they are NAKed and redelivered), and a few malformed instructions (poison messages)
+are dead-lettered, so the summary shows real redeliveries and dead letters.
+
+:func:`run_demo` runs the flow on a started container and returns a :class:`DemoReport`;
+:func:`format_report` renders its summary table. The CLI's ``demo`` command adds the
+server, the streams and the ``/metrics`` endpoint around it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, TextIO
+
+from prometheus_client import CollectorRegistry
+
+from message_bus.domain.catalog import MessageType
+from message_bus.domain.errors import PermanentError, RetryableError, ValidationError
+from message_bus.domain.message import Message
+from message_bus.domain.partition import PartitionKey, check_bic, check_corridor
+from message_bus.domain.payloads import PaymentInstruction
+from message_bus.ports import (
+    MessageHandler,
+    PublishReceipt,
+    SubscriberConfig,
+    Subscription,
+    current_delivery,
+)
+
+from .containers import Container
+from .service import NettingWorker, PaymentIntake
+
+__all__ = [
+    "DEFAULT_BANKS",
+    "DEFAULT_CORRIDORS",
+    "DemoOptions",
+    "DemoReport",
+    "format_report",
+    "run_demo",
+]
+
+DEFAULT_CORRIDORS = ("USD-EUR", "GBP-USD", "EUR-GBP", "USD-JPY", "EUR-CHF", "USD-INR")
+DEFAULT_BANKS = (
+    "BANKGB2L",
+    "BANKUS33",
+    "BANKDEFF",
+    "BANKFRPP",
+    "BANKJPJT",
+    "BANKCHZZ",
+    "BANKINBB",
+    "BANKAEAD",
+)
+WORKER_GROUP = "netting"
+AUDIT_GROUP = "demo-audit"
+DURABLE = "demo"
+_POLL = 0.02
+
+
+@dataclass(frozen=True, kw_only=True)
+class DemoOptions:
+    """What the demo runs.
+
+    Attributes:
+        payments: valid payment instructions to publish.
+        workers: members of the netting consumer group.
+        corridors: currency corridors the payments spread over.
+        banks: BICs that pay and get paid.
+        failures: payments whose first delivery fails on purpose (retried, then netted).
+        poison: malformed instructions published on purpose (dead-lettered).
+        max_concurrent: handlers in flight per worker (bounds a netting cycle's size).
+        cycle_window: seconds a netting cycle stays open for more payments.
+        timeout: seconds to wait for the flow to complete before giving up.
+        seed: seed of the random payment generator (None = a fresh one per run).
+    """
+
+    payments: int = 1000
+    workers: int = 3
+    corridors: tuple[str, ...] = DEFAULT_CORRIDORS
+    banks: tuple[str, ...] = DEFAULT_BANKS
+    failures: int = 5
+    poison: int = 1
+    max_concurrent: int = 32
+    cycle_window: float = 0.05
+    timeout: float = 60.0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.payments <= 1_000_000:
+            raise ValidationError("--payments", self.payments, "must be in 1..1000000")
+        if not 1 <= self.workers <= 64:
+            raise ValidationError("--workers", self.workers, "must be in 1..64")
+        if not self.corridors:
+            raise ValidationError("--corridors", "", "needs at least one corridor")
+        for corridor in self.corridors:
+            check_corridor(corridor, "corridor")
+        if len(set(self.banks)) < 2:
+            raise ValidationError("--banks", ",".join(self.banks), "needs two different banks")
+        for bank in self.banks:
+            check_bic(bank, "bank")
+        if not 0 <= self.failures <= self.payments:
+            raise ValidationError("--failures", self.failures, "must be in 0..--payments")
+        if not 0 <= self.poison <= 100:
+            raise ValidationError("--poison", self.poison, "must be in 0..100")
+        if not 1 <= self.max_concurrent <= 1024:
+            raise ValidationError("--max-concurrent", self.max_concurrent, "must be in 1..1024")
+        if not 0 <= self.cycle_window <= 5:
+            raise ValidationError("--cycle-window", self.cycle_window, "must be in 0..5 seconds")
+        if not self.timeout > 0:
+            raise ValidationError("--timeout", self.timeout, "must be > 0 seconds")
+
+
+def _quantile(values: Sequence[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+@dataclass(kw_only=True)
+class DemoReport:
+    """What happened in one demo run.
+
+    Attributes:
+        payments: valid instructions published.
+        netted: distinct payments that appeared in a netting proposal.
+        doubled: payments that appeared in more than one proposal.
+        proposals: netting proposals received by the audit subscriber.
+        per_partition: published instructions per partition number.
+        partitions: the partition count.
+        publish_latencies: seconds each publish waited for the broker's ack.
+        end_to_end_latencies: seconds from publishing a payment to receiving the
+            proposal that nets it.
+        publish_retries: publish attempts after the first (from the metrics).
+        redeliveries: deliveries of an instruction delivered before (from the metrics).
+        injected_failures: first deliveries failed on purpose.
+        poison: malformed instructions published.
+        dead_letters: messages dead-lettered (from the metrics).
+        dead_letters_stored: this run's messages found in the dead-letter stream.
+        elapsed: seconds from the first publish to the end of the flow.
+        completed: whether the flow completed before the timeout.
+    """
+
+    payments: int
+    netted: int = 0
+    doubled: int = 0
+    proposals: int = 0
+    per_partition: Counter[int] = field(default_factory=Counter)
+    partitions: int = 32
+    publish_latencies: list[float] = field(default_factory=list)
+    end_to_end_latencies: list[float] = field(default_factory=list)
+    publish_retries: int = 0
+    redeliveries: int = 0
+    injected_failures: int = 0
+    poison: int = 0
+    dead_letters: int = 0
+    dead_letters_stored: int = 0
+    elapsed: float = 0.0
+    completed: bool = False
+
+    @property
+    def lost(self) -> int:
+        """Valid payments that no proposal netted."""
+        return self.payments - self.netted
+
+    @property
+    def ok(self) -> bool:
+        """Nothing lost, nothing doubled, every poison message dead-lettered and stored."""
+        return (
+            self.completed
+            and self.lost == 0
+            and self.doubled == 0
+            and self.dead_letters_stored == self.poison
+        )
+
+
+class _FaultInjector:
+    """Fails the first delivery of chosen payments (the subscriber NAKs and redelivers),
+    and notes the messages the worker refused for good (they get dead-lettered)."""
+
+    def __init__(self, inner: MessageHandler, fail_once: frozenset[str], refused: set[str]):
+        self._inner = inner
+        self._fail_once = fail_once
+        self._refused = refused
+        self.injected = 0
+
+    async def handle(self, message: Message) -> Message | None:
+        payload = message.payload
+        if (
+            isinstance(payload, dict)
+            and payload.get("payment_id") in self._fail_once
+            and current_delivery().attempt == 1
+        ):
+            self.injected += 1
+            raise RetryableError("injected fault: netting ledger busy")
+        try:
+            return await self._inner.handle(message)
+        except PermanentError:
+            self._refused.add(message.id)
+            raise
+
+
+class _Audit:
+    """Receives netting proposals; records which payments were netted, and when."""
+
+    def __init__(self, submitted: dict[str, float]) -> None:
+        self._submitted = submitted
+        self.netted: Counter[str] = Counter()
+        self.proposals = 0
+        self.end_to_end: list[float] = []
+
+    async def handle(self, message: Message) -> None:
+        now = time.perf_counter()
+        payload = message.payload if isinstance(message.payload, dict) else {}
+        self.proposals += 1
+        for payment_id in payload.get("payment_ids", ()):
+            started = self._submitted.get(payment_id)
+            if started is None:
+                continue  # a payment of an earlier run on the same server
+            self.netted[payment_id] += 1
+            if self.netted[payment_id] == 1:
+                self.end_to_end.append(now - started)
+
+
+def _instructions(options: DemoOptions, run_id: str) -> list[PaymentInstruction]:
+    rng = random.Random(options.seed)
+    banks = list(dict.fromkeys(options.banks))
+    result = []
+    for n in range(options.payments):
+        corridor = options.corridors[n % len(options.corridors)]
+        debtor, creditor = rng.sample(banks, 2)
+        cents = rng.randint(100, 5_000_000)
+        result.append(
+            PaymentInstruction(
+                payment_id=f"pay-{run_id}-{n:06d}",
+                amount=Decimal(cents).scaleb(-2),
+                currency=corridor[:3],
+                debtor_bank=debtor,
+                creditor_bank=creditor,
+                corridor=corridor,
+                reference=f"demo invoice {n}",
+            )
+        )
+    return result
+
+
+def _poison_messages(options: DemoOptions, run_id: str) -> list[Message]:
+    """Instructions that no worker can ever process: a negative amount."""
+    messages = []
+    for n in range(options.poison):
+        corridor = options.corridors[n % len(options.corridors)]
+        bank = options.banks[0]
+        messages.append(
+            Message.new(
+                MessageType.PAYMENT_INSTRUCTION,
+                PartitionKey.corridor_bank(corridor_id=corridor, bank_id=bank),
+                {
+                    "payment_id": f"poison-{run_id}-{n}",
+                    "amount": "-100.00",
+                    "currency": corridor[:3],
+                    "debtor_bank": bank,
+                    "creditor_bank": options.banks[1],
+                    "corridor": corridor,
+                },
+            )
+        )
+    return messages
+
+
+def _metric(registry: CollectorRegistry, name: str, **labels: str) -> int:
+    total = 0.0
+    for metric in registry.collect():
+        for sample in metric.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return int(total)
+
+
+async def run_demo(
+    container: Container,
+    options: DemoOptions,
+    *,
+    progress: Callable[[str], None] | None = None,
+    progress_interval: float = 1.0,
+) -> DemoReport:
+    """Run the payment flow on a started container and report what happened.
+
+    Args:
+        container: a started container (any backend).
+        options: what to run.
+        progress: called with one progress line now and then (None = silent).
+        progress_interval: seconds between progress lines.
+    """
+    settings_partitions = container.config.partitions()
+    registry: CollectorRegistry = container.registry()
+    run_id = f"{random.getrandbits(32):08x}"
+    instructions = _instructions(options, run_id)
+    poison = _poison_messages(options, run_id)
+    fail_once = frozenset(
+        i.payment_id for i in random.Random(options.seed).sample(instructions, options.failures)
+    )
+    report = DemoReport(
+        payments=len(instructions), poison=len(poison), partitions=settings_partitions
+    )
+    submitted: dict[str, float] = {}
+    audit = _Audit(submitted)
+    base: SubscriberConfig = container.subscriber_config()
+    worker_config = dataclasses.replace(
+        base,
+        consumer_group=WORKER_GROUP,
+        durable_name=DURABLE,
+        max_concurrent=options.max_concurrent,
+        nak_initial_delay=0.1,
+        nak_max_delay=1.0,
+    )
+    audit_config = dataclasses.replace(base, consumer_group=AUDIT_GROUP, durable_name=DURABLE)
+
+    subscriptions: list[Subscription] = []
+    closers: list[Any] = []
+    workers: list[NettingWorker] = []
+    injectors: list[_FaultInjector] = []
+    refused: set[str] = set()
+    poison_ids = {m.id for m in poison}
+    try:
+        audit_subscriber = await container.subscriber(MessageType.NETTING_PROPOSAL, audit_config)
+        closers.append(audit_subscriber)
+        subscriptions.append(await audit_subscriber.subscribe(audit))
+        for _ in range(options.workers):
+            worker_publisher = await container.publisher()
+            closers.append(worker_publisher)
+            worker = NettingWorker(
+                worker_publisher,
+                cycle_size=options.max_concurrent,
+                cycle_window=options.cycle_window,
+            )
+            workers.append(worker)
+            injector = _FaultInjector(worker, fail_once, refused)
+            injectors.append(injector)
+            subscriber = await container.subscriber(MessageType.PAYMENT_INSTRUCTION, worker_config)
+            closers.append(subscriber)
+            subscriptions.append(await subscriber.subscribe(injector))
+
+        intake_publisher = await container.publisher()
+        closers.append(intake_publisher)
+        intake = PaymentIntake(intake_publisher)
+        poison_at = {
+            (k + 1) * len(instructions) // (len(poison) + 1): m for k, m in enumerate(poison)
+        }
+
+        def dead_count() -> int:
+            return _metric(registry, "message_bus_dead_letters_total")
+
+        def line(elapsed: float) -> str:
+            return (
+                f"[{elapsed:5.1f}s] published {len(submitted):>6}/{len(instructions)}"
+                f"  netted {len(audit.netted):>6}/{len(instructions)}"
+                f"  proposals {audit.proposals:>5}"
+                f"  redelivered {_metric(registry, 'message_bus_redeliveries_total'):>3}"
+                f"  dead-lettered {dead_count():>2}"
+            )
+
+        started = time.perf_counter()
+        deadline = started + options.timeout
+        next_progress = started + progress_interval
+        for index, instruction in enumerate(instructions):
+            bad = poison_at.get(index)
+            if bad is not None:
+                await intake_publisher.publish(bad)  # past the intake's checks
+            t0 = time.perf_counter()
+            submitted[instruction.payment_id] = t0
+            receipt: PublishReceipt = await intake.submit(instruction)
+            report.publish_latencies.append(time.perf_counter() - t0)
+            if receipt.partition is not None:
+                report.per_partition[receipt.partition] += 1
+            if progress is not None and t0 >= next_progress:
+                progress(line(t0 - started))
+                next_progress = t0 + progress_interval
+
+        while time.perf_counter() < deadline:
+            if len(audit.netted) >= len(instructions) and poison_ids <= refused:
+                report.completed = True
+                break
+            now = time.perf_counter()
+            if progress is not None and now >= next_progress:
+                progress(line(now - started))
+                next_progress = now + progress_interval
+            await asyncio.sleep(_POLL)
+        report.elapsed = time.perf_counter() - started
+        if progress is not None:
+            progress(line(report.elapsed))
+    finally:
+        for subscription in subscriptions:
+            await subscription.drain()
+        for worker in workers:
+            await worker.flush()
+        for closer in reversed(closers):
+            await closer.close()
+
+    report.netted = len(audit.netted)
+    report.doubled = sum(1 for count in audit.netted.values() if count > 1)
+    report.proposals = audit.proposals
+    report.end_to_end_latencies = audit.end_to_end
+    report.injected_failures = sum(i.injected for i in injectors)
+    report.publish_retries = _metric(registry, "message_bus_publish_retries_total")
+    report.redeliveries = _metric(registry, "message_bus_redeliveries_total")
+    report.dead_letters = _metric(registry, "message_bus_dead_letters_total")
+    dead_letters = await container.dead_letters()
+    stored = await dead_letters.list(limit=10_000)
+    report.dead_letters_stored = sum(1 for d in stored if d.message.id in poison_ids)
+    return report
+
+
+def _ms(seconds: float) -> str:
+    return "-" if seconds != seconds else f"{seconds * 1000:.2f} ms"
+
+
+def format_report(report: DemoReport, *, header: Sequence[tuple[str, str]] = ()) -> str:
+    """The summary table of a demo run."""
+    rows: list[tuple[str, str]] = list(header)
+    rate = report.payments / report.elapsed if report.elapsed > 0 else 0.0
+    rows += [
+        (
+            "payments",
+            f"{report.payments} published, {report.netted} netted in {report.proposals} proposals",
+        ),
+        ("lost / doubled", f"{report.lost} / {report.doubled}"),
+        ("elapsed", f"{report.elapsed:.2f} s ({rate:.0f} payments/s)"),
+        ("publish retries", str(report.publish_retries)),
+        (
+            "redeliveries",
+            f"{report.redeliveries} ({report.injected_failures} injected handler failures, "
+            "retried then netted)",
+        ),
+        (
+            "dead letters",
+            f"{report.dead_letters} ({report.poison} poison instruction(s); "
+            f"{report.dead_letters_stored} found in DEAD_LETTERS)",
+        ),
+    ]
+    width = max(len(k) for k, _ in rows)
+    lines = ["", "Summary", "-------"]
+    lines += [f"{k.ljust(width)}  {v}" for k, v in rows]
+    lines += [
+        "",
+        f"{'latency'.ljust(width)}  {'p50':>10}  {'p99':>10}  {'max':>10}",
+    ]
+    for name, values in (
+        ("publish", report.publish_latencies),
+        ("end-to-end", report.end_to_end_latencies),
+    ):
+        worst = max(values) if values else float("nan")
+        lines.append(
+            f"{name.ljust(width)}  {_ms(_quantile(values, 0.5)):>10}"
+            f"  {_ms(_quantile(values, 0.99)):>10}  {_ms(worst):>10}"
+        )
+    lines += [
+        "",
+        f"messages per partition ({report.partitions} partitions; payment instructions "
+        "keyed by corridor and debtor bank)",
+    ]
+    used = sorted(report.per_partition)
+    cells = [f"p{p:02d} {report.per_partition[p]:>5}" for p in used]
+    for start in range(0, len(cells), 6):
+        lines.append("  " + "   ".join(cells[start : start + 6]))
+    lines.append(
+        f"  {len(used)} of {report.partitions} partitions used, "
+        f"{sum(report.per_partition.values())} messages"
+    )
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: DemoReport, out: TextIO, header: Sequence[tuple[str, str]] = ()) -> None:
+    """Write :func:`format_report` to ``out``."""
+    out.write(format_report(report, header=header))

@@ -1,0 +1,270 @@
+"""The example service: a payment flow built only on the ports.
+
+``PaymentIntake`` publishes :class:`PaymentInstruction` messages; ``NettingWorker`` (a
+:class:`~message_bus.ports.MessageHandler`, run by the members of one consumer group)
+nets them per corridor into :class:`NettingProposal` messages; ``BankConfirmer`` answers
+each proposal with one :class:`BankConfirmation` per bank. None of them knows which
+broker carries the messages: the container hands them ports.
+
+Acknowledgement contract of the netting worker: a payment instruction is acknowledged
+only after the proposal that includes it has been stored. The handler of each
+instruction waits for its cycle's proposal to be published and returns (ACK) only then;
+if that publish fails, every instruction of the cycle is NAKed and netted again later.
+So a worker that dies never loses a payment. It may, if it dies between storing a
+proposal and acknowledging the cycle's instructions, net a payment twice: each proposal
+lists its ``payment_ids`` so the netting engine can drop the repeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+import msgspec
+
+from message_bus.domain.catalog import MessageType
+from message_bus.domain.errors import PermanentError, RetryableError, ValidationError
+from message_bus.domain.ids import new_message_id
+from message_bus.domain.message import Message
+from message_bus.domain.partition import PartitionKey, check_corridor
+from message_bus.domain.payloads import BankConfirmation, NettingProposal, PaymentInstruction
+from message_bus.ports import Publisher, PublishReceipt
+
+__all__ = ["BankConfirmer", "NettingWorker", "PaymentIntake", "validate_instruction"]
+
+log = logging.getLogger(__name__)
+
+
+def validate_instruction(
+    instruction: PaymentInstruction | object, corridor: str | None = None
+) -> PaymentInstruction:
+    """Check a payment instruction's fields and the rules of the flow.
+
+    Rules: every field matches its schema (BICs, currency, positive amount); the
+    instruction names its corridor (``corridor`` fills it in when it does not); the
+    amount is in the corridor's source currency; debtor and creditor differ.
+
+    Raises:
+        ValidationError: naming the first field that breaks a rule.
+    """
+    try:
+        builtins = msgspec.to_builtins(instruction)
+        checked = msgspec.convert(builtins, PaymentInstruction, strict=False)
+    except (msgspec.ValidationError, TypeError, ValueError) as exc:
+        raise ValidationError("payment_instruction", instruction, str(exc)) from None
+    if checked.corridor is None:
+        if corridor is None:
+            raise ValidationError("corridor", None, "a payment instruction needs its corridor")
+        checked = msgspec.structs.replace(checked, corridor=check_corridor(corridor, "corridor"))
+    assert checked.corridor is not None
+    if checked.currency != checked.corridor[:3]:
+        raise ValidationError(
+            "currency",
+            checked.currency,
+            f"must be the source currency of corridor {checked.corridor}",
+        )
+    if checked.debtor_bank == checked.creditor_bank:
+        raise ValidationError("creditor_bank", checked.creditor_bank, "must differ from debtor")
+    return checked
+
+
+class PaymentIntake:
+    """Validates payment instructions and publishes them.
+
+    Each instruction is keyed by corridor and debtor bank, so one bank's payments in one
+    corridor keep their order; its message's correlation id is its own id, and every
+    message caused by it carries that id.
+    """
+
+    def __init__(self, publisher: Publisher) -> None:
+        self._publisher = publisher
+
+    @staticmethod
+    def message_for(instruction: PaymentInstruction) -> Message:
+        """The message carrying ``instruction`` (validated)."""
+        checked = validate_instruction(instruction)
+        assert checked.corridor is not None
+        message_id = new_message_id()
+        return Message.new(
+            MessageType.PAYMENT_INSTRUCTION,
+            PartitionKey.corridor_bank(corridor_id=checked.corridor, bank_id=checked.debtor_bank),
+            checked,
+            message_id=message_id,
+            correlation_id=message_id,
+        )
+
+    async def submit(self, instruction: PaymentInstruction) -> PublishReceipt:
+        """Publish one instruction; returns once the broker stored it.
+
+        Raises:
+            ValidationError: the instruction breaks a rule (nothing is published).
+            PublishError: the broker did not accept it.
+        """
+        return await self._publisher.publish(self.message_for(instruction))
+
+    async def submit_many(self, instructions: Sequence[PaymentInstruction]) -> list[PublishReceipt]:
+        """Publish a batch (every instruction is validated first); receipts in order."""
+        messages = [self.message_for(i) for i in instructions]
+        return await self._publisher.publish_many(messages)
+
+
+@dataclass
+class _Cycle:
+    corridor: str
+    cycle_id: str = field(default_factory=new_message_id)
+    members: dict[str, tuple[Message, PaymentInstruction]] = field(default_factory=dict)
+    done: asyncio.Future[None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+    timer: asyncio.TimerHandle | None = None
+
+
+def net_positions(instructions: Iterable[PaymentInstruction]) -> dict[str, Decimal]:
+    """Net position per bank: what it receives minus what it pays (sums to zero)."""
+    positions: dict[str, Decimal] = {}
+    for i in instructions:
+        positions[i.debtor_bank] = positions.get(i.debtor_bank, Decimal(0)) - i.amount
+        positions[i.creditor_bank] = positions.get(i.creditor_bank, Decimal(0)) + i.amount
+    return dict(sorted(positions.items()))
+
+
+class NettingWorker:
+    """Nets payment instructions per corridor into netting proposals (a MessageHandler).
+
+    Instructions of one corridor that arrive within ``cycle_window`` seconds of each
+    other (at most ``cycle_size`` of them, and at most the subscriber's
+    ``max_concurrent``, since every member waits in its handler) form one cycle. The
+    cycle's proposal is keyed by corridor; its id is the cycle id, its correlation id
+    the cycle id, its causation id the instruction that opened the cycle.
+
+    An instruction that fails validation can never succeed: it is dead-lettered
+    (:class:`PermanentError`) with the reason.
+    """
+
+    def __init__(
+        self, publisher: Publisher, *, cycle_size: int = 100, cycle_window: float = 0.02
+    ) -> None:
+        if cycle_size < 1:
+            raise ValidationError("cycle_size", cycle_size, "must be >= 1")
+        if cycle_window < 0:
+            raise ValidationError("cycle_window", cycle_window, "must be >= 0")
+        self._publisher = publisher
+        self._cycle_size = cycle_size
+        self._cycle_window = cycle_window
+        self._open: dict[str, _Cycle] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+        self._pending: dict[str, _Cycle] = {}
+        self.proposals_published = 0
+
+    async def handle(self, message: Message) -> None:
+        """Join the instruction to its corridor's open cycle and wait for the proposal."""
+        try:
+            key = message.partition_key
+            hint = getattr(key, "corridor_id", None)
+            instruction = validate_instruction(message.payload_as(PaymentInstruction), hint)
+        except ValidationError as exc:
+            raise PermanentError(f"invalid payment instruction: {exc}") from None
+        assert instruction.corridor is not None
+        cycle = self._pending.get(message.id)  # a redelivery of an instruction still netting
+        if cycle is None:
+            cycle = self._open.get(instruction.corridor)
+            if cycle is None:
+                cycle = self._open[instruction.corridor] = _Cycle(instruction.corridor)
+                loop = asyncio.get_running_loop()
+                cycle.timer = loop.call_later(self._cycle_window, self._close, cycle)
+            cycle.members[message.id] = (message, instruction)
+            self._pending[message.id] = cycle
+            if len(cycle.members) >= self._cycle_size:
+                self._close(cycle)
+        try:
+            await asyncio.shield(cycle.done)
+        except Exception as exc:  # the proposal was not stored: net this payment again later
+            raise RetryableError(f"netting proposal not published: {exc}") from exc
+
+    def _close(self, cycle: _Cycle) -> None:
+        if self._open.get(cycle.corridor) is not cycle:
+            return  # already closed
+        del self._open[cycle.corridor]
+        if cycle.timer is not None:
+            cycle.timer.cancel()
+        task = asyncio.get_running_loop().create_task(self._publish(cycle))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def _publish(self, cycle: _Cycle) -> None:
+        members = list(cycle.members.values())
+        first_message = members[0][0]
+        proposal = NettingProposal(
+            cycle_id=cycle.cycle_id,
+            corridor=cycle.corridor,
+            positions=net_positions(i for _m, i in members),
+            payment_ids=[i.payment_id for _m, i in members],
+        )
+        message = Message.new(
+            MessageType.NETTING_PROPOSAL,
+            PartitionKey.corridor(cycle.corridor),
+            proposal,
+            message_id=cycle.cycle_id,
+            correlation_id=cycle.cycle_id,
+            causation_id=first_message.id,
+        )
+        try:
+            await self._publisher.publish(message)
+        except Exception as exc:  # noqa: BLE001  # handed to every waiting handler
+            log.warning("netting proposal %s not published: %s", cycle.cycle_id, exc)
+            cycle.done.set_exception(exc)
+        else:
+            self.proposals_published += 1
+            cycle.done.set_result(None)
+        finally:
+            for message_id in cycle.members:
+                self._pending.pop(message_id, None)
+
+    async def flush(self) -> None:
+        """Close every open cycle now and wait until their proposals are settled."""
+        for cycle in list(self._open.values()):
+            self._close(cycle)
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+
+
+class BankConfirmer:
+    """Confirms each netting proposal on behalf of the banks (a MessageHandler).
+
+    Every bank with a position gets one :class:`BankConfirmation` (``ACK``), keyed by
+    corridor and bank; it keeps the proposal's correlation id, and its causation id is
+    the proposal's id. A proposal whose positions do not sum to zero is refused
+    (``NACK``) by every bank in it.
+    """
+
+    def __init__(self, publisher: Publisher) -> None:
+        self._publisher = publisher
+
+    async def handle(self, message: Message) -> None:
+        try:
+            proposal = message.payload_as(NettingProposal)
+        except ValidationError as exc:
+            raise PermanentError(f"invalid netting proposal: {exc}") from None
+        balanced = sum(proposal.positions.values(), Decimal(0)) == 0
+        confirmations = [
+            Message.new(
+                MessageType.BANK_CONFIRMATION,
+                PartitionKey.corridor_bank(corridor_id=proposal.corridor, bank_id=bank),
+                BankConfirmation(
+                    cycle_id=proposal.cycle_id,
+                    bank_id=bank,
+                    status="ACK" if balanced else "NACK",
+                    reason=None if balanced else "positions do not sum to zero",
+                ),
+                # Derived id: a redelivered proposal re-sends the same confirmations,
+                # which the stream's duplicate window drops.
+                message_id=f"{message.id}:{bank}",
+                correlation_id=message.correlation_id or message.id,
+                causation_id=message.id,
+            )
+            for bank in proposal.positions
+        ]
+        await self._publisher.publish_many(confirmations)

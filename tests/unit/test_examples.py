@@ -1,0 +1,49 @@
+"""Every script in examples/ runs (on the in-memory bus) and prints what it promises."""
+
+from __future__ import annotations
+
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+EXPECTED = {
+    "publisher.py": [
+        "to deltran.payment.instruction.corridor.USD-EUR",
+        "stream PAYMENT_INSTRUCTIONS, sequence 1",
+        "partition 20",
+    ],
+    "subscriber.py": [
+        "Received: {'payment_id': 'pay_0', 'amount': '100.00'} (partition 20)",
+        "Received: {'payment_id': 'pay_2', 'amount': '300.00'}",
+    ],
+    "partitioning.py": [
+        "corridor.USD-EUR                    partition 20 of 32",
+        "broadcast                           partition None",
+        "subject: deltran.netting.proposal.corridor.GBP-USD",
+        "refused: invalid corridor_id 'USD.EUR'",
+    ],
+}
+
+
+def test_every_example_has_expectations() -> None:
+    assert sorted(p.name for p in EXAMPLES.glob("*.py")) == sorted(EXPECTED)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_example_runs_and_prints_what_it_promises(
+    name: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for variable in ("DELTRAN_NATS_URLS", "DELTRAN_BACKEND", "DELTRAN_CONFIG"):
+        monkeypatch.delenv(variable, raising=False)
+    script = EXAMPLES / name
+    monkeypatch.setattr(sys, "argv", [str(script)])
+
+    runpy.run_path(str(script), run_name="__main__")
+
+    out = capsys.readouterr().out
+    for line in EXPECTED[name]:
+        assert line in out
