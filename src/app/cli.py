@@ -603,15 +603,15 @@ async def _cmd_dlq(args: argparse.Namespace, container: Container | None) -> int
             except KeyError:
                 raise CliError(f"no dead letter with sequence {sequence}") from None
             if receipt.duplicate:
-                # The stream still remembers the original id: nothing was republished.
+                # This dead letter was already replayed within the duplicate window.
                 not_replayed.append(sequence)
                 continue
             _out(f"replayed dead letter {sequence}: {_receipt_line(receipt)}")
     if not_replayed:
         window = settings.streams.duplicate_window
         raise CliError(
-            f"dead letter(s) {', '.join(map(str, not_replayed))} not replayed: the stream "
-            f"still holds their message id (duplicate window {window:g} s); retry later",
+            f"dead letter(s) {', '.join(map(str, not_replayed))} not replayed again: already "
+            f"replayed within the duplicate window ({window:g} s)",
             EXIT_FAILED,
         )
     return EXIT_OK

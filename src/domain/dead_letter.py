@@ -19,6 +19,7 @@ H_DLQ_DELIVERIES = "Deltran-Dlq-Deliveries"
 H_DLQ_GROUP = "Deltran-Dlq-Consumer-Group"
 H_DLQ_MESSAGE_ID = "Deltran-Dlq-Message-Id"
 H_DLQ_FAILED_AT = "Deltran-Dlq-Failed-At"
+H_REPLAY_OF = "Deltran-Replay-Of"
 _DLQ_HEADERS = (
     H_DLQ_REASON,
     H_DLQ_SUBJECT,
@@ -100,10 +101,27 @@ def encode_dead_letter(
 
 def original_of(dead: Encoded) -> Encoded:
     """The original message of a dead letter, as it was first published (for replay)."""
-    headers = {k: v for k, v in dead.headers.items() if k not in _DLQ_HEADERS}
+    headers = {k: v for k, v in dead.headers.items() if k not in _DLQ_HEADERS and k != H_REPLAY_OF}
     headers[H_MSG_ID] = dead.headers.get(H_DLQ_MESSAGE_ID, headers.get(H_MSG_ID, ""))
     subject = dead.headers.get(H_DLQ_SUBJECT, "")
     return Encoded(subject, headers, dead.body)
+
+
+def replay_of(dead: Encoded, dlq_sequence: int) -> Encoded:
+    """What replaying dead letter ``dlq_sequence`` publishes: the original subject, headers
+    and body under the id ``replay-{dlq_sequence}-{original id}``.
+
+    The original id was seen by the stream when it was first published, so republishing
+    it inside the duplicate window would be dropped as a duplicate; a derived id makes
+    the replay a real delivery, while repeating the same replay within the window is
+    still deduplicated. The original id stays readable in ``Deltran-Replay-Of``.
+    """
+    original = original_of(dead)
+    headers = dict(original.headers)
+    original_id = headers.get(H_MSG_ID, "")
+    headers[H_REPLAY_OF] = original_id
+    headers[H_MSG_ID] = f"replay-{dlq_sequence}-{original_id}"[:128]
+    return Encoded(original.subject, headers, original.body)
 
 
 def decode_dead_letter(

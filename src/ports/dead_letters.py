@@ -12,11 +12,11 @@ from .publisher import PublishReceipt
 class DeadLetters(ABC):
     """The dead-letter stream, as an operator sees it.
 
-    ``replay`` republishes the original message (same id, same subject, same headers)
-    to its stream, so a consumer group processes it again. The id is kept so that
-    consumers' own idempotency still recognises the payment; the price is that a replay
-    inside the duplicate window of the original publish (or of an earlier replay) is
-    deduplicated: the receipt says ``duplicate=True`` and nothing is redelivered.
+    ``replay`` republishes the original message (same subject, headers and body) to its
+    stream under the id ``replay-{dlq_sequence}-{original id}``, so every consumer group
+    processes it again even inside the duplicate window of the original publish; the
+    original id travels in ``Deltran-Replay-Of``. Repeating the same replay inside the
+    duplicate window is deduplicated (``duplicate=True``, nothing redelivered).
     """
 
     @abstractmethod

@@ -7,7 +7,12 @@ from datetime import UTC, datetime
 import pytest
 
 from message_bus import DecodeError, Message, MessageType, PartitionKey, WireCodec
-from message_bus.domain.dead_letter import decode_dead_letter, encode_dead_letter, original_of
+from message_bus.domain.dead_letter import (
+    decode_dead_letter,
+    encode_dead_letter,
+    original_of,
+    replay_of,
+)
 
 codec = WireCodec()
 
@@ -52,3 +57,22 @@ def test_a_message_that_is_not_a_dead_letter_is_refused() -> None:
     )
     with pytest.raises(DecodeError, match="not a dead letter"):
         decode_dead_letter(codec, subject, headers, body)
+
+
+def test_a_replay_gets_a_derived_id_and_names_the_original() -> None:
+    message = Message.new(MessageType.CHECKPOINT, PartitionKey.bank("BANKGB2L"), {"h": 1})
+    dead = encode_dead_letter(
+        codec.encode(message),
+        reason="x",
+        stream="CHECKPOINTS",
+        sequence=3,
+        deliveries=1,
+        consumer_group="g",
+        failed_at=datetime(2026, 1, 1, tzinfo=UTC),
+    )
+    replay = replay_of(dead, 9)
+    assert replay.subject == message.subject
+    assert replay.headers["Nats-Msg-Id"] == f"replay-9-{message.id}"
+    assert replay.headers["Deltran-Replay-Of"] == message.id
+    assert not any(name.startswith("Deltran-Dlq-") for name in replay.headers)
+    assert codec.decode(*replay).payload == {"h": 1}

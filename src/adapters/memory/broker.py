@@ -14,7 +14,7 @@ from message_bus.domain.dead_letter import (
     DeadLetter,
     decode_dead_letter,
     encode_dead_letter,
-    original_of,
+    replay_of,
 )
 from message_bus.domain.errors import (
     ClosedError,
@@ -505,7 +505,7 @@ class InMemoryDeadLetters(DeadLetters):
         entry = broker._dead.get(dlq_sequence)
         if entry is None:
             raise KeyError(dlq_sequence)
-        original = original_of(entry.encoded)
+        original = replay_of(entry.encoded, dlq_sequence)
         message_type = MessageType.from_wire(original.headers[H_TYPE])
         partition = original.headers.get(H_PARTITION)
         return broker._publish(
