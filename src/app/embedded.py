@@ -209,9 +209,9 @@ class _Process:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            # Own session: a Ctrl-C in the terminal reaches the Python program, which
-            # then stops the server in order instead of the server dying first.
-            start_new_session=True,
+            # Deliberately in the caller's process group: whatever kills the whole
+            # group (Ctrl-C, a CI job being cancelled) also stops the server instead of
+            # leaving it running without an owner.
         )
         self._reader = threading.Thread(
             target=self._read, name=f"nats-server-log-{label}", daemon=True
@@ -412,8 +412,8 @@ class EmbeddedNatsServer:
         if self.is_running:
             return self
         fresh = self._given_store_dir is None and self._owned.temp_dir is None
-        self._launch()
         try:
+            self._launch()
             self._wait_ready(time.monotonic() + self._ready_timeout)
         except BaseException:
             # A failed fresh start leaves nothing behind; a failed restart keeps the data.
@@ -708,8 +708,8 @@ class NatsCluster:
             base = self._owned.temp_dir = Path(tempfile.mkdtemp(prefix="deltran-nats-cluster-"))
         attempts = 3
         for attempt in range(1, attempts + 1):
-            self._nodes = self._make_nodes(base)
             try:
+                self._nodes = self._make_nodes(base)
                 deadline = time.monotonic() + self._ready_timeout
                 for node in self._nodes:
                     node._launch()
@@ -754,8 +754,9 @@ class NatsCluster:
 
         Args:
             index: The node, 0-based.
-            wait_healthy: Also wait until every running node reports healthy (the
-                restarted node has caught up with the meta leader and its streams).
+            wait_healthy: Also wait until every running node's ``/healthz`` answers
+                200 (JetStream is in contact with the meta leader). Stream replicas on
+                the restarted node may still be catching up after that.
 
         Raises:
             EmbeddedServerError: If the node does not start, or the cluster is not
@@ -826,10 +827,10 @@ class NatsCluster:
 
     def _make_nodes(self, base: Path) -> list[EmbeddedNatsServer]:
         ports = _free_ports(self._host, 3 * self._size)
-        client, route, monitor = (ports[k :: 3] for k in range(3))
+        client, route, monitor = (ports[k::3] for k in range(3))
         routes = ",".join(f"nats://{_url_host(self._host)}:{p}" for p in route)
-        config = self._config_file if self._config_file is not None else server_config(
-            CLUSTER_CONFIG
+        config = (
+            self._config_file if self._config_file is not None else server_config(CLUSTER_CONFIG)
         )
         return [
             EmbeddedNatsServer(
@@ -854,8 +855,8 @@ class NatsCluster:
             for i in range(self._size)
         ]
 
-    def _wait_healthy(self, indexes: Sequence[int] | range, deadline: float) -> None:
-        """Polls full ``/healthz`` (meta leader contact, streams current) on the nodes."""
+    def _wait_healthy(self, indexes: Sequence[int], deadline: float) -> None:
+        """Polls full ``/healthz`` (JetStream in contact with a meta leader) on the nodes."""
         pending = list(indexes)
         while pending:
             for i in list(pending):
