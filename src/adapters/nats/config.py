@@ -1,0 +1,176 @@
+"""Connection settings of the NATS client, with the original crate's defaults."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from urllib.parse import urlparse
+
+from message_bus.domain.errors import ValidationError
+
+DEFAULT_URL = "nats://localhost:4222"
+_SCHEMES = frozenset({"nats", "tls", "ws", "wss"})
+_DEFAULT_RECONNECT_BUFFER = 2 * 1024 * 1024
+
+
+def _positive(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ValidationError(name, value, "must be a positive number of seconds")
+
+
+def _text(name: str, value: object) -> None:
+    if value is not None and (not isinstance(value, str) or not value):
+        raise ValidationError(name, value, "must be a non-empty str or None")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NatsConfig:
+    """How to reach NATS: servers, reconnection, credentials and TLS.
+
+    Every field is validated on construction (:class:`ValidationError` names the
+    first bad one). Secrets are left out of ``repr``.
+
+    Attributes:
+        urls: Server URLs (``nats://``, ``tls://``, ``ws://`` or ``wss://``); a cluster
+            lists several, the client fails over between them.
+        name: Connection name shown in the server's monitoring.
+        max_reconnect_attempts: Reconnect attempts per server after a lost connection;
+            ``None`` reconnects forever, ``0`` never reconnects.
+        reconnect_delay: Backoff before the first reconnect attempt (seconds); it doubles
+            with each failed attempt, up to ``reconnect_max_delay``, with jitter.
+        reconnect_max_delay: Cap of the reconnect backoff (seconds).
+        connection_timeout: Deadline of :meth:`NatsClient.connect`, all servers
+            and attempts included (seconds).
+        enable_jetstream: Whether the client offers a JetStream context.
+        api_timeout: Timeout of JetStream API calls: stream and consumer management
+            (seconds).
+        drain_timeout: How long :meth:`NatsClient.drain` waits for subscriptions to
+            finish before closing (seconds).
+        reconnect_buffer_size: Bytes of outgoing data buffered while reconnecting.
+        user: User name for user/password authentication.
+        password: Password of ``user``.
+        token: Token authentication (exclusive with ``user``).
+        nkey_seed: An NKEY seed (``SU...``) for NKEY authentication; needs the ``nkeys``
+            package.
+        creds_file: Path of a ``.creds`` file (user JWT and NKEY seed); needs ``nkeys``.
+        tls_ca: PEM file of the CA that signed the server certificates.
+        tls_cert: PEM file of this client's certificate (mutual TLS).
+        tls_key: PEM file of the private key of ``tls_cert``.
+    """
+
+    urls: Sequence[str] = field(default_factory=lambda: (DEFAULT_URL,))
+    name: str = "deltran"
+    max_reconnect_attempts: int | None = None
+    reconnect_delay: float = 2.0
+    reconnect_max_delay: float = 30.0
+    connection_timeout: float = 5.0
+    enable_jetstream: bool = True
+    api_timeout: float = 5.0
+    drain_timeout: float = 30.0
+    reconnect_buffer_size: int = _DEFAULT_RECONNECT_BUFFER
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    token: str | None = field(default=None, repr=False)
+    nkey_seed: str | None = field(default=None, repr=False)
+    creds_file: str | None = None
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.urls, str):
+            object.__setattr__(self, "urls", (self.urls,))
+        else:
+            object.__setattr__(self, "urls", tuple(self.urls))
+        self.validate()
+
+    @property
+    def uses_tls(self) -> bool:
+        """Whether any TLS option is set (the client then builds its own SSL context)."""
+        return any(v is not None for v in (self.tls_ca, self.tls_cert, self.tls_key))
+
+    def validate(self) -> None:
+        """Raise :class:`ValidationError` naming the first bad field."""
+        if not self.urls:
+            raise ValidationError("urls", self.urls, "needs at least one server URL")
+        for url in self.urls:
+            _check_url(url)
+        if not isinstance(self.name, str) or not self.name:
+            raise ValidationError("name", self.name, "must be a non-empty str")
+        attempts = self.max_reconnect_attempts
+        if attempts is not None and (
+            isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 0
+        ):
+            raise ValidationError(
+                "max_reconnect_attempts", attempts, "must be None (forever) or an int >= 0"
+            )
+        for name in (
+            "reconnect_delay",
+            "reconnect_max_delay",
+            "connection_timeout",
+            "api_timeout",
+            "drain_timeout",
+        ):
+            _positive(name, getattr(self, name))
+        if self.reconnect_max_delay < self.reconnect_delay:
+            raise ValidationError(
+                "reconnect_max_delay", self.reconnect_max_delay, "must be >= reconnect_delay"
+            )
+        size = self.reconnect_buffer_size
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise ValidationError("reconnect_buffer_size", size, "must be an int >= 0 (bytes)")
+        if not isinstance(self.enable_jetstream, bool):
+            raise ValidationError("enable_jetstream", self.enable_jetstream, "must be a bool")
+        for name in (
+            "user",
+            "password",
+            "token",
+            "nkey_seed",
+            "creds_file",
+            "tls_ca",
+            "tls_cert",
+            "tls_key",
+        ):
+            _text(name, getattr(self, name))
+        self._validate_credentials()
+
+    def _validate_credentials(self) -> None:
+        if (self.user is None) != (self.password is None):
+            raise ValidationError("password", "***", "user and password go together")
+        methods = [
+            name
+            for name, value in (
+                ("user", self.user),
+                ("token", self.token),
+                ("nkey_seed", self.nkey_seed),
+                ("creds_file", self.creds_file),
+            )
+            if value is not None
+        ]
+        if len(methods) > 1:
+            raise ValidationError(
+                methods[1], "***", f"use one authentication method, not {' and '.join(methods)}"
+            )
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValidationError("tls_key", self.tls_key, "tls_cert and tls_key go together")
+
+
+def _check_url(url: object) -> None:
+    if not isinstance(url, str) or not url:
+        raise ValidationError("urls", url, "must be a non-empty str")
+    if any(c in url for c in " \t\r\n"):
+        raise ValidationError("urls", url, "must not contain whitespace")
+    try:
+        parsed = urlparse(url if "://" in url else f"nats://{url}")
+        port = parsed.port
+    except ValueError as exc:
+        raise ValidationError("urls", url, f"is not a URL: {exc}") from None
+    if parsed.scheme not in _SCHEMES:
+        raise ValidationError("urls", url, f"scheme must be one of {sorted(_SCHEMES)}")
+    if not parsed.hostname:
+        raise ValidationError("urls", url, "has no host")
+    if port is not None and not 0 < port < 65536:
+        raise ValidationError("urls", url, "port must be in 1..65535")
+
+
+__all__ = ["DEFAULT_URL", "NatsConfig"]

@@ -1,0 +1,129 @@
+"""The dead-letter stream on JetStream: list dead letters, replay them."""
+
+from __future__ import annotations
+
+import builtins
+import json
+import logging
+from typing import Any
+
+import nats.errors
+
+from message_bus.domain.catalog import StreamCatalog
+from message_bus.domain.codec import H_MSG_ID, Encoded, WireCodec
+from message_bus.domain.dead_letter import DeadLetter, decode_dead_letter, original_of
+from message_bus.domain.errors import BusConnectionError, DecodeError, PublishError
+from message_bus.ports.config import PublisherConfig
+from message_bus.ports.dead_letters import DeadLetters
+from message_bus.ports.publisher import PublishReceipt
+
+from ._wire import decode_stored_message
+from .client import NatsClient
+from .publisher import _Sender, receipt_partition
+
+log = logging.getLogger("message_bus.nats.dead_letters")
+
+_NO_MESSAGE = 10037
+
+
+class JetStreamDeadLetters(DeadLetters):
+    """Reads ``DEAD_LETTERS`` with the stream's message-get API and replays from it.
+
+    ``list`` walks the stream in sequence order (``next_by_subj`` gets), so it needs no
+    consumer and changes nothing. A stored entry that is not a decodable dead letter
+    (written by something else) is skipped with a warning. ``replay`` republishes the
+    original message (same subject, headers and ``Nats-Msg-Id``) through JetStream and
+    returns its PubAck receipt; within the original stream's duplicate window
+    JetStream reports it as a duplicate instead of storing it again.
+
+    Args:
+        client: A connected :class:`NatsClient`.
+        catalog: Names the dead-letter stream (defaults to the design's table).
+        publisher_config: Retry settings for replays.
+    """
+
+    def __init__(
+        self,
+        client: NatsClient,
+        catalog: StreamCatalog | None = None,
+        *,
+        publisher_config: PublisherConfig | None = None,
+    ) -> None:
+        self.client = client
+        self.catalog = catalog if catalog is not None else StreamCatalog.default()
+        self.stream = self.catalog.dead_letters.name
+        self._codec = WireCodec()
+        self._sender = _Sender(
+            client,
+            publisher_config
+            if publisher_config is not None
+            else PublisherConfig(circuit_breaker_threshold=0),
+        )
+
+    async def _get(self, request: dict[str, Any]) -> tuple[str, dict[str, str], bytes, int] | None:
+        subject = f"$JS.API.STREAM.MSG.GET.{self.stream}"
+        try:
+            reply = await self.client.connection.request(
+                subject, json.dumps(request).encode(), timeout=self.client.config.api_timeout
+            )
+            answer = json.loads(reply.data)
+        except nats.errors.NoRespondersError:
+            raise BusConnectionError("JetStream is unavailable") from None
+        except (nats.errors.Error, TimeoutError, ValueError) as exc:
+            raise BusConnectionError(f"JetStream did not answer: {exc}") from exc
+        error = answer.get("error")
+        if error is not None:
+            if error.get("err_code") == _NO_MESSAGE or error.get("code") == 404:
+                return None
+            raise BusConnectionError(f"reading {self.stream}: {error.get('description')}")
+        return decode_stored_message(answer["message"])
+
+    async def list(self, limit: int = 100) -> builtins.list[DeadLetter]:
+        """Up to ``limit`` dead letters, oldest first.
+
+        Raises:
+            BusConnectionError: JetStream did not answer, or the stream is missing.
+        """
+        letters: builtins.list[DeadLetter] = []
+        sequence = 1
+        filter_subject = self.catalog.dead_letters.subjects[0]
+        while len(letters) < limit:
+            stored = await self._get({"seq": sequence, "next_by_subj": filter_subject})
+            if stored is None:
+                break
+            subject, headers, body, dlq_sequence = stored
+            sequence = dlq_sequence + 1
+            try:
+                letter = decode_dead_letter(self._codec, subject, headers, body, dlq_sequence)
+            except DecodeError as exc:
+                log.warning("skipping %s #%d: %s", self.stream, dlq_sequence, exc)
+                continue
+            letters.append(letter)
+        return letters
+
+    async def replay(self, dlq_sequence: int) -> PublishReceipt:
+        """Republishes dead letter ``dlq_sequence`` to its original subject.
+
+        Raises:
+            KeyError: no dead letter with that sequence.
+            PublishError: the original stream did not accept it.
+            BusConnectionError: JetStream did not answer.
+        """
+        stored = await self._get({"seq": dlq_sequence})
+        if stored is None:
+            raise KeyError(dlq_sequence)
+        subject, headers, body, _ = stored
+        original = original_of(Encoded(subject, headers, body))
+        if not original.subject:
+            raise KeyError(dlq_sequence)
+        message_id = original.headers.get(H_MSG_ID, "")
+        try:
+            return await self._sender.send(
+                message_id, original, True, receipt_partition(original.headers), None
+            )
+        except PublishError:
+            log.error("replay of %s #%d failed", self.stream, dlq_sequence)
+            raise
+
+
+__all__ = ["JetStreamDeadLetters"]

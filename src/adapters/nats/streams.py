@@ -1,0 +1,293 @@
+"""Idempotent creation of the JetStream streams of a :class:`StreamCatalog`."""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import nats.errors
+import nats.js.errors
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig, StreamInfo
+
+from message_bus.domain.catalog import StreamCatalog, StreamSpec
+from message_bus.domain.errors import BusConnectionError, MessageBusError, ValidationError
+
+from .client import NatsClient
+
+log = logging.getLogger("message_bus.nats.streams")
+
+StreamAction = Literal["created", "updated", "unchanged", "conflict"]
+
+_IMMUTABLE = ("storage", "retention")
+"""Fields JetStream cannot change on an existing stream."""
+_ATTEMPTS = 3
+_TRANSIENT = (
+    nats.js.errors.ServiceUnavailableError,
+    nats.errors.TimeoutError,
+    nats.errors.NoRespondersError,
+)
+
+
+class StreamError(MessageBusError):
+    """A stream could not be created, updated or read.
+
+    Attributes:
+        stream: The stream's name.
+        reason: What JetStream said.
+    """
+
+    def __init__(self, stream: str, reason: str) -> None:
+        self.stream = stream
+        self.reason = reason
+        super().__init__(f"stream {stream}: {reason}")
+
+
+@dataclass(frozen=True, slots=True)
+class StreamReport:
+    """What :meth:`StreamManager.apply` did to one stream.
+
+    Attributes:
+        name: The stream.
+        action: ``created``; ``updated`` (drifted settings were corrected);
+            ``unchanged``; or ``conflict`` (a setting JetStream cannot change in place,
+            such as the storage type, differs: nothing was changed).
+        drift: One line per setting that differed, ``"field: found -> wanted"``.
+    """
+
+    name: str
+    action: StreamAction
+    drift: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSummary:
+    """A stream as it exists on the server.
+
+    Attributes:
+        name: Stream name.
+        subjects: Subjects it captures.
+        messages: Messages stored.
+        bytes: Bytes stored.
+        first_sequence: Sequence of the oldest stored message.
+        last_sequence: Sequence of the newest stored message.
+        consumers: Number of consumers.
+        replicas: Replica count.
+        max_age: Seconds a message is kept (0 = forever).
+        duplicate_window: Seconds a ``Nats-Msg-Id`` is remembered.
+        storage: ``file`` or ``memory``.
+        retention: ``limits``, ``interest`` or ``workqueue``.
+    """
+
+    name: str
+    subjects: tuple[str, ...]
+    messages: int
+    bytes: int
+    first_sequence: int
+    last_sequence: int
+    consumers: int
+    replicas: int
+    max_age: float
+    duplicate_window: float
+    storage: str
+    retention: str
+
+
+def _value(value: Any) -> Any:
+    return value.value if hasattr(value, "value") else value
+
+
+class StreamManager:
+    """Creates and updates the catalog's streams; lists what exists.
+
+    Each catalog stream becomes a JetStream stream with Limits retention, file storage,
+    the spec's subjects and max age, the given duplicate window and replica count.
+    Applying is idempotent: a missing stream is created, a stream whose settings
+    drifted is updated back (and the drift reported), a matching one is left alone.
+
+    Args:
+        client: A connected :class:`NatsClient` with JetStream enabled.
+    """
+
+    def __init__(self, client: NatsClient) -> None:
+        self.client = client
+
+    def desired(self, spec: StreamSpec, replicas: int, duplicate_window: float) -> StreamConfig:
+        """The JetStream configuration of ``spec``."""
+        return StreamConfig(
+            name=spec.name,
+            subjects=list(spec.subjects),
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            discard=DiscardPolicy.OLD,
+            max_age=spec.max_age,
+            duplicate_window=duplicate_window,
+            num_replicas=replicas,
+        )
+
+    async def apply(
+        self,
+        catalog: StreamCatalog | None = None,
+        replicas: int = 1,
+        duplicate_window: float = 120.0,
+    ) -> builtins.list[StreamReport]:
+        """Creates or updates every stream of ``catalog`` (dead letters included).
+
+        Args:
+            catalog: The streams; defaults to the design's table.
+            replicas: Replica count (1 on one node, 3 on a cluster).
+            duplicate_window: Seconds JetStream remembers message ids for deduplication;
+                it must not exceed any stream's max age.
+
+        Returns:
+            One report per stream, in catalog order.
+
+        Raises:
+            ValidationError: ``replicas`` or ``duplicate_window`` is out of range.
+            StreamError: JetStream refused a stream (e.g. subjects overlap another
+                stream, not enough servers for the replicas).
+            BusConnectionError: JetStream did not answer.
+        """
+        if isinstance(replicas, bool) or not isinstance(replicas, int) or not 1 <= replicas <= 5:
+            raise ValidationError("replicas", replicas, "must be an int in 1..5")
+        if not isinstance(duplicate_window, int | float) or duplicate_window <= 0:
+            raise ValidationError("duplicate_window", duplicate_window, "must be > 0 seconds")
+        catalog = catalog if catalog is not None else StreamCatalog.default()
+        reports = []
+        for spec in catalog.all_streams():
+            if duplicate_window > spec.max_age:
+                raise ValidationError(
+                    "duplicate_window", duplicate_window, f"exceeds the max age of {spec.name}"
+                )
+            reports.append(await self._apply_one(self.desired(spec, replicas, duplicate_window)))
+        return reports
+
+    async def _apply_one(self, want: StreamConfig) -> StreamReport:
+        name = str(want.name)
+        js = self.client.jetstream
+        try:
+            info = await self._call(name, lambda: js.stream_info(name))
+        except StreamError as exc:
+            if not isinstance(exc.__cause__, nats.js.errors.NotFoundError):
+                raise
+            await self._call(name, lambda: js.add_stream(want))
+            log.info("stream %s created", name)
+            return StreamReport(name, "created")
+        have = info.config
+        drift = tuple(_drift(have, want))
+        if not drift:
+            return StreamReport(name, "unchanged")
+        if any(line.split(":", 1)[0] in _IMMUTABLE for line in drift):
+            log.error("stream %s drifted in settings JetStream cannot change: %s", name, drift)
+            return StreamReport(name, "conflict", drift)
+        fields = {
+            "subjects": want.subjects,
+            "max_age": want.max_age,
+            "duplicate_window": want.duplicate_window,
+            "num_replicas": want.num_replicas,
+            "discard": want.discard,
+        }
+        await self._call(name, lambda: js.update_stream(have.evolve(**fields)))
+        log.warning("stream %s updated: %s", name, "; ".join(drift))
+        return StreamReport(name, "updated", drift)
+
+    async def _call(self, name: str, call: Callable[[], Awaitable[Any]]) -> Any:
+        """Runs a JetStream API call, retrying while JetStream is briefly unavailable
+        (a cluster electing its meta leader, a slow replicated create). Creating or
+        updating a stream with the same config again is idempotent."""
+        for attempt in range(1, _ATTEMPTS + 1):
+            try:
+                return await call()
+            except _TRANSIENT as exc:
+                if attempt == _ATTEMPTS:
+                    raise _api_failure(name, exc) from exc
+                log.info("JetStream busy (stream %s): %s; retrying", name, exc)
+                await asyncio.sleep(0.2 * 2 ** (attempt - 1))
+            except nats.js.errors.APIError as exc:
+                raise StreamError(name, f"{exc.description} (code {exc.err_code})") from exc
+            except (nats.errors.Error, TimeoutError) as exc:
+                raise _api_failure(name, exc) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def list(self) -> builtins.list[StreamSummary]:
+        """Every stream on the server, sorted by name.
+
+        Raises:
+            BusConnectionError: JetStream did not answer.
+        """
+        js = self.client.jetstream
+        summaries: builtins.list[StreamSummary] = []
+        offset = 0
+        while True:
+            try:
+                page: builtins.list[StreamInfo] = await js.streams_info(offset)
+            except (nats.errors.Error, TimeoutError) as exc:
+                raise _api_failure("*", exc) from exc
+            summaries.extend(_summary(info) for info in page)
+            if not page:
+                break
+            offset += len(page)
+        return sorted(summaries, key=lambda s: s.name)
+
+    async def info(self, name: str) -> StreamSummary:
+        """One stream.
+
+        Raises:
+            KeyError: no such stream.
+            BusConnectionError: JetStream did not answer.
+        """
+        try:
+            info = await self.client.jetstream.stream_info(name)
+        except nats.js.errors.NotFoundError:
+            raise KeyError(name) from None
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise _api_failure(name, exc) from exc
+        return _summary(info)
+
+
+def _drift(have: StreamConfig, want: StreamConfig) -> list[str]:
+    lines = []
+    fields = ("subjects", "retention", "storage", "max_age", "duplicate_window", "num_replicas")
+    for field in fields:
+        found, wanted = _value(getattr(have, field)), _value(getattr(want, field))
+        if field == "subjects":
+            found, wanted = sorted(found or []), sorted(wanted or [])
+        elif field in ("max_age", "duplicate_window"):
+            found, wanted = round(float(found or 0), 6), round(float(wanted or 0), 6)
+        elif field == "num_replicas":
+            found, wanted = found or 1, wanted or 1
+        if found != wanted:
+            lines.append(f"{field}: {found} -> {wanted}")
+    return lines
+
+
+def _summary(info: StreamInfo) -> StreamSummary:
+    config, state = info.config, info.state
+    return StreamSummary(
+        name=str(config.name),
+        subjects=tuple(config.subjects or ()),
+        messages=int(state.messages),
+        bytes=int(state.bytes),
+        first_sequence=int(state.first_seq),
+        last_sequence=int(state.last_seq),
+        consumers=int(state.consumer_count),
+        replicas=int(config.num_replicas or 1),
+        max_age=float(config.max_age or 0.0),
+        duplicate_window=float(config.duplicate_window or 0.0),
+        storage=str(_value(config.storage)),
+        retention=str(_value(config.retention)),
+    )
+
+
+def _api_failure(name: str, error: BaseException) -> MessageBusError:
+    if isinstance(error, nats.js.errors.ServiceUnavailableError):
+        return BusConnectionError(f"JetStream is unavailable (stream {name}): {error.description}")
+    if isinstance(error, nats.js.errors.APIError):
+        return StreamError(name, f"{error.description} (code {error.err_code})")
+    return BusConnectionError(f"JetStream did not answer (stream {name}): {error}")
+
+
+__all__ = ["StreamAction", "StreamError", "StreamManager", "StreamReport", "StreamSummary"]

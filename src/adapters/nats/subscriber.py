@@ -1,0 +1,825 @@
+"""The JetStream subscriber: a shared durable pull consumer per group, outcome-driven acks."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import nats.errors
+import nats.js.errors
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription as NatsSubscription
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, ReplayPolicy
+
+from message_bus.domain.catalog import MessageType, StreamCatalog
+from message_bus.domain.codec import Encoded, WireCodec
+from message_bus.domain.dead_letter import encode_dead_letter
+from message_bus.domain.errors import (
+    BusConnectionError,
+    ClosedError,
+    DecodeError,
+    MessageBusError,
+    PublishError,
+    ValidationError,
+)
+from message_bus.domain.message import Message
+from message_bus.ports.config import PublisherConfig, SubscriberConfig
+from message_bus.ports.subscriber import (
+    Delivery,
+    MessageHandler,
+    Subscriber,
+    Subscription,
+    run_handler,
+)
+
+from ._wire import Writer, description_of
+from .client import ConnectionStatus, NatsClient
+from .publisher import _Sender
+from .streams import StreamError
+
+log = logging.getLogger("message_bus.nats.subscriber")
+
+_INBOX_PENDING_MSGS = 1024 * 1024
+_INBOX_PENDING_BYTES = 256 * 1024 * 1024
+_STOP_TIMEOUT = 5.0
+_MAX_RECOVERY_DELAY = 2.0
+_REBIND_TIMEOUT = 1.0
+
+
+def _seconds(value: float | None) -> float:
+    return round(float(value or 0.0), 6)
+
+
+class _Consumer:
+    """Finds or creates the group's durable pull consumer."""
+
+    def __init__(
+        self, client: NatsClient, stream: str, config: SubscriberConfig, message_type: MessageType
+    ) -> None:
+        self.client = client
+        self.stream = stream
+        self.name = config.consumer_name
+        key = config.partition_key
+        filter_subject = f"{message_type.subject_prefix}.{key.suffix if key else '>'}"
+        self.config = ConsumerConfig(
+            name=self.name,
+            durable_name=self.name,
+            description=f"DelTran {message_type.value} consumer group {config.consumer_group}",
+            deliver_policy=DeliverPolicy.ALL,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=config.ack_wait,
+            # One delivery more than the bus allows: when the last allowed delivery
+            # times out, the extra one lets the subscriber dead-letter the message.
+            max_deliver=config.max_deliver + 1,
+            max_ack_pending=config.max_ack_pending,
+            filter_subject=filter_subject,
+            replay_policy=ReplayPolicy.INSTANT,
+        )
+
+    def _drift(self, have: ConsumerConfig) -> list[str]:
+        want = self.config
+        lines = []
+        for field in ("ack_wait", "max_deliver", "max_ack_pending", "filter_subject"):
+            found, wanted = getattr(have, field), getattr(want, field)
+            if field == "ack_wait":
+                found, wanted = _seconds(found), _seconds(wanted)
+            if found != wanted:
+                lines.append(f"{field}: {found} -> {wanted}")
+        return lines
+
+    async def ensure(self, timeout: float | None = None) -> None:
+        """Binds to the consumer, creating it if absent or updating drifted settings.
+
+        Args:
+            timeout: Seconds per JetStream API call (default: the client's api_timeout).
+
+        Raises:
+            StreamError: The stream does not exist or JetStream refused the consumer.
+            BusConnectionError: JetStream did not answer.
+        """
+        js = self.client.jetstream
+        try:
+            try:
+                info = await js.consumer_info(self.stream, self.name, timeout=timeout)
+            except nats.js.errors.NotFoundError as exc:
+                if exc.err_code == 10059:
+                    raise StreamError(
+                        self.stream, "does not exist; apply the stream catalog first"
+                    ) from None
+                await js.add_consumer(self.stream, config=self.config, timeout=timeout)
+                log.info("consumer %s on %s created", self.name, self.stream)
+                return
+            drift = self._drift(info.config)
+            if drift:
+                log.warning(
+                    "consumer %s on %s updated: %s", self.name, self.stream, "; ".join(drift)
+                )
+                await js.add_consumer(self.stream, config=self.config, timeout=timeout)
+        except nats.js.errors.ServiceUnavailableError as exc:
+            raise BusConnectionError(f"JetStream is unavailable: {exc.description}") from exc
+        except nats.js.errors.APIError as exc:
+            raise StreamError(self.stream, f"consumer {self.name}: {exc.description}") from exc
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise BusConnectionError(f"JetStream did not answer: {exc}") from exc
+
+
+class _JetStreamDelivery(Delivery):
+    """A JetStream delivery; settling maps to +ACK, -NAK, +TERM and +WPI."""
+
+    def __init__(
+        self,
+        owner: _PullSubscription,
+        msg: Msg,
+        message: Message,
+        attempt: int,
+        stream: str,
+        sequence: int,
+    ) -> None:
+        self.message = message
+        self.attempt = attempt
+        self.stream = stream
+        self.sequence = sequence
+        self.subject = msg.subject
+        self._msg = msg
+        self._owner = owner
+        self._position = (stream, sequence)
+        self._settled = False
+
+    @property
+    def settled(self) -> bool:
+        return self._settled
+
+    async def ack(self) -> None:
+        if self._settled:
+            return
+        self._settled = True
+        await self._owner.settle(self._msg, _ACK)
+
+    async def nak(self, delay: float | None = None) -> None:
+        if self._settled:
+            return
+        self._settled = True
+        await self._owner.settle(self._msg, _nak_payload(delay))
+
+    async def term(self, reason: str) -> None:
+        if self._settled:
+            return
+        self._settled = True
+        stream, sequence = self._position
+        await self._owner.dead_letter(self._msg, stream, sequence, self.attempt, reason)
+
+    async def in_progress(self) -> None:
+        if not self._settled:
+            await self._owner.settle(self._msg, _IN_PROGRESS)
+
+
+class _CoreDelivery(Delivery):
+    """A core NATS delivery: no redelivery, so settling only records the outcome."""
+
+    def __init__(self, owner: _CoreSubscription, msg: Msg, message: Message) -> None:
+        self.message = message
+        self.attempt = 1
+        self.stream = None
+        self.sequence = None
+        self.subject = msg.subject
+        self._msg = msg
+        self._owner = owner
+        self._settled = False
+
+    @property
+    def settled(self) -> bool:
+        return self._settled
+
+    async def ack(self) -> None:
+        self._settled = True
+
+    async def nak(self, delay: float | None = None) -> None:
+        self._settled = True
+
+    async def term(self, reason: str) -> None:
+        if not self._settled:
+            self._settled = True
+            log.warning("core message %s on %s dropped: %s", self.message.id, self.subject, reason)
+
+    async def in_progress(self) -> None:
+        return None
+
+    async def respond(self, reply: Message) -> None:
+        if self._msg.reply:
+            await self._owner.respond(self._msg.reply, reply)
+
+
+_ACK = b"+ACK"
+_IN_PROGRESS = b"+WPI"
+_TERM = b"+TERM"
+
+
+def _nak_payload(delay: float | None) -> bytes:
+    if not delay or delay <= 0:
+        return b"-NAK"
+    return b'-NAK {"delay": %d}' % int(delay * 1e9)
+
+
+class _Workers:
+    """``size`` long-lived tasks handling queued messages; no task per message.
+
+    ``maxsize`` bounds the queue (0 = unbounded, for callers that bound it themselves).
+    ``started[i]`` is when worker ``i`` began its current message (0.0 when idle).
+    """
+
+    def __init__(self, size: int, handle: Any, name: str, maxsize: int = 0) -> None:
+        self.queue: asyncio.Queue[Msg | None] = asyncio.Queue(maxsize)
+        self.busy = 0
+        self.started = [0.0] * size
+        self.on_idle_slot: Any = None
+        self._handle = handle
+        self._tasks = [
+            asyncio.create_task(self._run(i), name=f"{name}-worker-{i}") for i in range(size)
+        ]
+
+    async def _run(self, index: int) -> None:
+        queue = self.queue
+        started = self.started
+        while True:
+            msg = await queue.get()
+            if msg is None:
+                return
+            self.busy += 1
+            started[index] = time.monotonic()
+            try:
+                await self._handle(msg)
+            except Exception:  # never let one delivery kill the worker
+                log.exception("delivery of a message on %s failed", msg.subject)
+            finally:
+                started[index] = 0.0
+                self.busy -= 1
+                if self.on_idle_slot is not None:
+                    self.on_idle_slot()
+
+    def overdue(self, limit: float) -> int:
+        """How many workers have been on their current message for over ``limit`` s."""
+        since = time.monotonic() - limit
+        return sum(1 for t in self.started if 0.0 < t < since)
+
+    async def finish(self) -> None:
+        """Lets every worker finish the queue (then its current message) and exit."""
+        for _ in self._tasks:
+            await self.queue.put(None)
+        current = asyncio.current_task()
+        await asyncio.gather(*(t for t in self._tasks if t is not current))
+
+
+def _ack_fields(reply: str) -> tuple[str, int, int]:
+    """(stream, delivery count, stream sequence) from a JetStream ack subject."""
+    tokens = reply.split(".")
+    if len(tokens) == 9:  # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>
+        return tokens[2], int(tokens[4]), int(tokens[5])
+    # $JS.ACK.<domain>.<account hash>.<stream>.<consumer>.<delivered>.<sseq>...
+    return tokens[4], int(tokens[6]), int(tokens[7])
+
+
+class _PullSubscription(Subscription):
+    """Consumes one stream through the group's durable pull consumer.
+
+    Flow control without a semaphore: the subscription keeps ``outstanding`` (messages
+    asked for by live pull requests), ``queued`` (received, waiting for a worker) and
+    ``busy`` (being handled), and only ever asks for ``free = max_concurrent -
+    outstanding - queued - busy`` more, in batches of at least half the slots (at most
+    ``fetch_batch``), so at most ``max_concurrent`` handlers run and nothing is fetched
+    that would sit unhandled while its ack clock runs. ``max_concurrent`` long-lived
+    worker tasks run the handlers; deliveries past ``max_deliver`` skip them and go to
+    a dead-letter lane (one more task). Pull requests linger on the
+    server for ``pull_expires`` seconds with idle heartbeats, so new messages are
+    delivered at once; the server's 408/409 status replies give back the unused part of
+    a request. When the connection comes back, heartbeats stop, or the server reports
+    the consumer missing, the subscription re-binds (re-creating the consumer if the
+    server lost it) with backoff and asks again: it survives server restarts.
+    """
+
+    def __init__(
+        self,
+        owner: JetStreamSubscriber,
+        handler: MessageHandler,
+        stream: str,
+    ) -> None:
+        self._owner = owner
+        self._handler = handler
+        self._config = owner.config
+        self._client = owner.client
+        self._stream = stream
+        self._consumer = _Consumer(owner.client, stream, owner.config, owner.message_type)
+        self._codec = owner._codec
+        self._capacity = owner.config.max_concurrent
+        self._threshold = max(1, min(owner.config.fetch_batch, (self._capacity + 1) // 2))
+        self._expires = owner.pull_expires
+        self._heartbeat = owner.idle_heartbeat
+        self._outstanding = 0
+        self._last_seen = time.monotonic()
+        self._pause_until = 0.0
+        self._need_bind = False
+        self._stopping = False
+        self._releasing = False
+        self._wake = asyncio.Event()
+        self._inbox = ""
+        self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{self._consumer.name}"
+        self._sub: NatsSubscription | None = None
+        self._workers: _Workers | None = None
+        self._dead_lane: asyncio.Queue[Msg | None] = asyncio.Queue()
+        self._dead_lane_task: asyncio.Task[None] | None = None
+        self._pump_task: asyncio.Task[None] | None = None
+        self._shutdown: asyncio.Task[None] | None = None
+        self._remove_listener: Any = None
+        self._last_status: ConnectionStatus | None = None
+        self._writer: Writer | None = None
+
+    async def start(self) -> None:
+        await self._consumer.ensure()
+        nc = self._client.connection
+        self._writer = Writer(nc)
+        self._inbox = nc.new_inbox()
+        self._sub = await nc.subscribe(
+            self._inbox,
+            cb=self._on_message,
+            pending_msgs_limit=_INBOX_PENDING_MSGS,
+            pending_bytes_limit=_INBOX_PENDING_BYTES,
+        )
+        name = f"deltran-{self._consumer.name}"
+        self._workers = _Workers(self._capacity, self._deliver, name)
+        self._workers.on_idle_slot = self._on_idle_slot
+        self._dead_lane_task = asyncio.create_task(
+            self._drive_dead_lane(), name=f"{name}-dead-letters"
+        )
+        self._remove_listener = self._client.on_status(self._on_status)
+        self._wake.set()
+        self._pump_task = asyncio.create_task(self._pump(), name=f"{name}-pump")
+
+    # -- flow control --------------------------------------------------------------------
+
+    def _free(self) -> int:
+        workers = self._workers
+        assert workers is not None
+        return self._capacity - self._outstanding - workers.busy - workers.queue.qsize()
+
+    def _wanted(self) -> int:
+        """How many messages to ask for now (0: none); see the class doc.
+
+        A handler that has run longer than ``ack_wait`` no longer holds its slot for
+        fetching: its message is being redelivered, and that redelivery must be fetched
+        so that a message past ``max_deliver`` is dead-lettered while the handler hangs.
+        The handler itself keeps its worker, so no more than ``max_concurrent`` run.
+        """
+        free = self._free()
+        if free >= self._threshold:
+            return min(free, self._config.fetch_batch)
+        assert self._workers is not None
+        overdue = self._workers.overdue(self._config.ack_wait)
+        return max(0, free + overdue) if overdue else 0
+
+    def _on_idle_slot(self) -> None:
+        if self._free() >= self._threshold:
+            self._wake.set()
+
+    def _on_status(self, status: ConnectionStatus) -> None:
+        previous, self._last_status = self._last_status, status
+        if status is ConnectionStatus.CLOSED:
+            self._begin_close(release=False)  # the connection is gone for good
+        elif status is ConnectionStatus.CONNECTED and previous not in (None, status):
+            # Pull requests made on the lost connection may be gone (server restart);
+            # check the consumer still exists, then ask again.
+            self._outstanding = 0
+            self._need_bind = True
+            self._wake.set()
+
+    async def _on_message(self, msg: Msg) -> None:
+        self._last_seen = time.monotonic()
+        if msg.reply:  # a delivery: its reply subject is the ack subject
+            if self._outstanding > 0:
+                self._outstanding -= 1
+            try:
+                exhausted = _ack_fields(msg.reply)[1] > self._config.max_deliver
+            except (ValueError, IndexError):
+                exhausted = False
+            if exhausted:
+                self._dead_lane.put_nowait(msg)
+            elif self._releasing:
+                await _nak_quietly(msg)
+            else:
+                assert self._workers is not None
+                self._workers.queue.put_nowait(msg)
+            return
+        headers = msg.headers or {}
+        status = headers.get("Status")
+        if status == "100":  # idle heartbeat
+            return
+        pending = headers.get("Nats-Pending-Messages", "")
+        if status in ("404", "408"):
+            self._release_requested(pending)
+        elif status == "409":
+            description = description_of(msg)
+            if "Consumer Deleted" in description:
+                self._need_bind = True
+            log.info("pull on %s: 409 %s", self._next_subject, description)
+            self._release_requested(pending)
+            self._pause_until = time.monotonic() + 0.2
+        else:  # 503: no consumer or no JetStream behind the request subject
+            log.warning("pull on %s: status %s %s", self._next_subject, status, description_of(msg))
+            self._outstanding = 0
+            self._need_bind = True
+        self._wake.set()
+
+    def _release_requested(self, pending: str) -> None:
+        if pending.isdigit():
+            self._outstanding = max(0, self._outstanding - int(pending))
+        else:
+            self._outstanding = 0
+
+    async def _pump(self) -> None:
+        failures = 0
+        while True:
+            try:
+                async with asyncio.timeout(self._heartbeat):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            if self._stopping:
+                return
+            try:
+                await self._pull()
+                failures = 0
+            except (MessageBusError, nats.errors.Error, OSError) as exc:
+                failures += 1
+                delay = min(_MAX_RECOVERY_DELAY, 0.05 * 2**failures)
+                log.warning("consumer %s: %s; retrying in %.2fs", self._consumer.name, exc, delay)
+                await asyncio.sleep(delay)
+                self._wake.set()
+
+    async def _pull(self) -> None:
+        client = self._client
+        if not client.is_connected:
+            return
+        now = time.monotonic()
+        if self._outstanding > 0 and now - self._last_seen > self._heartbeat * 2.5:
+            log.info("consumer %s: pull requests went silent; asking again", self._consumer.name)
+            self._outstanding = 0
+        if self._need_bind:
+            # Short timeouts: a restarted server can drop API requests while JetStream
+            # recovers; asking again soon beats waiting out the API timeout.
+            await self._consumer.ensure(timeout=_REBIND_TIMEOUT)
+            self._need_bind = False
+        if now < self._pause_until:
+            await asyncio.sleep(self._pause_until - now)
+        nc = client.connection
+        while not self._stopping and (batch := self._wanted()) > 0:
+            request = {
+                "batch": batch,
+                "expires": int(self._expires * 1e9),
+                "idle_heartbeat": int(self._heartbeat * 1e9),
+            }
+            await nc.publish(self._next_subject, json.dumps(request).encode(), reply=self._inbox)
+            self._outstanding += batch
+            self._last_seen = time.monotonic()
+
+    # -- deliveries -------------------------------------------------------------------------
+
+    async def _drive_dead_lane(self) -> None:
+        """Dead-letters deliveries past ``max_deliver`` without taking a handler slot."""
+        config = self._config
+        reason = f"max deliveries ({config.max_deliver}) exhausted: ack wait expired"
+        while True:
+            msg = await self._dead_lane.get()
+            if msg is None:
+                return
+            try:
+                stream, attempt, sequence = _ack_fields(msg.reply)
+                # This delivery only carries the message to the dead-letter stream: it
+                # counts the deliveries that reached a handler.
+                await self.dead_letter(msg, stream, sequence, attempt - 1, reason)
+            except Exception:  # never let one delivery kill the lane
+                log.exception("dead-lettering a message on %s failed", msg.subject)
+
+    async def _deliver(self, msg: Msg) -> None:
+        stream, attempt, sequence = _ack_fields(msg.reply)
+        config = self._config
+        try:
+            message = self._codec.decode(msg.subject, msg.headers, msg.data)
+        except DecodeError as exc:
+            await self.dead_letter(msg, stream, sequence, attempt, f"undecodable: {exc}")
+            return
+        delivery = _JetStreamDelivery(self, msg, message, attempt, stream, sequence)
+        await run_handler(self._handler, delivery, config)
+
+    async def settle(self, msg: Msg, payload: bytes) -> None:
+        """Sends an acknowledgement (``+ACK``, ``-NAK``, ``+TERM``, ``+WPI``) for ``msg``.
+
+        Raises:
+            BusConnectionError: the connection is closed or its buffer is full.
+        """
+        assert self._writer is not None
+        try:
+            await self._writer.publish(msg.reply, "", None, payload)
+        except nats.errors.Error as exc:
+            raise BusConnectionError(f"could not settle the delivery: {exc}") from exc
+
+    async def dead_letter(
+        self, msg: Msg, stream: str, sequence: int, deliveries: int, reason: str
+    ) -> None:
+        """Stores the dead letter in ``DEAD_LETTERS`` (awaiting its PubAck), then TERMs.
+
+        Publish-before-term: if the process dies between the two, the message is
+        redelivered and dead-lettered again under the same ``Nats-Msg-Id``
+        (``dlq:{group}:{stream}:{seq}``), which JetStream deduplicates. If the dead
+        letter cannot be stored, the message is NAKed instead of TERMed, so it stays in
+        the consumer and is tried again later.
+        """
+        config = self._config
+        if config.dead_letter:
+            dead = encode_dead_letter(
+                Encoded(msg.subject, dict(msg.headers or {}), msg.data),
+                reason=reason,
+                stream=stream,
+                sequence=sequence,
+                deliveries=deliveries,
+                consumer_group=config.consumer_group,
+                failed_at=datetime.now(UTC),
+            )
+            try:
+                await self._owner._dead_letter_sender.send(
+                    dead.headers["Nats-Msg-Id"], dead, True, None, None
+                )
+            except PublishError as exc:
+                log.error(
+                    "dead letter of %s #%d not stored (%s); NAKing it instead",
+                    stream,
+                    sequence,
+                    exc,
+                )
+                await self.settle(msg, _nak_payload(config.nak_delay(max(1, deliveries))))
+                return
+        log.warning(
+            "dead-lettered %s #%d after %d deliveries: %s", stream, sequence, deliveries, reason
+        )
+        await self.settle(msg, _TERM)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    @property
+    def active(self) -> bool:
+        return not self._stopping
+
+    async def stop(self) -> None:
+        await self._close(release=True)
+
+    async def drain(self) -> None:
+        await self._close(release=False)
+
+    async def _close(self, *, release: bool) -> None:
+        await asyncio.shield(self._begin_close(release=release))
+
+    def _begin_close(self, *, release: bool) -> asyncio.Task[None]:
+        if self._shutdown is None:
+            self._stopping = True
+            self._shutdown = asyncio.ensure_future(self._run_close(release))
+        return self._shutdown
+
+    async def _run_close(self, release: bool) -> None:
+        self._stopping = True
+        self._releasing = release
+        self._wake.set()
+        if self._remove_listener is not None:
+            self._remove_listener()
+        if self._pump_task is not None:
+            self._pump_task.cancel()
+            await asyncio.gather(self._pump_task, return_exceptions=True)
+        await _close_inbox(self._client, self._sub)
+        workers = self._workers
+        if workers is not None:
+            if release:
+                while not workers.queue.empty():
+                    msg = workers.queue.get_nowait()
+                    if msg is not None:
+                        await _nak_quietly(msg)
+            await workers.finish()
+        if self._dead_lane_task is not None:
+            self._dead_lane.put_nowait(None)
+            await self._dead_lane_task
+        await _flush(self._client)
+        self._owner._forget(self)
+
+
+class _CoreSubscription(Subscription):
+    """A core NATS subscription in the group's queue group."""
+
+    def __init__(self, owner: JetStreamSubscriber, handler: MessageHandler) -> None:
+        self._owner = owner
+        self._handler = handler
+        self._client = owner.client
+        self._codec = owner._codec
+        key = owner.config.partition_key
+        self._subject = f"{owner.message_type.subject_prefix}.{key.suffix if key else '>'}"
+        self._capacity = owner.config.max_concurrent
+        self._sub: NatsSubscription | None = None
+        self._workers: _Workers | None = None
+        self._stopping = False
+        self._shutdown: asyncio.Task[None] | None = None
+        self._reply_codec = WireCodec(owner.publisher_config.partitions)
+        self._remove_listener: Any = None
+
+    async def start(self) -> None:
+        nc = self._client.connection
+        self._workers = _Workers(
+            self._capacity, self._deliver, f"deltran-{self._subject}", maxsize=self._capacity
+        )
+        self._sub = await nc.subscribe(
+            self._subject,
+            queue=self._owner.config.consumer_group,
+            cb=self._on_message,
+        )
+        await nc.flush()
+        self._remove_listener = self._client.on_status(self._on_status)
+
+    def _on_status(self, status: ConnectionStatus) -> None:
+        if status is ConnectionStatus.CLOSED:
+            self._begin_close()
+
+    async def _on_message(self, msg: Msg) -> None:
+        assert self._workers is not None
+        # Back-pressure: beyond max_concurrent waiting messages, nats-py buffers them
+        # (and reports a slow consumer past its pending limits).
+        await self._workers.queue.put(msg)
+
+    async def _deliver(self, msg: Msg) -> None:
+        try:
+            message = self._codec.decode(msg.subject, msg.headers, msg.data)
+        except DecodeError as exc:
+            log.warning("dropped an undecodable core message on %s: %s", msg.subject, exc)
+            return
+        await run_handler(self._handler, _CoreDelivery(self, msg, message), self._owner.config)
+
+    async def respond(self, reply_subject: str, reply: Message) -> None:
+        encoded = self._reply_codec.encode(reply)
+        try:
+            await self._client.connection.publish(
+                reply_subject, encoded.body, headers=dict(encoded.headers)
+            )
+        except nats.errors.Error as exc:
+            raise BusConnectionError(f"could not send the reply: {exc}") from exc
+
+    @property
+    def active(self) -> bool:
+        return not self._stopping
+
+    async def stop(self) -> None:
+        await self._close()
+
+    async def drain(self) -> None:
+        await self._close()
+
+    async def _close(self) -> None:
+        await asyncio.shield(self._begin_close())
+
+    def _begin_close(self) -> asyncio.Task[None]:
+        if self._shutdown is None:
+            self._stopping = True
+            self._shutdown = asyncio.ensure_future(self._run_close())
+        return self._shutdown
+
+    async def _run_close(self) -> None:
+        # Core messages cannot be redelivered: stop and drain both handle what arrived.
+        if self._remove_listener is not None:
+            self._remove_listener()
+        await _close_inbox(self._client, self._sub)
+        if self._workers is not None:
+            await self._workers.finish()
+        await _flush(self._client)
+        self._owner._forget(self)
+
+
+async def _nak_quietly(msg: Msg) -> None:
+    try:
+        await msg.nak()
+    except nats.errors.Error as exc:
+        log.debug("could not release %s: %s", msg.reply, exc)
+
+
+async def _close_inbox(client: NatsClient, sub: NatsSubscription | None) -> None:
+    """Unsubscribes, first handling what the server already sent if it is reachable."""
+    if sub is None:
+        return
+    try:
+        if client.is_connected:
+            async with asyncio.timeout(_STOP_TIMEOUT):
+                await sub.drain()  # type: ignore[no-untyped-call]
+        elif not client.is_closed:
+            await sub.unsubscribe()
+    except (nats.errors.Error, TimeoutError, BusConnectionError, ClosedError) as exc:
+        log.debug("closing a subscription: %s", exc)
+
+
+async def _flush(client: NatsClient) -> None:
+    """Makes sure settled acks reached the server, if it is reachable."""
+    if client.is_connected:
+        try:
+            await client.connection.flush(timeout=_STOP_TIMEOUT)  # type: ignore[arg-type]
+        except (nats.errors.Error, TimeoutError) as exc:
+            log.debug("flush after stop: %s", exc)
+
+
+class JetStreamSubscriber(Subscriber):
+    """Consumes one message type from NATS.
+
+    Stream-backed types (with ``use_jetstream``) are consumed through one durable pull
+    consumer per (stream, consumer name): every member of a consumer group binds to the
+    same consumer, so members share the work, and a group that restarts resumes where
+    it stopped. The consumer is created if absent (explicit acks, ``ack_wait``,
+    ``max_deliver + 1`` deliveries, ``max_ack_pending``, filter from
+    ``partition_key``, deliver all); see :class:`_PullSubscription` for the fetch loop.
+
+    Each delivery is decoded with :class:`WireCodec` and settled by :func:`run_handler`:
+    ACK, NAK with the delay computed from the delivery count, or TERM with a dead
+    letter. Dead letters are published to ``DEAD_LETTERS`` and acknowledged by
+    JetStream before the TERM is sent (publish-before-term), so a dead letter is
+    durable even if the process dies right after. A message that cannot be decoded is
+    dead-lettered with the decode error; a delivery past ``max_deliver`` (its last
+    allowed delivery timed out) is dead-lettered without running the handler.
+
+    Core-only types (or ``use_jetstream=False``) use a core subscription in a queue
+    group named after the consumer group; a handler's reply answers the request.
+
+    Args:
+        client: A connected :class:`NatsClient`.
+        message_type: The type to consume.
+        config: Group, durable name, concurrency and redelivery settings.
+        catalog: Which stream holds the type (defaults to the design's table).
+        publisher_config: Retry settings for storing dead letters and sending replies.
+        pull_expires: Seconds a pull request lingers on the server.
+        idle_heartbeat: Seconds between the server's heartbeats on an idle pull request
+            (at most half of ``pull_expires``); 2.5 missed heartbeats make the
+            subscription ask again.
+    """
+
+    def __init__(
+        self,
+        client: NatsClient,
+        message_type: MessageType,
+        config: SubscriberConfig | None = None,
+        catalog: StreamCatalog | None = None,
+        *,
+        publisher_config: PublisherConfig | None = None,
+        pull_expires: float = 15.0,
+        idle_heartbeat: float = 3.0,
+    ) -> None:
+        if not 0 < idle_heartbeat * 2 <= pull_expires:
+            raise ValidationError(
+                "idle_heartbeat", idle_heartbeat, "must be > 0 and at most half of pull_expires"
+            )
+        self.client = client
+        self.message_type = message_type
+        self.config = config if config is not None else SubscriberConfig()
+        self.catalog = catalog if catalog is not None else StreamCatalog.default()
+        self.publisher_config = (
+            publisher_config
+            if publisher_config is not None
+            else PublisherConfig(circuit_breaker_threshold=0)
+        )
+        self.pull_expires = pull_expires
+        self.idle_heartbeat = idle_heartbeat
+        self._codec = WireCodec()
+        self._dead_letter_sender = _Sender(client, self.publisher_config)
+        spec = self.catalog.stream_for(message_type) if self.config.use_jetstream else None
+        self.stream = spec.name if spec is not None else None
+        self._subscriptions: list[_PullSubscription | _CoreSubscription] = []
+        self._closed = False
+
+    async def subscribe(self, handler: MessageHandler) -> Subscription:
+        if self._closed:
+            raise ClosedError("the subscriber was closed")
+        if not await self.client.wait_connected(self.client.config.connection_timeout):
+            raise BusConnectionError("NATS is unreachable")
+        subscription: _PullSubscription | _CoreSubscription
+        if self.stream is None:
+            subscription = _CoreSubscription(self, handler)
+        else:
+            subscription = _PullSubscription(self, handler, self.stream)
+        try:
+            await subscription.start()
+        except nats.errors.Error as exc:
+            raise BusConnectionError(f"could not subscribe: {exc}") from exc
+        self._subscriptions.append(subscription)
+        return subscription
+
+    def _forget(self, subscription: _PullSubscription | _CoreSubscription) -> None:
+        if subscription in self._subscriptions:
+            self._subscriptions.remove(subscription)
+
+    async def close(self) -> None:
+        self._closed = True
+        for subscription in list(self._subscriptions):
+            await subscription.stop()
+
+
+__all__ = ["JetStreamSubscriber"]

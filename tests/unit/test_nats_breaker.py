@@ -1,0 +1,106 @@
+"""The publisher's circuit breaker, on a fake clock."""
+
+from __future__ import annotations
+
+from message_bus.adapters.nats import CircuitBreaker
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def open_breaker(clock: FakeClock, threshold: int = 3, cooldown: float = 10.0) -> CircuitBreaker:
+    breaker = CircuitBreaker(threshold, cooldown, clock)
+    for _ in range(threshold):
+        assert breaker.before() is None
+        breaker.failure()
+    return breaker
+
+
+def test_stays_closed_below_the_threshold() -> None:
+    breaker = CircuitBreaker(3, 10.0, FakeClock())
+    for _ in range(2):
+        breaker.failure()
+
+    assert breaker.before() is None
+    assert breaker.state == "closed"
+
+
+def test_a_success_resets_the_count_of_consecutive_failures() -> None:
+    breaker = CircuitBreaker(3, 10.0, FakeClock())
+    breaker.failure()
+    breaker.failure()
+    breaker.success()
+    breaker.failure()
+    breaker.failure()
+
+    assert breaker.state == "closed"
+
+
+def test_opens_after_threshold_failures_and_fails_fast_with_the_remaining_cooldown() -> None:
+    clock = FakeClock()
+    breaker = open_breaker(clock)
+    clock.now += 4.0
+
+    assert breaker.state == "open"
+    assert breaker.before() == 6.0
+
+
+def test_after_the_cooldown_lets_exactly_one_probe_through() -> None:
+    clock = FakeClock()
+    breaker = open_breaker(clock)
+    clock.now += 10.0
+
+    assert breaker.state == "half_open"
+    assert breaker.before() is None
+    retry_after = breaker.before()
+    assert retry_after is not None
+    assert retry_after > 0
+
+
+def test_a_successful_probe_closes_it() -> None:
+    clock = FakeClock()
+    breaker = open_breaker(clock)
+    clock.now += 10.0
+    assert breaker.before() is None
+
+    breaker.success()
+
+    assert breaker.state == "closed"
+    assert breaker.before() is None
+
+
+def test_a_failed_probe_opens_it_for_another_cooldown() -> None:
+    clock = FakeClock()
+    breaker = open_breaker(clock)
+    clock.now += 10.0
+    assert breaker.before() is None
+
+    breaker.failure()
+
+    assert breaker.state == "open"
+    assert breaker.before() == 10.0
+
+
+def test_a_cancelled_probe_lets_the_next_call_probe() -> None:
+    clock = FakeClock()
+    breaker = open_breaker(clock)
+    clock.now += 10.0
+    assert breaker.before() is None
+
+    breaker.release()
+
+    assert breaker.before() is None
+
+
+def test_threshold_zero_never_opens() -> None:
+    breaker = CircuitBreaker(0, 10.0, FakeClock())
+    for _ in range(100):
+        breaker.failure()
+
+    assert breaker.state == "closed"
+    assert breaker.before() is None
