@@ -475,12 +475,12 @@ async def test_core_only_members_of_one_group_share_broadcast_events(
     assert Counter(first.ids + second.ids) == Counter(e.id for e in events)
 
 
-async def test_dead_letter_replay_republishes_the_original(
+async def test_dead_letter_replay_redelivers_at_once_and_only_once(
     client: NatsClient,
 ) -> None:
-    await StreamManager(client).apply(duplicate_window=0.5)
+    await StreamManager(client).apply()
     publisher = JetStreamPublisher(client, PublisherConfig())
-    outcomes = iter([PermanentError("sanctions hit"), None])
+    outcomes = iter([PermanentError("sanctions hit"), None, None])
 
     def reject_once(message: Message, attempt: int) -> None:
         error = next(outcomes)
@@ -493,17 +493,22 @@ async def test_dead_letter_replay_republishes_the_original(
     await publisher.publish(message)
     [letter] = await dead_letters(client, 1)
     assert letter.dlq_sequence is not None
-    await asyncio.sleep(0.6)  # past the duplicate window
 
+    # inside the original's 120 s duplicate window: the replay still goes through
     receipt = await JetStreamDeadLetters(client).replay(letter.dlq_sequence)
+    again = await JetStreamDeadLetters(client).replay(letter.dlq_sequence)
 
-    assert (receipt.message_id, receipt.stream, receipt.sequence) == (
-        message.id,
+    replay_id = f"replay-{letter.dlq_sequence}-{message.id}"
+    assert (receipt.message_id, receipt.stream, receipt.sequence, receipt.duplicate) == (
+        replay_id,
         "PAYMENT_INSTRUCTIONS",
         2,
+        False,
     )
+    assert again.duplicate
     await eventually(lambda: len(recorder.seen) == 2)
-    assert recorder.ids == [message.id, message.id]
+    await asyncio.sleep(0.3)  # a second replay would show up by now
+    assert recorder.ids == [message.id, replay_id]
     with pytest.raises(KeyError):
         await JetStreamDeadLetters(client).replay(99)
 

@@ -11,7 +11,7 @@ import nats.errors
 
 from message_bus.domain.catalog import StreamCatalog
 from message_bus.domain.codec import H_MSG_ID, Encoded, WireCodec
-from message_bus.domain.dead_letter import DeadLetter, decode_dead_letter, original_of
+from message_bus.domain.dead_letter import DeadLetter, decode_dead_letter, replay_of
 from message_bus.domain.errors import BusConnectionError, DecodeError, PublishError
 from message_bus.ports.config import PublisherConfig
 from message_bus.ports.dead_letters import DeadLetters
@@ -102,7 +102,8 @@ class JetStreamDeadLetters(DeadLetters):
         return letters
 
     async def replay(self, dlq_sequence: int) -> PublishReceipt:
-        """Republishes dead letter ``dlq_sequence`` to its original subject.
+        """Republishes dead letter ``dlq_sequence`` to its original subject (see the port:
+        under a derived id, so it is delivered even inside the duplicate window).
 
         Raises:
             KeyError: no dead letter with that sequence.
@@ -113,7 +114,7 @@ class JetStreamDeadLetters(DeadLetters):
         if stored is None:
             raise KeyError(dlq_sequence)
         subject, headers, body, _ = stored
-        original = original_of(Encoded(subject, headers, body))
+        original = replay_of(Encoded(subject, headers, body), dlq_sequence)
         if not original.subject:
             raise KeyError(dlq_sequence)
         message_id = original.headers.get(H_MSG_ID, "")
