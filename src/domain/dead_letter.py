@@ -17,6 +17,7 @@ H_DLQ_STREAM = "Deltran-Dlq-Stream"
 H_DLQ_SEQUENCE = "Deltran-Dlq-Sequence"
 H_DLQ_DELIVERIES = "Deltran-Dlq-Deliveries"
 H_DLQ_GROUP = "Deltran-Dlq-Consumer-Group"
+H_DLQ_CONSUMER = "Deltran-Dlq-Consumer"
 H_DLQ_MESSAGE_ID = "Deltran-Dlq-Message-Id"
 H_DLQ_FAILED_AT = "Deltran-Dlq-Failed-At"
 H_REPLAY_OF = "Deltran-Replay-Of"
@@ -27,6 +28,7 @@ _DLQ_HEADERS = (
     H_DLQ_SEQUENCE,
     H_DLQ_DELIVERIES,
     H_DLQ_GROUP,
+    H_DLQ_CONSUMER,
     H_DLQ_MESSAGE_ID,
     H_DLQ_FAILED_AT,
 )
@@ -47,6 +49,7 @@ class DeadLetter:
         consumer_group: the group that gave up on it.
         failed_at: when it was dead-lettered (UTC).
         dlq_sequence: its sequence in the dead-letter stream, once stored.
+        consumer: the durable consumer (durable name, group, filter) that gave up.
     """
 
     message: Message
@@ -58,6 +61,7 @@ class DeadLetter:
     consumer_group: str
     failed_at: datetime
     dlq_sequence: int | None = None
+    consumer: str = ""
 
 
 def _clean(text: str) -> str:
@@ -78,23 +82,27 @@ def encode_dead_letter(
     sequence: int,
     deliveries: int,
     consumer_group: str,
+    consumer: str | None = None,
     failed_at: datetime,
 ) -> Encoded:
     """The dead-letter form of a received message, ready to publish.
 
-    The dead-letter copy gets its own ``Nats-Msg-Id`` (``dlq:{group}:{stream}:{seq}``) so
-    that a retried dead-letter publish is deduplicated, and keeps the original id in
-    ``Deltran-Dlq-Message-Id``.
+    The dead-letter copy gets its own ``Nats-Msg-Id``
+    (``dlq:{consumer}:{stream}:{seq}``, the consumer defaulting to the group), so a
+    retried dead-letter publish is deduplicated while two consumers of one stream never
+    share a dead letter; the original id stays in ``Deltran-Dlq-Message-Id``.
     """
+    consumer = consumer or consumer_group
     headers = dict(original.headers)
     headers[H_DLQ_MESSAGE_ID] = headers.get(H_MSG_ID, "")
-    headers[H_MSG_ID] = f"dlq:{consumer_group}:{stream}:{sequence}"
+    headers[H_MSG_ID] = f"dlq:{consumer}:{stream}:{sequence}"
     headers[H_DLQ_REASON] = _clean(reason)
     headers[H_DLQ_SUBJECT] = original.subject
     headers[H_DLQ_STREAM] = stream
     headers[H_DLQ_SEQUENCE] = str(sequence)
     headers[H_DLQ_DELIVERIES] = str(deliveries)
     headers[H_DLQ_GROUP] = consumer_group
+    headers[H_DLQ_CONSUMER] = consumer
     headers[H_DLQ_FAILED_AT] = format_timestamp(failed_at)
     return Encoded(dead_letter_subject(original.subject), headers, original.body)
 
@@ -156,4 +164,5 @@ def decode_dead_letter(
         consumer_group=headers.get(H_DLQ_GROUP, ""),
         failed_at=failed_at,
         dlq_sequence=dlq_sequence,
+        consumer=headers.get(H_DLQ_CONSUMER, headers.get(H_DLQ_GROUP, "")),
     )

@@ -33,10 +33,11 @@ def test_a_dead_letter_keeps_the_original_and_records_why() -> None:
         sequence=42,
         deliveries=3,
         consumer_group="netting",
+        consumer="deltran-consumer__netting",
         failed_at=failed_at,
     )
     assert dead.subject == "deltran.dlq.payment.instruction.corridor.USD-EUR"
-    assert dead.headers["Nats-Msg-Id"] == "dlq:netting:PAYMENT_INSTRUCTIONS:42"
+    assert dead.headers["Nats-Msg-Id"] == "dlq:deltran-consumer__netting:PAYMENT_INSTRUCTIONS:42"
     assert "\n" not in dead.headers["Deltran-Dlq-Reason"]
     letter = decode_dead_letter(codec, *dead, dlq_sequence=7)
     assert letter.message.id == message.id
@@ -46,6 +47,7 @@ def test_a_dead_letter_keeps_the_original_and_records_why() -> None:
     assert (letter.stream, letter.sequence, letter.deliveries) == ("PAYMENT_INSTRUCTIONS", 42, 3)
     assert letter.subject == message.subject
     assert letter.consumer_group == "netting"
+    assert letter.consumer == "deltran-consumer__netting"
     assert letter.failed_at == failed_at
     assert letter.dlq_sequence == 7
     assert original_of(dead) == original

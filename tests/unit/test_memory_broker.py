@@ -19,6 +19,7 @@ from message_bus import (
     PublisherConfig,
     RequestTimeout,
     StreamCatalog,
+    StreamSpec,
     SubscriberConfig,
     ValidationError,
     current_delivery,
@@ -212,6 +213,24 @@ async def test_core_publish_of_a_stream_type_is_captured_by_its_stream(
     assert len(live.seen) == 1
 
 
+async def test_a_group_on_a_stream_shared_by_two_types_receives_only_its_own_type() -> None:
+    netting = MessageType.NETTING_PROPOSAL
+    shared = StreamSpec(
+        "SETTLEMENT_FLOW",
+        (f"{PAYMENT.subject_prefix}.>", f"{netting.subject_prefix}.>"),
+        7 * 86400.0,
+    )
+    catalog = StreamCatalog({PAYMENT: shared, netting: shared})
+    async with InMemoryBroker(clock=ManualClock(), catalog=catalog) as broker:
+        proposal = Message.new(netting, KEY, {"cycle_id": "cycle-1"})
+        sent = payment()
+        await broker.publisher().publish_many([proposal, sent])
+        recorder = Recorder()
+        await subscribe(broker, recorder)
+        await broker.settle()
+        assert recorder.seen == [(sent.id, 1)]
+
+
 # -- consumer groups ----------------------------------------------------------------------
 
 
@@ -309,6 +328,108 @@ async def test_a_handler_can_stop_its_own_subscription(broker: InMemoryBroker) -
     assert not subscriptions[0].active
 
 
+async def test_drain_of_a_stream_subscription_finishes_the_handler_in_flight_and_takes_no_more(
+    broker: InMemoryBroker,
+) -> None:
+    recorder = Recorder(block=True)
+    subscription = await subscribe(broker, recorder, max_concurrent=1)
+    sent = [payment(n) for n in range(5)]
+    await broker.publisher().publish_many(sent)
+    await broker.settle()
+    draining = asyncio.ensure_future(subscription.drain())
+    await broker.settle()
+    recorder.release.open()
+    await asyncio.wait_for(draining, 5.0)
+    assert recorder.seen == [(sent[0].id, 1)]
+    state = broker.consumer_info(STREAM, config().consumer_name)
+    assert (state.ack_pending, state.delivered_sequence) == (0, 1)
+    rest = Recorder()
+    await subscribe(broker, rest)
+    await broker.settle()
+    assert rest.seen == [(m.id, 1) for m in sent[1:]]
+
+
+async def test_a_message_whose_woken_member_stops_goes_to_another_idle_member(
+    broker: InMemoryBroker,
+) -> None:
+    first, second = Recorder(), Recorder()
+    leaving = await subscribe(broker, first, max_concurrent=1)
+    await subscribe(broker, second, max_concurrent=1)
+    await broker.settle()  # both members idle, the first one first in line
+    sent = payment()
+    await broker.publisher().publish(sent)  # wakes the first member's worker...
+    await leaving.stop()  # ...which leaves before it runs
+    await broker.settle()
+    assert (first.seen, second.seen) == ([], [(sent.id, 1)])
+
+
+async def test_handlers_that_stop_their_own_subscription_do_not_wait_for_each_other(
+    broker: InMemoryBroker,
+) -> None:
+    subscriptions: list[Any] = []
+    both_running = Gate(5.0)
+    stopped: list[str] = []
+
+    async def stop_on_failure(message: Message) -> None:
+        stopped.append(message.id)
+        if len(stopped) == 2:
+            both_running.open()
+        await both_running.wait()
+        await subscriptions[0].stop()
+
+    subscriber = broker.subscriber(PAYMENT, config(max_concurrent=2))
+    subscriptions.append(await subscriber.subscribe(FunctionHandler(stop_on_failure)))
+    await broker.publisher().publish_many([payment(1), payment(2)])
+    await asyncio.wait_for(subscriptions[0].stop(), 5.0)
+    assert len(stopped) == 2
+    assert not both_running.timed_out
+    assert broker.consumer_info(STREAM, config().consumer_name).ack_pending == 0
+
+
+async def test_a_handler_that_raises_cancelled_error_is_retried_and_its_worker_goes_on(
+    broker: InMemoryBroker, clock: ManualClock
+) -> None:
+    recorder = Recorder()
+
+    async def await_a_cancelled_call(message: Message) -> None:
+        await recorder.handle(message)
+        if current_delivery().attempt == 1:
+            call: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            call.cancel()  # e.g. an outbound call cancelled by its own timeout
+            await call
+
+    subscriber = broker.subscriber(PAYMENT, config(max_concurrent=1, nak_initial_delay=5.0))
+    subscription = await subscriber.subscribe(FunctionHandler(await_a_cancelled_call))
+    first, second = payment(1), payment(2)
+    await broker.publisher().publish_many([first, second])
+    await broker.settle()
+    assert recorder.seen == [(first.id, 1), (second.id, 1)]
+    clock.advance(5.0)
+    await broker.settle()
+    assert recorder.attempts(first) == [1, 2]
+    assert subscription.active
+
+
+async def test_cancelling_a_stop_does_not_cancel_the_handler_it_waits_for(
+    broker: InMemoryBroker, clock: ManualClock
+) -> None:
+    recorder = Recorder(block=True)
+    subscription = await subscribe(broker, recorder)
+    sent = payment()
+    await broker.publisher().publish(sent)
+    await broker.settle()
+    stopping = asyncio.ensure_future(subscription.stop())
+    await broker.settle()
+    stopping.cancel()
+    await broker.settle()
+    recorder.release.open()
+    await broker.settle()
+    assert broker.consumer_info(STREAM, config().consumer_name).ack_pending == 0
+    clock.advance(60.0)
+    await broker.settle()
+    assert recorder.attempts(sent) == [1]
+
+
 # -- core and request-reply ---------------------------------------------------------------
 
 
@@ -399,6 +520,27 @@ async def test_replay_delivers_a_dead_letter_again_at_once_and_only_once(
     assert accepted[0].correlation_id == sent.correlation_id
 
 
+async def test_a_dead_letter_older_than_the_dead_letter_max_age_cannot_be_replayed() -> None:
+    clock = ManualClock()
+    default = StreamCatalog.default()
+    dead_spec = default.dead_letters
+    catalog = StreamCatalog(default.streams, StreamSpec(dead_spec.name, dead_spec.subjects, 60.0))
+    async with InMemoryBroker(clock=clock, catalog=catalog) as broker:
+
+        async def reject(message: Message) -> None:
+            raise PermanentError("unknown creditor")
+
+        await broker.subscriber(PAYMENT, config()).subscribe(FunctionHandler(reject))
+        await broker.publisher().publish(payment())
+        await broker.settle()
+        [dead] = await broker.dead_letters().list()
+        assert dead.dlq_sequence is not None
+        clock.advance(61.0)
+        with pytest.raises(KeyError):
+            await broker.dead_letters().replay(dead.dlq_sequence)
+        assert await broker.dead_letters().list() == []
+
+
 async def test_replay_of_an_unknown_dead_letter_is_a_key_error(broker: InMemoryBroker) -> None:
     with pytest.raises(KeyError):
         await broker.dead_letters().replay(42)
@@ -417,9 +559,8 @@ async def test_settle_gives_up_on_a_handler_loop_that_never_ends(broker: InMemor
     async def retry_forever(message: Message) -> None:
         await current_delivery().nak()
 
-    await broker.subscriber(PAYMENT, config(max_deliver=10**9)).subscribe(
-        FunctionHandler(retry_forever)
-    )
+    subscriber = broker.subscriber(PAYMENT, config(max_deliver=10**9, max_concurrent=1))
+    await subscriber.subscribe(FunctionHandler(retry_forever))
     await broker.publisher().publish(payment())
     with pytest.raises(TimeoutError, match="still busy"):
         await broker.settle(max_rounds=200)

@@ -5,8 +5,8 @@ delivery at a time from its source (the group, or the subscription's own core in
 runs the handler through :func:`run_handler`, and takes the next one at once when there
 is a backlog (yielding to the event loop every ``YIELD_EVERY`` deliveries). Idle workers
 wait in the source's FIFO of waiters, so the members of a group take turns. Nothing is
-fetched ahead of a free worker, which is why ``drain`` of a stream subscription has
-nothing to finish beyond the handlers in flight.
+fetched ahead of a free worker: a stream subscription that stops or drains has nothing
+to release or finish beyond the handlers in flight.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from message_bus.domain.catalog import MessageType
 from message_bus.domain.codec import Encoded, WireCodec
 from message_bus.domain.errors import DecodeError
 from message_bus.domain.message import Message
+from message_bus.domain.partition import PartitionKey
 from message_bus.ports.config import SubscriberConfig
 from message_bus.ports.subscriber import Delivery, MessageHandler, Subscription, run_handler
 
@@ -40,6 +41,14 @@ CORE_INBOX_LIMIT = 512 * 1024
 NATS server drops messages for a slow consumer)."""
 
 
+def subject_filter(message_type: MessageType, key: PartitionKey | None) -> tuple[str, bool]:
+    """What a consumer of ``message_type`` filtered to ``key`` receives: one exact subject
+    (``(subject, True)``) or every subject of the type (``(prefix + ".", False)``)."""
+    if key is None:
+        return f"{message_type.subject_prefix}.", False
+    return f"{message_type.subject_prefix}.{key.suffix}", True
+
+
 class Pending:
     """A message delivered to a group and not yet acknowledged or terminated."""
 
@@ -52,45 +61,44 @@ class Pending:
 
 
 class Waiters:
-    """Idle workers, first come first woken."""
+    """Idle workers, first come first woken; ``queue`` is empty when none is idle."""
 
-    __slots__ = ("_broker", "_queue")
+    __slots__ = ("_broker", "queue")
 
     def __init__(self, broker: InMemoryBroker) -> None:
         self._broker = broker
-        self._queue: deque[tuple[asyncio.Future[None], Member]] = deque()
-
-    def __bool__(self) -> bool:
-        return bool(self._queue)
+        self.queue: deque[tuple[asyncio.Future[None], Member]] = deque()
 
     async def wait(self, member: Member) -> None:
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append((waiter, member))
+        self.queue.append((waiter, member))
         try:
             await waiter
         finally:
             if waiter.done() and not waiter.cancelled():
                 self._broker._woken -= 1
 
+    def _wake(self, waiter: asyncio.Future[None]) -> bool:
+        if waiter.done():  # its worker was cancelled
+            return False
+        waiter.set_result(None)
+        self._broker._woken += 1
+        return True
+
     def wake_one(self) -> None:
-        queue = self._queue
-        while queue:
-            waiter = queue.popleft()[0]
-            if not waiter.done():
-                waiter.set_result(None)
-                self._broker._woken += 1
-                return
+        queue = self.queue
+        while queue and not self._wake(queue.popleft()[0]):
+            pass
 
     def wake_member(self, member: Member) -> None:
         """Wake (and forget) every idle worker of ``member``."""
-        keep: deque[tuple[asyncio.Future[None], Member]] = deque()
-        for waiter, owner in self._queue:
-            if owner is not member:
-                keep.append((waiter, owner))
-            elif not waiter.done():
-                waiter.set_result(None)
-                self._broker._woken += 1
-        self._queue = keep
+        items = list(self.queue)
+        self.queue.clear()
+        for item in items:
+            if item[1] is member:
+                self._wake(item[0])
+            else:
+                self.queue.append(item)
 
 
 class Group:
@@ -101,16 +109,15 @@ class Group:
         self,
         broker: InMemoryBroker,
         stream: Stream,
-        name: str,
-        subject_filter: str,
-        exact: bool,
+        message_type: MessageType,
         config: SubscriberConfig,
     ) -> None:
         self.broker = broker
         self.stream = stream
-        self.name = name
-        self.subject_filter = subject_filter
-        self.exact = exact
+        self.name = config.consumer_name
+        self.subject_filter, self.exact = subject_filter(message_type, config.partition_key)
+        # An unfiltered group on a stream of its type alone takes every stored message.
+        self.everything = not self.exact and stream.spec.subjects == (f"{self.subject_filter}>",)
         self.config = config
         self.next_seq = stream.first_seq  # deliver policy "all": from the first stored
         self.pending: dict[int, Pending] = {}
@@ -125,26 +132,26 @@ class Group:
     def matches(self, subject: str) -> bool:
         if self.exact:
             return subject == self.subject_filter
-        return subject.startswith(self.subject_filter)
-
-    def has_work(self) -> bool:
-        return bool(self.ready) or (
-            len(self.pending) < self.config.max_ack_pending
-            and self.next_seq <= self.stream.last_seq
-        )
+        return self.everything or subject.startswith(self.subject_filter)
 
     def kick(self) -> None:
         """Wake one idle worker if there is something to take."""
-        if self.waiters and self.has_work():
+        if self.waiters.queue and (
+            self.ready
+            or (
+                len(self.pending) < self.config.max_ack_pending
+                and self.next_seq <= self.stream.last_seq
+            )
+        ):
             self.waiters.wake_one()
 
     def take(self) -> tuple[int, int, Entry] | None:
         """The next delivery for a free worker: redeliveries first (lowest sequence
         first), then the next new message if ``max_ack_pending`` allows."""
-        broker = self.broker
-        now = broker.clock.now()
+        now = self.broker.clock.now()
         pending, ready, stream = self.pending, self.ready, self.stream
-        stream.expire(now)
+        if now >= stream.expires_at:
+            stream.expire(now)
         while ready:
             seq = heapq.heappop(ready)
             p = pending.get(seq)
@@ -158,15 +165,14 @@ class Group:
             return self._deliver(seq, p, entry, now)
         if len(pending) >= self.config.max_ack_pending:
             return None
-        seq = max(self.next_seq, stream.first_seq)
-        last = stream.last_seq
+        seq, last = max(self.next_seq, stream.first_seq), stream.last_seq
+        everything = self.everything
         while seq <= last:
             entry = stream.entry(seq)
             seq += 1
-            if self.matches(entry.encoded.subject):
+            if everything or self.matches(entry.encoded.subject):
                 self.next_seq = seq
-                p = Pending()
-                pending[seq - 1] = p
+                p = pending[seq - 1] = Pending()
                 return self._deliver(seq - 1, p, entry, now)
         self.next_seq = seq
         return None
@@ -179,24 +185,29 @@ class Group:
         self.broker._activity += 1
         return seq, p.deliveries, entry
 
+    def _current(self, seq: int, attempt: int) -> Pending | None:
+        """The pending record of ``seq`` if delivery ``attempt`` is still the live one."""
+        p = self.pending.get(seq)
+        if p is None or p.state != IN_FLIGHT or p.deliveries != attempt:
+            return None
+        return p
+
     def ack(self, seq: int) -> None:
-        # Acks apply by sequence, even from a delivery that was since redelivered: the
-        # work is done, so the message must not be handled again.
+        # Acks apply by sequence, even from a delivery that was since redelivered (as on
+        # JetStream): the work is done, so the message must not be handled again.
         if self.pending.pop(seq, None) is not None:
             self.broker._activity += 1
             self.kick()
 
     def nak(self, seq: int, attempt: int, delay: float | None) -> None:
-        p = self.pending.get(seq)
-        if p is None or p.state != IN_FLIGHT or p.deliveries != attempt:
+        p = self._current(seq, attempt)
+        if p is None:
             return  # a stale delivery: the current one decides
-        self.broker._activity += 1
         max_deliver = self.config.max_deliver
         if p.deliveries >= max_deliver:
-            self._dead_letter(seq, p, f"max deliveries ({max_deliver}) exhausted: nak", None)
-            del self.pending[seq]
-            self.kick()
+            self._give_up(seq, p, f"max deliveries ({max_deliver}) exhausted: nak", None)
             return
+        self.broker._activity += 1
         p.gen += 1
         if delay is None or delay <= 0:
             p.state = READY
@@ -208,37 +219,42 @@ class Group:
 
     def term(self, seq: int, reason: str, entry: Entry | None) -> None:
         p = self.pending.get(seq)
-        if p is None:
-            return
-        # The dead letter is stored before the message stops being pending.
-        self._dead_letter(seq, p, reason, entry)
+        if p is not None:
+            self._give_up(seq, p, reason, entry)
+
+    def in_progress(self, seq: int, attempt: int) -> None:
+        p = self._current(seq, attempt)
+        if p is not None:
+            p.gen += 1
+            self._schedule(self.broker.clock.now() + self.config.ack_wait, seq, p.gen)
+
+    def _give_up(self, seq: int, p: Pending, reason: str, entry: Entry | None) -> None:
+        """Dead-letter ``seq`` (unless the group drops them), then stop delivering it:
+        the dead letter is stored before the message stops being pending."""
+        if self.config.dead_letter:
+            self._dead_letter(seq, p.deliveries, reason, entry)
+        else:
+            log.warning("dropping %s #%d of %s: %s", self.stream.name, seq, self.name, reason)
         del self.pending[seq]
         self.broker._activity += 1
         self.kick()
 
-    def in_progress(self, seq: int, attempt: int) -> None:
-        p = self.pending.get(seq)
-        if p is None or p.state != IN_FLIGHT or p.deliveries != attempt:
-            return
-        p.gen += 1
-        self._schedule(self.broker.clock.now() + self.config.ack_wait, seq, p.gen)
-
-    def _dead_letter(self, seq: int, p: Pending, reason: str, entry: Entry | None) -> None:
-        if not self.config.dead_letter:
-            log.warning("dropping %s #%d of %s: %s", self.stream.name, seq, self.name, reason)
-            return
+    def _dead_letter(self, seq: int, deliveries: int, reason: str, entry: Entry | None) -> None:
+        stream = self.stream
         if entry is None:
-            entry = self.stream.get(seq)
+            stream.expire(self.broker.clock.now())
+            entry = stream.get(seq)
         if entry is None:
-            log.warning("%s #%d expired before it could be dead-lettered", self.stream.name, seq)
+            log.warning("%s #%d expired before it could be dead-lettered", stream.name, seq)
             return
         self.broker._store_dead_letter(
             entry.encoded,
             reason=reason,
-            stream=self.stream.name,
+            stream=stream.name,
             sequence=seq,
-            deliveries=p.deliveries,
-            consumer_group=self.name,
+            deliveries=deliveries,
+            consumer_group=self.config.consumer_group,
+            consumer=self.name,
         )
 
     def _schedule(self, when: float, seq: int, gen: int) -> None:
@@ -269,24 +285,24 @@ class Group:
         self._timer = None
         now = self.broker.clock.now()
         timers, pending = self._timers, self.pending
-        changed = False
+        max_deliver = self.config.max_deliver
+        due = False
         while timers and timers[0][0] <= now:
             _, seq, gen = heapq.heappop(timers)
             p = pending.get(seq)
             if p is None or p.gen != gen:
                 continue
-            changed = True
-            if p.state == IN_FLIGHT and p.deliveries >= self.config.max_deliver:
-                reason = f"max deliveries ({self.config.max_deliver}) exhausted: ack wait expired"
-                self._dead_letter(seq, p, reason, None)
-                del pending[seq]
+            if p.state == IN_FLIGHT and p.deliveries >= max_deliver:
+                reason = f"max deliveries ({max_deliver}) exhausted: ack wait expired"
+                self._give_up(seq, p, reason, None)
                 continue
+            due = True
             p.state = READY
             p.gen += 1
             heapq.heappush(self.ready, seq)
         if timers:
             self._arm(timers[0][0])
-        if changed:
+        if due:
             self.broker._activity += 1
             self.kick()
 
@@ -296,25 +312,34 @@ class Group:
             self._timer = None
 
 
-class StreamDelivery(Delivery):
-    """A delivery from a group; settling it updates the group at once."""
+class _Delivery(Delivery):
+    __slots__ = ("_settled",)
 
-    __slots__ = ("_entry", "_group", "_seq", "_settled")
-
-    def __init__(self, group: Group, seq: int, attempt: int, entry: Entry, message: Message):
+    def __init__(
+        self, message: Message, attempt: int, stream: str | None, seq: int | None, subject: str
+    ) -> None:
         self.message = message
         self.attempt = attempt
-        self.stream = group.stream.name
+        self.stream = stream
         self.sequence = seq
-        self.subject = entry.encoded.subject
-        self._seq = seq
-        self._group = group
-        self._entry = entry
+        self.subject = subject
         self._settled = False
 
     @property
     def settled(self) -> bool:
         return self._settled
+
+
+class StreamDelivery(_Delivery):
+    """A delivery from a group; settling it updates the group at once."""
+
+    __slots__ = ("_entry", "_group", "_seq")
+
+    def __init__(self, group: Group, seq: int, attempt: int, entry: Entry, message: Message):
+        super().__init__(message, attempt, group.stream.name, seq, entry.encoded.subject)
+        self._group = group
+        self._seq = seq
+        self._entry = entry
 
     async def ack(self) -> None:
         if not self._settled:
@@ -336,10 +361,10 @@ class StreamDelivery(Delivery):
             self._group.in_progress(self._seq, self.attempt)
 
 
-class CoreDelivery(Delivery):
+class CoreDelivery(_Delivery):
     """A core (fire-and-forget) delivery: nothing to acknowledge, maybe a request to answer."""
 
-    __slots__ = ("_codec", "_reply", "_settled")
+    __slots__ = ("_codec", "_reply")
 
     def __init__(
         self,
@@ -348,18 +373,9 @@ class CoreDelivery(Delivery):
         subject: str,
         reply: asyncio.Future[Encoded] | None,
     ) -> None:
-        self.message = message
-        self.attempt = 1
-        self.stream = None
-        self.sequence = None
-        self.subject = subject
+        super().__init__(message, 1, None, None, subject)
         self._codec = codec
         self._reply = reply
-        self._settled = False
-
-    @property
-    def settled(self) -> bool:
-        return self._settled
 
     async def ack(self) -> None:
         self._settled = True
@@ -382,24 +398,31 @@ class CoreDelivery(Delivery):
 
 
 class Member(Subscription):
-    """One running subscription: ``max_concurrent`` workers over one source."""
+    """One running subscription: ``max_concurrent`` workers over one source.
+
+    ``stop`` and ``drain`` wait for the handlers in flight, except for handlers that are
+    themselves waiting in a ``stop`` or ``drain`` (a handler that stops its own
+    subscription), so that no two handlers wait for each other. Cancelling the wait does
+    not cancel the handlers.
+    """
 
     def __init__(
         self,
         broker: InMemoryBroker,
-        message_type: MessageType,
         handler: MessageHandler,
         config: SubscriberConfig,
         waiters: Waiters,
+        name: str,
     ) -> None:
         self.broker = broker
-        self.message_type = message_type
         self.config = config
+        self.name = name
         self._handler = handler
         self._waiters = waiters
         self._stopping = False
         self._draining = False
         self._workers: list[asyncio.Task[None]] = []
+        self._running = 0
 
     @property
     def active(self) -> bool:
@@ -407,51 +430,70 @@ class Member(Subscription):
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
-        name = f"{self.message_type.value}:{self.config.consumer_name}"
+        self._running = self.config.max_concurrent
         self._workers = [
-            loop.create_task(self._work(), name=f"memory-worker:{name}:{i}")
+            loop.create_task(self._work(), name=f"memory-worker:{self.name}:{i}")
             for i in range(self.config.max_concurrent)
         ]
 
     def _take(self) -> Delivery | None:
+        """The next delivery for a free worker, or None (also once draining is done)."""
         raise NotImplementedError
 
     def _detach(self) -> None:
         """Receive nothing new (leave the group or the queue)."""
         raise NotImplementedError
 
-    def _drop_fetched(self) -> None:
-        """Release what was handed over but not started."""
+    def _release(self) -> None:
+        """Give up what was handed over but not started (on stop); pass wake-ups on."""
 
     async def _work(self) -> None:
-        handler, config, take = self._handler, self.config, self._take
-        streak = 0
-        while not self._stopping:
-            delivery = take()
-            if delivery is None:
-                if self._draining:
+        take, streak = self._take, 0
+        try:
+            while not self._stopping:
+                if streak >= YIELD_EVERY:  # a backlog of handlers that never suspend
+                    streak = 0  # must not starve the event loop
+                    await asyncio.sleep(0)
+                    continue
+                delivery = take()
+                if delivery is not None:
+                    streak += 1
+                    await self._handle(delivery)
+                elif self._draining:
                     return
-                streak = 0
-                await self._waiters.wait(self)
-                continue
-            streak += 1
-            if streak >= YIELD_EVERY:  # a backlog of handlers that never suspend
-                streak = 0  # must not starve the event loop
-                await asyncio.sleep(0)
-            try:
-                await run_handler(handler, delivery, config)
-            except Exception:
-                log.exception("settling %s failed", delivery.subject)
-                if not delivery.settled:
-                    await delivery.nak(config.nak_delay(delivery.attempt))
+                else:
+                    streak = 0
+                    await self._waiters.wait(self)
+        finally:
+            # A worker woken for work it no longer takes passes the wake-up on.
+            self._release()
+            self._running -= 1
+            if self._running == 0:
+                self.broker._forget_member(self)
+
+    async def _handle(self, delivery: Delivery) -> None:
+        try:
+            await run_handler(self._handler, delivery, self.config)
+            return
+        except asyncio.CancelledError:
+            worker = asyncio.current_task()
+            if worker is None or worker.cancelling():  # the worker itself is cancelled
+                raise
+            # The handler awaited something that was cancelled: this delivery failed,
+            # the worker goes on.
+            log.warning("handler on %s was cancelled; retrying it", delivery.subject)
+        except Exception:
+            log.exception("settling %s failed", delivery.subject)
+        if not delivery.settled:
+            await delivery.nak(self.config.nak_delay(delivery.attempt))
 
     async def stop(self) -> None:
         if not self._stopping:
             self._stopping = True
             if not self._draining:
                 self._detach()
-            self._drop_fetched()
             self._waiters.wake_member(self)
+            self._release()
         await self._join()
 
     async def drain(self) -> None:
@@ -462,11 +504,17 @@ class Member(Subscription):
         await self._join()
 
     async def _join(self) -> None:
+        joining = self.broker._joining
         current = asyncio.current_task()
-        workers = [w for w in self._workers if w is not current]
-        if workers:
-            await asyncio.gather(*workers)
-        self.broker._forget_member(self)
+        workers = [w for w in self._workers if not (w.done() or w is current or w in joining)]
+        if not workers:
+            return
+        assert current is not None  # a coroutine awaited under asyncio runs in a task
+        joining.add(current)
+        try:
+            await asyncio.wait(workers)
+        finally:
+            joining.discard(current)
 
 
 class StreamMember(Member):
@@ -475,16 +523,19 @@ class StreamMember(Member):
     def __init__(
         self,
         broker: InMemoryBroker,
-        message_type: MessageType,
         handler: MessageHandler,
         config: SubscriberConfig,
         group: Group,
     ) -> None:
-        super().__init__(broker, message_type, handler, config, group.waiters)
+        super().__init__(
+            broker, handler, config, group.waiters, f"{group.stream.name}:{group.name}"
+        )
         self.group = group
         group.members += 1
 
     def _take(self) -> Delivery | None:
+        if self._draining:  # nothing was fetched ahead: nothing left to finish
+            return None
         group = self.group
         while True:
             item = group.take()
@@ -502,6 +553,9 @@ class StreamMember(Member):
     def _detach(self) -> None:
         self.group.members -= 1
 
+    def _release(self) -> None:
+        self.group.kick()
+
 
 class CoreMember(Member):
     """A core subscription: messages published while it is live, in its own inbox."""
@@ -509,15 +563,14 @@ class CoreMember(Member):
     def __init__(
         self,
         broker: InMemoryBroker,
-        message_type: MessageType,
         handler: MessageHandler,
         config: SubscriberConfig,
-        subject_filter: str,
-        exact: bool,
+        route: str | MessageType,
     ) -> None:
-        super().__init__(broker, message_type, handler, config, Waiters(broker))
-        self.subject_filter = subject_filter
-        self.route: str | MessageType = subject_filter if exact else message_type
+        shown = route.value if isinstance(route, MessageType) else route
+        name = f"core:{shown}:{config.consumer_group}"
+        super().__init__(broker, handler, config, Waiters(broker), name)
+        self.route = route
         self.queue_name = config.consumer_group
         self._inbox: deque[tuple[Encoded, asyncio.Future[Encoded] | None]] = deque()
 
@@ -527,7 +580,7 @@ class CoreMember(Member):
             log.warning("slow consumer on %s: message dropped", encoded.subject)
             return
         inbox.append((encoded, reply))
-        if self._waiters:
+        if self._waiters.queue:
             self._waiters.wake_one()
 
     def _take(self) -> Delivery | None:
@@ -540,7 +593,7 @@ class CoreMember(Member):
                 log.warning("undecodable core message on %s dropped: %s", encoded.subject, exc)
                 continue
             self.broker._activity += 1
-            if inbox and self._waiters:
+            if inbox and self._waiters.queue:
                 self._waiters.wake_one()
             return CoreDelivery(self.broker.codec, message, encoded.subject, reply)
         return None
@@ -548,8 +601,9 @@ class CoreMember(Member):
     def _detach(self) -> None:
         self.broker._remove_core(self)
 
-    def _drop_fetched(self) -> None:
-        self._inbox.clear()
+    def _release(self) -> None:
+        if self._stopping:
+            self._inbox.clear()  # core: what was not handled is gone, as on NATS
 
 
 class CoreQueue:

@@ -12,16 +12,17 @@ if TYPE_CHECKING:
     from ._consumer import Group
 
 _COMPACT_AFTER = 4096
+_NEVER = float("inf")
 
 
 class Entry:
-    """One stored message: the encoded form and when it was stored (clock seconds)."""
+    """One stored message: the encoded form and when it expires (clock seconds)."""
 
-    __slots__ = ("encoded", "stored_at")
+    __slots__ = ("encoded", "expires_at")
 
-    def __init__(self, encoded: Encoded, stored_at: float) -> None:
+    def __init__(self, encoded: Encoded, expires_at: float) -> None:
         self.encoded = encoded
-        self.stored_at = stored_at
+        self.expires_at = expires_at
 
 
 class Stream:
@@ -29,7 +30,8 @@ class Stream:
 
     Sequences start at 1 and are never reused. Expired messages are dropped lazily
     (whenever the stream is written or read), so expiry needs no timer and is exact
-    with respect to the clock.
+    with respect to the clock; ``expires_at`` is when the oldest message expires, so a
+    reader calls :meth:`expire` only when something is due.
     """
 
     __slots__ = (
@@ -38,6 +40,7 @@ class Stream:
         "_dedup_expiry",
         "_entries",
         "duplicate_window",
+        "expires_at",
         "first_seq",
         "groups",
         "last_seq",
@@ -53,6 +56,7 @@ class Stream:
         self.duplicate_window = duplicate_window
         self.first_seq = 1
         self.last_seq = 0
+        self.expires_at = _NEVER
         self._entries: list[Entry | None] = []
         self._base = 1  # sequence of _entries[0]
         self._dedup: dict[str, int] = {}
@@ -68,20 +72,25 @@ class Stream:
         Returns:
             (sequence, duplicate): the new sequence, or the original one and True.
         """
-        self.expire(now)
+        if now >= self.expires_at:
+            self.expire(now)
         message_id = encoded.headers.get(H_MSG_ID)
+        dedup = self._dedup
         if message_id is not None:
             expiry = self._dedup_expiry
-            if expiry and expiry[0][0] <= now:
-                self._forget(now)
-            original = self._dedup.get(message_id)
+            while expiry and expiry[0][0] <= now:
+                del dedup[expiry.popleft()[1]]
+            original = dedup.get(message_id)
             if original is not None:
                 return original, True
+            expiry.append((now + self.duplicate_window, message_id))
         self.last_seq = seq = self.last_seq + 1
-        self._entries.append(Entry(encoded, now))
         if message_id is not None:
-            self._dedup[message_id] = seq
-            self._dedup_expiry.append((now + self.duplicate_window, message_id))
+            dedup[message_id] = seq
+        entry = Entry(encoded, now + self.max_age)
+        self._entries.append(entry)
+        if self.expires_at == _NEVER:
+            self.expires_at = entry.expires_at
         return seq, False
 
     def get(self, seq: int) -> Entry | None:
@@ -96,27 +105,25 @@ class Stream:
 
     def expire(self, now: float) -> None:
         """Drop messages older than ``max_age``."""
-        first = self.first_seq
-        if first > self.last_seq:
+        if now < self.expires_at:
             return
         entries, base = self._entries, self._base
-        cutoff = now - self.max_age
-        if entries[first - base].stored_at > cutoff:  # type: ignore[union-attr]  # live range
-            return
-        last = self.last_seq
-        while first <= last and entries[first - base].stored_at <= cutoff:  # type: ignore[union-attr]
+        first, last = self.first_seq, self.last_seq
+        while first <= last:
+            entry = entries[first - base]
+            assert entry is not None  # the live range holds entries
+            if entry.expires_at > now:
+                self.expires_at = entry.expires_at
+                break
             entries[first - base] = None
             first += 1
+        else:
+            self.expires_at = _NEVER
         self.first_seq = first
         dropped = first - base
         if dropped >= _COMPACT_AFTER and dropped * 2 >= len(entries):
             del entries[:dropped]
             self._base = first
-
-    def _forget(self, now: float) -> None:
-        expiry, dedup = self._dedup_expiry, self._dedup
-        while expiry and expiry[0][0] <= now:
-            del dedup[expiry.popleft()[1]]
 
     def entries_from(self, seq: int, limit: int) -> list[tuple[int, Entry]]:
         """Up to ``limit`` live entries from sequence ``seq`` on, oldest first."""

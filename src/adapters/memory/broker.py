@@ -29,7 +29,7 @@ from message_bus.ports.dead_letters import DeadLetters
 from message_bus.ports.publisher import Publisher, PublishReceipt
 from message_bus.ports.subscriber import MessageHandler, Subscriber, Subscription
 
-from ._consumer import CoreMember, CoreQueue, Group, Member, StreamMember
+from ._consumer import CoreMember, CoreQueue, Group, Member, StreamMember, subject_filter
 from ._store import Stream
 from .clock import Clock, SystemClock
 
@@ -133,6 +133,7 @@ class InMemoryBroker:
         # Core queue groups by route: an exact subject, or a message type (all its subjects).
         self._core: dict[str | MessageType, dict[str, CoreQueue]] = {}
         self._members: set[Member] = set()
+        self._joining: set[asyncio.Task[object]] = set()  # tasks waiting in stop or drain
         self._requests: set[asyncio.Future[Encoded]] = set()
         self._closed = False
         # Progress counters read by settle(): broker events, and workers woken but not
@@ -249,7 +250,7 @@ class InMemoryBroker:
             raise ClosedError(f"{what}: broker closed")
 
     def _publish(
-        self, encoded: Encoded, message_type: MessageType, jetstream: bool, partition: int | None
+        self, encoded: Encoded, message_type: MessageType, jetstream: bool
     ) -> PublishReceipt:
         stream = self._type_streams.get(message_type)
         seq: int | None = None
@@ -260,16 +261,18 @@ class InMemoryBroker:
                 self._activity += 1
                 subject = encoded.subject
                 for group in stream.groups:
-                    if group.waiters and group.matches(subject):
+                    if group.waiters.queue and group.matches(subject):
                         group.kick()
         if self._core:
             self._route_core(encoded, message_type, None)
-        message_id = encoded.headers[H_MSG_ID]
+        headers = encoded.headers
+        written = headers.get(H_PARTITION)
+        partition = None if written is None else int(written)
         if jetstream and stream is not None:
             return PublishReceipt(
-                message_id, encoded.subject, stream.name, seq, duplicate, partition
+                headers[H_MSG_ID], encoded.subject, stream.name, seq, duplicate, partition
             )
-        return PublishReceipt(message_id, encoded.subject, partition=partition)
+        return PublishReceipt(headers[H_MSG_ID], encoded.subject, partition=partition)
 
     def _route_core(
         self,
@@ -289,24 +292,16 @@ class InMemoryBroker:
             self._activity += 1
         return reached
 
-    def _join(
+    def _attach(
         self, message_type: MessageType, handler: MessageHandler, config: SubscriberConfig
     ) -> Member:
-        key = config.partition_key
-        exact = key is not None
-        subject_filter = (
-            f"{message_type.subject_prefix}.{key.suffix}"
-            if key is not None
-            else f"{message_type.subject_prefix}."
-        )
         stream = self._type_streams.get(message_type) if config.use_jetstream else None
         member: Member
         if stream is not None:
-            member = StreamMember(
-                self, message_type, handler, config, self._group(stream, subject_filter, config)
-            )
+            member = StreamMember(self, handler, config, self._group(stream, message_type, config))
         else:
-            core = CoreMember(self, message_type, handler, config, subject_filter, exact)
+            subject, exact = subject_filter(message_type, config.partition_key)
+            core = CoreMember(self, handler, config, subject if exact else message_type)
             queues = self._core.setdefault(core.route, {})
             queues.setdefault(core.queue_name, CoreQueue()).members.append(core)
             member = core
@@ -314,28 +309,27 @@ class InMemoryBroker:
         member.start()
         return member
 
-    def _group(self, stream: Stream, subject_filter: str, config: SubscriberConfig) -> Group:
+    def _group(self, stream: Stream, message_type: MessageType, config: SubscriberConfig) -> Group:
         key = (stream.name, config.consumer_name)
-        exact = config.partition_key is not None
         group = self._groups.get(key)
         if group is None:
-            group = Group(self, stream, config.consumer_name, subject_filter, exact, config)
-            self._groups[key] = group
+            group = self._groups[key] = Group(self, stream, message_type, config)
             stream.groups.append(group)
-        elif group.subject_filter != subject_filter:
+            return group
+        wanted, _ = subject_filter(message_type, config.partition_key)
+        if group.subject_filter != wanted:
             raise ValidationError(
                 "consumer_name",
                 config.consumer_name,
                 f"already consumes {group.subject_filter!r} on {stream.name}",
             )
-        else:
-            group.config = config
+        group.config = config
         return group
 
     def _remove_core(self, member: CoreMember) -> None:
-        queues = self._core.get(member.route)
-        queue = queues.get(member.queue_name) if queues is not None else None
-        if queues is None or queue is None or member not in queue.members:
+        queues = self._core.get(member.route, {})
+        queue = queues.get(member.queue_name)
+        if queue is None or member not in queue.members:
             return
         queue.members.remove(member)
         if not queue.members:
@@ -355,6 +349,7 @@ class InMemoryBroker:
         sequence: int,
         deliveries: int,
         consumer_group: str,
+        consumer: str,
     ) -> None:
         dead = encode_dead_letter(
             original,
@@ -363,6 +358,7 @@ class InMemoryBroker:
             sequence=sequence,
             deliveries=deliveries,
             consumer_group=consumer_group,
+            consumer=consumer,
             failed_at=self.clock.utcnow(),
         )
         self._dead.store(dead, self.clock.now())
@@ -380,7 +376,6 @@ class InMemoryPublisher(Publisher):
     def __init__(self, broker: InMemoryBroker, config: PublisherConfig) -> None:
         self.config = config
         self._broker = broker
-        self._partitions = config.partitions
         self._codec = (
             broker.codec if config.partitions == broker.partitions else WireCodec(config.partitions)
         )
@@ -399,22 +394,15 @@ class InMemoryPublisher(Publisher):
 
     async def publish(self, message: Message) -> PublishReceipt:
         self._check()
-        encoded = self._encode(message)
-        return self._broker._publish(
-            encoded,
-            message.message_type,
-            self._jetstream,
-            message.partition_key.partition_number(self._partitions),
-        )
+        return self._broker._publish(self._encode(message), message.message_type, self._jetstream)
 
     async def publish_many(self, messages: Sequence[Message]) -> list[PublishReceipt]:
         """Publish a batch; every message is encoded (validated) before any is stored."""
         self._check()
         encoded = [self._encode(message) for message in messages]
-        publish, jetstream, partitions = self._broker._publish, self._jetstream, self._partitions
+        publish, jetstream = self._broker._publish, self._jetstream
         return [
-            publish(e, m.message_type, jetstream, m.partition_key.partition_number(partitions))
-            for m, e in zip(messages, encoded, strict=True)
+            publish(e, m.message_type, jetstream) for m, e in zip(messages, encoded, strict=True)
         ]
 
     async def request(self, message: Message, timeout: float = 5.0) -> Message:
@@ -472,7 +460,7 @@ class InMemorySubscriber(Subscriber):
         self._broker._check_open("subscribe")
         if not isinstance(handler, MessageHandler):
             raise TypeError(f"handler must have an async handle(message) method, got {handler!r}")
-        member = self._broker._join(self.message_type, handler, self.config)
+        member = self._broker._attach(self.message_type, handler, self.config)
         self._subscriptions.append(member)
         return member
 
@@ -502,12 +490,9 @@ class InMemoryDeadLetters(DeadLetters):
     async def replay(self, dlq_sequence: int) -> PublishReceipt:
         broker = self._broker
         broker._check_open("replay")
+        broker._dead.expire(broker.clock.now())
         entry = broker._dead.get(dlq_sequence)
         if entry is None:
             raise KeyError(dlq_sequence)
         original = replay_of(entry.encoded, dlq_sequence)
-        message_type = MessageType.from_wire(original.headers[H_TYPE])
-        partition = original.headers.get(H_PARTITION)
-        return broker._publish(
-            original, message_type, True, int(partition) if partition is not None else None
-        )
+        return broker._publish(original, MessageType.from_wire(original.headers[H_TYPE]), True)
