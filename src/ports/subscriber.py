@@ -4,7 +4,11 @@ Contract, for every adapter:
 
 * At-least-once for stream-backed types: a message is delivered until it is ACKed,
   TERMed, or has been delivered ``max_deliver`` times; then it goes to the dead-letter
-  stream with the reason. An ACKed message is never redelivered to the same group.
+  stream with the reason. An ACK the broker received is never redelivered to the same
+  group. ``ack()`` does not wait for the broker's confirmation (that would cost a round
+  trip per message): if the connection dies between the handler's success and the
+  broker receiving the ACK, the message is delivered again after ``ack_wait``. Handlers
+  must therefore be idempotent by ``message.id`` -- as with any at-least-once bus.
 * A delivery not settled within ``ack_wait`` is redelivered (``in_progress`` resets
   the clock for long work).
 * Members of one consumer group share the work; every group sees every message.
