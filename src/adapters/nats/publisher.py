@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import nats.errors
+from nats.aio.client import Client
 
 from message_bus.domain.catalog import MessageType, StreamCatalog
 from message_bus.domain.codec import (
@@ -19,6 +20,7 @@ from message_bus.domain.codec import (
     H_PARTITION_KEY,
     H_TYPE,
     Encoded,
+    EncodedBlock,
     WireCodec,
 )
 from message_bus.domain.errors import (
@@ -44,11 +46,13 @@ from ._wire import (
     MessageTooLarge,
     PubAckWire,
     Writer,
+    header_block,
 )
 from .client import NatsClient
 
 log = logging.getLogger("message_bus.nats.publisher")
 
+_CLOSED = "closed"  # CircuitBreaker.CLOSED
 _STREAM_FULL = 10077
 _MESSAGE_TOO_LARGE = 10054
 _LOOKUP_TIMEOUT = 1.0
@@ -89,7 +93,7 @@ class CircuitBreaker:
     ``threshold == 0`` disables the breaker.
     """
 
-    CLOSED = "closed"
+    CLOSED = _CLOSED
     OPEN = "open"
     HALF_OPEN = "half_open"
 
@@ -166,6 +170,7 @@ class _Sender:
         self.on_retry = on_retry
         self._mux: AckMux | None = None
         self._writer: Writer | None = None
+        self._writer_of: Client | None = None
 
     async def mux(self) -> AckMux:
         mux = self._mux
@@ -173,10 +178,24 @@ class _Sender:
             mux = self._mux = await self.client.ack_mux()
         return mux
 
-    def writer(self) -> Writer:
+    def live_writer(self) -> Writer | None:
+        """The writer of the connection if it is up (and not draining) now, else None."""
+        nc = self.client._nc
+        if nc is None or nc._status != Client.CONNECTED:
+            return None
         writer = self._writer
-        if writer is None:
-            writer = self._writer = Writer(self.client.connection)
+        if writer is None or self._writer_of is not nc:
+            writer = self._writer = Writer(nc)
+            self._writer_of = nc
+        return writer
+
+    def writer(self) -> Writer:
+        """The writer of the current connection."""
+        nc = self.client.connection
+        writer = self._writer
+        if writer is None or self._writer_of is not nc:
+            writer = self._writer = Writer(nc)
+            self._writer_of = nc
         return writer
 
     # -- one message -----------------------------------------------------------------------
@@ -184,14 +203,13 @@ class _Sender:
     async def send(
         self,
         message_id: str,
-        encoded: Encoded,
+        block: EncodedBlock,
         jetstream: bool,
-        partition: int | None,
         message_type: MessageType | None,
     ) -> PublishReceipt:
-        """Publishes ``encoded`` with retries within ``publish_timeout``; raises the last error."""
+        """Publishes ``block`` with retries within ``publish_timeout``; raises the last error."""
         if not jetstream and self.client.is_connected:  # the core hot path: one write
-            first = await self._write_core(message_id, encoded, partition)
+            first = await self._write_core(message_id, block)
             if isinstance(first, PublishReceipt):
                 return first
             if not first.retryable:
@@ -204,9 +222,9 @@ class _Sender:
         while True:
             timeout = (deadline - loop.time()) / (attempts - attempt + 1)
             if jetstream:
-                outcome = await self._attempt_jetstream(message_id, encoded, partition, timeout)
+                outcome = await self._attempt_jetstream(message_id, block, timeout)
             else:
-                outcome = await self._attempt_core(message_id, encoded, partition, timeout)
+                outcome = await self._attempt_core(message_id, block, timeout)
             if isinstance(outcome, PublishReceipt):
                 return outcome
             error = outcome
@@ -215,7 +233,7 @@ class _Sender:
                 raise error
             delay = min(random.uniform(0.0, config.retry_delay(attempt)), remaining * 0.5)
             if self.on_retry is not None:
-                self._report_retry(message_id, encoded.subject, message_type, attempt, delay, error)
+                self._report_retry(message_id, block.subject, message_type, attempt, delay, error)
             await asyncio.sleep(delay)
             attempt += 1
 
@@ -235,9 +253,9 @@ class _Sender:
             log.exception("on_retry hook failed")
 
     async def _attempt_jetstream(
-        self, message_id: str, encoded: Encoded, partition: int | None, timeout: float
+        self, message_id: str, block: EncodedBlock, timeout: float
     ) -> PublishReceipt | PublishError:
-        subject = encoded.subject
+        subject = block.subject
         client = self.client
         if not client.is_connected:
             failure = await self._await_connection(message_id, subject, timeout)
@@ -245,44 +263,51 @@ class _Sender:
                 return failure
         mux = self._mux or await self.mux()
         try:
-            ack = await mux.request(subject, encoded.headers, encoded.body, timeout)
+            ack = await mux.request(block, timeout)
         except MessageTooLarge as exc:
             return PublishError(
                 message_id, subject, "message_too_large", retryable=False, detail=str(exc)
             )
+        except ValidationError as exc:
+            return PublishError(message_id, subject, "invalid", retryable=False, detail=str(exc))
         except nats.errors.Error as exc:
             return _connection_failure(message_id, subject, exc)
         if ack.error is None:
-            return PublishReceipt(
-                message_id, subject, ack.stream, ack.seq, ack.duplicate, partition
+            return _receipt(
+                message_id, subject, ack.stream, ack.seq, ack.duplicate, block.partition
             )
         return await self._classify(message_id, subject, ack, {})
 
     async def _attempt_core(
-        self, message_id: str, encoded: Encoded, partition: int | None, timeout: float
+        self, message_id: str, block: EncodedBlock, timeout: float
     ) -> PublishReceipt | PublishError:
-        subject = encoded.subject
         if not self.client.is_connected:
-            failure = await self._await_connection(message_id, subject, timeout)
+            failure = await self._await_connection(message_id, block.subject, timeout)
             if failure is not None:
                 return failure
-        return await self._write_core(message_id, encoded, partition)
+        return await self._write_core(message_id, block)
 
     async def _write_core(
-        self, message_id: str, encoded: Encoded, partition: int | None
+        self, message_id: str, block: EncodedBlock
     ) -> PublishReceipt | PublishError:
-        subject = encoded.subject
+        subject = block.subject
         try:
-            await (self._writer or self.writer()).publish(
-                subject, "", encoded.headers, encoded.body
-            )
+            writer = self.writer()
+            if writer.write(block):
+                await writer.relieve()
         except MessageTooLarge as exc:
             return PublishError(
                 message_id, subject, "message_too_large", retryable=False, detail=str(exc)
             )
+        except ValidationError as exc:
+            return PublishError(message_id, subject, "invalid", retryable=False, detail=str(exc))
         except nats.errors.Error as exc:
             return _connection_failure(message_id, subject, exc)
-        return PublishReceipt(message_id, subject, None, None, False, partition)
+        except ClosedError as exc:
+            return PublishError(
+                message_id, subject, "connection_closed", retryable=False, detail=str(exc)
+            )
+        return _receipt(message_id, subject, None, None, False, block.partition)
 
     async def _await_connection(
         self, message_id: str, subject: str, timeout: float
@@ -357,13 +382,12 @@ class _Sender:
     async def send_many(
         self,
         ids: Sequence[str],
-        encoded: Sequence[Encoded],
+        blocks: Sequence[EncodedBlock],
         jetstream: Sequence[bool],
-        partitions: Sequence[int | None],
         types: Sequence[MessageType | None],
     ) -> list[PublishReceipt | PublishError]:
         """Publishes a batch, pipelined; returns a receipt or error per input position."""
-        count = len(encoded)
+        count = len(blocks)
         results: list[PublishReceipt | PublishError | None] = [None] * count
         config = self.config
         attempts = config.max_retry_attempts
@@ -372,13 +396,10 @@ class _Sender:
         for attempt in range(1, attempts + 1):
             js_todo = [i for i in todo if jetstream[i]]
             core_todo = [i for i in todo if not jetstream[i]]
-            if core_todo:
-                for i in core_todo:
-                    results[i] = await self._attempt_core(
-                        ids[i], encoded[i], partitions[i], attempt_timeout
-                    )
+            for i in core_todo:
+                results[i] = await self._attempt_core(ids[i], blocks[i], attempt_timeout)
             if js_todo:
-                await self._pipeline(js_todo, ids, encoded, partitions, results, attempt_timeout)
+                await self._pipeline(js_todo, ids, blocks, results, attempt_timeout)
             todo = [
                 i
                 for i in todo
@@ -391,7 +412,7 @@ class _Sender:
                 for i in todo:
                     error = results[i]
                     assert isinstance(error, PublishError)
-                    self._report_retry(ids[i], encoded[i].subject, types[i], attempt, delay, error)
+                    self._report_retry(ids[i], blocks[i].subject, types[i], attempt, delay, error)
             await asyncio.sleep(delay)
         return results  # type: ignore[return-value]  # every position was set
 
@@ -399,8 +420,7 @@ class _Sender:
         self,
         todo: list[int],
         ids: Sequence[str],
-        encoded: Sequence[Encoded],
-        partitions: Sequence[int | None],
+        blocks: Sequence[EncodedBlock],
         results: list[PublishReceipt | PublishError | None],
         timeout: float,
     ) -> None:
@@ -409,45 +429,29 @@ class _Sender:
         mux = self._mux or await self.mux()
         writer = mux.writer
         window = self.config.max_in_flight
-        batch = mux.batch(len(encoded), low_water=window // 2)
-        sent: list[int] = []
+        batch = mux.batch(blocks, low_water=window * 3 // 4)
+        done = 0
         try:
-            for position, i in enumerate(todo):
+            while done < len(todo):
                 if batch.outstanding >= window:
-                    await writer.kick()
                     await batch.wait()
                 if not client.is_connected:
-                    await writer.kick()
-                    failure = await self._await_connection(ids[i], encoded[i].subject, timeout)
+                    first = todo[done]
+                    subject = blocks[first].subject
+                    failure = await self._await_connection(ids[first], subject, timeout)
                     if failure is not None:
-                        for j in todo[position:]:
+                        for j in todo[done:]:
                             results[j] = PublishError(
-                                ids[j], encoded[j].subject, failure.reason,
+                                ids[j], blocks[j].subject, failure.reason,
                                 retryable=failure.retryable, detail=failure.detail,
                             )  # fmt: skip
                         break
-                enc = encoded[i]
-                reply = mux.track(batch, i, enc.subject, loop.time() + timeout)
-                try:
-                    await writer.publish(enc.subject, reply, enc.headers, enc.body, kick=False)
-                except MessageTooLarge as exc:
-                    mux.untrack(batch, i, reply)
-                    results[i] = PublishError(
-                        ids[i], enc.subject, "message_too_large", retryable=False, detail=str(exc)
-                    )
-                    continue
-                except ValidationError as exc:  # a header that would corrupt the protocol
-                    mux.untrack(batch, i, reply)
-                    results[i] = PublishError(
-                        ids[i], enc.subject, "invalid", retryable=False, detail=str(exc)
-                    )
-                    continue
-                except nats.errors.Error as exc:
-                    mux.untrack(batch, i, reply)
-                    results[i] = _connection_failure(ids[i], enc.subject, exc)
-                    continue
-                sent.append(i)
-            await writer.kick()
+                chunk = todo[done : done + window - batch.outstanding]
+                done += len(chunk)
+                for i, exc in mux.send_chunk(batch, chunk, loop.time() + timeout):
+                    results[i] = _write_failure(ids[i], blocks[i].subject, exc)
+                writer.kick()
+                await writer.relieve()
             batch.low_water = 0
             while batch.outstanding > 0:
                 await batch.wait()
@@ -456,15 +460,36 @@ class _Sender:
             raise
         outcomes = batch.outcomes
         lookups: dict[str, bool | None] = {}
-        for i in sent:
+        for i in batch.sent:
             ack = outcomes[i]
             assert ack is not None
             if ack.error is None:
-                results[i] = PublishReceipt(
-                    ids[i], encoded[i].subject, ack.stream, ack.seq, ack.duplicate, partitions[i]
-                )
+                results[i] = _receipt(
+                    ids[i], blocks[i].subject, ack.stream, ack.seq, ack.duplicate,
+                    blocks[i].partition,
+                )  # fmt: skip
             else:
-                results[i] = await self._classify(ids[i], encoded[i].subject, ack, lookups)
+                results[i] = await self._classify(ids[i], blocks[i].subject, ack, lookups)
+
+
+def _write_failure(message_id: str, subject: str, error: Exception) -> PublishError:
+    """The bus error for a publish that could not be queued."""
+    if isinstance(error, MessageTooLarge):
+        return PublishError(
+            message_id, subject, "message_too_large", retryable=False, detail=str(error)
+        )
+    if isinstance(error, nats.errors.Error):
+        return _connection_failure(message_id, subject, error)
+    return PublishError(message_id, subject, "invalid", retryable=False, detail=str(error))
+
+
+def block_of(encoded: Encoded, partition: int | None = None) -> EncodedBlock:
+    """``encoded`` with its headers serialized, for the receipt's ``partition``.
+
+    Raises:
+        ValidationError: a header name or value holds CR, LF or NUL.
+    """
+    return EncodedBlock(encoded.subject, header_block(encoded.headers), encoded.body, partition)
 
 
 def _connection_failure(message_id: str, subject: str, error: nats.errors.Error) -> PublishError:
@@ -477,6 +502,49 @@ def _connection_failure(message_id: str, subject: str, error: nats.errors.Error)
             message_id, subject, "connection_draining", retryable=False, detail=str(error)
         )
     return PublishError(message_id, subject, "disconnected", retryable=True, detail=str(error))
+
+
+def _receipt_factory() -> Callable[
+    [str, str, str | None, int | None, bool, int | None], PublishReceipt
+]:
+    """``PublishReceipt(...)``, minus the frozen dataclass's ``object.__setattr__`` per
+    field (a fifth of a core publish): the slots are filled directly. Falls back to the
+    constructor unless the receipt is a plain slotted class that this builds equal."""
+    fields = ("message_id", "subject", "stream", "sequence", "duplicate", "partition")
+    slots = [getattr(PublishReceipt, name, None) for name in fields]
+    if hasattr(PublishReceipt, "__post_init__") or not all(
+        type(slot).__name__ == "member_descriptor" for slot in slots
+    ):
+        return PublishReceipt
+    s0, s1, s2, s3, s4, s5 = (slot.__set__ for slot in slots if slot is not None)
+    new = object.__new__
+
+    def receipt(
+        message_id: str,
+        subject: str,
+        stream: str | None,
+        sequence: int | None,
+        duplicate: bool,
+        partition: int | None,
+    ) -> PublishReceipt:
+        built = new(PublishReceipt)
+        s0(built, message_id)
+        s1(built, subject)
+        s2(built, stream)
+        s3(built, sequence)
+        s4(built, duplicate)
+        s5(built, partition)
+        return built
+
+    probe = ("id", "subject", "STREAM", 7, True, 3)
+    try:
+        same = receipt(*probe) == PublishReceipt(*probe)
+    except Exception:  # noqa: BLE001  # not a class this can build: use its constructor
+        same = False
+    return receipt if same else PublishReceipt
+
+
+_receipt = _receipt_factory()
 
 
 class JetStreamPublisher(Publisher):
@@ -530,6 +598,8 @@ class JetStreamPublisher(Publisher):
         self._jetstream: Mapping[MessageType, bool] = {
             t: use_jetstream and self.catalog.stream_for(t) is not None for t in MessageType
         }
+        # ids of the members (enum members hash in Python; ints in C)
+        self._core_types = frozenset(id(t) for t, js in self._jetstream.items() if not js)
         self._closed = False
 
     @property
@@ -544,21 +614,28 @@ class JetStreamPublisher(Publisher):
     async def publish(self, message: Message) -> PublishReceipt:
         if self._closed:
             raise ClosedError("the publisher was closed")
-        encoded = self._codec.encode(message)
-        subject = encoded.subject
+        block = self._codec.encode_block(message)
         breaker = self.breaker
-        if breaker.threshold:
+        if breaker._state != _CLOSED:  # before() lets a call through while closed
             retry_after = breaker.before()
             if retry_after is not None:
-                raise CircuitOpenError(message.id, subject, retry_after)
+                raise CircuitOpenError(message.id, block.subject, retry_after)
+        jetstream = id(message.message_type) not in self._core_types
+        if not jetstream:  # the core hot path: append to the connection's buffer
+            writer = self._sender.live_writer()
+            if writer is not None:
+                try:
+                    over_limit = writer.write(block)
+                except (MessageTooLarge, ValidationError, nats.errors.Error):
+                    pass  # nothing was queued; the general path below reports it
+                else:
+                    if over_limit:
+                        await writer.relieve()
+                    if breaker._failures or breaker._state != _CLOSED:
+                        breaker.success()
+                    return _receipt(message.id, block.subject, None, None, False, block.partition)
         try:
-            receipt = await self._sender.send(
-                message.id,
-                encoded,
-                self._jetstream[message.message_type],
-                self._codec.partition_of(message),
-                message.message_type,
-            )
+            receipt = await self._sender.send(message.id, block, jetstream, message.message_type)
         except PublishError as exc:
             if breaker.threshold:
                 if _counts_as_outage(exc):
@@ -569,33 +646,30 @@ class JetStreamPublisher(Publisher):
         except BaseException:
             breaker.release()
             raise
-        if breaker.threshold:
-            breaker.success()
+        breaker.success()
         return receipt
 
     async def publish_many(self, messages: Sequence[Message]) -> list[PublishReceipt]:
         if self._closed:
             raise ClosedError("the publisher was closed")
-        codec = self._codec
-        encoded = [codec.encode(message) for message in messages]
-        if not encoded:
+        encode = self._codec.encode_block
+        blocks = [encode(message) for message in messages]
+        if not blocks:
             return []
         ids = [message.id for message in messages]
         breaker = self.breaker
         if breaker.threshold:
             retry_after = breaker.before()
             if retry_after is not None:
-                pairs = zip(ids, encoded, strict=True)
+                pairs = zip(ids, blocks, strict=True)
                 raise PublishBatchError(
-                    [CircuitOpenError(i, e.subject, retry_after) for i, e in pairs]
+                    [CircuitOpenError(i, b.subject, retry_after) for i, b in pairs]
                 )
+        types = [message.message_type for message in messages]
+        jetstream = self._jetstream
         try:
             results = await self._sender.send_many(
-                ids,
-                encoded,
-                [self._jetstream[m.message_type] for m in messages],
-                [codec.partition_of(m) for m in messages],
-                [m.message_type for m in messages],
+                ids, blocks, [jetstream[t] for t in types], types
             )
         except BaseException:
             breaker.release()

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import json
+import collections
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,9 +37,9 @@ from message_bus.ports.subscriber import (
     run_handler,
 )
 
-from ._wire import Writer, description_of
+from ._wire import Writer, headers_of, ordered_flush
 from .client import ConnectionStatus, NatsClient
-from .publisher import _Sender
+from .publisher import _Sender, block_of
 from .streams import StreamError
 
 log = logging.getLogger("message_bus.nats.subscriber")
@@ -127,26 +128,22 @@ class _Consumer:
             raise BusConnectionError(f"JetStream did not answer: {exc}") from exc
 
 
+_Raw = tuple[bytes, bytes, bytes, "bytes | None", str, int, int]
+"""A delivery as read: (subject, ack subject, body, header block, stream, delivery count,
+stream sequence)."""
+
+
 class _JetStreamDelivery(Delivery):
     """A JetStream delivery; settling maps to +ACK, -NAK, +TERM and +WPI."""
 
-    def __init__(
-        self,
-        owner: _PullSubscription,
-        msg: Msg,
-        message: Message,
-        attempt: int,
-        stream: str,
-        sequence: int,
-    ) -> None:
+    def __init__(self, owner: _PullSubscription, raw: _Raw, message: Message, subject: str) -> None:
         self.message = message
-        self.attempt = attempt
-        self.stream = stream
-        self.sequence = sequence
-        self.subject = msg.subject
-        self._msg = msg
+        self.subject = subject
+        self.stream = raw[4]
+        self.attempt = raw[5]
+        self.sequence = raw[6]
+        self._raw = raw
         self._owner = owner
-        self._position = (stream, sequence)
         self._settled = False
 
     @property
@@ -157,24 +154,23 @@ class _JetStreamDelivery(Delivery):
         if self._settled:
             return
         self._settled = True
-        await self._owner.settle(self._msg, _ACK)
+        await self._owner.settle(self._raw[1], _ACK)
 
     async def nak(self, delay: float | None = None) -> None:
         if self._settled:
             return
         self._settled = True
-        await self._owner.settle(self._msg, _nak_payload(delay))
+        await self._owner.settle(self._raw[1], _nak_payload(delay))
 
     async def term(self, reason: str) -> None:
         if self._settled:
             return
         self._settled = True
-        stream, sequence = self._position
-        await self._owner.dead_letter(self._msg, stream, sequence, self.attempt, reason)
+        await self._owner.dead_letter(self._raw, self.attempt, reason)
 
     async def in_progress(self) -> None:
         if not self._settled:
-            await self._owner.settle(self._msg, _IN_PROGRESS)
+            await self._owner.settle(self._raw[1], _IN_PROGRESS)
 
 
 class _CoreDelivery(Delivery):
@@ -214,46 +210,99 @@ class _CoreDelivery(Delivery):
 
 
 _ACK = b"+ACK"
+_NAK = b"-NAK"
 _IN_PROGRESS = b"+WPI"
 _TERM = b"+TERM"
 
 
 def _nak_payload(delay: float | None) -> bytes:
     if not delay or delay <= 0:
-        return b"-NAK"
+        return _NAK
     return b'-NAK {"delay": %d}' % int(delay * 1e9)
 
 
 class _Workers:
-    """``size`` long-lived tasks handling queued messages; no task per message.
+    """``size`` long-lived tasks handling queued items; no task per message.
 
-    ``maxsize`` bounds the queue (0 = unbounded, for callers that bound it themselves).
-    ``started[i]`` is when worker ``i`` began its current message (0.0 when idle).
+    Items wait in a deque. A parked worker is woken only when there is work and no
+    other wake-up is on its way, and a worker that takes an item while more wait wakes
+    the next one before handling it: handlers that suspend run ``size`` at once, while
+    handlers that do not are run back to back by one worker, with one or two wake-ups
+    per burst instead of one per message. ``maxsize`` bounds the deque for
+    :meth:`put_wait` (0 = unbounded). ``started[i]`` is when worker ``i`` began its
+    current item (0.0 when idle).
     """
 
-    def __init__(self, size: int, handle: Any, name: str, maxsize: int = 0) -> None:
-        self.queue: asyncio.Queue[Msg | None] = asyncio.Queue(maxsize)
+    def __init__(
+        self, size: int, handle: Callable[[Any], Awaitable[None]], name: str, maxsize: int = 0
+    ) -> None:
+        self.items: collections.deque[Any] = collections.deque()
         self.busy = 0
         self.started = [0.0] * size
-        self.on_idle_slot: Any = None
+        self.on_idle_slot: Callable[[], None] | None = None
         self._handle = handle
+        self._name = name
+        self._maxsize = maxsize
+        self._parked: list[asyncio.Future[None]] = []
+        self._space: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._waking = False
         self._tasks = [
             asyncio.create_task(self._run(i), name=f"{name}-worker-{i}") for i in range(size)
         ]
 
-    async def _run(self, index: int) -> None:
-        queue = self.queue
-        started = self.started
-        while True:
-            msg = await queue.get()
-            if msg is None:
+    def put(self, item: Any) -> None:
+        """Queues ``item`` (never blocks)."""
+        self.items.append(item)
+        if self._parked and not self._waking:
+            self._wake()
+
+    async def put_wait(self, item: Any) -> None:
+        """Queues ``item`` once fewer than ``maxsize`` items wait."""
+        loop = asyncio.get_running_loop()
+        while self._maxsize and len(self.items) >= self._maxsize:
+            space = loop.create_future()
+            self._space.append(space)
+            await space
+        self.put(item)
+
+    def _wake(self) -> None:
+        parked = self._parked
+        while parked:
+            waiter = parked.pop()
+            if not waiter.done():
+                self._waking = True
+                waiter.set_result(None)
                 return
+
+    async def _run(self, index: int) -> None:
+        items, started, space = self.items, self.started, self._space
+        loop = asyncio.get_running_loop()
+        while True:
+            if not items:
+                waiter = loop.create_future()
+                self._parked.append(waiter)
+                try:
+                    await waiter
+                finally:
+                    if waiter.done() and not waiter.cancelled():
+                        self._waking = False
+                continue
+            item = items.popleft()
+            while space:
+                waiting = space.popleft()
+                if not waiting.done():
+                    waiting.set_result(None)
+                    break
+            if item is None:
+                return
+            if items and self._parked and not self._waking:
+                self._wake()
             self.busy += 1
             started[index] = time.monotonic()
             try:
-                await self._handle(msg)
+                await self._handle(item)
             except Exception:  # never let one delivery kill the worker
-                log.exception("delivery of a message on %s failed", msg.subject)
+                log.exception("%s: handling a delivery failed", self._name)
             finally:
                 started[index] = 0.0
                 self.busy -= 1
@@ -261,25 +310,33 @@ class _Workers:
                     self.on_idle_slot()
 
     def overdue(self, limit: float) -> int:
-        """How many workers have been on their current message for over ``limit`` s."""
+        """How many workers have been on their current item for over ``limit`` s."""
         since = time.monotonic() - limit
         return sum(1 for t in self.started if 0.0 < t < since)
 
     async def finish(self) -> None:
-        """Lets every worker finish the queue (then its current message) and exit."""
+        """Lets every worker finish the queue (then its current item) and exit."""
         for _ in self._tasks:
-            await self.queue.put(None)
+            self.items.append(None)
+        for waiter in self._parked:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._parked.clear()
         current = asyncio.current_task()
         await asyncio.gather(*(t for t in self._tasks if t is not current))
 
 
-def _ack_fields(reply: str) -> tuple[str, int, int]:
-    """(stream, delivery count, stream sequence) from a JetStream ack subject."""
-    tokens = reply.split(".")
+def _ack_fields(reply: bytes) -> tuple[str, int, int]:
+    """(stream, delivery count, stream sequence) from a JetStream ack subject.
+
+    Raises:
+        ValueError, IndexError: not an ack subject.
+    """
+    tokens = reply.split(b".")
     if len(tokens) == 9:  # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>
-        return tokens[2], int(tokens[4]), int(tokens[5])
+        return tokens[2].decode(), int(tokens[4]), int(tokens[5])
     # $JS.ACK.<domain>.<account hash>.<stream>.<consumer>.<delivered>.<sseq>...
-    return tokens[4], int(tokens[6]), int(tokens[7])
+    return tokens[4].decode(), int(tokens[6]), int(tokens[7])
 
 
 class _PullSubscription(Subscription):
@@ -326,9 +383,11 @@ class _PullSubscription(Subscription):
         self._wake = asyncio.Event()
         self._inbox = ""
         self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{self._consumer.name}"
+        self._next_subject_bytes = self._next_subject.encode()
+        self._inbox_bytes = b""
         self._sub: NatsSubscription | None = None
         self._workers: _Workers | None = None
-        self._dead_lane: asyncio.Queue[Msg | None] = asyncio.Queue()
+        self._dead_lane: asyncio.Queue[_Raw | None] = asyncio.Queue()
         self._dead_lane_task: asyncio.Task[None] | None = None
         self._pump_task: asyncio.Task[None] | None = None
         self._shutdown: asyncio.Task[None] | None = None
@@ -341,15 +400,16 @@ class _PullSubscription(Subscription):
         nc = self._client.connection
         self._writer = Writer(nc)
         self._inbox = nc.new_inbox()
-        self._sub = await nc.subscribe(
-            self._inbox,
-            cb=self._on_message,
-            pending_msgs_limit=_INBOX_PENDING_MSGS,
-            pending_bytes_limit=_INBOX_PENDING_BYTES,
-        )
+        self._inbox_bytes = self._inbox.encode()
         name = f"deltran-{self._consumer.name}"
         self._workers = _Workers(self._capacity, self._deliver, name)
         self._workers.on_idle_slot = self._on_idle_slot
+        self._sub = await self._client.subscribe_raw(
+            self._inbox,
+            self._on_delivery,
+            pending_msgs_limit=_INBOX_PENDING_MSGS,
+            pending_bytes_limit=_INBOX_PENDING_BYTES,
+        )
         self._dead_lane_task = asyncio.create_task(
             self._drive_dead_lane(), name=f"{name}-dead-letters"
         )
@@ -362,7 +422,7 @@ class _PullSubscription(Subscription):
     def _free(self) -> int:
         workers = self._workers
         assert workers is not None
-        return self._capacity - self._outstanding - workers.busy - workers.queue.qsize()
+        return self._capacity - self._outstanding - workers.busy - len(workers.items)
 
     def _wanted(self) -> int:
         """How many messages to ask for now (0: none); see the class doc.
@@ -380,8 +440,29 @@ class _PullSubscription(Subscription):
         return max(0, free + overdue) if overdue else 0
 
     def _on_idle_slot(self) -> None:
-        if self._free() >= self._threshold:
+        """After every handled delivery: ask for more as soon as half the slots are free.
+
+        The request is queued and written out at once, from the worker, so the next
+        batch is on its way while the worker still handles the rest of this one; only
+        when asking needs more than a write (re-binding, a pause after 409, no
+        connection) is it left to the pump.
+        """
+        workers = self._workers
+        assert workers is not None
+        if self._capacity - self._outstanding - workers.busy - len(workers.items) < self._threshold:
+            return
+        if (
+            self._stopping
+            or self._need_bind
+            or not self._client.is_connected
+            or time.monotonic() < self._pause_until
+        ):
             self._wake.set()
+            return
+        try:
+            self._ask()
+        except nats.errors.Error:
+            self._wake.set()  # the pump retries with backoff
 
     def _on_status(self, status: ConnectionStatus) -> None:
         previous, self._last_status = self._last_status, status
@@ -394,39 +475,42 @@ class _PullSubscription(Subscription):
             self._need_bind = True
             self._wake.set()
 
-    async def _on_message(self, msg: Msg) -> None:
+    def _on_delivery(self, subject: bytes, reply: bytes, data: bytes, block: bytes | None) -> None:
+        """Every message of the inbox, as it is read (a raw route: see ``_wire``)."""
         self._last_seen = time.monotonic()
-        if msg.reply:  # a delivery: its reply subject is the ack subject
+        if reply:  # a delivery: its reply subject is the ack subject
             if self._outstanding > 0:
                 self._outstanding -= 1
             try:
-                exhausted = _ack_fields(msg.reply)[1] > self._config.max_deliver
+                stream, attempt, sequence = _ack_fields(reply)
             except (ValueError, IndexError):
-                exhausted = False
-            if exhausted:
-                self._dead_lane.put_nowait(msg)
+                log.error("delivery on %r with a foreign ack subject %r ignored", subject, reply)
+                return
+            raw = (subject, reply, data, block, stream, attempt, sequence)
+            if attempt > self._config.max_deliver:
+                self._dead_lane.put_nowait(raw)
             elif self._releasing:
-                await _nak_quietly(msg)
+                self._release(reply)
             else:
                 assert self._workers is not None
-                self._workers.queue.put_nowait(msg)
+                self._workers.put(raw)
             return
-        headers = msg.headers or {}
+        headers = headers_of(block) or {}
         status = headers.get("Status")
         if status == "100":  # idle heartbeat
             return
         pending = headers.get("Nats-Pending-Messages", "")
+        description = headers.get("Description", "")
         if status in ("404", "408"):
             self._release_requested(pending)
         elif status == "409":
-            description = description_of(msg)
             if "Consumer Deleted" in description:
                 self._need_bind = True
             log.info("pull on %s: 409 %s", self._next_subject, description)
             self._release_requested(pending)
             self._pause_until = time.monotonic() + 0.2
         else:  # 503: no consumer or no JetStream behind the request subject
-            log.warning("pull on %s: status %s %s", self._next_subject, status, description_of(msg))
+            log.warning("pull on %s: status %s %s", self._next_subject, status, description)
             self._outstanding = 0
             self._need_bind = True
         self._wake.set()
@@ -473,16 +557,30 @@ class _PullSubscription(Subscription):
             self._need_bind = False
         if now < self._pause_until:
             await asyncio.sleep(self._pause_until - now)
-        nc = client.connection
-        while not self._stopping and (batch := self._wanted()) > 0:
-            request = {
-                "batch": batch,
-                "expires": int(self._expires * 1e9),
-                "idle_heartbeat": int(self._heartbeat * 1e9),
-            }
-            await nc.publish(self._next_subject, json.dumps(request).encode(), reply=self._inbox)
+        if not self._stopping:
+            self._ask()
+
+    def _ask(self) -> None:
+        """Sends the pull requests :meth:`_wanted` says, and writes them out now.
+
+        Raises:
+            nats.errors.Error: The connection refused them.
+        """
+        writer = self._writer
+        assert writer is not None
+        asked = False
+        while (batch := self._wanted()) > 0:
+            request = b'{"batch":%d,"expires":%d,"idle_heartbeat":%d}' % (
+                batch,
+                int(self._expires * 1e9),
+                int(self._heartbeat * 1e9),
+            )
+            writer.write_request(self._next_subject_bytes, self._inbox_bytes, request)
             self._outstanding += batch
+            asked = True
+        if asked:
             self._last_seen = time.monotonic()
+            writer.write_out()
 
     # -- deliveries -------------------------------------------------------------------------
 
@@ -491,79 +589,93 @@ class _PullSubscription(Subscription):
         config = self._config
         reason = f"max deliveries ({config.max_deliver}) exhausted: ack wait expired"
         while True:
-            msg = await self._dead_lane.get()
-            if msg is None:
+            raw = await self._dead_lane.get()
+            if raw is None:
                 return
             try:
-                stream, attempt, sequence = _ack_fields(msg.reply)
                 # This delivery only carries the message to the dead-letter stream: it
                 # counts the deliveries that reached a handler.
-                await self.dead_letter(msg, stream, sequence, attempt - 1, reason)
+                await self.dead_letter(raw, raw[5] - 1, reason)
             except Exception:  # never let one delivery kill the lane
-                log.exception("dead-lettering a message on %s failed", msg.subject)
+                log.exception("dead-lettering a message on %r failed", raw[0])
 
-    async def _deliver(self, msg: Msg) -> None:
-        stream, attempt, sequence = _ack_fields(msg.reply)
-        config = self._config
-        try:
-            message = self._codec.decode(msg.subject, msg.headers, msg.data)
-        except DecodeError as exc:
-            await self.dead_letter(msg, stream, sequence, attempt, f"undecodable: {exc}")
-            return
-        delivery = _JetStreamDelivery(self, msg, message, attempt, stream, sequence)
-        await run_handler(self._handler, delivery, config)
+    async def _deliver(self, raw: _Raw) -> None:
+        subject = raw[0].decode("utf-8", "replace")
+        codec = self._codec
+        message = codec.decode_block(subject, raw[3], raw[2])
+        if message is None:  # not laid out as this library writes it: the full decode
+            try:
+                message = codec.decode(subject, headers_of(raw[3]), raw[2])
+            except DecodeError as exc:
+                await self.dead_letter(raw, raw[5], f"undecodable: {exc}")
+                return
+        delivery = _JetStreamDelivery(self, raw, message, subject)
+        await run_handler(self._handler, delivery, self._config)
 
-    async def settle(self, msg: Msg, payload: bytes) -> None:
-        """Sends an acknowledgement (``+ACK``, ``-NAK``, ``+TERM``, ``+WPI``) for ``msg``.
+    async def settle(self, reply: bytes, payload: bytes) -> None:
+        """Sends an acknowledgement (``+ACK``, ``-NAK``, ``+TERM``, ``+WPI``) to ``reply``.
+
+        The acknowledgement is queued on the connection at once; acknowledgements of
+        one burst are written to the socket together.
 
         Raises:
             BusConnectionError: the connection is closed or its buffer is full.
         """
-        assert self._writer is not None
+        writer = self._writer
+        assert writer is not None
         try:
-            await self._writer.publish(msg.reply, "", None, payload)
+            if writer.write_reply(reply, payload):
+                await writer.relieve()
         except nats.errors.Error as exc:
             raise BusConnectionError(f"could not settle the delivery: {exc}") from exc
 
-    async def dead_letter(
-        self, msg: Msg, stream: str, sequence: int, deliveries: int, reason: str
-    ) -> None:
+    def _release(self, reply: bytes) -> None:
+        """NAKs a delivery that will not be handled, so it is redelivered at once."""
+        assert self._writer is not None
+        try:
+            self._writer.write_reply(reply, _NAK)
+        except nats.errors.Error as exc:
+            log.debug("could not release %r: %s", reply, exc)
+
+    async def dead_letter(self, raw: _Raw, deliveries: int, reason: str) -> None:
         """Stores the dead letter in ``DEAD_LETTERS`` (awaiting its PubAck), then TERMs.
 
         Publish-before-term: if the process dies between the two, the message is
         redelivered and dead-lettered again under the same ``Nats-Msg-Id``
-        (``dlq:{group}:{stream}:{seq}``), which JetStream deduplicates. If the dead
+        (``dlq:{consumer}:{stream}:{seq}``), which JetStream deduplicates. If the dead
         letter cannot be stored, the message is NAKed instead of TERMed, so it stays in
         the consumer and is tried again later.
         """
+        subject, reply, data, block, stream, _attempt, sequence = raw
         config = self._config
         if config.dead_letter:
             dead = encode_dead_letter(
-                Encoded(msg.subject, dict(msg.headers or {}), msg.data),
+                Encoded(subject.decode("utf-8", "replace"), headers_of(block) or {}, data),
                 reason=reason,
                 stream=stream,
                 sequence=sequence,
                 deliveries=deliveries,
                 consumer_group=config.consumer_group,
+                consumer=self._consumer.name,
                 failed_at=datetime.now(UTC),
             )
             try:
                 await self._owner._dead_letter_sender.send(
-                    dead.headers["Nats-Msg-Id"], dead, True, None, None
+                    dead.headers["Nats-Msg-Id"], block_of(dead), True, None
                 )
-            except PublishError as exc:
+            except (PublishError, ValidationError) as exc:
                 log.error(
                     "dead letter of %s #%d not stored (%s); NAKing it instead",
                     stream,
                     sequence,
                     exc,
                 )
-                await self.settle(msg, _nak_payload(config.nak_delay(max(1, deliveries))))
+                await self.settle(reply, _nak_payload(config.nak_delay(max(1, deliveries))))
                 return
         log.warning(
             "dead-lettered %s #%d after %d deliveries: %s", stream, sequence, deliveries, reason
         )
-        await self.settle(msg, _TERM)
+        await self.settle(reply, _TERM)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -599,10 +711,11 @@ class _PullSubscription(Subscription):
         workers = self._workers
         if workers is not None:
             if release:
-                while not workers.queue.empty():
-                    msg = workers.queue.get_nowait()
-                    if msg is not None:
-                        await _nak_quietly(msg)
+                items = workers.items
+                while items:
+                    raw = items.popleft()
+                    if raw is not None:
+                        self._release(raw[1])
             await workers.finish()
         if self._dead_lane_task is not None:
             self._dead_lane.put_nowait(None)
@@ -639,7 +752,7 @@ class _CoreSubscription(Subscription):
             queue=self._owner.config.consumer_group,
             cb=self._on_message,
         )
-        await nc.flush()
+        await ordered_flush(nc, self._client.config.connection_timeout)  # the SUB is in effect
         self._remove_listener = self._client.on_status(self._on_status)
 
     def _on_status(self, status: ConnectionStatus) -> None:
@@ -650,7 +763,7 @@ class _CoreSubscription(Subscription):
         assert self._workers is not None
         # Back-pressure: beyond max_concurrent waiting messages, nats-py buffers them
         # (and reports a slow consumer past its pending limits).
-        await self._workers.queue.put(msg)
+        await self._workers.put_wait(msg)
 
     async def _deliver(self, msg: Msg) -> None:
         try:
@@ -699,13 +812,6 @@ class _CoreSubscription(Subscription):
         self._owner._forget(self)
 
 
-async def _nak_quietly(msg: Msg) -> None:
-    try:
-        await msg.nak()
-    except nats.errors.Error as exc:
-        log.debug("could not release %s: %s", msg.reply, exc)
-
-
 async def _close_inbox(client: NatsClient, sub: NatsSubscription | None) -> None:
     """Unsubscribes, first handling what the server already sent if it is reachable."""
     if sub is None:
@@ -713,6 +819,12 @@ async def _close_inbox(client: NatsClient, sub: NatsSubscription | None) -> None
     try:
         if client.is_connected:
             async with asyncio.timeout(_STOP_TIMEOUT):
+                # nats-py's drain writes its PING ahead of its UNSUB, so its PONG does not
+                # mean the server stopped sending: first an UNSUB the server has processed,
+                # so everything it sent before is read (and routed) by now.
+                nc = client.connection
+                await nc._send_unsubscribe(sub._id)
+                await ordered_flush(nc, _STOP_TIMEOUT)
                 await sub.drain()  # type: ignore[no-untyped-call]
         elif not client.is_closed:
             await sub.unsubscribe()
@@ -724,7 +836,7 @@ async def _flush(client: NatsClient) -> None:
     """Makes sure settled acks reached the server, if it is reachable."""
     if client.is_connected:
         try:
-            await client.connection.flush(timeout=_STOP_TIMEOUT)  # type: ignore[arg-type]
+            await ordered_flush(client.connection, _STOP_TIMEOUT)
         except (nats.errors.Error, TimeoutError) as exc:
             log.debug("flush after stop: %s", exc)
 

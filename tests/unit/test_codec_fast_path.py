@@ -1,0 +1,330 @@
+"""The fast paths give what the reference paths give.
+
+The codec's ``encode_block``/``decode_block`` against ``encode``/``decode``; the NATS
+adapter's protocol parser, header-block reader and receipts against nats-py's and the
+port's own.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import msgspec
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from nats.aio.client import Client
+from nats.protocol.parser import Parser
+
+from message_bus import DecodeError, Message, MessageType, PartitionKey, ValidationError, WireCodec
+from message_bus.adapters.nats._wire import header_block, headers_of
+from message_bus.adapters.nats.client import _Parser
+from message_bus.adapters.nats.publisher import _receipt
+from message_bus.ports.publisher import PublishReceipt
+
+VECTORS = json.loads((Path(__file__).parents[2] / "docs" / "wire-vectors.json").read_text())
+codec = WireCodec()
+
+corridors = st.from_regex(r"[A-Z]{3}-[A-Z]{3}", fullmatch=True)
+bics = st.from_regex(r"[A-Z]{4}[A-Z]{2}[A-Z0-9]{2}([A-Z0-9]{3})?", fullmatch=True)
+keys = st.one_of(
+    corridors.map(PartitionKey.corridor),
+    bics.map(PartitionKey.bank),
+    st.builds(lambda c, b: PartitionKey.corridor_bank(corridor_id=c, bank_id=b), corridors, bics),
+    st.just(PartitionKey.broadcast()),
+)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=8,
+)
+header_names = st.from_regex(r"[A-Za-z][A-Za-z0-9-]{0,15}", fullmatch=True).filter(
+    lambda n: not n.lower().startswith(("nats-", "deltran-")) and n.lower() != "content-type"
+)
+header_values = st.text(
+    st.characters(exclude_categories=("Cs",), exclude_characters="\r\n\x00"), max_size=20
+)
+ids = st.from_regex(r"[!-~]{1,40}", fullmatch=True)
+moments = st.datetimes(
+    min_value=datetime(1, 1, 2),  # naive bounds, aware values
+    max_value=datetime(9999, 12, 30),
+    timezones=st.sampled_from([UTC, timezone(timedelta(hours=5, minutes=30))]),
+)
+
+
+@st.composite
+def messages(draw: st.DrawFn) -> Message:
+    message = Message.new(
+        draw(st.sampled_from(list(MessageType))),
+        draw(keys),
+        draw(json_values),
+        correlation_id=draw(st.none() | ids),
+        causation_id=draw(st.none() | ids),
+        headers=draw(st.dictionaries(header_names, header_values, max_size=3)),
+    )
+    # Built directly, as a caller may: any aware time, microseconds or not.
+    return msgspec.structs.replace(message, created_at=draw(moments))
+
+
+def _general_decode(codec: WireCodec, subject: str, block: bytes, body: bytes) -> Message:
+    """What the subscriber decodes without the fast path: nats-py's header parse + decode."""
+    headers = Client._parse_header_lines(block[len(b"NATS/1.0\r\n") :]) or None
+    return codec.decode(subject, headers, body)
+
+
+@given(messages(), st.integers(min_value=1, max_value=4096))
+def test_the_fast_encoding_is_the_reference_encoding_serialized(
+    message: Message, partitions: int
+) -> None:
+    wire = WireCodec(partitions)
+    subject, headers, body = wire.encode(message)
+
+    fast = wire.encode_block(message)
+
+    assert (fast.subject, fast.header_block, fast.body) == (subject, header_block(headers), body)
+    assert fast.partition == wire.partition_of(message)
+
+
+@given(messages(), st.integers(min_value=1, max_value=4096))
+def test_the_fast_decoding_returns_what_the_reference_decoding_returns(
+    message: Message, partitions: int
+) -> None:
+    wire = WireCodec(partitions)
+    fast = wire.encode_block(message)
+
+    decoded = wire.decode_block(fast.subject, fast.header_block, fast.body)
+
+    assert decoded == _general_decode(wire, fast.subject, fast.header_block, fast.body)
+    assert decoded is not None
+    assert decoded.id == message.id
+    assert decoded.created_at == message.created_at
+
+
+def test_the_fast_encoding_matches_the_documented_vectors_in_order() -> None:
+    for vector in VECTORS:
+        message = Message.new(
+            MessageType(vector["message"]["message_type"]),
+            PartitionKey.parse(vector["message"]["partition_key"]),
+            vector["message"]["payload"],
+            message_id=vector["message"]["id"],
+            created_at=datetime.fromisoformat(vector["message"]["created_at"]),
+            correlation_id=vector["message"].get("correlation_id"),
+            causation_id=vector["message"].get("causation_id"),
+            headers=vector["message"].get("headers"),
+        )
+        fast = WireCodec(vector["partitions"]).encode_block(message)
+        expected = "".join(f"{k}: {v}\r\n" for k, v in vector["wire"]["headers"].items())
+        assert fast.subject == vector["wire"]["subject"]
+        assert fast.header_block == f"NATS/1.0\r\n{expected}\r\n".encode()
+        assert fast.body.decode() == vector["wire"]["body"]
+
+
+def _good_block() -> tuple[str, bytes, bytes]:
+    message = Message.new(
+        MessageType.BANK_CONFIRMATION,
+        PartitionKey.corridor_bank(corridor_id="USD-EUR", bank_id="BANKGB2L"),
+        {"cycle_id": "c1"},
+        correlation_id="corr-1",
+        headers={"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"},
+    )
+    fast = codec.encode_block(message)
+    return fast.subject, fast.header_block, fast.body
+
+
+def _lines(block: bytes) -> list[bytes]:
+    return block.split(b"\r\n")[1:-2]
+
+
+def _join(lines: list[bytes]) -> bytes:
+    return b"NATS/1.0\r\n" + b"".join(line + b"\r\n" for line in lines) + b"\r\n"
+
+
+@st.composite
+def mangled(draw: st.DrawFn) -> tuple[str, bytes, bytes]:
+    """A good message with one thing changed, as a foreign or broken producer might."""
+    subject, block, body = _good_block()
+    lines = _lines(block)
+    kind = draw(st.sampled_from(["line", "swap", "dup", "drop", "insert", "byte", "subject"]))
+    if kind == "line":
+        lines[draw(st.integers(0, len(lines) - 1))] = draw(st.binary(max_size=40))
+    elif kind == "swap":
+        i, j = draw(st.integers(0, len(lines) - 1)), draw(st.integers(0, len(lines) - 1))
+        lines[i], lines[j] = lines[j], lines[i]
+    elif kind == "dup":
+        i = draw(st.integers(0, len(lines) - 1))
+        lines.insert(draw(st.integers(0, len(lines))), lines[i])
+    elif kind == "drop":
+        del lines[draw(st.integers(0, len(lines) - 1))]
+    elif kind == "insert":
+        name = draw(
+            st.sampled_from(
+                ["Deltran-Type", "Nats-Msg-Id", "Content-Type", "X-A", "Deltran-Replay-Of"]
+            )
+        )
+        value = draw(st.sampled_from(["NettingProposal", "other-id", "text/plain", " v ", "1"]))
+        lines.insert(draw(st.integers(0, len(lines))), f"{name}:{value}".encode())
+    elif kind == "subject":
+        subject = draw(st.sampled_from([subject + "X", "deltran.netting.proposal.broadcast"]))
+    block = _join(lines)
+    if kind == "byte":
+        raw = bytearray(block)
+        raw[draw(st.integers(0, len(raw) - 1))] = draw(st.integers(0, 255))
+        block = bytes(raw)
+    return subject, block, body
+
+
+@given(mangled())
+def test_the_fast_decoding_never_accepts_what_the_reference_would_read_differently(
+    wire: tuple[str, bytes, bytes],
+) -> None:
+    subject, block, body = wire
+
+    fast = codec.decode_block(subject, block, body)
+
+    try:
+        reference = _general_decode(codec, subject, block, body)
+    except DecodeError:
+        assert fast is None
+    else:
+        assert fast is None or fast == reference
+
+
+def test_a_misrouted_message_is_left_to_the_reference_decoding_which_rejects_it() -> None:
+    _, block, body = _good_block()
+    other = "deltran.bank.confirmation.corridor.GBP-USD.bank.BANKGB2L"
+
+    assert codec.decode_block(other, block, body) is None
+    with pytest.raises(DecodeError, match="subject"):
+        _general_decode(codec, other, block, body)
+
+
+def test_a_message_built_around_the_checks_is_still_refused_by_the_fast_encoding() -> None:
+    good = Message.new(MessageType.PAYMENT_INSTRUCTION, PartitionKey.corridor("USD-EUR"), {})
+    codec.encode_block(good)  # the route is cached: the checks still run per message
+    forged = [
+        (msgspec.structs.replace(good, headers={"Nats-Msg-Id": "other"}), "reserved"),
+        (msgspec.structs.replace(good, headers={"X-A": "a\r\nPUB x 0"}), "CR, LF or NUL"),
+        (msgspec.structs.replace(good, headers={"X-A": "lone \ud800"}), "Unicode"),
+        (msgspec.structs.replace(good, id="two words"), "id"),
+        (msgspec.structs.replace(good, id=""), "id"),
+        (msgspec.structs.replace(good, causation_id="a\r\nb"), "causation_id"),
+        (msgspec.structs.replace(good, correlation_id="x" * 129), "correlation_id"),
+        (msgspec.structs.replace(good, partition_key="corridor.USD-EUR"), "partition_key"),
+        (msgspec.structs.replace(good, message_type="PaymentInstruction"), "message_type"),
+    ]
+    for message, match in forged:
+        with pytest.raises(ValidationError, match=match):
+            codec.encode_block(message)
+
+
+class _RecordingConnection:
+    """What a protocol parser calls on its connection, recorded in order."""
+
+    def __init__(self, routed_sids: tuple[int, ...] = ()) -> None:
+        self.events: list[tuple[object, ...]] = []
+        self.stats = {"in_msgs": 0, "in_bytes": 0}
+        self.raw_routes = {sid: self._route for sid in routed_sids}
+
+    def _route(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
+        self.events.append(("msg", subject, reply, data, headers))
+
+    async def _process_msg(
+        self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
+    ) -> None:
+        self.events.append(("msg", subject, reply, data, headers))
+
+    async def _process_ping(self) -> None:
+        self.events.append(("ping",))
+
+    async def _process_pong(self) -> None:
+        self.events.append(("pong",))
+
+    async def _process_info(self, info: dict[str, object]) -> None:
+        self.events.append(("info", info))
+
+    async def _process_err(self, err: str) -> None:
+        self.events.append(("err", err))
+
+
+_subjects = st.sampled_from([b"deltran.a.b", b"_INBOX.x.y", b"$JS.ACK.S.C.1.2.3.4.0"])
+_payloads = st.binary(max_size=40)
+
+
+@st.composite
+def protocol_items(draw: st.DrawFn) -> bytes:
+    kind = draw(st.sampled_from(["msg", "hmsg", "ping", "pong", "ok", "info", "err"]))
+    sid = draw(st.sampled_from([1, 2]))
+    reply = draw(st.sampled_from([b"", b"_INBOX.r.1"]))
+    subject = draw(_subjects)
+    payload = draw(_payloads)
+    reply_part = b" " + reply if reply else b""
+    if kind == "msg":
+        return b"MSG %s %d%s %d\r\n%s\r\n" % (subject, sid, reply_part, len(payload), payload)
+    if kind == "hmsg":
+        block = draw(
+            st.sampled_from([b"NATS/1.0\r\nA: 1\r\n\r\n", b"NATS/1.0 408 Request Timeout\r\n\r\n"])
+        )
+        total = len(block) + len(payload)
+        head = b"HMSG %s %d%s %d %d\r\n" % (subject, sid, reply_part, len(block), total)
+        return head + block + payload + b"\r\n"
+    return {
+        "ping": b"PING\r\n",
+        "pong": b"PONG\r\n",
+        "ok": b"+OK\r\n",
+        "info": b'INFO {"server_id":"x"}\r\n',
+        "err": b"-ERR 'Permissions Violation for Publish to \"x\"'\r\n",
+    }[kind]
+
+
+async def _parse_in_chunks(parser: Parser, stream: bytes, cuts: list[int]) -> None:
+    start = 0
+    for cut in [*sorted(cuts), len(stream)]:
+        await parser.parse(stream[start:cut])
+        start = cut
+
+
+@given(st.lists(protocol_items(), max_size=12), st.lists(st.integers(0, 600), max_size=8))
+async def test_the_fast_parser_reads_every_stream_as_nats_py_does(
+    items: list[bytes], cuts: list[int]
+) -> None:
+    stream = b"".join(items)
+    cuts = [c for c in cuts if c <= len(stream)]
+    reference, fast = _RecordingConnection(), _RecordingConnection(routed_sids=(1,))
+
+    await _parse_in_chunks(Parser(reference), stream, cuts)
+    await _parse_in_chunks(_Parser(fast), stream, cuts)
+
+    assert fast.events == reference.events
+    assert len(fast.events) == sum(1 for item in items if item != b"+OK\r\n")  # +OK: nothing
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        b"NATS/1.0\r\nNats-Msg-Id: 1\r\nX: a b \r\n\r\n",
+        b"NATS/1.0 100 Idle Heartbeat\r\nNats-Last-Consumer: 5\r\nNats-Last-Stream: 9\r\n\r\n",
+        b"NATS/1.0 408 Request Timeout\r\nNats-Pending-Messages: 7\r\n\r\n",
+        b"NATS/1.0 409 Consumer Deleted\r\n\r\n",
+        b"NATS/1.0 503\r\n\r\n",
+        b"NATS/1.0 404 No Messages\r\n\r\n",
+        b"NATS/1.0\r\n\r\n",
+        b"NATS/1.0\r\nBad Name: x\r\nno colon\r\n\r\n",
+    ],
+)
+async def test_the_header_block_reader_gives_what_nats_py_gives_a_msg(block: bytes) -> None:
+    assert headers_of(block) == await Client()._process_headers(block)
+
+
+def test_receipts_built_on_the_fast_path_are_the_ports_receipts() -> None:
+    fields = ("01936f4e-8a5b-7c3d-9e1f-2a3b4c5d6e7f", "deltran.x", "S", 42, False, 7)
+
+    fast, reference = _receipt(*fields), PublishReceipt(*fields)
+
+    assert type(fast) is PublishReceipt
+    assert fast == reference
+    assert hash(fast) == hash(reference)
+    assert repr(fast) == repr(reference)
+    with pytest.raises(AttributeError):
+        fast.sequence = 1  # type: ignore[misc]
