@@ -159,7 +159,9 @@ class PublisherSettings:
         "Seconds the open breaker fails fast before it lets one probe through.",
     )
     max_in_flight: int = _setting(
-        256, "DELTRAN_PUBLISH_MAX_IN_FLIGHT", "Acks awaited at once by a batch publish."
+        PublisherConfig().max_in_flight,
+        "DELTRAN_PUBLISH_MAX_IN_FLIGHT",
+        "Acks awaited at once by a batch publish.",
     )
 
 

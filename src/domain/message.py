@@ -20,7 +20,7 @@ T = TypeVar("T")
 RESERVED_HEADER_PREFIXES = ("nats-", "deltran-")
 RESERVED_HEADER_NAMES = frozenset({"content-type"})
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_FORBIDDEN_IN_VALUE = re.compile(r"[\r\n\x00]")
+_FORBIDDEN_IN_VALUE = re.compile(r"[\r\n\x00\ud800-\udfff]")
 _ID = re.compile(r"[!-~]{1,128}")  # printable ASCII, no space, no control characters
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 
@@ -37,7 +37,9 @@ def check_header(name: object, value: object) -> None:
     if not isinstance(value, str):
         raise ValidationError(f"headers[{name!r}]", value, "header value must be a str")
     if _FORBIDDEN_IN_VALUE.search(value) is not None:
-        raise ValidationError(f"headers[{name!r}]", value, "header value holds CR, LF or NUL")
+        raise ValidationError(
+            f"headers[{name!r}]", value, "header value holds CR, LF or NUL, or a lone surrogate"
+        )
 
 
 def check_id(field: str, value: object) -> str:

@@ -47,7 +47,7 @@ class PublisherConfig:
     partitions: int = DEFAULT_PARTITIONS
     circuit_breaker_threshold: int = 5
     circuit_breaker_cooldown: float = 10.0
-    max_in_flight: int = 256
+    max_in_flight: int = 1024
 
     def __post_init__(self) -> None:
         self.validate()
