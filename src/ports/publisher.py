@@ -19,15 +19,15 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
 from types import TracebackType
+
+import msgspec
 
 from message_bus.domain.errors import PublishBatchError, PublishError
 from message_bus.domain.message import Message
 
 
-@dataclass(frozen=True, slots=True)
-class PublishReceipt:
+class PublishReceipt(msgspec.Struct, frozen=True):
     """What the broker said when it accepted a message.
 
     Attributes:

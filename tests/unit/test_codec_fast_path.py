@@ -21,8 +21,6 @@ from nats.protocol.parser import Parser
 from message_bus import DecodeError, Message, MessageType, PartitionKey, ValidationError, WireCodec
 from message_bus.adapters.nats._wire import header_block, headers_of
 from message_bus.adapters.nats.client import _Parser
-from message_bus.adapters.nats.publisher import _receipt
-from message_bus.ports.publisher import PublishReceipt
 
 VECTORS = json.loads((Path(__file__).parents[2] / "docs" / "wire-vectors.json").read_text())
 codec = WireCodec()
@@ -315,16 +313,3 @@ async def test_the_fast_parser_reads_every_stream_as_nats_py_does(
 )
 async def test_the_header_block_reader_gives_what_nats_py_gives_a_msg(block: bytes) -> None:
     assert headers_of(block) == await Client()._process_headers(block)
-
-
-def test_receipts_built_on_the_fast_path_are_the_ports_receipts() -> None:
-    fields = ("01936f4e-8a5b-7c3d-9e1f-2a3b4c5d6e7f", "deltran.x", "S", 42, False, 7)
-
-    fast, reference = _receipt(*fields), PublishReceipt(*fields)
-
-    assert type(fast) is PublishReceipt
-    assert fast == reference
-    assert hash(fast) == hash(reference)
-    assert repr(fast) == repr(reference)
-    with pytest.raises(AttributeError):
-        fast.sequence = 1  # type: ignore[misc]

@@ -549,7 +549,11 @@ class AckMux:
         handle = loop.call_later(timeout, _expire, future)
         try:
             if self.writer.write(block, self._prefix + token):
-                await self.writer.relieve()
+                try:  # a stalled server must not hold the publish past its deadline
+                    async with asyncio.timeout(timeout):
+                        await self.writer.relieve()
+                except TimeoutError:
+                    return TIMED_OUT
             return await future
         finally:
             handle.cancel()

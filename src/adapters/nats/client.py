@@ -534,6 +534,9 @@ class NatsClient:
             "allow_reconnect": config.max_reconnect_attempts != 0,
             "drain_timeout": config.drain_timeout,
             "pending_size": config.reconnect_buffer_size,
+            # Bounds a write that waits for the outgoing buffer to drain (a stalled
+            # server would otherwise hold it forever).
+            "flush_timeout": config.connection_timeout,
             "error_cb": self._on_error,
             "disconnected_cb": self._on_disconnected,
             "reconnected_cb": self._on_reconnected,

@@ -11,8 +11,18 @@ import nats.errors
 
 from message_bus.domain.catalog import StreamCatalog
 from message_bus.domain.codec import H_MSG_ID, Encoded, WireCodec
-from message_bus.domain.dead_letter import DeadLetter, decode_dead_letter, replay_of
-from message_bus.domain.errors import BusConnectionError, DecodeError, PublishError
+from message_bus.domain.dead_letter import (
+    H_DLQ_SUBJECT,
+    DeadLetter,
+    decode_dead_letter,
+    replay_of,
+)
+from message_bus.domain.errors import (
+    BusConnectionError,
+    DecodeError,
+    PublishError,
+    ValidationError,
+)
 from message_bus.ports.config import PublisherConfig
 from message_bus.ports.dead_letters import DeadLetters
 from message_bus.ports.publisher import PublishReceipt
@@ -105,8 +115,16 @@ class JetStreamDeadLetters(DeadLetters):
         """Republishes dead letter ``dlq_sequence`` to its original subject (see the port:
         under a derived id, so it is delivered even inside the duplicate window).
 
+        Only a DelTran message of a stream-backed type is replayed, to the subject its
+        own headers name (``deltran.{type}.{key}``): whatever else a stored entry says,
+        a replay never publishes anywhere else (say, to a ``$JS.API`` subject).
+
         Raises:
             KeyError: no dead letter with that sequence.
+            DecodeError: the entry is not a dead letter of a DelTran message (nothing
+                is published).
+            ValidationError: its type is not stream-backed in the catalog (nothing is
+                published).
             PublishError: the original stream did not accept it.
             BusConnectionError: JetStream did not answer.
         """
@@ -114,9 +132,15 @@ class JetStreamDeadLetters(DeadLetters):
         if stored is None:
             raise KeyError(dlq_sequence)
         subject, headers, body, _ = stored
-        original = replay_of(Encoded(subject, headers, body), dlq_sequence)
-        if not original.subject:
+        if H_DLQ_SUBJECT not in headers:  # not a dead letter (list() skips it too)
             raise KeyError(dlq_sequence)
+        original = replay_of(Encoded(subject, headers, body), dlq_sequence)
+        # Raises DecodeError unless the subject is the one the message's headers name.
+        message = self._codec.decode(original.subject, original.headers, original.body)
+        if self.catalog.stream_for(message.message_type) is None:
+            raise ValidationError(
+                "message_type", message.message_type, "is not stream-backed: nothing to replay to"
+            )
         message_id = original.headers.get(H_MSG_ID, "")
         try:
             return await self._sender.send(

@@ -24,6 +24,7 @@ from message_bus.domain.codec import (
     WireCodec,
 )
 from message_bus.domain.errors import (
+    BusConnectionError,
     CircuitOpenError,
     ClosedError,
     DecodeError,
@@ -261,8 +262,8 @@ class _Sender:
             failure = await self._await_connection(message_id, subject, timeout)
             if failure is not None:
                 return failure
-        mux = self._mux or await self.mux()
         try:
+            mux = self._mux or await self.mux()
             ack = await mux.request(block, timeout)
         except MessageTooLarge as exc:
             return PublishError(
@@ -270,12 +271,14 @@ class _Sender:
             )
         except ValidationError as exc:
             return PublishError(message_id, subject, "invalid", retryable=False, detail=str(exc))
-        except nats.errors.Error as exc:
+        except (nats.errors.Error, ClosedError, BusConnectionError) as exc:
             return _connection_failure(message_id, subject, exc)
         if ack.error is None:
-            return _receipt(
-                message_id, subject, ack.stream, ack.seq, ack.duplicate, block.partition
-            )
+            if ack.seq > 0 and ack.stream:
+                return PublishReceipt(
+                    message_id, subject, ack.stream, ack.seq, ack.duplicate, block.partition
+                )
+            return _not_a_puback(message_id, subject, ack)
         return await self._classify(message_id, subject, ack, {})
 
     async def _attempt_core(
@@ -301,13 +304,9 @@ class _Sender:
             )
         except ValidationError as exc:
             return PublishError(message_id, subject, "invalid", retryable=False, detail=str(exc))
-        except nats.errors.Error as exc:
+        except (nats.errors.Error, ClosedError, BusConnectionError) as exc:
             return _connection_failure(message_id, subject, exc)
-        except ClosedError as exc:
-            return PublishError(
-                message_id, subject, "connection_closed", retryable=False, detail=str(exc)
-            )
-        return _receipt(message_id, subject, None, None, False, block.partition)
+        return PublishReceipt(message_id, subject, None, None, False, block.partition)
 
     async def _await_connection(
         self, message_id: str, subject: str, timeout: float
@@ -426,7 +425,12 @@ class _Sender:
     ) -> None:
         loop = asyncio.get_running_loop()
         client = self.client
-        mux = self._mux or await self.mux()
+        try:
+            mux = self._mux or await self.mux()
+        except (nats.errors.Error, ClosedError, BusConnectionError) as unusable:
+            for i in todo:
+                results[i] = _connection_failure(ids[i], blocks[i].subject, unusable)
+            return
         writer = mux.writer
         window = self.config.max_in_flight
         batch = mux.batch(blocks, low_water=window * 3 // 4)
@@ -463,11 +467,13 @@ class _Sender:
         for i in batch.sent:
             ack = outcomes[i]
             assert ack is not None
-            if ack.error is None:
-                results[i] = _receipt(
+            if ack.error is None and ack.seq > 0 and ack.stream:
+                results[i] = PublishReceipt(
                     ids[i], blocks[i].subject, ack.stream, ack.seq, ack.duplicate,
                     blocks[i].partition,
                 )  # fmt: skip
+            elif ack.error is None:
+                results[i] = _not_a_puback(ids[i], blocks[i].subject, ack)
             else:
                 results[i] = await self._classify(ids[i], blocks[i].subject, ack, lookups)
 
@@ -492,8 +498,9 @@ def block_of(encoded: Encoded, partition: int | None = None) -> EncodedBlock:
     return EncodedBlock(encoded.subject, header_block(encoded.headers), encoded.body, partition)
 
 
-def _connection_failure(message_id: str, subject: str, error: nats.errors.Error) -> PublishError:
-    if isinstance(error, nats.errors.ConnectionClosedError):
+def _connection_failure(message_id: str, subject: str, error: Exception) -> PublishError:
+    """The bus error for a publish the connection refused (closed, draining, down)."""
+    if isinstance(error, nats.errors.ConnectionClosedError | ClosedError):
         return PublishError(
             message_id, subject, "connection_closed", retryable=False, detail=str(error)
         )
@@ -504,47 +511,16 @@ def _connection_failure(message_id: str, subject: str, error: nats.errors.Error)
     return PublishError(message_id, subject, "disconnected", retryable=True, detail=str(error))
 
 
-def _receipt_factory() -> Callable[
-    [str, str, str | None, int | None, bool, int | None], PublishReceipt
-]:
-    """``PublishReceipt(...)``, minus the frozen dataclass's ``object.__setattr__`` per
-    field (a fifth of a core publish): the slots are filled directly. Falls back to the
-    constructor unless the receipt is a plain slotted class that this builds equal."""
-    fields = ("message_id", "subject", "stream", "sequence", "duplicate", "partition")
-    slots = [getattr(PublishReceipt, name, None) for name in fields]
-    if hasattr(PublishReceipt, "__post_init__") or not all(
-        type(slot).__name__ == "member_descriptor" for slot in slots
-    ):
-        return PublishReceipt
-    s0, s1, s2, s3, s4, s5 = (slot.__set__ for slot in slots if slot is not None)
-    new = object.__new__
-
-    def receipt(
-        message_id: str,
-        subject: str,
-        stream: str | None,
-        sequence: int | None,
-        duplicate: bool,
-        partition: int | None,
-    ) -> PublishReceipt:
-        built = new(PublishReceipt)
-        s0(built, message_id)
-        s1(built, subject)
-        s2(built, stream)
-        s3(built, sequence)
-        s4(built, duplicate)
-        s5(built, partition)
-        return built
-
-    probe = ("id", "subject", "STREAM", 7, True, 3)
-    try:
-        same = receipt(*probe) == PublishReceipt(*probe)
-    except Exception:  # noqa: BLE001  # not a class this can build: use its constructor
-        same = False
-    return receipt if same else PublishReceipt
-
-
-_receipt = _receipt_factory()
+def _not_a_puback(message_id: str, subject: str, ack: PubAckWire) -> PublishError:
+    """A reply without an error that names no stream and sequence: something other than
+    a stream answered the publish, so nothing says the message was stored."""
+    return PublishError(
+        message_id, subject, "not_a_puback", retryable=False,
+        detail=(
+            f"the reply (stream {ack.stream!r}, seq {ack.seq}) is not a JetStream "
+            "acknowledgement: something other than a stream answers on this subject"
+        ),
+    )  # fmt: skip
 
 
 class JetStreamPublisher(Publisher):
@@ -633,7 +609,9 @@ class JetStreamPublisher(Publisher):
                         await writer.relieve()
                     if breaker._failures or breaker._state != _CLOSED:
                         breaker.success()
-                    return _receipt(message.id, block.subject, None, None, False, block.partition)
+                    return PublishReceipt(
+                        message.id, block.subject, None, None, False, block.partition
+                    )
         try:
             receipt = await self._sender.send(message.id, block, jetstream, message.message_type)
         except PublishError as exc:
@@ -718,6 +696,8 @@ class JetStreamPublisher(Publisher):
             ) from None
         except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
             raise ClosedError("the NATS connection is closed") from None
+        except nats.errors.Error as exc:
+            raise BusConnectionError(f"the request could not be sent: {exc}") from exc
         return decode_reply(self._codec, reply.headers, reply.data)
 
     async def close(self) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -14,7 +16,7 @@ import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, ReplayPolicy
+from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy, ReplayPolicy
 
 from message_bus.domain.catalog import MessageType, StreamCatalog
 from message_bus.domain.codec import Encoded, WireCodec
@@ -49,6 +51,8 @@ _INBOX_PENDING_BYTES = 256 * 1024 * 1024
 _STOP_TIMEOUT = 5.0
 _MAX_RECOVERY_DELAY = 2.0
 _REBIND_TIMEOUT = 1.0
+_UNAVAILABLE_PAUSE = 0.5
+_MAX_KEPT_REASONS = 10_000
 
 
 def _seconds(value: float | None) -> float:
@@ -56,7 +60,15 @@ def _seconds(value: float | None) -> float:
 
 
 class _Consumer:
-    """Finds or creates the group's durable pull consumer."""
+    """Finds or creates the group's durable pull consumer.
+
+    ``ack_floor`` is the highest stream sequence below which the group acknowledged
+    everything, as JetStream last reported it (at bind and on every :meth:`refresh`).
+    A consumer that disappears under running subscriptions (deleted, or lost by the
+    server) is re-created from just after that floor, never from the start of the
+    stream: deliveries acknowledged since the last report may be handled again, none
+    is skipped.
+    """
 
     def __init__(
         self, client: NatsClient, stream: str, config: SubscriberConfig, message_type: MessageType
@@ -73,13 +85,33 @@ class _Consumer:
             deliver_policy=DeliverPolicy.ALL,
             ack_policy=AckPolicy.EXPLICIT,
             ack_wait=config.ack_wait,
-            # One delivery more than the bus allows: when the last allowed delivery
-            # times out, the extra one lets the subscriber dead-letter the message.
-            max_deliver=config.max_deliver + 1,
+            # Unlimited on the server: the subscriber counts deliveries itself and
+            # dead-letters a delivery past max_deliver. A server-side limit would make
+            # the NAK after a failed dead-letter store final, abandoning the message.
+            max_deliver=-1,
             max_ack_pending=config.max_ack_pending,
             filter_subject=filter_subject,
             replay_policy=ReplayPolicy.INSTANT,
         )
+        self.ack_floor = 0
+
+    def _note(self, info: ConsumerInfo) -> None:
+        floor = info.ack_floor.stream_seq if info.ack_floor is not None else None
+        if floor and floor > self.ack_floor:
+            self.ack_floor = floor
+
+    async def refresh(self, timeout: float) -> bool:
+        """Updates ``ack_floor`` from JetStream; False if the consumer is gone.
+
+        Errors other than "not found" are ignored (the next refresh tries again).
+        """
+        try:
+            self._note(await self.client.jetstream.consumer_info(self.stream, self.name, timeout))
+        except nats.js.errors.NotFoundError:
+            return False
+        except (nats.errors.Error, nats.js.errors.Error, MessageBusError, TimeoutError) as exc:
+            log.debug("consumer %s: no ack floor (%s)", self.name, exc)
+        return True
 
     def _drift(self, have: ConsumerConfig) -> list[str]:
         want = self.config
@@ -94,6 +126,9 @@ class _Consumer:
 
     async def ensure(self, timeout: float | None = None) -> None:
         """Binds to the consumer, creating it if absent or updating drifted settings.
+
+        A consumer created anew delivers the whole stream, unless this object saw an
+        ack floor: then it starts just after it (see the class doc).
 
         Args:
             timeout: Seconds per JetStream API call (default: the client's api_timeout).
@@ -111,15 +146,37 @@ class _Consumer:
                     raise StreamError(
                         self.stream, "does not exist; apply the stream catalog first"
                     ) from None
-                await js.add_consumer(self.stream, config=self.config, timeout=timeout)
+                config = self.config
+                if self.ack_floor:
+                    config = dataclasses.replace(
+                        config,
+                        deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                        opt_start_seq=self.ack_floor + 1,
+                    )
+                    log.warning(
+                        "consumer %s on %s was gone; re-created from stream sequence %d "
+                        "(after its last known ack floor)",
+                        self.name,
+                        self.stream,
+                        self.ack_floor + 1,
+                    )
+                await js.add_consumer(self.stream, config=config, timeout=timeout)
                 log.info("consumer %s on %s created", self.name, self.stream)
                 return
+            self._note(info)
             drift = self._drift(info.config)
             if drift:
                 log.warning(
                     "consumer %s on %s updated: %s", self.name, self.stream, "; ".join(drift)
                 )
-                await js.add_consumer(self.stream, config=self.config, timeout=timeout)
+                have = info.config
+                update = dataclasses.replace(
+                    self.config,
+                    deliver_policy=have.deliver_policy,
+                    opt_start_seq=have.opt_start_seq,
+                    opt_start_time=have.opt_start_time,
+                )
+                await js.add_consumer(self.stream, config=update, timeout=timeout)
         except nats.js.errors.ServiceUnavailableError as exc:
             raise BusConnectionError(f"JetStream is unavailable: {exc.description}") from exc
         except nats.js.errors.APIError as exc:
@@ -277,6 +334,7 @@ class _Workers:
     async def _run(self, index: int) -> None:
         items, started, space = self.items, self.started, self._space
         loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
         while True:
             if not items:
                 waiter = loop.create_future()
@@ -303,6 +361,12 @@ class _Workers:
                 await self._handle(item)
             except Exception:  # never let one delivery kill the worker
                 log.exception("%s: handling a delivery failed", self._name)
+            except asyncio.CancelledError:
+                # A handler may raise CancelledError without this task being cancelled
+                # (it awaited a future someone else cancelled): that kills no worker.
+                if task is None or task.cancelling():
+                    raise
+                log.warning("%s: a handler raised CancelledError", self._name)
             finally:
                 started[index] = 0.0
                 self.busy -= 1
@@ -314,8 +378,16 @@ class _Workers:
         since = time.monotonic() - limit
         return sum(1 for t in self.started if 0.0 < t < since)
 
-    async def finish(self) -> None:
-        """Lets every worker finish the queue (then its current item) and exit."""
+    def owns(self, task: asyncio.Task[Any] | None) -> bool:
+        """Whether ``task`` is one of the workers (a handler is calling)."""
+        return task is not None and task in self._tasks
+
+    async def finish(self, timeout: float | None = None) -> None:
+        """Lets every worker finish the queue (then its current item) and exit.
+
+        Workers still busy after ``timeout`` seconds are cancelled (their handlers get
+        a CancelledError; their unsettled deliveries are redelivered after ack_wait).
+        """
         for _ in self._tasks:
             self.items.append(None)
         for waiter in self._parked:
@@ -323,7 +395,25 @@ class _Workers:
                 waiter.set_result(None)
         self._parked.clear()
         current = asyncio.current_task()
-        await asyncio.gather(*(t for t in self._tasks if t is not current))
+        tasks = [t for t in self._tasks if t is not current and not t.done()]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=timeout)
+            if pending:
+                log.error(
+                    "%s: %d handler(s) still running after %.1fs; cancelling them, their "
+                    "deliveries will be redelivered",
+                    self._name,
+                    len(pending),
+                    timeout,
+                )
+                for task in pending:
+                    task.cancel()
+                _, pending = await asyncio.wait(pending, timeout=_STOP_TIMEOUT)
+                if pending:
+                    log.error("%s: %d handler(s) ignore cancellation", self._name, len(pending))
+        for task in self._tasks:
+            if task.done() and not task.cancelled():
+                task.exception()  # retrieved: a worker only ends by the sentinel
 
 
 def _ack_fields(reply: bytes) -> tuple[str, int, int]:
@@ -354,7 +444,15 @@ class _PullSubscription(Subscription):
     delivered at once; the server's 408/409 status replies give back the unused part of
     a request. When the connection comes back, heartbeats stop, or the server reports
     the consumer missing, the subscription re-binds (re-creating the consumer if the
-    server lost it) with backoff and asks again: it survives server restarts.
+    server lost it from just after the group's last known ack floor) with backoff and
+    asks again: it survives server restarts.
+
+    ``stop`` releases (NAKs) deliveries fetched but not started, except those on their
+    last allowed delivery: these are handled before ``stop`` returns, since a release
+    would cost them that delivery without a handler run. ``stop`` and ``drain`` wait at
+    most ``ack_wait`` for running handlers, then cancel them (their deliveries are
+    redelivered); called by a handler, they return at once and the close completes
+    when the handler returns.
     """
 
     def __init__(
@@ -377,6 +475,10 @@ class _PullSubscription(Subscription):
         self._outstanding = 0
         self._last_seen = time.monotonic()
         self._pause_until = 0.0
+        self._floor_checked = time.monotonic()
+        # sequence -> (reason, deliveries) of a dead letter that could not be stored:
+        # its redelivery, past max_deliver, is dead-lettered with them.
+        self._kept: dict[int, tuple[str, int]] = {}
         self._need_bind = False
         self._stopping = False
         self._releasing = False
@@ -402,14 +504,19 @@ class _PullSubscription(Subscription):
         self._inbox = nc.new_inbox()
         self._inbox_bytes = self._inbox.encode()
         name = f"deltran-{self._consumer.name}"
-        self._workers = _Workers(self._capacity, self._deliver, name)
-        self._workers.on_idle_slot = self._on_idle_slot
-        self._sub = await self._client.subscribe_raw(
-            self._inbox,
-            self._on_delivery,
-            pending_msgs_limit=_INBOX_PENDING_MSGS,
-            pending_bytes_limit=_INBOX_PENDING_BYTES,
-        )
+        workers = self._workers = _Workers(self._capacity, self._deliver, name)
+        workers.on_idle_slot = self._on_idle_slot
+        try:
+            self._sub = await self._client.subscribe_raw(
+                self._inbox,
+                self._on_delivery,
+                pending_msgs_limit=_INBOX_PENDING_MSGS,
+                pending_bytes_limit=_INBOX_PENDING_BYTES,
+            )
+        except BaseException:
+            self._stopping = True
+            await workers.finish()  # idle: they exit at once
+            raise
         self._dead_lane_task = asyncio.create_task(
             self._drive_dead_lane(), name=f"{name}-dead-letters"
         )
@@ -489,7 +596,7 @@ class _PullSubscription(Subscription):
             raw = (subject, reply, data, block, stream, attempt, sequence)
             if attempt > self._config.max_deliver:
                 self._dead_lane.put_nowait(raw)
-            elif self._releasing:
+            elif self._releasing and attempt < self._config.max_deliver:
                 self._release(reply)
             else:
                 assert self._workers is not None
@@ -513,6 +620,7 @@ class _PullSubscription(Subscription):
             log.warning("pull on %s: status %s %s", self._next_subject, status, description)
             self._outstanding = 0
             self._need_bind = True
+            self._pause_until = time.monotonic() + _UNAVAILABLE_PAUSE
         self._wake.set()
 
     def _release_requested(self, pending: str) -> None:
@@ -550,11 +658,16 @@ class _PullSubscription(Subscription):
         if self._outstanding > 0 and now - self._last_seen > self._heartbeat * 2.5:
             log.info("consumer %s: pull requests went silent; asking again", self._consumer.name)
             self._outstanding = 0
+        if not self._need_bind and now - self._floor_checked >= self._heartbeat:
+            self._floor_checked = now
+            if not await self._consumer.refresh(_REBIND_TIMEOUT):
+                self._need_bind = True
         if self._need_bind:
             # Short timeouts: a restarted server can drop API requests while JetStream
             # recovers; asking again soon beats waiting out the API timeout.
             await self._consumer.ensure(timeout=_REBIND_TIMEOUT)
             self._need_bind = False
+            self._floor_checked = time.monotonic()
         if now < self._pause_until:
             await asyncio.sleep(self._pause_until - now)
         if not self._stopping:
@@ -587,15 +700,17 @@ class _PullSubscription(Subscription):
     async def _drive_dead_lane(self) -> None:
         """Dead-letters deliveries past ``max_deliver`` without taking a handler slot."""
         config = self._config
-        reason = f"max deliveries ({config.max_deliver}) exhausted: ack wait expired"
+        expired = f"max deliveries ({config.max_deliver}) exhausted: ack wait expired"
+        kept = self._kept
         while True:
             raw = await self._dead_lane.get()
             if raw is None:
                 return
+            # This delivery only carries the message to the dead-letter stream: the
+            # reason and count are those of the last delivery that reached a handler.
+            reason, deliveries = kept.pop(raw[6], (expired, config.max_deliver))
             try:
-                # This delivery only carries the message to the dead-letter stream: it
-                # counts the deliveries that reached a handler.
-                await self.dead_letter(raw, raw[5] - 1, reason)
+                await self.dead_letter(raw, deliveries, reason)
             except Exception:  # never let one delivery kill the lane
                 log.exception("dead-lettering a message on %r failed", raw[0])
 
@@ -610,7 +725,26 @@ class _PullSubscription(Subscription):
                 await self.dead_letter(raw, raw[5], f"undecodable: {exc}")
                 return
         delivery = _JetStreamDelivery(self, raw, message, subject)
-        await run_handler(self._handler, delivery, self._config)
+        try:
+            await run_handler(self._handler, delivery, self._config)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is None or task.cancelling() or delivery.settled:
+                raise
+            # The handler raised CancelledError while nothing cancelled this worker
+            # (it awaited a future someone else cancelled): a failure like any other.
+            await self._settle_failed(delivery, "handler raised CancelledError")
+
+    async def _settle_failed(self, delivery: _JetStreamDelivery, reason: str) -> None:
+        """Settles a delivery whose handler failed outside :func:`run_handler`."""
+        config = self._config
+        log.warning(
+            "handler failed on %s (attempt %d): %s", delivery.subject, delivery.attempt, reason
+        )
+        if delivery.attempt >= config.max_deliver:
+            await delivery.term(f"max deliveries ({config.max_deliver}) exhausted: {reason}")
+        else:
+            await delivery.nak(config.nak_delay(delivery.attempt))
 
     async def settle(self, reply: bytes, payload: bytes) -> None:
         """Sends an acknowledgement (``+ACK``, ``-NAK``, ``+TERM``, ``+WPI``) to ``reply``.
@@ -644,9 +778,14 @@ class _PullSubscription(Subscription):
         redelivered and dead-lettered again under the same ``Nats-Msg-Id``
         (``dlq:{consumer}:{stream}:{seq}``), which JetStream deduplicates. If the dead
         letter cannot be stored, the message is NAKed instead of TERMed, so it stays in
-        the consumer and is tried again later.
+        the consumer and comes back later (the server does not limit deliveries, so
+        that NAK is never final); past ``max_deliver``, that redelivery is
+        dead-lettered again with the same reason. A dead letter too large for the
+        server's ``max_payload`` cannot ever be stored: it is logged as an error and
+        NAKed with ``nak_max_delay``, again and again, until an operator raises the
+        limit or removes the message.
         """
-        subject, reply, data, block, stream, _attempt, sequence = raw
+        subject, reply, data, block, stream, attempt, sequence = raw
         config = self._config
         if config.dead_letter:
             dead = encode_dead_letter(
@@ -664,13 +803,23 @@ class _PullSubscription(Subscription):
                     dead.headers["Nats-Msg-Id"], block_of(dead), True, None
                 )
             except (PublishError, ValidationError) as exc:
+                too_large = isinstance(exc, PublishError) and exc.reason == "message_too_large"
                 log.error(
-                    "dead letter of %s #%d not stored (%s); NAKing it instead",
+                    "dead letter of %s #%d not stored (%s); NAKing it instead%s",
                     stream,
                     sequence,
                     exc,
+                    ": it exceeds max_payload, raise the server's limit or remove it"
+                    if too_large
+                    else "",
                 )
-                await self.settle(reply, _nak_payload(config.nak_delay(max(1, deliveries))))
+                if attempt >= config.max_deliver:
+                    kept = self._kept
+                    if len(kept) >= _MAX_KEPT_REASONS:
+                        kept.clear()
+                    kept[sequence] = (reason, deliveries)
+                delay = config.nak_max_delay if too_large else config.nak_delay(attempt)
+                await self.settle(reply, _nak_payload(delay))
                 return
         log.warning(
             "dead-lettered %s #%d after %d deliveries: %s", stream, sequence, deliveries, reason
@@ -690,7 +839,10 @@ class _PullSubscription(Subscription):
         await self._close(release=False)
 
     async def _close(self, *, release: bool) -> None:
-        await asyncio.shield(self._begin_close(release=release))
+        closing = self._begin_close(release=release)
+        if self._workers is not None and self._workers.owns(asyncio.current_task()):
+            return  # called by a handler: the close completes once the handler returns
+        await asyncio.shield(closing)
 
     def _begin_close(self, *, release: bool) -> asyncio.Task[None]:
         if self._shutdown is None:
@@ -711,12 +863,17 @@ class _PullSubscription(Subscription):
         workers = self._workers
         if workers is not None:
             if release:
+                # A delivery on its last allowed attempt is handled, not released: a
+                # release would cost it that attempt without a handler run.
+                last = self._config.max_deliver
                 items = workers.items
-                while items:
-                    raw = items.popleft()
-                    if raw is not None:
+                keep = [raw for raw in items if raw is not None and raw[5] >= last]
+                for raw in items:
+                    if raw is not None and raw[5] < last:
                         self._release(raw[1])
-            await workers.finish()
+                items.clear()
+                items.extend(keep)
+            await workers.finish(self._config.ack_wait)
         if self._dead_lane_task is not None:
             self._dead_lane.put_nowait(None)
             await self._dead_lane_task
@@ -744,15 +901,23 @@ class _CoreSubscription(Subscription):
 
     async def start(self) -> None:
         nc = self._client.connection
-        self._workers = _Workers(
+        workers = self._workers = _Workers(
             self._capacity, self._deliver, f"deltran-{self._subject}", maxsize=self._capacity
         )
-        self._sub = await nc.subscribe(
-            self._subject,
-            queue=self._owner.config.consumer_group,
-            cb=self._on_message,
-        )
-        await ordered_flush(nc, self._client.config.connection_timeout)  # the SUB is in effect
+        try:
+            self._sub = await nc.subscribe(
+                self._subject,
+                queue=self._owner.config.consumer_group,
+                cb=self._on_message,
+            )
+            await ordered_flush(nc, self._client.config.connection_timeout)  # the SUB is in effect
+        except BaseException:
+            self._stopping = True
+            if self._sub is not None:
+                with contextlib.suppress(nats.errors.Error):
+                    await self._sub.unsubscribe()
+            await workers.finish()  # idle: they exit at once
+            raise
         self._remove_listener = self._client.on_status(self._on_status)
 
     def _on_status(self, status: ConnectionStatus) -> None:
@@ -793,7 +958,10 @@ class _CoreSubscription(Subscription):
         await self._close()
 
     async def _close(self) -> None:
-        await asyncio.shield(self._begin_close())
+        closing = self._begin_close()
+        if self._workers is not None and self._workers.owns(asyncio.current_task()):
+            return  # called by a handler: the close completes once the handler returns
+        await asyncio.shield(closing)
 
     def _begin_close(self) -> asyncio.Task[None]:
         if self._shutdown is None:
@@ -807,7 +975,7 @@ class _CoreSubscription(Subscription):
             self._remove_listener()
         await _close_inbox(self._client, self._sub)
         if self._workers is not None:
-            await self._workers.finish()
+            await self._workers.finish(self._owner.config.ack_wait)
         await _flush(self._client)
         self._owner._forget(self)
 
@@ -847,9 +1015,12 @@ class JetStreamSubscriber(Subscriber):
     Stream-backed types (with ``use_jetstream``) are consumed through one durable pull
     consumer per (stream, consumer name): every member of a consumer group binds to the
     same consumer, so members share the work, and a group that restarts resumes where
-    it stopped. The consumer is created if absent (explicit acks, ``ack_wait``,
-    ``max_deliver + 1`` deliveries, ``max_ack_pending``, filter from
-    ``partition_key``, deliver all); see :class:`_PullSubscription` for the fetch loop.
+    it stopped. The consumer is created if absent (explicit acks, ``ack_wait``, no
+    server-side delivery limit, ``max_ack_pending``, filter from ``partition_key``,
+    deliver all); see :class:`_PullSubscription` for the fetch loop. The subscriber
+    enforces ``max_deliver`` itself, so a message is never dropped by the server: a
+    dead letter that cannot be stored (dead-letter stream missing or unavailable) is
+    NAKed and dead-lettered on a later delivery.
 
     Each delivery is decoded with :class:`WireCodec` and settled by :func:`run_handler`:
     ACK, NAK with the delay computed from the delivery count, or TERM with a dead
@@ -857,7 +1028,8 @@ class JetStreamSubscriber(Subscriber):
     JetStream before the TERM is sent (publish-before-term), so a dead letter is
     durable even if the process dies right after. A message that cannot be decoded is
     dead-lettered with the decode error; a delivery past ``max_deliver`` (its last
-    allowed delivery timed out) is dead-lettered without running the handler.
+    allowed delivery timed out, or its dead letter could not be stored) is
+    dead-lettered without running the handler.
 
     Core-only types (or ``use_jetstream=False``) use a core subscription in a queue
     group named after the consumer group; a handler's reply answers the request.
