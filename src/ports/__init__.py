@@ -4,6 +4,7 @@ from .config import PublisherConfig, SubscriberConfig
 from .dead_letters import DeadLetters
 from .publisher import Publisher, PublishReceipt
 from .subscriber import (
+    CoreDelivery,
     Delivery,
     FunctionHandler,
     MessageHandler,
@@ -14,6 +15,7 @@ from .subscriber import (
 )
 
 __all__ = [
+    "CoreDelivery",
     "DeadLetters",
     "Delivery",
     "FunctionHandler",

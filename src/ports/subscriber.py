@@ -96,6 +96,41 @@ class Delivery(ABC):
         return None
 
 
+class CoreDelivery(Delivery):
+    """A delivery of a core-only message: no stream holds it, so nothing is redelivered.
+
+    Settling only records the outcome; TERM logs that the message was dropped (there
+    is no stream sequence to dead-letter). Adapters subclass it to answer requests
+    (:meth:`respond`).
+    """
+
+    def __init__(self, message: Message, subject: str) -> None:
+        self.message = message
+        self.attempt = 1
+        self.stream = None
+        self.sequence = None
+        self.subject = subject
+        self._settled = False
+
+    @property
+    def settled(self) -> bool:
+        return self._settled
+
+    async def ack(self) -> None:
+        self._settled = True
+
+    async def nak(self, delay: float | None = None) -> None:
+        self._settled = True
+
+    async def term(self, reason: str) -> None:
+        if not self._settled:
+            self._settled = True
+            log.warning("core message %s on %s dropped: %s", self.message.id, self.subject, reason)
+
+    async def in_progress(self) -> None:
+        return None
+
+
 @runtime_checkable
 class MessageHandler(Protocol):
     """Processes one message; its outcome decides the acknowledgement.

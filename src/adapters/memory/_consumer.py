@@ -23,6 +23,7 @@ from message_bus.domain.errors import DecodeError
 from message_bus.domain.message import Message
 from message_bus.domain.partition import PartitionKey
 from message_bus.ports.config import SubscriberConfig
+from message_bus.ports.subscriber import CoreDelivery as PortCoreDelivery
 from message_bus.ports.subscriber import Delivery, MessageHandler, Subscription, run_handler
 
 from ._store import Entry, Stream
@@ -361,10 +362,8 @@ class StreamDelivery(_Delivery):
             self._group.in_progress(self._seq, self.attempt)
 
 
-class CoreDelivery(_Delivery):
+class CoreDelivery(PortCoreDelivery):
     """A core (fire-and-forget) delivery: nothing to acknowledge, maybe a request to answer."""
-
-    __slots__ = ("_codec", "_reply")
 
     def __init__(
         self,
@@ -373,23 +372,9 @@ class CoreDelivery(_Delivery):
         subject: str,
         reply: asyncio.Future[Encoded] | None,
     ) -> None:
-        super().__init__(message, 1, None, None, subject)
+        super().__init__(message, subject)
         self._codec = codec
         self._reply = reply
-
-    async def ack(self) -> None:
-        self._settled = True
-
-    async def nak(self, delay: float | None = None) -> None:
-        self._settled = True
-
-    async def term(self, reason: str) -> None:
-        if not self._settled:
-            self._settled = True
-            log.warning("core message %s on %s dropped: %s", self.message.id, self.subject, reason)
-
-    async def in_progress(self) -> None:
-        return None
 
     async def respond(self, reply: Message) -> None:
         encoded = self._codec.encode(reply)

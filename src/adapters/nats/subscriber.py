@@ -32,6 +32,7 @@ from message_bus.domain.errors import (
 from message_bus.domain.message import Message
 from message_bus.ports.config import PublisherConfig, SubscriberConfig
 from message_bus.ports.subscriber import (
+    CoreDelivery,
     Delivery,
     MessageHandler,
     Subscriber,
@@ -230,36 +231,13 @@ class _JetStreamDelivery(Delivery):
             await self._owner.settle(self._raw[1], _IN_PROGRESS)
 
 
-class _CoreDelivery(Delivery):
-    """A core NATS delivery: no redelivery, so settling only records the outcome."""
+class _CoreDelivery(CoreDelivery):
+    """A core NATS delivery; a request's reply goes to its reply subject."""
 
     def __init__(self, owner: _CoreSubscription, msg: Msg, message: Message) -> None:
-        self.message = message
-        self.attempt = 1
-        self.stream = None
-        self.sequence = None
-        self.subject = msg.subject
+        super().__init__(message, msg.subject)
         self._msg = msg
         self._owner = owner
-        self._settled = False
-
-    @property
-    def settled(self) -> bool:
-        return self._settled
-
-    async def ack(self) -> None:
-        self._settled = True
-
-    async def nak(self, delay: float | None = None) -> None:
-        self._settled = True
-
-    async def term(self, reason: str) -> None:
-        if not self._settled:
-            self._settled = True
-            log.warning("core message %s on %s dropped: %s", self.message.id, self.subject, reason)
-
-    async def in_progress(self) -> None:
-        return None
 
     async def respond(self, reply: Message) -> None:
         if self._msg.reply:
