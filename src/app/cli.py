@@ -4,7 +4,8 @@ and run the demo.
 Every command reads the settings (defaults < ``--config`` TOML file < ``DELTRAN_*``
 variables < flags). Exit codes: 0 success; 1 the operation failed (timeout, no responder,
 the demo lost or doubled a payment); 2 bad input or an unreachable server, reported as
-one line on stderr; 130 interrupted.
+one line on stderr; 130 interrupted (Ctrl-C or SIGTERM: what the command started is
+stopped first).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -41,6 +42,7 @@ from .containers import (
     resolve,
     shutdown_container,
     start_container,
+    start_in_thread,
 )
 from .demo import DEFAULT_BANKS, DEFAULT_CORRIDORS, DemoOptions, run_demo, write_report
 from .embedded import EmbeddedNatsServer, EmbeddedServerError
@@ -672,8 +674,9 @@ async def _apply_streams(settings: BusSettings, url: str) -> list[StreamReport]:
         await shutdown_container(container)
 
 
-async def _wait_for_signal() -> None:
-    stop = asyncio.Event()
+@contextlib.contextmanager
+def _signals_set(stop: asyncio.Event) -> Iterator[None]:
+    """While inside, SIGINT and SIGTERM set ``stop`` instead of ending the process."""
     loop = asyncio.get_running_loop()
     installed = []
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -681,7 +684,7 @@ async def _wait_for_signal() -> None:
             loop.add_signal_handler(sig, stop.set)
             installed.append(sig)
     try:
-        await stop.wait()
+        yield
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
@@ -696,20 +699,25 @@ async def _cmd_server(args: argparse.Namespace, container: Container | None) -> 
         monitor_port=args.monitor_port,
         binary=settings.embedded.binary,
     )
-    await asyncio.to_thread(server.start)
-    try:
-        store = f"{server.store_dir}" + ("" if data_dir else " (temporary; --data-dir keeps it)")
-        _out(f"nats-server ready at {server.url}")
-        _out(f"JetStream store: {store}")
-        if server.monitor_url is not None:
-            _out(f"monitoring: {server.monitor_url}")
-        if not args.no_streams:
-            reports = await _apply_streams(settings, server.url)
-            _out(f"streams applied: {len(reports)}")
-        _out("Ctrl-C stops the server")
-        await _wait_for_signal()
-    finally:
-        await asyncio.to_thread(server.stop)
+    stop = asyncio.Event()
+    # From before the server starts: a signal during the start stops it once started.
+    with _signals_set(stop):
+        await start_in_thread(server.start, server.stop)
+        try:
+            store = f"{server.store_dir}" + (
+                "" if data_dir else " (temporary; --data-dir keeps it)"
+            )
+            _out(f"nats-server ready at {server.url}")
+            _out(f"JetStream store: {store}")
+            if server.monitor_url is not None:
+                _out(f"monitoring: {server.monitor_url}")
+            if not args.no_streams and not stop.is_set():
+                reports = await _apply_streams(settings, server.url)
+                _out(f"streams applied: {len(reports)}")
+            _out("Ctrl-C stops the server")
+            await stop.wait()
+        finally:
+            await asyncio.to_thread(server.stop)
     _out("nats-server stopped")
     return EXIT_OK
 
@@ -854,6 +862,15 @@ async def run_cli(argv: Sequence[str], *, container: Container | None = None) ->
         return EXIT_FAILED
 
 
+async def _run_until_terminated(argv: Sequence[str]) -> int:
+    """:func:`run_cli`, cancelled by SIGTERM as by Ctrl-C: what it started is stopped."""
+    task = asyncio.current_task()
+    assert task is not None
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    return await run_cli(argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``deltran-bus`` console script: run one command; return its exit code.
 
@@ -870,8 +887,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
-        return asyncio.run(run_cli(arguments))
-    except KeyboardInterrupt:
+        return asyncio.run(_run_until_terminated(arguments))
+    except (KeyboardInterrupt, asyncio.CancelledError):
         print(f"{PROG}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
 

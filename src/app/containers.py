@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from dependency_injector import containers, providers
@@ -74,6 +74,7 @@ __all__ = [
     "resolve",
     "shutdown_container",
     "start_container",
+    "start_in_thread",
 ]
 
 
@@ -158,11 +159,27 @@ async def _memory_broker(
         await broker.close()
 
 
+async def start_in_thread(start: Callable[[], object], stop: Callable[[], object]) -> None:
+    """Run the blocking ``start`` in a thread; ``stop`` what it started if cancelled.
+
+    A thread cannot be cancelled: when the caller is (Ctrl-C, a timeout), ``start``
+    is let finish and ``stop`` then runs, so nothing started is left running.
+    """
+    starting = asyncio.ensure_future(asyncio.to_thread(start))
+    try:
+        await asyncio.shield(starting)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):  # a failed start cleans up after itself
+            await asyncio.shield(starting)
+        await asyncio.to_thread(stop)
+        raise
+
+
 async def _embedded_server(
     port: int, data_dir: str | None, binary: str | None
 ) -> AsyncIterator[EmbeddedNatsServer]:
     server = EmbeddedNatsServer(port=port, store_dir=data_dir, binary=binary)
-    await asyncio.to_thread(server.start)
+    await start_in_thread(server.start, server.stop)
     try:
         yield server
     finally:
@@ -359,12 +376,18 @@ def build_container(settings: BusSettings | None = None) -> Container:
 async def start_container(container: Container) -> None:
     """Start the selected backend's connection (server, client or broker).
 
+    If the start fails or is cancelled, what it had started is shut down again.
+
     Raises:
         BusConnectionError: the NATS servers cannot be reached.
         EmbeddedServerError: the embedded nats-server cannot start.
     """
-    container.metrics()  # register the bus's series, so /metrics shows them from the start
-    await container.connection()
+    try:
+        container.metrics()  # register the bus's series, so /metrics shows them from the start
+        await container.connection()
+    except BaseException:
+        await shutdown_container(container)
+        raise
 
 
 _SHUTDOWN_ORDER = ("nats_client", "embedded_server", "memory_broker")

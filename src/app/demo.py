@@ -212,25 +212,33 @@ class _FaultInjector:
 
 
 class _Audit:
-    """Receives netting proposals; records which payments were netted, and when."""
+    """Receives netting proposals; records which payments were netted, and when.
+
+    Counts each proposal once (a redelivery of it is not a second netting) and only
+    proposals of this run's payments (not those an earlier run left in the stream).
+    """
 
     def __init__(self, submitted: dict[str, float]) -> None:
         self._submitted = submitted
+        self._seen: set[str] = set()
         self.netted: Counter[str] = Counter()
         self.proposals = 0
         self.end_to_end: list[float] = []
 
     async def handle(self, message: Message) -> None:
         now = time.perf_counter()
+        if message.id in self._seen:
+            return
         payload = message.payload if isinstance(message.payload, dict) else {}
+        ours = [p for p in payload.get("payment_ids", ()) if p in self._submitted]
+        if not ours:
+            return  # a proposal of an earlier run on the same server
+        self._seen.add(message.id)
         self.proposals += 1
-        for payment_id in payload.get("payment_ids", ()):
-            started = self._submitted.get(payment_id)
-            if started is None:
-                continue  # a payment of an earlier run on the same server
+        for payment_id in ours:
             self.netted[payment_id] += 1
             if self.netted[payment_id] == 1:
-                self.end_to_end.append(now - started)
+                self.end_to_end.append(now - self._submitted[payment_id])
 
 
 def _instructions(options: DemoOptions, run_id: str) -> list[PaymentInstruction]:

@@ -10,9 +10,18 @@ Acknowledgement contract of the netting worker: a payment instruction is acknowl
 only after the proposal that includes it has been stored. The handler of each
 instruction waits for its cycle's proposal to be published and returns (ACK) only then;
 if that publish fails, every instruction of the cycle is NAKed and netted again later.
-So a worker that dies never loses a payment. It may, if it dies between storing a
-proposal and acknowledging the cycle's instructions, net a payment twice: each proposal
-lists its ``payment_ids`` so the netting engine can drop the repeat.
+So a worker that dies never loses a payment. A worker nets each ``payment_id`` once:
+a redelivery, or another message of the same payment, that arrives while the payment
+is netting joins its cycle, and one that arrives after its proposal was stored is
+acknowledged without netting it again (the worker remembers the last ``remember``
+payments it proposed). Only a payment redelivered to another worker, or after a
+worker died between storing a proposal and acknowledging the cycle's instructions, can
+be netted twice: each proposal lists its ``payment_ids`` so the netting engine can
+drop the repeat.
+
+The intake derives an instruction's message id from its ``payment_id``, so submitting
+a payment again (after a publish whose outcome was unknown) is dropped by the
+stream's duplicate window instead of publishing the payment twice.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from uuid import NAMESPACE_URL, uuid5
 
 import msgspec
 
@@ -71,12 +81,21 @@ def validate_instruction(
     return checked
 
 
+_PAYMENT_NAMESPACE = uuid5(NAMESPACE_URL, "urn:deltran:payment-instruction")
+
+
+def instruction_message_id(payment_id: str) -> str:
+    """The message id of a payment's instruction: the same for every submission of it."""
+    return str(uuid5(_PAYMENT_NAMESPACE, payment_id))
+
+
 class PaymentIntake:
     """Validates payment instructions and publishes them.
 
     Each instruction is keyed by corridor and debtor bank, so one bank's payments in one
-    corridor keep their order; its message's correlation id is its own id, and every
-    message caused by it carries that id.
+    corridor keep their order. Its message id is derived from its ``payment_id``
+    (:func:`instruction_message_id`), so a resubmission is deduplicated by the stream;
+    its correlation id is its own id, and every message caused by it carries that id.
     """
 
     def __init__(self, publisher: Publisher) -> None:
@@ -87,7 +106,7 @@ class PaymentIntake:
         """The message carrying ``instruction`` (validated)."""
         checked = validate_instruction(instruction)
         assert checked.corridor is not None
-        message_id = new_message_id()
+        message_id = instruction_message_id(checked.payment_id)
         return Message.new(
             MessageType.PAYMENT_INSTRUCTION,
             PartitionKey.corridor_bank(corridor_id=checked.corridor, bank_id=checked.debtor_bank),
@@ -115,6 +134,7 @@ class PaymentIntake:
 class _Cycle:
     corridor: str
     cycle_id: str = field(default_factory=new_message_id)
+    # By payment id: two messages of one payment are netted once.
     members: dict[str, tuple[Message, PaymentInstruction]] = field(default_factory=dict)
     done: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
@@ -141,22 +161,33 @@ class NettingWorker:
     the cycle id, its causation id the instruction that opened the cycle.
 
     An instruction that fails validation can never succeed: it is dead-lettered
-    (:class:`PermanentError`) with the reason.
+    (:class:`PermanentError`) with the reason. An instruction whose payment this worker
+    already proposed (one of its last ``remember``) is acknowledged without netting it
+    again.
     """
 
     def __init__(
-        self, publisher: Publisher, *, cycle_size: int = 100, cycle_window: float = 0.02
+        self,
+        publisher: Publisher,
+        *,
+        cycle_size: int = 100,
+        cycle_window: float = 0.02,
+        remember: int = 100_000,
     ) -> None:
         if cycle_size < 1:
             raise ValidationError("cycle_size", cycle_size, "must be >= 1")
         if cycle_window < 0:
             raise ValidationError("cycle_window", cycle_window, "must be >= 0")
+        if remember < 0:
+            raise ValidationError("remember", remember, "must be >= 0")
         self._publisher = publisher
         self._cycle_size = cycle_size
         self._cycle_window = cycle_window
         self._open: dict[str, _Cycle] = {}
         self._closing: set[asyncio.Task[None]] = set()
-        self._pending: dict[str, _Cycle] = {}
+        self._pending: dict[str, _Cycle] = {}  # payment id -> the cycle netting it
+        self._proposed: dict[str, None] = {}  # payment ids proposed, oldest first
+        self._remember = remember
         self.proposals_published = 0
 
     async def handle(self, message: Message) -> None:
@@ -168,15 +199,18 @@ class NettingWorker:
         except ValidationError as exc:
             raise PermanentError(f"invalid payment instruction: {exc}") from None
         assert instruction.corridor is not None
-        cycle = self._pending.get(message.id)  # a redelivery of an instruction still netting
+        payment_id = instruction.payment_id
+        if payment_id in self._proposed:
+            return  # already in a stored proposal: acknowledge, do not net it again
+        cycle = self._pending.get(payment_id)  # a redelivery of a payment still netting
         if cycle is None:
             cycle = self._open.get(instruction.corridor)
             if cycle is None:
                 cycle = self._open[instruction.corridor] = _Cycle(instruction.corridor)
                 loop = asyncio.get_running_loop()
                 cycle.timer = loop.call_later(self._cycle_window, self._close, cycle)
-            cycle.members[message.id] = (message, instruction)
-            self._pending[message.id] = cycle
+            cycle.members[payment_id] = (message, instruction)
+            self._pending[payment_id] = cycle
             if len(cycle.members) >= self._cycle_size:
                 self._close(cycle)
         try:
@@ -218,10 +252,18 @@ class NettingWorker:
             cycle.done.set_exception(exc)
         else:
             self.proposals_published += 1
+            self._remember_proposed(cycle.members)
             cycle.done.set_result(None)
         finally:
-            for message_id in cycle.members:
-                self._pending.pop(message_id, None)
+            for payment_id in cycle.members:
+                self._pending.pop(payment_id, None)
+
+    def _remember_proposed(self, payment_ids: Iterable[str]) -> None:
+        proposed = self._proposed
+        for payment_id in payment_ids:
+            proposed[payment_id] = None
+        while len(proposed) > self._remember:
+            del proposed[next(iter(proposed))]
 
     async def flush(self) -> None:
         """Close every open cycle now and wait until their proposals are settled."""

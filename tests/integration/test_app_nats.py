@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import runpy
 import sys
 from collections.abc import AsyncIterator
@@ -211,6 +212,41 @@ async def test_the_embedded_backend_starts_and_stops_its_own_server() -> None:
 
     assert receipt.stream == "CHECKPOINTS"
     assert not server.is_running
+
+
+def _nats_server_children() -> set[int]:
+    """Process ids of the nats-server processes this test process started."""
+    children = set()
+    me = os.getpid()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)
+        except OSError:
+            continue  # the process ended meanwhile
+        name = fields[0].split("(", 1)[1]
+        parent = int(fields[1].split()[1])
+        if parent == me and name == "nats-server":
+            children.add(int(stat.parent.name))
+    return children
+
+
+async def test_a_start_cancelled_while_the_embedded_server_starts_leaves_no_server_running() -> (
+    None
+):
+    before = _nats_server_children()
+    container = build_container(load_settings(environ={"DELTRAN_BACKEND": "embedded"}))
+    starting = asyncio.create_task(start_container(container))
+    for _ in range(1000):  # until the server process exists (it is not ready yet)
+        if _nats_server_children() - before:
+            break
+        await asyncio.sleep(0.005)
+    starting.cancel()
+
+    with pytest.raises(asyncio.CancelledError):
+        await starting
+
+    assert _nats_server_children() - before == set()
+    await shutdown_container(container)
 
 
 @pytest.mark.parametrize("name", ["publisher.py", "subscriber.py"])

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -142,6 +143,75 @@ def test_server_runs_until_interrupted_with_the_streams_applied(
     assert "stream SETTLEMENT_PROOFS seq 1" in published.stdout
     assert process.returncode == 0
     assert "nats-server stopped" in out
+
+
+def _servers_storing_in(store: Path) -> list[int]:
+    """Process ids of the nats-server processes whose store directory is ``store``."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue  # the process ended meanwhile
+        if b"-sd" in argv and os.fsencode(store) in argv:
+            found.append(int(cmdline.parent.name))
+    return found
+
+
+def test_sigterm_while_the_server_starts_stops_the_nats_server_too(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DELTRAN_")}
+    command = [SCRIPT] if SCRIPT else [sys.executable, "-m", "message_bus.app.cli"]
+    process = subprocess.Popen(
+        [*command, "server", "--port", "0", "--data-dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    try:
+        for _ in range(2000):  # until the nats-server child exists
+            if _servers_storing_in(tmp_path) or process.poll() is not None:
+                break
+            time.sleep(0.005)
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+
+        assert process.returncode == 0  # a clean stop, not the signal's default action
+        assert _servers_storing_in(tmp_path) == []
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+        for pid in _servers_storing_in(tmp_path):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_sigterm_stops_a_command_and_the_embedded_server_it_started(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DELTRAN_")}
+    env["DELTRAN_DATA_DIR"] = str(tmp_path)
+    command = [SCRIPT] if SCRIPT else [sys.executable, "-m", "message_bus.app.cli"]
+    process = subprocess.Popen(
+        [*command, "demo", "--payments", "1000000", "--metrics-port", "0"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        for _ in range(2000):  # until the nats-server child exists
+            if _servers_storing_in(tmp_path) or process.poll() is not None:
+                break
+            time.sleep(0.005)
+        process.send_signal(signal.SIGTERM)
+        _out, err = process.communicate(timeout=30)
+
+        assert process.returncode == 130, err
+        assert _servers_storing_in(tmp_path) == []
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+        for pid in _servers_storing_in(tmp_path):
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_an_unreachable_server_exits_2_with_one_line() -> None:

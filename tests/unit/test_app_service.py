@@ -101,6 +101,16 @@ async def test_intake_publishes_an_instruction_keyed_by_corridor_and_debtor(
     assert got.payload_as(PaymentInstruction).amount == Decimal("101.25")
 
 
+async def test_a_resubmitted_instruction_is_stored_once(bus: Container) -> None:
+    intake = await bus.payment_intake()
+
+    first = await intake.submit(payment(1))
+    again = await intake.submit(payment(1))  # e.g. after a publish whose outcome was unknown
+
+    assert again.message_id == first.message_id
+    assert again.duplicate
+
+
 @pytest.mark.parametrize(
     ("changes", "field"),
     [
@@ -282,3 +292,29 @@ async def test_confirmations_keep_the_correlation_and_are_deduplicated_on_redeli
     assert {m.correlation_id for m in confirmations.messages} == {"cycle-1"}
     assert {m.causation_id for m in confirmations.messages} == {proposal.id}
     assert {m.payload["status"] for m in confirmations.messages} == {"ACK"}
+
+
+async def test_a_redelivery_of_an_instruction_already_proposed_is_not_netted_again() -> None:
+    publisher = GatedPublisher()
+    publisher.gate.set()
+    worker = NettingWorker(publisher, cycle_window=0)
+    message = _message(payment(1))
+
+    await worker.handle(message)
+    await worker.handle(message)  # its acknowledgement was lost
+
+    assert [m.payload.payment_ids for m in publisher.published] == [["pay-1"]]
+
+
+async def test_two_messages_of_one_payment_are_netted_once() -> None:
+    publisher = GatedPublisher()
+    publisher.gate.set()
+    worker = NettingWorker(publisher, cycle_window=0.01)
+    first = _message(payment(1))
+    second = Message.new(
+        first.message_type, first.partition_key, first.payload, message_id="another-message"
+    )
+
+    await asyncio.gather(worker.handle(first), worker.handle(second))
+
+    assert [m.payload.payment_ids for m in publisher.published] == [["pay-1"]]

@@ -6,9 +6,11 @@ import asyncio
 from collections.abc import Iterator
 
 import pytest
+from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.semconv._incubating.attributes import messaging_attributes as semconv
 from opentelemetry.trace import SpanKind, StatusCode
 
@@ -235,6 +237,30 @@ async def test_the_published_message_carries_the_publish_span_as_traceparent(
     assert sent.id == message.id
     assert sent.payload == message.payload
     assert "traceparent" not in message.headers
+
+
+async def test_an_unsampled_publish_still_carries_its_trace_and_the_handler_continues_it(
+    exporter: InMemorySpanExporter,
+) -> None:
+    dropping = TracerProvider(sampler=ALWAYS_OFF)
+    dropping.add_span_processor(SimpleSpanProcessor(exporter))
+    inner = RecordingPublisher()
+    seen: list[trace.SpanContext] = []
+
+    async def record_context(message: Message) -> None:
+        seen.append(trace.get_current_span().get_span_context())
+
+    await TracingPublisher(inner, dropping).publish(payment())
+    subscriber = await subscribed(dropping, FunctionHandler(record_context))
+    outcome = await subscriber.deliver(inner.published[0])
+
+    version, trace_id, _span_id, flags = inner.published[0].headers["traceparent"].split("-")
+    assert version == "00"
+    assert int(flags, 16) & 1 == 0  # the trace travels, marked not sampled
+    assert outcome == "ack"
+    assert f"{seen[0].trace_id:032x}" == trace_id
+    assert exporter.get_finished_spans() == ()
+    dropping.shutdown()
 
 
 async def test_a_publish_inside_a_span_continues_its_trace(

@@ -107,6 +107,10 @@ def publish_status(error: BaseException) -> str:
     return "error"
 
 
+def _accepted_status(receipt: PublishReceipt) -> str:
+    return "duplicate" if receipt.duplicate else "success"
+
+
 def request_status(error: BaseException) -> str:
     """The ``status`` label of a request that raised ``error``."""
     if isinstance(error, ValidationError):
@@ -122,24 +126,16 @@ def _type_label(message_type: MessageType | str) -> str:
     return message_type.value if isinstance(message_type, MessageType) else str(message_type)
 
 
-class _PublishSeries:
+class _CallSeries:
+    """One message type's children of a ``*_total{status}`` counter and its histogram."""
+
     __slots__ = ("by_status", "duration")
 
-    def __init__(self, metrics: BusMetrics, label: str) -> None:
-        self.by_status = {s: metrics.publish_total.labels(label, s) for s in PUBLISH_STATUSES}
-        self.duration = metrics.publish_duration.labels(label)
-
-    def record(self, status: str, seconds: float) -> None:
-        self.by_status[status].inc()
-        self.duration.observe(seconds)
-
-
-class _RequestSeries:
-    __slots__ = ("by_status", "duration")
-
-    def __init__(self, metrics: BusMetrics, label: str) -> None:
-        self.by_status = {s: metrics.request_total.labels(label, s) for s in REQUEST_STATUSES}
-        self.duration = metrics.request_duration.labels(label)
+    def __init__(
+        self, total: Counter, duration: Histogram, label: str, statuses: Sequence[str]
+    ) -> None:
+        self.by_status = {s: total.labels(label, s) for s in statuses}
+        self.duration = duration.labels(label)
 
     def record(self, status: str, seconds: float) -> None:
         self.by_status[status].inc()
@@ -189,8 +185,8 @@ class BusMetrics:
                 or holds another metric of one of these names (then nothing is
                 registered).
         """
-        self._publish: dict[object, _PublishSeries] = {}
-        self._request: dict[object, _RequestSeries] = {}
+        self._publish: dict[object, _CallSeries] = {}
+        self._request: dict[object, _CallSeries] = {}
         self._receive: dict[object, _ReceiveSeries] = {}
         self._retries: dict[object, Counter] = {}
         self._decode_errors: dict[object, Counter] = {}
@@ -355,16 +351,26 @@ class BusMetrics:
             raise ValueError(f"unknown dead-letter reason {reason!r}; one of {DEAD_LETTER_REASONS}")
         self.dead_letters_total.labels(_type_label(message_type), reason).inc()
 
-    def _publish_series(self, message_type: MessageType) -> _PublishSeries:
+    def _publish_series(self, message_type: MessageType) -> _CallSeries:
         series = self._publish.get(message_type)
         if series is None:
-            series = self._publish[message_type] = _PublishSeries(self, _type_label(message_type))
+            series = self._publish[message_type] = _CallSeries(
+                self.publish_total,
+                self.publish_duration,
+                _type_label(message_type),
+                PUBLISH_STATUSES,
+            )
         return series
 
-    def _request_series(self, message_type: MessageType) -> _RequestSeries:
+    def _request_series(self, message_type: MessageType) -> _CallSeries:
         series = self._request.get(message_type)
         if series is None:
-            series = self._request[message_type] = _RequestSeries(self, _type_label(message_type))
+            series = self._request[message_type] = _CallSeries(
+                self.request_total,
+                self.request_duration,
+                _type_label(message_type),
+                REQUEST_STATUSES,
+            )
         return series
 
     def _receive_series(self, message_type: MessageType) -> _ReceiveSeries:
@@ -403,7 +409,7 @@ class MetricsPublisher(Publisher):
         except Exception as exc:
             series.record(publish_status(exc), perf_counter() - start)
             raise
-        series.record("duplicate" if receipt.duplicate else "success", perf_counter() - start)
+        series.record(_accepted_status(receipt), perf_counter() - start)
         return receipt
 
     async def publish_many(self, messages: Sequence[Message]) -> list[PublishReceipt]:
@@ -414,10 +420,11 @@ class MetricsPublisher(Publisher):
         except PublishBatchError as exc:
             elapsed = perf_counter() - start
             for message, result in zip(messages, exc.results, strict=False):
-                if isinstance(result, PublishReceipt):
-                    status = "duplicate" if result.duplicate else "success"
-                else:
-                    status = publish_status(result)
+                status = (
+                    _accepted_status(result)
+                    if isinstance(result, PublishReceipt)
+                    else publish_status(result)
+                )
                 metrics._publish_series(message.message_type).record(status, elapsed)
             raise
         except Exception as exc:
@@ -428,9 +435,7 @@ class MetricsPublisher(Publisher):
             raise
         elapsed = perf_counter() - start
         for message, receipt in zip(messages, receipts, strict=False):
-            metrics._publish_series(message.message_type).record(
-                "duplicate" if receipt.duplicate else "success", elapsed
-            )
+            metrics._publish_series(message.message_type).record(_accepted_status(receipt), elapsed)
         return receipts
 
     async def request(self, message: Message, timeout: float = 5.0) -> Message:

@@ -19,13 +19,19 @@ the delivery is settled with (``deltran.delivery.outcome``).
 
 Propagation uses the W3C TraceContext propagator directly, not the globally
 configured one, so the wire format does not depend on process-wide settings.
+
+A span the sampler drops costs only its creation and the propagated context (which
+still carries the trace, unsampled): samplers see the constant attributes of the
+operation, and the per-message ones are set only on spans that are recorded.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextvars import Token
 from typing import Final
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer, TracerProvider
@@ -36,6 +42,7 @@ from message_bus.domain.catalog import MessageType
 from message_bus.domain.errors import PublishBatchError
 from message_bus.domain.message import Message
 from message_bus.ports import (
+    Delivery,
     MessageHandler,
     Publisher,
     PublishReceipt,
@@ -73,6 +80,7 @@ TRACER_NAME: Final = "message_bus"
 DEFAULT_SYSTEM: Final = "nats"
 
 _PROPAGATOR: Final = TraceContextTextMapPropagator()
+_TRACEPARENT: Final = "traceparent"
 _NO_PARENT: Final = Context()
 
 _Attributes = dict[str, AttributeValue]
@@ -87,6 +95,11 @@ def _fail(span: Span, error: Exception) -> None:
     span.record_exception(error)
     span.set_attribute(ERROR_TYPE, type(error).__qualname__)
     span.set_status(Status(StatusCode.ERROR, type(error).__qualname__))
+
+
+def _ended(span: Span, token: Token[Context]) -> None:
+    otel_context.detach(token)
+    span.end()
 
 
 def _accepted(span: Span, receipt: PublishReceipt) -> None:
@@ -135,13 +148,18 @@ class _SendKind:
             DELTRAN_MESSAGE_TYPE: message_type.value,
         }
 
-    def attributes_for(self, message: Message) -> _Attributes:
-        attributes = self.attributes.copy()
-        attributes[MESSAGING_DESTINATION_NAME] = message.subject
-        attributes[MESSAGING_MESSAGE_ID] = message.id
-        if message.correlation_id is not None:
-            attributes[MESSAGING_MESSAGE_CONVERSATION_ID] = message.correlation_id
-        return attributes
+    def start(self, tracer: Tracer, kind: SpanKind, message: Message) -> Span:
+        """A span for ``message``, not yet current; per-message attributes if recorded."""
+        span = tracer.start_span(self.name, kind=kind, attributes=self.attributes)
+        if span.is_recording():
+            attributes: _Attributes = {
+                MESSAGING_DESTINATION_NAME: message.subject,
+                MESSAGING_MESSAGE_ID: message.id,
+            }
+            if message.correlation_id is not None:
+                attributes[MESSAGING_MESSAGE_CONVERSATION_ID] = message.correlation_id
+            span.set_attributes(attributes)
+        return span
 
 
 class TracingPublisher(Publisher):
@@ -181,21 +199,21 @@ class TracingPublisher(Publisher):
         return kind
 
     async def publish(self, message: Message) -> PublishReceipt:
-        kind = self._kind(self._publish, "publish", message)
-        with self._tracer.start_as_current_span(
-            kind.name,
-            kind=SpanKind.PRODUCER,
-            attributes=kind.attributes_for(message),
-            record_exception=False,
-            set_status_on_exception=False,
-        ) as span:
-            try:
-                receipt = await self.inner.publish(_with_context(message))
-            except Exception as exc:
-                _fail(span, exc)
-                raise
+        span = self._kind(self._publish, "publish", message).start(
+            self._tracer, SpanKind.PRODUCER, message
+        )
+        context = trace.set_span_in_context(span)
+        token = otel_context.attach(context)
+        try:
+            receipt = await self.inner.publish(_with_context(message, context))
+        except Exception as exc:
+            _fail(span, exc)
+            raise
+        else:
             _accepted(span, receipt)
             return receipt
+        finally:
+            _ended(span, token)
 
     async def publish_many(self, messages: Sequence[Message]) -> list[PublishReceipt]:
         count = len(messages)
@@ -204,11 +222,9 @@ class TracingPublisher(Publisher):
             carried: list[Message] = []
             for message in messages:
                 kind = self._kind(self._publish, "publish", message)
-                attributes = kind.attributes_for(message)
-                attributes[MESSAGING_BATCH_MESSAGE_COUNT] = count
-                span = self._tracer.start_span(
-                    kind.name, kind=SpanKind.PRODUCER, attributes=attributes
-                )
+                span = kind.start(self._tracer, SpanKind.PRODUCER, message)
+                if span.is_recording():
+                    span.set_attribute(MESSAGING_BATCH_MESSAGE_COUNT, count)
                 spans.append(span)
                 carried.append(_with_context(message, trace.set_span_in_context(span)))
             receipts = await self.inner.publish_many(carried)
@@ -232,19 +248,18 @@ class TracingPublisher(Publisher):
         return receipts
 
     async def request(self, message: Message, timeout: float = 5.0) -> Message:
-        kind = self._kind(self._request, "request", message)
-        with self._tracer.start_as_current_span(
-            kind.name,
-            kind=SpanKind.CLIENT,
-            attributes=kind.attributes_for(message),
-            record_exception=False,
-            set_status_on_exception=False,
-        ) as span:
-            try:
-                return await self.inner.request(_with_context(message), timeout)
-            except Exception as exc:
-                _fail(span, exc)
-                raise
+        span = self._kind(self._request, "request", message).start(
+            self._tracer, SpanKind.CLIENT, message
+        )
+        context = trace.set_span_in_context(span)
+        token = otel_context.attach(context)
+        try:
+            return await self.inner.request(_with_context(message, context), timeout)
+        except Exception as exc:
+            _fail(span, exc)
+            raise
+        finally:
+            _ended(span, token)
 
     async def close(self) -> None:
         await self.inner.close()
@@ -270,44 +285,56 @@ class _TracedHandler:
         self._config = config
 
     async def handle(self, message: Message) -> Message | None:
-        # Only the message's own headers choose the parent, never an ambient context.
-        parent = _PROPAGATOR.extract(message.headers, _NO_PARENT) if message.headers else None
+        # Only the message's own headers choose the parent, never an ambient context
+        # (without a traceparent the propagator finds nothing either).
+        headers = message.headers
+        parent = _PROPAGATOR.extract(headers, _NO_PARENT) if _TRACEPARENT in headers else None
         delivery = delivery_or_none()
-        attributes = self._attributes.copy()
-        attributes[MESSAGING_MESSAGE_ID] = message.id
-        if message.correlation_id is not None:
-            attributes[MESSAGING_MESSAGE_CONVERSATION_ID] = message.correlation_id
-        if message.partition is not None:
-            attributes[MESSAGING_DESTINATION_PARTITION_ID] = str(message.partition)
-        if delivery is None:
-            attributes[MESSAGING_DESTINATION_NAME] = message.subject
-        else:
-            attributes[MESSAGING_DESTINATION_NAME] = delivery.subject
-            attributes[DELTRAN_DELIVERY_ATTEMPT] = delivery.attempt
-            if delivery.stream is not None:
-                attributes[DELTRAN_STREAM] = delivery.stream
-            if delivery.sequence is not None:
-                attributes[DELTRAN_STREAM_SEQUENCE] = delivery.sequence
-        with self._tracer.start_as_current_span(
+        span = self._tracer.start_span(
             self._name,
             context=_NO_PARENT if parent is None else parent,
             kind=SpanKind.CONSUMER,
-            attributes=attributes,
-            record_exception=False,
-            set_status_on_exception=False,
-        ) as span:
-            try:
-                reply = await self._handler.handle(message)
-            except Exception as exc:
+            attributes=self._attributes,
+        )
+        recording = span.is_recording()
+        if recording:
+            span.set_attributes(_delivery_attributes(message, delivery))
+        token = otel_context.attach(trace.set_span_in_context(span))
+        try:
+            reply = await self._handler.handle(message)
+        except Exception as exc:
+            if recording:
                 span.set_attribute(
                     DELTRAN_DELIVERY_OUTCOME, handler_outcome(delivery, self._config, exc)
                 )
                 _fail(span, exc)
-                raise
-            span.set_attribute(
-                DELTRAN_DELIVERY_OUTCOME, handler_outcome(delivery, self._config, None)
-            )
+            raise
+        else:
+            if recording:
+                span.set_attribute(
+                    DELTRAN_DELIVERY_OUTCOME, handler_outcome(delivery, self._config, None)
+                )
             return reply
+        finally:
+            _ended(span, token)
+
+
+def _delivery_attributes(message: Message, delivery: Delivery | None) -> _Attributes:
+    attributes: _Attributes = {MESSAGING_MESSAGE_ID: message.id}
+    if message.correlation_id is not None:
+        attributes[MESSAGING_MESSAGE_CONVERSATION_ID] = message.correlation_id
+    if message.partition is not None:
+        attributes[MESSAGING_DESTINATION_PARTITION_ID] = str(message.partition)
+    if delivery is None:
+        attributes[MESSAGING_DESTINATION_NAME] = message.subject
+    else:
+        attributes[MESSAGING_DESTINATION_NAME] = delivery.subject
+        attributes[DELTRAN_DELIVERY_ATTEMPT] = delivery.attempt
+        if delivery.stream is not None:
+            attributes[DELTRAN_STREAM] = delivery.stream
+        if delivery.sequence is not None:
+            attributes[DELTRAN_STREAM_SEQUENCE] = delivery.sequence
+    return attributes
 
 
 class TracingSubscriber(Subscriber):
