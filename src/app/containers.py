@@ -376,7 +376,9 @@ def build_container(settings: BusSettings | None = None) -> Container:
 async def start_container(container: Container) -> None:
     """Start the selected backend's connection (server, client or broker).
 
-    If the start fails or is cancelled, what it had started is shut down again.
+    The ``embedded`` backend's server is the container's own, so its streams are applied
+    right away (a fresh server has none, and a stream-backed publish would find no
+    stream). If the start fails or is cancelled, what it had started is shut down again.
 
     Raises:
         BusConnectionError: the NATS servers cannot be reached.
@@ -385,6 +387,8 @@ async def start_container(container: Container) -> None:
     try:
         container.metrics()  # register the bus's series, so /metrics shows them from the start
         await container.connection()
+        if container.backend() == "embedded":
+            await apply_streams(container)
     except BaseException:
         await shutdown_container(container)
         raise

@@ -197,13 +197,12 @@ async def test_an_unreachable_server_fails_start_with_a_connection_error() -> No
             pass
 
 
-async def test_the_embedded_backend_starts_and_stops_its_own_server() -> None:
+async def test_the_embedded_backend_starts_its_own_server_with_streams_and_stops_it() -> None:
     settings = load_settings(environ={"DELTRAN_BACKEND": "embedded"})
 
     async with open_container(settings) as container:
         server = await resolve(container.embedded_server())
-        await apply_streams(container)
-        publisher = await container.publisher()
+        publisher = await container.publisher()  # no apply_streams: the container did it
         receipt = await publisher.publish(
             Message.new(MessageType.CHECKPOINT, PartitionKey.broadcast(), {"height": 1})
         )
