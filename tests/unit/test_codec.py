@@ -11,46 +11,12 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from strategies import messages
 
 from message_bus import DecodeError, Message, MessageType, PartitionKey, ValidationError, WireCodec
 
 VECTORS = json.loads((Path(__file__).parents[2] / "docs" / "wire-vectors.json").read_text())
 codec = WireCodec()
-
-corridors = st.from_regex(r"[A-Z]{3}-[A-Z]{3}", fullmatch=True)
-bics = st.from_regex(r"[A-Z]{4}[A-Z]{2}[A-Z0-9]{2}([A-Z0-9]{3})?", fullmatch=True)
-keys = st.one_of(
-    corridors.map(PartitionKey.corridor),
-    bics.map(PartitionKey.bank),
-    st.builds(lambda c, b: PartitionKey.corridor_bank(corridor_id=c, bank_id=b), corridors, bics),
-    st.just(PartitionKey.broadcast()),
-)
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
-    max_leaves=12,
-)
-header_names = st.from_regex(r"[a-z][a-z0-9-]{0,15}", fullmatch=True).filter(
-    lambda n: not n.startswith(("nats-", "deltran-")) and n != "content-type"
-)
-header_values = (
-    st.text(st.characters(codec="ascii", exclude_characters="\r\n\x00"), max_size=30)
-    .map(str.strip)
-    .filter(bool)
-)
-ids = st.from_regex(r"[!-~]{1,40}", fullmatch=True)
-
-
-@st.composite
-def messages(draw: st.DrawFn) -> Message:
-    return Message.new(
-        draw(st.sampled_from(list(MessageType))),
-        draw(keys),
-        draw(json_values),
-        correlation_id=draw(st.none() | ids),
-        causation_id=draw(st.none() | ids),
-        headers=draw(st.dictionaries(header_names, header_values, max_size=3)),
-    )
 
 
 @given(messages(), st.integers(min_value=1, max_value=4096))
