@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 from collections import Counter
@@ -460,3 +461,58 @@ async def test_stop_handles_a_fetched_delivery_on_its_last_attempt_instead_of_re
 
     assert seen == [1, 2]
     assert await JetStreamDeadLetters(client).list() == []
+
+
+async def test_deliveries_fetched_beyond_free_slots_are_handled_once_and_within_max_concurrent(
+    client: NatsClient, nats_server: EmbeddedNatsServer
+) -> None:
+    release = asyncio.Event()
+    running = 0
+    most_running = 0
+    handled: list[str] = []
+
+    async def held(message: Message) -> None:
+        nonlocal running, most_running
+        running += 1
+        most_running = max(most_running, running)
+        try:
+            while not release.is_set():  # long work, reported as such
+                await current_delivery().in_progress()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(release.wait(), 0.3)
+        finally:
+            running -= 1
+        handled.append(message.id)
+
+    async def record(message: Message) -> None:
+        handled.append(message.id)
+
+    settings = SubscriberConfig(consumer_group="workers", max_concurrent=2, ack_wait=2.0)
+    busy = await JetStreamSubscriber(
+        client, PAYMENT, settings, pull_expires=20.0, idle_heartbeat=0.5
+    ).subscribe(FunctionHandler(held))
+    name = settings.consumer_name
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10.0
+    while (await client.jetstream.consumer_info("PAYMENT_INSTRUCTIONS", name)).num_waiting < 1:
+        assert loop.time() < deadline, "no pull request reached the server"
+        await asyncio.sleep(0.05)
+    # Heartbeats stop while the server is frozen: the subscription asks again, while its
+    # first pull request stays alive on the server.
+    with frozen(nats_server):
+        await asyncio.sleep(3.0)
+    published = [payment(n) for n in range(4)]
+    await JetStreamPublisher(client).publish_many(published)
+    deadline = loop.time() + 10.0
+    while (await consumer_state(client))[0] < 4:  # two handlers held, two deliveries queued
+        assert loop.time() < deadline, "the deliveries were not fetched"
+        await asyncio.sleep(0.05)
+    other = await subscriber(client, ack_wait=settings.ack_wait).subscribe(FunctionHandler(record))
+    await asyncio.sleep(2 * settings.ack_wait)  # queued deliveries would have expired by now
+    release.set()
+    await eventually(lambda: len(handled) >= 4)
+    await busy.stop()
+    await other.stop()
+
+    assert sorted(Counter(handled).values()) == [1, 1, 1, 1]
+    assert most_running <= 2

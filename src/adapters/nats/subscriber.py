@@ -186,9 +186,9 @@ class _Consumer:
             raise BusConnectionError(f"JetStream did not answer: {exc}") from exc
 
 
-_Raw = tuple[bytes, bytes, bytes, "bytes | None", str, int, int]
+_Raw = tuple[bytes, bytes, bytes, "bytes | None", str, int, int, float]
 """A delivery as read: (subject, ack subject, body, header block, stream, delivery count,
-stream sequence)."""
+stream sequence, ``time.monotonic()`` when it was read)."""
 
 
 class _JetStreamDelivery(Delivery):
@@ -415,7 +415,13 @@ class _PullSubscription(Subscription):
     ``busy`` (being handled), and only ever asks for ``free = max_concurrent -
     outstanding - queued - busy`` more, in batches of at least half the slots (at most
     ``fetch_batch``), so at most ``max_concurrent`` handlers run and nothing is fetched
-    that would sit unhandled while its ack clock runs. ``max_concurrent`` long-lived
+    that would sit unhandled while its ack clock runs. ``outstanding`` is a guess once
+    pull requests may outlive it (the connection came back, heartbeats went silent:
+    the subscription asks again, and the old requests can still deliver), so more can
+    arrive than there are free slots: deliveries that wait for a worker over a quarter
+    of ``ack_wait`` get ``+WPI`` every quarter of ``ack_wait`` and once more when their
+    handler starts late, so none is redelivered while it waits and every handler has
+    at least three quarters of ``ack_wait``. ``max_concurrent`` long-lived
     worker tasks run the handlers; deliveries past ``max_deliver`` skip them and go to
     a dead-letter lane (one more task). Pull requests linger on the
     server for ``pull_expires`` seconds with idle heartbeats, so new messages are
@@ -450,6 +456,8 @@ class _PullSubscription(Subscription):
         self._threshold = max(1, min(owner.config.fetch_batch, (self._capacity + 1) // 2))
         self._expires = owner.pull_expires
         self._heartbeat = owner.idle_heartbeat
+        self._refresh_after = owner.config.ack_wait / 4
+        self._refresh_timer: asyncio.TimerHandle | None = None
         self._outstanding = 0
         self._last_seen = time.monotonic()
         self._pause_until = 0.0
@@ -501,6 +509,7 @@ class _PullSubscription(Subscription):
         self._remove_listener = self._client.on_status(self._on_status)
         self._wake.set()
         self._pump_task = asyncio.create_task(self._pump(), name=f"{name}-pump")
+        self._refresh_queued()
 
     # -- flow control --------------------------------------------------------------------
 
@@ -562,7 +571,7 @@ class _PullSubscription(Subscription):
 
     def _on_delivery(self, subject: bytes, reply: bytes, data: bytes, block: bytes | None) -> None:
         """Every message of the inbox, as it is read (a raw route: see ``_wire``)."""
-        self._last_seen = time.monotonic()
+        now = self._last_seen = time.monotonic()
         if reply:  # a delivery: its reply subject is the ack subject
             if self._outstanding > 0:
                 self._outstanding -= 1
@@ -571,7 +580,7 @@ class _PullSubscription(Subscription):
             except (ValueError, IndexError):
                 log.error("delivery on %r with a foreign ack subject %r ignored", subject, reply)
                 return
-            raw = (subject, reply, data, block, stream, attempt, sequence)
+            raw = (subject, reply, data, block, stream, attempt, sequence, now)
             if attempt > self._config.max_deliver:
                 self._dead_lane.put_nowait(raw)
             elif self._releasing and attempt < self._config.max_deliver:
@@ -673,6 +682,35 @@ class _PullSubscription(Subscription):
             self._last_seen = time.monotonic()
             writer.write_out()
 
+    def _refresh_queued(self) -> None:
+        """Restarts the ack clock of deliveries that have waited for a worker over a
+        quarter of ``ack_wait``; runs every quarter of ``ack_wait`` until the close.
+
+        Deliveries wait only when more arrived than there are free slots: pull requests
+        of a lost connection, or given up on after silent heartbeats, can still be alive
+        on the server, and the subscription cannot tell how many. A waiting delivery
+        must not expire: the server would redeliver it (possibly to another member)
+        while this one still handles it later.
+        """
+        self._refresh_timer = asyncio.get_running_loop().call_later(
+            self._refresh_after, self._refresh_queued
+        )
+        workers = self._workers
+        if workers is None or not workers.items:
+            return
+        since = time.monotonic() - self._refresh_after
+        for raw in workers.items:
+            if raw is not None and raw[7] < since:
+                self._touch(raw[1])
+
+    def _touch(self, reply: bytes) -> None:
+        """Sends ``+WPI`` for a delivery not yet handled (best effort)."""
+        assert self._writer is not None
+        try:
+            self._writer.write_reply(reply, _IN_PROGRESS)
+        except nats.errors.Error as exc:
+            log.debug("could not refresh %r: %s", reply, exc)
+
     # -- deliveries -------------------------------------------------------------------------
 
     async def _drive_dead_lane(self) -> None:
@@ -693,6 +731,8 @@ class _PullSubscription(Subscription):
                 log.exception("dead-lettering a message on %r failed", raw[0])
 
     async def _deliver(self, raw: _Raw) -> None:
+        if time.monotonic() - raw[7] > self._refresh_after:
+            self._touch(raw[1])  # it waited for a worker: give the handler its ack_wait
         subject = raw[0].decode("utf-8", "replace")
         codec = self._codec
         message = codec.decode_block(subject, raw[3], raw[2])
@@ -763,7 +803,7 @@ class _PullSubscription(Subscription):
         NAKed with ``nak_max_delay``, again and again, until an operator raises the
         limit or removes the message.
         """
-        subject, reply, data, block, stream, attempt, sequence = raw
+        subject, reply, data, block, stream, attempt, sequence, _ = raw
         config = self._config
         if config.dead_letter:
             dead = encode_dead_letter(
@@ -852,6 +892,8 @@ class _PullSubscription(Subscription):
                 items.clear()
                 items.extend(keep)
             await workers.finish(self._config.ack_wait)
+        if self._refresh_timer is not None:
+            self._refresh_timer.cancel()
         if self._dead_lane_task is not None:
             self._dead_lane.put_nowait(None)
             await self._dead_lane_task
