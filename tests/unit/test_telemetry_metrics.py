@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 import pytest
+from fakes import STREAM, DeliveringSubscriber, RecordingPublisher
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -28,113 +29,17 @@ from message_bus import (
 from message_bus.adapters.memory import InMemoryBroker
 from message_bus.adapters.telemetry import BusMetrics, MetricsPublisher, MetricsSubscriber
 from message_bus.ports import (
-    Delivery,
     FunctionHandler,
-    MessageHandler,
-    Publisher,
-    PublishReceipt,
-    Subscriber,
-    Subscription,
     current_delivery,
-    run_handler,
 )
 
 PAYMENT = "PaymentInstruction"
-STREAM = "PAYMENT_INSTRUCTIONS"
 
 
 def payment(corridor: str = "USD-EUR") -> Message:
     return Message.new(
         MessageType.PAYMENT_INSTRUCTION, PartitionKey.corridor(corridor), {"amount": "10.00"}
     )
-
-
-class RecordingPublisher(Publisher):
-    """Accepts every message unless told which ids fail, and how."""
-
-    def __init__(self, *, duplicate: bool = False) -> None:
-        self.published: list[Message] = []
-        self.failures: dict[str, Exception] = {}
-        self.request_error: Exception | None = None
-        self.duplicate = duplicate
-        self.closed = False
-
-    async def publish(self, message: Message) -> PublishReceipt:
-        if message.id in self.failures:
-            raise self.failures[message.id]
-        self.published.append(message)
-        return PublishReceipt(
-            message.id, message.subject, STREAM, len(self.published), duplicate=self.duplicate
-        )
-
-    async def request(self, message: Message, timeout: float = 5.0) -> Message:
-        if self.request_error is not None:
-            raise self.request_error
-        return message.reply(message.message_type, {"approved": True})
-
-    async def close(self) -> None:
-        self.closed = True
-
-
-class FakeDelivery(Delivery):
-    def __init__(self, message: Message, attempt: int, stream: str | None) -> None:
-        self.message = message
-        self.attempt = attempt
-        self.stream = stream
-        self.sequence = 1 if stream is not None else None
-        self.subject = message.subject
-        self.actions: list[str] = []
-
-    @property
-    def settled(self) -> bool:
-        return bool(self.actions)
-
-    async def ack(self) -> None:
-        self.actions.append("ack")
-
-    async def nak(self, delay: float | None = None) -> None:
-        self.actions.append("nak")
-
-    async def term(self, reason: str) -> None:
-        self.actions.append("term")
-
-    async def in_progress(self) -> None:
-        return None
-
-
-class NoSubscription(Subscription):
-    @property
-    def active(self) -> bool:
-        return True
-
-    async def stop(self) -> None:
-        return None
-
-    async def drain(self) -> None:
-        return None
-
-
-class DeliveringSubscriber(Subscriber):
-    """Hands each delivery to the subscribed handler through the real ``run_handler``."""
-
-    def __init__(self, config: SubscriberConfig | None = None) -> None:
-        self.message_type = MessageType.PAYMENT_INSTRUCTION
-        self.config = config or SubscriberConfig()
-        self.handler: MessageHandler | None = None
-        self.closed = False
-
-    async def subscribe(self, handler: MessageHandler) -> Subscription:
-        self.handler = handler
-        return NoSubscription()
-
-    async def deliver(
-        self, message: Message, *, attempt: int = 1, stream: str | None = STREAM
-    ) -> str:
-        assert self.handler is not None
-        return await run_handler(self.handler, FakeDelivery(message, attempt, stream), self.config)
-
-    async def close(self) -> None:
-        self.closed = True
 
 
 @pytest.fixture

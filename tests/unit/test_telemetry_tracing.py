@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Iterator
 
 import pytest
+from fakes import STREAM, DeliveringSubscriber, RecordingPublisher
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -29,17 +30,10 @@ from message_bus.adapters.memory import InMemoryBroker
 from message_bus.adapters.telemetry import TracingPublisher, TracingSubscriber
 from message_bus.adapters.telemetry import tracing as attrs
 from message_bus.ports import (
-    Delivery,
     FunctionHandler,
     MessageHandler,
-    Publisher,
-    PublishReceipt,
-    Subscriber,
-    Subscription,
-    run_handler,
 )
 
-STREAM = "PAYMENT_INSTRUCTIONS"
 TEMPLATE = "deltran.payment.instruction.{partition_key}"
 
 
@@ -51,93 +45,6 @@ def payment(corridor: str = "USD-EUR", **kwargs: str) -> Message:
         correlation_id=kwargs.get("correlation_id"),
         headers={k: v for k, v in kwargs.items() if k != "correlation_id"} or None,
     )
-
-
-class RecordingPublisher(Publisher):
-    """Records what reaches the broker; fails the ids it is told to fail."""
-
-    def __init__(self) -> None:
-        self.published: list[Message] = []
-        self.requests: list[Message] = []
-        self.failures: dict[str, Exception] = {}
-        self.closed = False
-
-    async def publish(self, message: Message) -> PublishReceipt:
-        if message.id in self.failures:
-            raise self.failures[message.id]
-        self.published.append(message)
-        return PublishReceipt(
-            message.id,
-            message.subject,
-            STREAM,
-            len(self.published),
-            partition=message.partition_key.partition_number(),
-        )
-
-    async def request(self, message: Message, timeout: float = 5.0) -> Message:
-        self.requests.append(message)
-        return message.reply(message.message_type, {"approved": True})
-
-    async def close(self) -> None:
-        self.closed = True
-
-
-class FakeDelivery(Delivery):
-    def __init__(self, message: Message, attempt: int) -> None:
-        self.message = message
-        self.attempt = attempt
-        self.stream = STREAM
-        self.sequence = 7
-        self.subject = message.subject
-        self.actions: list[str] = []
-
-    @property
-    def settled(self) -> bool:
-        return bool(self.actions)
-
-    async def ack(self) -> None:
-        self.actions.append("ack")
-
-    async def nak(self, delay: float | None = None) -> None:
-        self.actions.append("nak")
-
-    async def term(self, reason: str) -> None:
-        self.actions.append("term")
-
-    async def in_progress(self) -> None:
-        return None
-
-
-class NoSubscription(Subscription):
-    @property
-    def active(self) -> bool:
-        return True
-
-    async def stop(self) -> None:
-        return None
-
-    async def drain(self) -> None:
-        return None
-
-
-class DeliveringSubscriber(Subscriber):
-    """Hands each delivery to the subscribed handler through the real ``run_handler``."""
-
-    def __init__(self, config: SubscriberConfig | None = None) -> None:
-        self.message_type = MessageType.PAYMENT_INSTRUCTION
-        self.config = config or SubscriberConfig()
-        self.handler: MessageHandler | None = None
-
-    async def subscribe(self, handler: MessageHandler) -> Subscription:
-        self.handler = handler
-        return NoSubscription()
-
-    async def deliver(self, message: Message, *, attempt: int = 1) -> str:
-        assert self.handler is not None
-        return await run_handler(self.handler, FakeDelivery(message, attempt), self.config)
-
-    async def close(self) -> None:
-        return None
 
 
 @pytest.fixture
