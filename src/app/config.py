@@ -236,6 +236,12 @@ class TracingSettings:
     service_name: str = _setting(
         "deltran-message-bus", "DELTRAN_SERVICE_NAME", "`service.name` of the spans."
     )
+    sample_ratio: float = _setting(
+        1.0,
+        "DELTRAN_TRACING_SAMPLE_RATIO",
+        "Share of new traces that are recorded (0..1); a message whose `traceparent` is "
+        "sampled is always recorded. Unrecorded spans still carry `traceparent`.",
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -498,6 +504,7 @@ _CHECKS: dict[str, Callable[[str, Any], None]] = {
     "metrics.host": lambda s, v: None if v.strip() else _raise(s, v, "must not be empty"),
     "embedded.port": lambda s, v: _check_range(s, v, 0, 65535, "a port in 0..65535"),
     "embedded.binary": _check_file,
+    "tracing.sample_ratio": lambda s, v: _check_range(s, v, 0, 1, "a number in 0..1"),
 }
 
 

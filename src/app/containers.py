@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from dependency_injector import containers, providers
 from opentelemetry.sdk.resources import Resource as OtelResource
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from prometheus_client import CollectorRegistry
 
 from message_bus.adapters.memory import InMemoryBroker
@@ -125,11 +126,13 @@ def _backend(name: str) -> str:
     return name
 
 
-def _tracer_provider(service_name: str) -> TracerProvider:
+def _tracer_provider(service_name: str, sample_ratio: float) -> TracerProvider:
     # No exporter by default: spans still carry trace context across the bus; an
     # application adds its exporter with tracer_provider.add_span_processor(...).
     return TracerProvider(
-        resource=OtelResource.create({"service.name": service_name}), shutdown_on_exit=False
+        resource=OtelResource.create({"service.name": service_name}),
+        sampler=ParentBased(TraceIdRatioBased(sample_ratio)),
+        shutdown_on_exit=False,
     )
 
 
@@ -279,7 +282,9 @@ class Container(containers.DeclarativeContainer):
 
     registry = providers.Singleton(CollectorRegistry)
     metrics = providers.Singleton(BusMetrics.for_registry, registry)
-    tracer_provider = providers.Singleton(_tracer_provider, config.tracing.service_name)
+    tracer_provider = providers.Singleton(
+        _tracer_provider, config.tracing.service_name, config.tracing.sample_ratio
+    )
     telemetry = providers.Singleton(
         Telemetry, metrics, tracer_provider, tracing=config.tracing.enabled
     )

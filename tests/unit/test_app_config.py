@@ -203,3 +203,13 @@ def test_the_configuration_document_holds_the_generated_reference() -> None:
     assert reference_markdown() in DOCS.read_text(encoding="utf-8"), (
         "docs/configuration.md is stale: paste message_bus.app.config.reference_markdown()"
     )
+
+
+def test_the_trace_sample_ratio_is_a_share() -> None:
+    assert (
+        load_settings(environ={"DELTRAN_TRACING_SAMPLE_RATIO": "0.1"}).tracing.sample_ratio == 0.1
+    )
+    for bad in ("1.5", "-0.1", "half"):
+        with pytest.raises(ValidationError) as caught:
+            load_settings(environ={"DELTRAN_TRACING_SAMPLE_RATIO": bad})
+        assert caught.value.field == "DELTRAN_TRACING_SAMPLE_RATIO"

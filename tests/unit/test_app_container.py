@@ -111,6 +111,23 @@ async def test_an_injected_tracer_provider_sees_one_trace_per_message() -> None:
     assert len({span.context.trace_id for span in spans}) == 1
 
 
+async def test_a_sample_ratio_of_zero_records_no_span_but_still_carries_the_trace() -> None:
+    settings = load_settings(
+        environ={"DELTRAN_BACKEND": "memory", "DELTRAN_TRACING_SAMPLE_RATIO": "0"}
+    )
+    container = build_container(settings)
+    exporter = InMemorySpanExporter()
+    container.tracer_provider().add_span_processor(SimpleSpanProcessor(exporter))
+    await start_container(container)
+    try:
+        got = await _receive_one(container, _payment())
+    finally:
+        await shutdown_container(container)
+
+    assert exporter.get_finished_spans() == ()
+    assert got.headers["traceparent"].startswith("00-")
+
+
 async def test_tracing_can_be_switched_off_by_configuration() -> None:
     settings = load_settings(environ={"DELTRAN_BACKEND": "memory", "DELTRAN_TRACING": "false"})
     container = build_container(settings)
