@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import contextlib
-import json
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from strategies import messages
+from vectors import VECTORS, message_of
 
 from message_bus import DecodeError, Message, MessageType, PartitionKey, ValidationError, WireCodec
 
-VECTORS = json.loads((Path(__file__).parents[2] / "docs" / "wire-vectors.json").read_text())
 codec = WireCodec()
 
 
@@ -39,16 +37,7 @@ def test_every_message_survives_the_wire_unchanged(message: Message, partitions:
 
 def test_encoding_matches_the_documented_vectors() -> None:
     for vector in VECTORS:
-        message = Message.new(
-            MessageType(vector["message"]["message_type"]),
-            PartitionKey.parse(vector["message"]["partition_key"]),
-            vector["message"]["payload"],
-            message_id=vector["message"]["id"],
-            created_at=datetime.fromisoformat(vector["message"]["created_at"]),
-            correlation_id=vector["message"].get("correlation_id"),
-            causation_id=vector["message"].get("causation_id"),
-            headers=vector["message"].get("headers"),
-        )
+        message = message_of(vector)
         subject, headers, body = WireCodec(vector["partitions"]).encode(message)
         assert subject == vector["wire"]["subject"]
         assert headers == vector["wire"]["headers"]

@@ -7,10 +7,6 @@ port's own.
 
 from __future__ import annotations
 
-import json
-from datetime import datetime
-from pathlib import Path
-
 import msgspec
 import pytest
 from hypothesis import given
@@ -18,12 +14,12 @@ from hypothesis import strategies as st
 from nats.aio.client import Client
 from nats.protocol.parser import Parser
 from strategies import messages
+from vectors import VECTORS, message_of
 
 from message_bus import DecodeError, Message, MessageType, PartitionKey, ValidationError, WireCodec
 from message_bus.adapters.nats._wire import header_block, headers_of
 from message_bus.adapters.nats.client import _Parser
 
-VECTORS = json.loads((Path(__file__).parents[2] / "docs" / "wire-vectors.json").read_text())
 codec = WireCodec()
 
 
@@ -63,16 +59,7 @@ def test_the_fast_decoding_returns_what_the_reference_decoding_returns(
 
 def test_the_fast_encoding_matches_the_documented_vectors_in_order() -> None:
     for vector in VECTORS:
-        message = Message.new(
-            MessageType(vector["message"]["message_type"]),
-            PartitionKey.parse(vector["message"]["partition_key"]),
-            vector["message"]["payload"],
-            message_id=vector["message"]["id"],
-            created_at=datetime.fromisoformat(vector["message"]["created_at"]),
-            correlation_id=vector["message"].get("correlation_id"),
-            causation_id=vector["message"].get("causation_id"),
-            headers=vector["message"].get("headers"),
-        )
+        message = message_of(vector)
         fast = WireCodec(vector["partitions"]).encode_block(message)
         expected = "".join(f"{k}: {v}\r\n" for k, v in vector["wire"]["headers"].items())
         assert fast.subject == vector["wire"]["subject"]
