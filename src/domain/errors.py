@@ -7,6 +7,7 @@ either the bus's own classes or the built-in ones.
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any
 
 _MAX_SHOWN = 120
@@ -49,22 +50,65 @@ class DecodeError(MessageBusError, ValueError):
         super().__init__(f"cannot decode {field}: {reason}")
 
 
+class PublishFailure(StrEnum):
+    """Why a publish failed: :attr:`PublishError.reason`.
+
+    A ``StrEnum``, so logs, metrics and comparisons with the plain text keep working
+    (``error.reason == "stream_full"``).
+    """
+
+    TIMEOUT = "timeout"
+    """No acknowledgement within the publish timeout (retryable)."""
+    CIRCUIT_OPEN = "circuit_open"
+    """The circuit breaker is failing fast (retryable once it lets calls through)."""
+    DISCONNECTED = "disconnected"
+    """The connection is down right now (retryable)."""
+    UNAVAILABLE = "unavailable"
+    """JetStream answered that it cannot store the message now (retryable)."""
+    NO_RESPONDERS = "no_responders"
+    """Nothing answered: the stream's leader is being elected (retryable)."""
+    CONNECTION_CLOSED = "connection_closed"
+    """The connection was closed for good."""
+    CONNECTION_DRAINING = "connection_draining"
+    """The connection is draining and takes no more publishes."""
+    STREAM_FULL = "stream_full"
+    """The stream is at one of its limits and refuses new messages."""
+    MESSAGE_TOO_LARGE = "message_too_large"
+    """Headers and body exceed the server's ``max_payload``."""
+    PERMISSION_DENIED = "permission_denied"
+    """The server refuses publishing to this subject."""
+    NO_STREAM = "no_stream"
+    """No stream captures the subject: the stream catalog was not applied."""
+    NOT_A_PUBACK = "not_a_puback"
+    """Something other than a stream answered, so nothing says the message was stored."""
+    REJECTED = "rejected"
+    """JetStream refused the message for another reason (the detail says which)."""
+    INVALID = "invalid"
+    """The message cannot be written on the wire (subject or header)."""
+
+
 class PublishError(MessageBusError):
     """A message was not accepted by the broker.
 
     Attributes:
         message_id: the id of the message that was not published.
         subject: its subject.
-        reason: a short machine-readable reason (``timeout``, ``stream_full``, ...).
+        reason: why, as a :class:`PublishFailure`.
         retryable: whether publishing the same message again may succeed.
     """
 
     def __init__(
-        self, message_id: str, subject: str, reason: str, *, retryable: bool, detail: str = ""
+        self,
+        message_id: str,
+        subject: str,
+        reason: PublishFailure,
+        *,
+        retryable: bool,
+        detail: str = "",
     ) -> None:
         self.message_id = message_id
         self.subject = subject
-        self.reason = reason
+        self.reason = PublishFailure(reason)
         self.retryable = retryable
         self.detail = detail
         text = f"publish of {message_id} to {subject} failed: {reason}"
@@ -75,7 +119,7 @@ class PublishTimeout(PublishError, TimeoutError):
     """The broker did not acknowledge the message within the publish timeout."""
 
     def __init__(self, message_id: str, subject: str, detail: str = "") -> None:
-        super().__init__(message_id, subject, "timeout", retryable=True, detail=detail)
+        super().__init__(message_id, subject, PublishFailure.TIMEOUT, retryable=True, detail=detail)
 
 
 class CircuitOpenError(PublishError):
@@ -86,7 +130,7 @@ class CircuitOpenError(PublishError):
         super().__init__(
             message_id,
             subject,
-            "circuit_open",
+            PublishFailure.CIRCUIT_OPEN,
             retryable=True,
             detail=f"retry after {retry_after:.3f}s",
         )

@@ -2,6 +2,7 @@
 
 from .config import PublisherConfig, SubscriberConfig
 from .dead_letters import DeadLetters
+from .outcome import Decision, Outcome, decide, failure_reason, max_deliveries_reason
 from .publisher import Publisher, PublishReceipt
 from .subscriber import (
     CoreDelivery,
@@ -12,14 +13,17 @@ from .subscriber import (
     Subscription,
     current_delivery,
     run_handler,
+    settle_failure,
 )
 
 __all__ = [
     "CoreDelivery",
     "DeadLetters",
+    "Decision",
     "Delivery",
     "FunctionHandler",
     "MessageHandler",
+    "Outcome",
     "PublishReceipt",
     "Publisher",
     "PublisherConfig",
@@ -27,5 +31,9 @@ __all__ = [
     "SubscriberConfig",
     "Subscription",
     "current_delivery",
+    "decide",
+    "failure_reason",
+    "max_deliveries_reason",
     "run_handler",
+    "settle_failure",
 ]

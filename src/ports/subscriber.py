@@ -17,18 +17,11 @@ Contract, for every adapter:
   at once.
 * Core-only types reach only subscribers that are live when the message is sent.
 
-The handler decides the acknowledgement by its outcome (see :func:`run_handler`):
-
-=====================================  ==========================================
-handler                                delivery
-=====================================  ==========================================
-returns (``None`` or a reply)          ACK (the reply answers a request)
-raises :class:`RetryableError`         NAK, redelivered after its ``delay`` or the
-                                       subscriber's exponential delay
-raises any other ``Exception``         same as retryable
-raises :class:`PermanentError`         TERM and dead-letter with its reason
-fails on its last allowed delivery     TERM and dead-letter ("max deliveries")
-=====================================  ==========================================
+The handler decides the acknowledgement by its outcome: return -> ACK, raise
+:class:`RetryableError` (or any exception) -> NAK with backoff, raise
+:class:`PermanentError` -> TERM and dead-letter, fail on the last allowed delivery ->
+TERM and dead-letter ("max deliveries"). The full table, and the one function that
+applies it, are in :mod:`message_bus.ports.outcome`.
 
 A handler that wants explicit control calls :func:`current_delivery` and uses
 ``ack``, ``nak(delay)``, ``term(reason)`` or ``in_progress`` itself; once it has
@@ -44,10 +37,11 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol, runtime_checkable
 
 from message_bus.domain.catalog import MessageType
-from message_bus.domain.errors import MessageBusError, PermanentError, RetryableError
+from message_bus.domain.errors import MessageBusError
 from message_bus.domain.message import Message
 
 from .config import SubscriberConfig
+from .outcome import Outcome, decide, failure_reason
 
 log = logging.getLogger("message_bus.subscriber")
 
@@ -167,43 +161,62 @@ def current_delivery() -> Delivery:
     return _current.get()
 
 
-async def run_handler(handler: MessageHandler, delivery: Delivery, config: SubscriberConfig) -> str:
+async def run_handler(
+    handler: MessageHandler, delivery: Delivery, config: SubscriberConfig
+) -> Outcome:
     """Run ``handler`` on ``delivery`` and settle it by the outcome; return the outcome.
 
-    The outcome is one of ``ack``, ``nak``, ``term``, ``dead`` (failed on its last
-    allowed delivery) or ``explicit`` (the handler settled the delivery itself).
-    Adapters call this for every delivery so every adapter acks the same way.
+    The outcome is decided by :func:`~message_bus.ports.outcome.decide` (see its
+    table). Adapters call this for every delivery so every adapter acks the same way.
+    A ``CancelledError`` (a ``BaseException``) passes through: the adapter knows whether
+    its task was cancelled, and settles a stray one with :func:`settle_failure`.
     """
     token = _current.set(delivery)
     try:
         reply = await handler.handle(delivery.message)
-    except PermanentError as exc:
-        if delivery.settled:
-            return "explicit"
-        await delivery.term(exc.reason)
-        return "term"
     except Exception as exc:  # noqa: BLE001  # any failure is retryable unless it says otherwise
-        if delivery.settled:
-            return "explicit"
-        reason = exc.reason if isinstance(exc, RetryableError) else f"{type(exc).__name__}: {exc}"
-        if not isinstance(exc, MessageBusError):
-            log.warning(
-                "handler failed on %s (attempt %d): %s", delivery.subject, delivery.attempt, reason
-            )
-        if delivery.stream is not None and delivery.attempt >= config.max_deliver:
-            await delivery.term(f"max deliveries ({config.max_deliver}) exhausted: {reason}")
-            return "dead"
-        delay = exc.delay if isinstance(exc, RetryableError) else None
-        await delivery.nak(config.nak_delay(delivery.attempt) if delay is None else delay)
-        return "nak"
+        return await settle_failure(delivery, exc, config)
     finally:
         _current.reset(token)
     if delivery.settled:
-        return "explicit"
+        return Outcome.EXPLICIT
     if reply is not None:
         await delivery.respond(reply)
     await delivery.ack()
-    return "ack"
+    return Outcome.ACK
+
+
+async def settle_failure(
+    delivery: Delivery, error: BaseException, config: SubscriberConfig
+) -> Outcome:
+    """Settle a delivery whose handler raised ``error``, by the one outcome policy.
+
+    :func:`run_handler` calls it for every failure; an adapter calls it for a failure
+    it catches itself (a stray ``CancelledError``). Failures that are not the bus's own
+    errors are logged, as the handler did not say what went wrong.
+    """
+    decision = decide(
+        error,
+        settled=delivery.settled,
+        attempt=delivery.attempt,
+        stream_backed=delivery.stream is not None,
+        config=config,
+    )
+    outcome = decision.outcome
+    if outcome is Outcome.EXPLICIT:
+        return outcome
+    if not isinstance(error, MessageBusError):
+        log.warning(
+            "handler failed on %s (attempt %d): %s",
+            delivery.subject,
+            delivery.attempt,
+            failure_reason(error),
+        )
+    if outcome is Outcome.NAK:
+        await delivery.nak(decision.delay)
+    else:
+        await delivery.term(decision.reason)
+    return outcome
 
 
 class Subscription(ABC):

@@ -622,6 +622,39 @@ async def retryable_failure_is_redelivered_until_max_deliver_then_dead_lettered(
 
 
 @scenario()
+async def stray_cancelled_error_is_a_failure_like_any_other(h: BusHarness) -> None:
+    """A handler that raises CancelledError while nothing cancelled its worker (it
+    awaited a future someone else cancelled) failed its delivery: NAKed, then
+    dead-lettered on the last allowed delivery; the subscription keeps working."""
+    ctx = Context(h)
+    inbox = ctx.inbox()
+    config = ctx.config(max_deliver=2, nak_initial_delay=0.0)
+    doomed = ctx.message()
+
+    async def cancelled_elsewhere(message: Message) -> None:
+        if inbox.record(message) is None or message.id != doomed.id:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future.cancel()
+        await future  # raises CancelledError; this task was not cancelled
+
+    await h.subscriber(MessageType.PAYMENT_INSTRUCTION, config).subscribe(
+        FunctionHandler(cancelled_elsewhere)
+    )
+    receipt = await h.publisher().publish(doomed)
+    dead = await ctx.dead_letter(doomed.id)
+    assert inbox.attempts(doomed.id) == [1, 2]
+    assert dead.reason == "max deliveries (2) exhausted: CancelledError"
+    assert (dead.stream, dead.sequence, dead.deliveries) == (receipt.stream, receipt.sequence, 2)
+    later = ctx.message()
+    await h.publisher().publish(later)
+    await ctx.eventually(lambda: inbox.attempts(later.id) == [1], "the next message handled")
+    await h.advance(ctx.beyond(ctx.ack_wait))
+    await h.settle()
+    assert inbox.attempts(doomed.id) == [1, 2], "redelivered after it was dead-lettered"
+
+
+@scenario()
 async def permanent_error_is_dead_lettered_and_never_redelivered(h: BusHarness) -> None:
     ctx = Context(h)
     inbox = ctx.inbox()

@@ -20,6 +20,7 @@ from message_bus import (
     PermanentError,
     PublishBatchError,
     PublishError,
+    PublishFailure,
     PublishTimeout,
     RequestTimeout,
     RetryableError,
@@ -142,9 +143,15 @@ async def test_a_duplicate_receipt_is_counted_as_duplicate(registry: CollectorRe
     ("make_error", "status"),
     [
         (lambda m: PublishTimeout(m.id, m.subject), "timeout"),
-        (lambda m: PublishError(m.id, m.subject, "no_stream", retryable=False), "rejected"),
+        (
+            lambda m: PublishError(m.id, m.subject, PublishFailure.NO_STREAM, retryable=False),
+            "rejected",
+        ),
         (lambda m: ValidationError("payload", 1, "not JSON"), "rejected"),
-        (lambda m: PublishError(m.id, m.subject, "io", retryable=True), "error"),
+        (
+            lambda m: PublishError(m.id, m.subject, PublishFailure.DISCONNECTED, retryable=True),
+            "error",
+        ),
         (lambda m: CircuitOpenError(m.id, m.subject, 1.0), "error"),
         (lambda m: ClosedError("closed"), "error"),
     ],
@@ -171,7 +178,9 @@ async def test_each_message_of_a_batch_is_counted_by_its_own_result(
     inner = RecordingPublisher()
     ok, late, refused = payment(), payment(), payment()
     inner.failures[late.id] = PublishTimeout(late.id, late.subject)
-    inner.failures[refused.id] = PublishError(refused.id, refused.subject, "x", retryable=False)
+    inner.failures[refused.id] = PublishError(
+        refused.id, refused.subject, PublishFailure.REJECTED, retryable=False
+    )
 
     with pytest.raises(PublishBatchError):
         await MetricsPublisher(inner, registry).publish_many([ok, late, refused])

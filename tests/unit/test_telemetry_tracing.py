@@ -22,6 +22,7 @@ from message_bus import (
     PermanentError,
     PublishBatchError,
     PublishError,
+    PublishFailure,
     PublishTimeout,
     RetryableError,
     SubscriberConfig,
@@ -204,7 +205,9 @@ async def test_each_message_of_a_batch_gets_its_own_span_and_its_own_result(
 ) -> None:
     inner = RecordingPublisher()
     ok, refused = payment(), payment("GBP-USD")
-    inner.failures[refused.id] = PublishError(refused.id, refused.subject, "x", retryable=False)
+    inner.failures[refused.id] = PublishError(
+        refused.id, refused.subject, PublishFailure.REJECTED, retryable=False
+    )
 
     with pytest.raises(PublishBatchError):
         await TracingPublisher(inner, provider).publish_many([ok, refused])

@@ -23,8 +23,15 @@ from message_bus.domain.errors import DecodeError
 from message_bus.domain.message import Message
 from message_bus.domain.partition import PartitionKey
 from message_bus.ports.config import SubscriberConfig
+from message_bus.ports.outcome import ACK_WAIT_EXPIRED, max_deliveries_reason
 from message_bus.ports.subscriber import CoreDelivery as PortCoreDelivery
-from message_bus.ports.subscriber import Delivery, MessageHandler, Subscription, run_handler
+from message_bus.ports.subscriber import (
+    Delivery,
+    MessageHandler,
+    Subscription,
+    run_handler,
+    settle_failure,
+)
 
 from ._store import Entry, Stream
 from .clock import Timer
@@ -206,7 +213,7 @@ class Group:
             return  # a stale delivery: the current one decides
         max_deliver = self.config.max_deliver
         if p.deliveries >= max_deliver:
-            self._give_up(seq, p, f"max deliveries ({max_deliver}) exhausted: nak", None)
+            self._give_up(seq, p, max_deliveries_reason(max_deliver, "nak"), None)
             return
         self.broker._activity += 1
         p.gen += 1
@@ -294,7 +301,7 @@ class Group:
             if p is None or p.gen != gen:
                 continue
             if p.state == IN_FLIGHT and p.deliveries >= max_deliver:
-                reason = f"max deliveries ({max_deliver}) exhausted: ack wait expired"
+                reason = max_deliveries_reason(max_deliver, ACK_WAIT_EXPIRED)
                 self._give_up(seq, p, reason, None)
                 continue
             due = True
@@ -459,18 +466,17 @@ class Member(Subscription):
     async def _handle(self, delivery: Delivery) -> None:
         try:
             await run_handler(self._handler, delivery, self.config)
-            return
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as exc:
             worker = asyncio.current_task()
             if worker is None or worker.cancelling():  # the worker itself is cancelled
                 raise
-            # The handler awaited something that was cancelled: this delivery failed,
-            # the worker goes on.
-            log.warning("handler on %s was cancelled; retrying it", delivery.subject)
+            # The handler awaited something that was cancelled: this delivery failed
+            # like any other, the worker goes on.
+            await settle_failure(delivery, exc, self.config)
         except Exception:
             log.exception("settling %s failed", delivery.subject)
-        if not delivery.settled:
-            await delivery.nak(self.config.nak_delay(delivery.attempt))
+            if not delivery.settled:
+                await delivery.nak(self.config.nak_delay(delivery.attempt))
 
     async def stop(self) -> None:
         if not self._stopping:

@@ -31,6 +31,7 @@ from message_bus.domain.errors import (
     NoRespondersError,
     PublishBatchError,
     PublishError,
+    PublishFailure,
     PublishTimeout,
     RequestTimeout,
     ValidationError,
@@ -154,7 +155,7 @@ class CircuitBreaker:
 
 def _counts_as_outage(error: PublishError) -> bool:
     """Whether a failed publish says the broker is unavailable (a breaker failure)."""
-    return error.retryable or error.reason == "connection_closed"
+    return error.retryable or error.reason is PublishFailure.CONNECTION_CLOSED
 
 
 class _Sender:
@@ -267,10 +268,16 @@ class _Sender:
             ack = await mux.request(block, timeout)
         except MessageTooLarge as exc:
             return PublishError(
-                message_id, subject, "message_too_large", retryable=False, detail=str(exc)
+                message_id,
+                subject,
+                PublishFailure.MESSAGE_TOO_LARGE,
+                retryable=False,
+                detail=str(exc),
             )
         except ValidationError as exc:
-            return PublishError(message_id, subject, "invalid", retryable=False, detail=str(exc))
+            return PublishError(
+                message_id, subject, PublishFailure.INVALID, retryable=False, detail=str(exc)
+            )
         except (nats.errors.Error, ClosedError, BusConnectionError) as exc:
             return _connection_failure(message_id, subject, exc)
         if ack.error is None:
@@ -300,10 +307,16 @@ class _Sender:
                 await writer.relieve()
         except MessageTooLarge as exc:
             return PublishError(
-                message_id, subject, "message_too_large", retryable=False, detail=str(exc)
+                message_id,
+                subject,
+                PublishFailure.MESSAGE_TOO_LARGE,
+                retryable=False,
+                detail=str(exc),
             )
         except ValidationError as exc:
-            return PublishError(message_id, subject, "invalid", retryable=False, detail=str(exc))
+            return PublishError(
+                message_id, subject, PublishFailure.INVALID, retryable=False, detail=str(exc)
+            )
         except (nats.errors.Error, ClosedError, BusConnectionError) as exc:
             return _connection_failure(message_id, subject, exc)
         return PublishReceipt(message_id, subject, None, None, False, block.partition)
@@ -316,10 +329,18 @@ class _Sender:
                 return None
         except ClosedError:
             return PublishError(
-                message_id, subject, "connection_closed", retryable=False, detail="client closed"
+                message_id,
+                subject,
+                PublishFailure.CONNECTION_CLOSED,
+                retryable=False,
+                detail="client closed",
             )
         return PublishError(
-            message_id, subject, "disconnected", retryable=True, detail="NATS is unreachable"
+            message_id,
+            subject,
+            PublishFailure.DISCONNECTED,
+            retryable=True,
+            detail="NATS is unreachable",
         )
 
     async def _classify(
@@ -334,7 +355,7 @@ class _Sender:
             return PublishTimeout(message_id, subject, "no acknowledgement from JetStream")
         if ack is PERMISSION_DENIED:
             return PublishError(
-                message_id, subject, "permission_denied", retryable=False,
+                message_id, subject, PublishFailure.PERMISSION_DENIED, retryable=False,
                 detail="the server refused publishing to this subject",
             )  # fmt: skip
         if ack is NO_RESPONDERS:
@@ -342,25 +363,35 @@ class _Sender:
                 lookups[subject] = await self._stream_exists(subject)
             if lookups[subject] is False:
                 return PublishError(
-                    message_id, subject, "no_stream", retryable=False,
+                    message_id, subject, PublishFailure.NO_STREAM, retryable=False,
                     detail="no stream captures this subject; apply the stream catalog",
                 )  # fmt: skip
             return PublishError(
-                message_id, subject, "no_responders", retryable=True,
+                message_id, subject, PublishFailure.NO_RESPONDERS, retryable=True,
                 detail="the stream did not answer (leader election?)",
             )  # fmt: skip
         error = ack.error
         assert error is not None
         detail = f"{error.code}/{error.err_code}: {error.description}"
         if error.err_code == _STREAM_FULL and "maximum" in error.description:
-            return PublishError(message_id, subject, "stream_full", retryable=False, detail=detail)
+            return PublishError(
+                message_id, subject, PublishFailure.STREAM_FULL, retryable=False, detail=detail
+            )
         if error.err_code == _MESSAGE_TOO_LARGE:
             return PublishError(
-                message_id, subject, "message_too_large", retryable=False, detail=detail
+                message_id,
+                subject,
+                PublishFailure.MESSAGE_TOO_LARGE,
+                retryable=False,
+                detail=detail,
             )
         if error.code in (503, 408, 500) or error.code == 0:
-            return PublishError(message_id, subject, "unavailable", retryable=True, detail=detail)
-        return PublishError(message_id, subject, "rejected", retryable=False, detail=detail)
+            return PublishError(
+                message_id, subject, PublishFailure.UNAVAILABLE, retryable=True, detail=detail
+            )
+        return PublishError(
+            message_id, subject, PublishFailure.REJECTED, retryable=False, detail=detail
+        )
 
     async def _stream_exists(self, subject: str) -> bool | None:
         """Whether some stream captures ``subject``; None if JetStream did not say."""
@@ -482,11 +513,17 @@ def _write_failure(message_id: str, subject: str, error: Exception) -> PublishEr
     """The bus error for a publish that could not be queued."""
     if isinstance(error, MessageTooLarge):
         return PublishError(
-            message_id, subject, "message_too_large", retryable=False, detail=str(error)
+            message_id,
+            subject,
+            PublishFailure.MESSAGE_TOO_LARGE,
+            retryable=False,
+            detail=str(error),
         )
     if isinstance(error, nats.errors.Error):
         return _connection_failure(message_id, subject, error)
-    return PublishError(message_id, subject, "invalid", retryable=False, detail=str(error))
+    return PublishError(
+        message_id, subject, PublishFailure.INVALID, retryable=False, detail=str(error)
+    )
 
 
 def block_of(encoded: Encoded, partition: int | None = None) -> EncodedBlock:
@@ -502,20 +539,30 @@ def _connection_failure(message_id: str, subject: str, error: Exception) -> Publ
     """The bus error for a publish the connection refused (closed, draining, down)."""
     if isinstance(error, nats.errors.ConnectionClosedError | ClosedError):
         return PublishError(
-            message_id, subject, "connection_closed", retryable=False, detail=str(error)
+            message_id,
+            subject,
+            PublishFailure.CONNECTION_CLOSED,
+            retryable=False,
+            detail=str(error),
         )
     if isinstance(error, nats.errors.ConnectionDrainingError):
         return PublishError(
-            message_id, subject, "connection_draining", retryable=False, detail=str(error)
+            message_id,
+            subject,
+            PublishFailure.CONNECTION_DRAINING,
+            retryable=False,
+            detail=str(error),
         )
-    return PublishError(message_id, subject, "disconnected", retryable=True, detail=str(error))
+    return PublishError(
+        message_id, subject, PublishFailure.DISCONNECTED, retryable=True, detail=str(error)
+    )
 
 
 def _not_a_puback(message_id: str, subject: str, ack: PubAckWire) -> PublishError:
     """A reply without an error that names no stream and sequence: something other than
     a stream answered the publish, so nothing says the message was stored."""
     return PublishError(
-        message_id, subject, "not_a_puback", retryable=False,
+        message_id, subject, PublishFailure.NOT_A_PUBACK, retryable=False,
         detail=(
             f"the reply (stream {ack.stream!r}, seq {ack.seq}) is not a JetStream "
             "acknowledgement: something other than a stream answers on this subject"

@@ -27,10 +27,12 @@ from message_bus.domain.errors import (
     DecodeError,
     MessageBusError,
     PublishError,
+    PublishFailure,
     ValidationError,
 )
 from message_bus.domain.message import Message
 from message_bus.ports.config import PublisherConfig, SubscriberConfig
+from message_bus.ports.outcome import ACK_WAIT_EXPIRED, max_deliveries_reason
 from message_bus.ports.subscriber import (
     CoreDelivery,
     Delivery,
@@ -38,6 +40,7 @@ from message_bus.ports.subscriber import (
     Subscriber,
     Subscription,
     run_handler,
+    settle_failure,
 )
 
 from ._wire import Writer, headers_of, ordered_flush
@@ -716,7 +719,7 @@ class _PullSubscription(Subscription):
     async def _drive_dead_lane(self) -> None:
         """Dead-letters deliveries past ``max_deliver`` without taking a handler slot."""
         config = self._config
-        expired = f"max deliveries ({config.max_deliver}) exhausted: ack wait expired"
+        expired = max_deliveries_reason(config.max_deliver, ACK_WAIT_EXPIRED)
         kept = self._kept
         while True:
             raw = await self._dead_lane.get()
@@ -745,24 +748,13 @@ class _PullSubscription(Subscription):
         delivery = _JetStreamDelivery(self, raw, message, subject)
         try:
             await run_handler(self._handler, delivery, self._config)
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as exc:
             task = asyncio.current_task()
-            if task is None or task.cancelling() or delivery.settled:
+            if task is None or task.cancelling():
                 raise
             # The handler raised CancelledError while nothing cancelled this worker
             # (it awaited a future someone else cancelled): a failure like any other.
-            await self._settle_failed(delivery, "handler raised CancelledError")
-
-    async def _settle_failed(self, delivery: _JetStreamDelivery, reason: str) -> None:
-        """Settles a delivery whose handler failed outside :func:`run_handler`."""
-        config = self._config
-        log.warning(
-            "handler failed on %s (attempt %d): %s", delivery.subject, delivery.attempt, reason
-        )
-        if delivery.attempt >= config.max_deliver:
-            await delivery.term(f"max deliveries ({config.max_deliver}) exhausted: {reason}")
-        else:
-            await delivery.nak(config.nak_delay(delivery.attempt))
+            await settle_failure(delivery, exc, self._config)
 
     async def settle(self, reply: bytes, payload: bytes) -> None:
         """Sends an acknowledgement (``+ACK``, ``-NAK``, ``+TERM``, ``+WPI``) to ``reply``.
@@ -821,7 +813,9 @@ class _PullSubscription(Subscription):
                     dead.headers["Nats-Msg-Id"], block_of(dead), True, None
                 )
             except (PublishError, ValidationError) as exc:
-                too_large = isinstance(exc, PublishError) and exc.reason == "message_too_large"
+                too_large = (
+                    isinstance(exc, PublishError) and exc.reason is PublishFailure.MESSAGE_TOO_LARGE
+                )
                 log.error(
                     "dead letter of %s #%d not stored (%s); NAKing it instead%s",
                     stream,

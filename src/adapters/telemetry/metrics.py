@@ -55,6 +55,7 @@ from message_bus.domain.message import Message
 from message_bus.ports import (
     Delivery,
     MessageHandler,
+    Outcome,
     Publisher,
     PublishReceipt,
     Subscriber,
@@ -62,14 +63,7 @@ from message_bus.ports import (
     Subscription,
 )
 
-from .outcome import (
-    DEAD,
-    DECODE_ERROR,
-    HANDLER_OUTCOMES,
-    TERM,
-    delivery_or_none,
-    handler_outcome,
-)
+from .outcome import DECODE_ERROR, HANDLER_OUTCOMES, delivery_or_none, handler_outcome
 
 PUBLISH_STATUSES: Final = ("success", "duplicate", "error", "timeout", "rejected")
 RECEIVE_STATUSES: Final = (*HANDLER_OUTCOMES, DECODE_ERROR)
@@ -151,8 +145,8 @@ class _ReceiveSeries:
         self.redeliveries = metrics.redeliveries_total.labels(label)
         self.in_flight = metrics.in_flight.labels(label)
         self.dead_letters = {
-            TERM: metrics.dead_letters_total.labels(label, "term"),
-            DEAD: metrics.dead_letters_total.labels(label, "max_deliver"),
+            Outcome.TERM: metrics.dead_letters_total.labels(label, "term"),
+            Outcome.DEAD: metrics.dead_letters_total.labels(label, "max_deliver"),
         }
 
 

@@ -1,29 +1,23 @@
-"""The settlement a handler's result leads to, as seen from around the handler.
+"""The outcome a handler's result leads to, as seen from a decorator around the handler.
 
 A decorator wraps the :class:`MessageHandler`, so it runs *inside* ``run_handler`` and
-never sees the string that function returns. It sees the same facts ``run_handler``
-decides on, though: the delivery (via :func:`current_delivery`), whether the handler
-settled it itself, and what the handler returned or raised. :func:`handler_outcome`
-applies ``run_handler``'s rules to those facts, so decorators report the outcome
-``run_handler`` acts on.
+never sees the outcome that function returns. It sees the facts the outcome is decided
+on, though: the delivery (via :func:`current_delivery`), whether the handler settled it
+itself, and what the handler returned or raised. :func:`handler_outcome` hands those
+facts to the ports' one policy, :func:`~message_bus.ports.outcome.decide`, so decorators
+report the outcome ``run_handler`` acts on.
 """
 
 from __future__ import annotations
 
 from typing import Final
 
-from message_bus.domain.errors import PermanentError
-from message_bus.ports import Delivery, SubscriberConfig, current_delivery
+from message_bus.ports import Delivery, Outcome, SubscriberConfig, current_delivery, decide
 
-ACK: Final = "ack"
-NAK: Final = "nak"
-TERM: Final = "term"
-DEAD: Final = "dead"
-EXPLICIT: Final = "explicit"
 DECODE_ERROR: Final = "decode_error"
 
-HANDLER_OUTCOMES: Final = (ACK, NAK, TERM, DEAD, EXPLICIT)
-"""Every value :func:`handler_outcome` returns; the same strings as ``run_handler``'s."""
+HANDLER_OUTCOMES: Final = tuple(Outcome)
+"""Every value :func:`handler_outcome` returns."""
 
 
 def delivery_or_none() -> Delivery | None:
@@ -35,8 +29,8 @@ def delivery_or_none() -> Delivery | None:
 
 
 def handler_outcome(
-    delivery: Delivery | None, config: SubscriberConfig, error: Exception | None
-) -> str:
+    delivery: Delivery | None, config: SubscriberConfig, error: BaseException | None
+) -> Outcome:
     """What ``run_handler`` does after the handler returned (``error`` None) or raised.
 
     Args:
@@ -44,22 +38,13 @@ def handler_outcome(
             subscriber, in which case stream-only outcomes (``dead``) cannot apply.
         config: the subscriber's configuration (its ``max_deliver``).
         error: the exception the handler raised, None if it returned.
-
-    Returns:
-        ``explicit`` if the handler settled the delivery itself, else ``ack`` on return,
-        ``term`` on :class:`PermanentError`, ``dead`` on any other exception at the last
-        allowed delivery of a stream message, ``nak`` otherwise.
     """
-    if delivery is not None and delivery.settled:
-        return EXPLICIT
-    if error is None:
-        return ACK
-    if isinstance(error, PermanentError):
-        return TERM
-    if (
-        delivery is not None
-        and delivery.stream is not None
-        and delivery.attempt >= config.max_deliver
-    ):
-        return DEAD
-    return NAK
+    if delivery is None:
+        return decide(error, settled=False, attempt=1, stream_backed=False, config=config).outcome
+    return decide(
+        error,
+        settled=delivery.settled,
+        attempt=delivery.attempt,
+        stream_backed=delivery.stream is not None,
+        config=config,
+    ).outcome
