@@ -136,6 +136,24 @@ class CircuitOpenError(PublishError):
         )
 
 
+class NotFoundError(MessageBusError, KeyError):
+    """Something looked up by name or number does not exist (a stream, a consumer
+    group, a dead letter).
+
+    Attributes:
+        what: what was looked up (``dead letter``, ``stream``, ...).
+        key: the name or number it was looked up by.
+    """
+
+    def __init__(self, what: str, key: object) -> None:
+        self.what = what
+        self.key = key
+        super().__init__(f"no {what} {key!r}")
+
+    def __str__(self) -> str:  # KeyError's own __str__ would show the repr of the text
+        return str(self.args[0])
+
+
 class ClosedError(MessageBusError):
     """The publisher, subscriber or connection was used after close()."""
 

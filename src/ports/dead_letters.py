@@ -28,5 +28,6 @@ class DeadLetters(ABC):
         """Republish dead letter ``dlq_sequence`` to its original subject.
 
         Raises:
-            KeyError: no dead letter with that sequence.
+            NotFoundError: no dead letter with that sequence (also a ``KeyError``).
+            PublishError: the original stream did not take it back.
         """
