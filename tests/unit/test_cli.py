@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import socket
+import sys
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,7 +15,6 @@ import pytest
 
 from message_bus import FunctionHandler, Message, MessageType, SubscriberConfig
 from message_bus.adapters.memory import ManualClock
-from message_bus.app import cli
 from message_bus.app.cli import main, run_cli
 from message_bus.app.config import load_settings
 from message_bus.app.containers import (
@@ -254,21 +255,29 @@ def test_demo_on_the_memory_backend_nets_every_payment_and_prints_the_summary(
     assert "p99" in out
 
 
+class ScrapingStdout(io.StringIO):
+    """A stdout that scrapes the metrics endpoint as soon as its line is written."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scraped: list[str] = []
+
+    def write(self, text: str) -> int:
+        for line in text.splitlines():
+            if line.startswith("metrics: http://"):  # printed once the endpoint is up
+                with urllib.request.urlopen(line.removeprefix("metrics: "), timeout=5) as reply:
+                    self.scraped.append(reply.read().decode())
+        return super().write(text)
+
+
 def test_demo_serves_metrics_while_it_runs(monkeypatch: pytest.MonkeyPatch) -> None:
-    scraped: list[str] = []
-    printed: list[str] = []
-
-    def out(text: str = "") -> None:
-        printed.append(text)
-        if text.startswith("metrics: http://"):  # printed once the endpoint is up
-            with urllib.request.urlopen(text.removeprefix("metrics: "), timeout=5) as reply:
-                scraped.append(reply.read().decode())
-
-    monkeypatch.setattr(cli, "_out", out)
+    stdout = ScrapingStdout()
+    monkeypatch.setattr(sys, "stdout", stdout)
 
     code = main(["demo", "--backend", "memory", "--payments", "10", "--metrics-port", "0"])
 
-    assert code == 0, printed
+    assert code == 0, stdout.getvalue()
+    scraped = stdout.scraped
     assert "# TYPE message_bus_publish_total counter" in scraped[0]
     assert "nats_connection_status" in scraped[0]
 

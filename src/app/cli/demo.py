@@ -1,0 +1,120 @@
+"""The ``demo`` command: run the payment flow end to end, serve metrics, print a summary."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, start_http_server
+
+from ..containers import Container, apply_streams, resolve
+from ..demo import DemoOptions, DemoReport, run_demo, write_report
+from .errors import EXIT_FAILED, EXIT_OK, CliError
+from .output import out
+from .parser import PROG
+from .session import backend_of, load_command_settings, running_bus
+
+__all__ = ["demo_command"]
+
+
+async def demo_command(args: argparse.Namespace, container: Container | None) -> int:
+    """Run the demo on an embedded server unless the settings name another backend.
+
+    Returns:
+        0 when every payment was netted exactly once and the poison was dead-lettered;
+        1 otherwise, with what went wrong on one line of stderr.
+
+    Raises:
+        CliError: the metrics port cannot be served.
+    """
+    # The demo's natural backend is a server of its own; a backend or URL given by flag,
+    # environment or config file still wins.
+    settings = load_command_settings(args, default_backend="embedded")
+    options = DemoOptions(
+        payments=args.payments,
+        workers=args.workers,
+        corridors=args.corridors,
+        banks=args.banks,
+        failures=min(args.failures, args.payments),
+        poison=args.poison,
+        cycle_window=args.cycle_window,
+        timeout=args.timeout,
+        seed=args.seed,
+    )
+    metrics_port = settings.metrics.port if args.metrics_port is None else args.metrics_port
+    out(
+        f"{PROG} demo: {options.payments} payments over {len(options.corridors)} corridors "
+        f"and {len(options.banks)} banks -> {options.workers} netting workers (group "
+        f"'netting') -> netting proposals"
+    )
+    async with running_bus(settings, container) as bus:
+        backend = backend_of(bus)
+        header: list[tuple[str, str]] = []
+        if backend == "memory":
+            header.append(("backend", "in-memory broker (nothing leaves this process)"))
+        else:
+            if backend == "embedded":
+                server = await resolve(bus.embedded_server())
+                out(f"embedded nats-server at {server.url} (JetStream store {server.store_dir})")
+                header.append(("backend", f"embedded nats-server {server.url} (JetStream)"))
+            else:
+                urls = ", ".join(settings.nats.urls)
+                header.append(("backend", f"NATS JetStream at {urls}"))
+            reports = await apply_streams(bus)
+            out(f"streams applied ({len(reports)}), replicas {settings.streams.replicas}")
+        endpoint = _serve_metrics(bus.registry(), settings.metrics.host, metrics_port)
+        try:
+            out(f"metrics: {endpoint.url}")
+            report = await run_demo(bus, options, progress=out)
+        finally:
+            endpoint.stop()
+    header.append(("metrics", f"{endpoint.url} (served while the demo ran)"))
+    write_report(report, sys.stdout, header)
+    sys.stdout.flush()
+    if not report.ok:
+        problems = "; ".join(_problems(report, options))
+        print(f"{PROG} demo: FAILED: {problems}", file=sys.stderr)
+        return EXIT_FAILED
+    out("demo OK: every payment netted exactly once; poison dead-lettered")
+    return EXIT_OK
+
+
+def _problems(report: DemoReport, options: DemoOptions) -> list[str]:
+    problems = []
+    if not report.completed:
+        problems.append(f"flow did not complete within {options.timeout:g} s")
+    if report.lost:
+        problems.append(f"{report.lost} payment(s) not netted")
+    if report.doubled:
+        problems.append(f"{report.doubled} payment(s) netted twice")
+    if report.dead_letters_stored != report.poison:
+        problems.append(
+            f"{report.dead_letters_stored} of {report.poison} poison message(s) stored "
+            "in DEAD_LETTERS"
+        )
+    return problems
+
+
+@dataclass
+class _MetricsEndpoint:
+    url: str
+    stop: Callable[[], None]
+
+
+def _serve_metrics(registry: CollectorRegistry, host: str, port: int) -> _MetricsEndpoint:
+    try:
+        httpd, thread = start_http_server(port, addr=host, registry=registry)
+    except OSError as exc:
+        raise CliError(
+            f"cannot serve /metrics on {host}:{port}: {exc.strerror} "
+            "(--metrics-port 0 picks a free port)"
+        ) from None
+
+    def stop() -> None:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=5)
+
+    return _MetricsEndpoint(f"http://{host}:{httpd.server_port}/metrics", stop)

@@ -1,0 +1,27 @@
+"""How a ``deltran-bus`` command fails: :class:`CliError` and the exit codes."""
+
+from __future__ import annotations
+
+__all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "CliError"]
+
+EXIT_OK = 0
+"""The command did what it was asked."""
+EXIT_FAILED = 1
+"""The operation failed: a timeout, no responder, a demo that lost or doubled a payment."""
+EXIT_USAGE = 2
+"""Bad input or an unreachable server."""
+EXIT_INTERRUPTED = 130
+"""Ctrl-C or SIGTERM: what the command started was stopped first."""
+
+
+class CliError(Exception):
+    """A failure reported as one line on stderr, with an exit code.
+
+    Args:
+        message: the line, without the ``deltran-bus COMMAND: error:`` prefix.
+        code: the exit code (default: bad input).
+    """
+
+    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.code = code

@@ -1,0 +1,133 @@
+"""What the commands print: receipt lines, JSON message lines and aligned tables."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from message_bus.domain.catalog import StreamSpec
+from message_bus.domain.dead_letter import DeadLetter
+from message_bus.domain.message import Message
+from message_bus.ports import PublishReceipt
+
+if TYPE_CHECKING:
+    from message_bus.adapters.nats import StreamReport, StreamSummary
+
+__all__ = [
+    "catalog_table",
+    "dead_letter_table",
+    "message_json",
+    "out",
+    "receipt_line",
+    "stream_report_table",
+    "stream_table",
+]
+
+
+def out(text: str = "") -> None:
+    """Write ``text`` and a newline to stdout, flushed at once (progress shows live)."""
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def receipt_line(receipt: PublishReceipt) -> str:
+    """One line saying where a published message went, and whether it was a duplicate."""
+    where = (
+        f"stream {receipt.stream} seq {receipt.sequence}" if receipt.stream else "core (no stream)"
+    )
+    partition = "" if receipt.partition is None else f" partition {receipt.partition}"
+    duplicate = " (duplicate: already stored, nothing new)" if receipt.duplicate else ""
+    return f"published {receipt.message_id} to {receipt.subject}: {where}{partition}{duplicate}"
+
+
+def message_json(message: Message, attempt: int | None = None) -> str:
+    """``message`` as one compact JSON object; ``attempt`` is its delivery attempt, if known.
+
+    Optional fields (correlation and causation ids, headers) appear only when set.
+    """
+    record: dict[str, Any] = {
+        "id": message.id,
+        "type": message.message_type.value,
+        "subject": message.subject,
+        "partition": message.partition,
+        "created_at": message.created_at.isoformat(),
+    }
+    if attempt is not None:
+        record["attempt"] = attempt
+    if message.correlation_id is not None:
+        record["correlation_id"] = message.correlation_id
+    if message.causation_id is not None:
+        record["causation_id"] = message.causation_id
+    if message.headers:
+        record["headers"] = dict(message.headers)
+    record["payload"] = message.payload
+    return msgspec.json.encode(record, enc_hook=str).decode()
+
+
+def dead_letter_table(letters: Sequence[DeadLetter]) -> str:
+    """The dead letters, one row each, with where they came from and why they failed."""
+    rows = [
+        (
+            d.dlq_sequence if d.dlq_sequence is not None else "-",
+            d.message.message_type.value,
+            d.subject,
+            f"{d.stream}#{d.sequence}",
+            d.deliveries,
+            d.consumer_group,
+            d.failed_at.strftime("%Y-%m-%d %H:%M:%S"),
+            d.reason,
+        )
+        for d in letters
+    ]
+    headers = ("SEQ", "TYPE", "SUBJECT", "FROM", "DELIVERIES", "GROUP", "FAILED", "REASON")
+    return _table(rows, headers)
+
+
+def catalog_table(streams: Sequence[StreamSpec]) -> str:
+    """The catalog's streams: name, subjects and how long they keep messages."""
+    rows = [(s.name, ",".join(s.subjects), _days(s.max_age)) for s in streams]
+    return _table(rows, ("STREAM", "SUBJECTS", "MAX AGE"))
+
+
+def stream_table(summaries: Sequence[StreamSummary]) -> str:
+    """The streams on a server with their state."""
+    rows = [
+        (
+            s.name,
+            ",".join(s.subjects),
+            s.messages,
+            s.bytes,
+            f"{s.first_sequence}..{s.last_sequence}",
+            s.consumers,
+            s.replicas,
+            _days(s.max_age),
+            f"{s.duplicate_window:g}s",
+        )
+        for s in summaries
+    ]
+    headers = ("STREAM", "SUBJECTS", "MESSAGES", "BYTES", "SEQUENCES", "CONSUMERS")
+    return _table(rows, (*headers, "REPLICAS", "MAX AGE", "DEDUP"))
+
+
+def stream_report_table(reports: Sequence[StreamReport]) -> str:
+    """What applying the catalog did to each stream, and the drift it found."""
+    rows = [(r.name, r.action, "; ".join(r.drift) or "-") for r in reports]
+    return _table(rows, ("STREAM", "ACTION", "DRIFT"))
+
+
+def _days(seconds: float) -> str:
+    return "forever" if seconds <= 0 else f"{seconds / 86400:g}d"
+
+
+def _table(rows: Sequence[Sequence[object]], headers: Sequence[str]) -> str:
+    cells = [[str(c) for c in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in cells:
+        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    for row in cells:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return "\n".join(lines)

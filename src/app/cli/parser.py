@@ -1,0 +1,231 @@
+"""The ``deltran-bus`` argument parser: every command, option and help text."""
+
+from __future__ import annotations
+
+import argparse
+from typing import NoReturn
+
+from ..config import BACKENDS
+from ..demo import DEFAULT_BANKS, DEFAULT_CORRIDORS
+from .arguments import (
+    comma_list,
+    header,
+    parse_key,
+    parse_message_type,
+    port_number,
+    positive_int,
+    seconds,
+)
+from .errors import EXIT_USAGE
+
+__all__ = ["PROG", "build_parser"]
+
+PROG = "deltran-bus"
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (``prog: error: ...``), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+_KEY_HELP = (
+    "partition key: corridor.USD-EUR, bank.BANKGB2L, corridor.USD-EUR.bank.BANKGB2L, broadcast"
+)
+_TYPE_HELP = "message type: PaymentInstruction (or PAYMENT_INSTRUCTION, payment.instruction)"
+_PAYLOAD_HELP = "JSON payload, @FILE, or - for stdin"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``deltran-bus`` argument parser (every command and option)."""
+    settings_only = _Parser(add_help=False)
+    basics = settings_only.add_argument_group("configuration")
+    basics.add_argument(
+        "--config",
+        metavar="PATH",
+        help="TOML settings file (default: $DELTRAN_CONFIG); see docs/configuration.md",
+    )
+    basics.add_argument(
+        "-v", "--verbose", action="store_true", help="log at INFO level (default: errors only)"
+    )
+    common = _Parser(add_help=False, parents=[settings_only])
+    group = common.add_argument_group("connection")
+    group.add_argument(
+        "--url",
+        action="append",
+        metavar="URL",
+        help="NATS server URL (repeat, or comma separate, for a cluster); implies --backend nats",
+    )
+    group.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        help="memory, nats or embedded (default: $DELTRAN_BACKEND, else nats)",
+    )
+
+    parser = _Parser(
+        prog=PROG,
+        description="DelTran's payment-settlement message bus over NATS JetStream.",
+        epilog="Exit codes: 0 ok, 1 operation failed, 2 bad input or unreachable server.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, help_text: str, parent: _Parser = common) -> argparse.ArgumentParser:
+        sub: argparse.ArgumentParser = commands.add_parser(
+            name, help=help_text, description=help_text, parents=[parent]
+        )
+        return sub
+
+    server = command(
+        "server",
+        "run an embedded nats-server with JetStream (streams applied) until Ctrl-C",
+        settings_only,
+    )
+    server.add_argument(
+        "--port", type=port_number, default=4222, metavar="PORT", help="client port (default 4222)"
+    )
+    server.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="JetStream store (default: $DELTRAN_DATA_DIR, else a temporary directory)",
+    )
+    server.add_argument(
+        "--monitor-port",
+        type=port_number,
+        metavar="PORT",
+        help="HTTP monitoring port (off if unset)",
+    )
+    server.add_argument(
+        "--no-streams", action="store_true", help="do not apply the stream catalog on start"
+    )
+
+    streams = command("streams", "apply or list the JetStream streams of the catalog")
+    streams_sub = streams.add_subparsers(dest="action", metavar="ACTION", required=True)
+    streams_sub.add_parser(
+        "apply",
+        help="create or update every stream (idempotent); report drift",
+        parents=[common],
+    )
+    streams_sub.add_parser("ls", help="list the streams with their state", parents=[common])
+
+    publish = command("publish", "publish one message and print its receipt")
+    publish.add_argument("type", type=parse_message_type, help=_TYPE_HELP)
+    publish.add_argument("key", type=parse_key, help=_KEY_HELP)
+    publish.add_argument("payload", help=_PAYLOAD_HELP)
+    publish.add_argument(
+        "--header",
+        type=header,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="user header (repeatable; Nats-*/Deltran-* are reserved)",
+    )
+    publish.add_argument("--correlation-id", metavar="ID", help="correlation id of the flow")
+    publish.add_argument(
+        "--message-id", metavar="ID", help="message id (a repeat is deduplicated by the stream)"
+    )
+    publish.add_argument(
+        "--raw",
+        action="store_true",
+        help="skip the typed payload check (PaymentInstruction, NettingProposal, BankConfirmation)",
+    )
+
+    subscribe = command(
+        "subscribe", "receive messages as a consumer group member; print one JSON line each"
+    )
+    subscribe.add_argument("type", type=parse_message_type, help=_TYPE_HELP)
+    subscribe.add_argument(
+        "--group", metavar="NAME", help="consumer group (default: subscriber.consumer_group)"
+    )
+    subscribe.add_argument(
+        "--durable", metavar="NAME", help="durable name (default: subscriber.durable_name)"
+    )
+    subscribe.add_argument("--key", type=parse_key, help="only messages with this partition key")
+    subscribe.add_argument("--count", type=positive_int, metavar="N", help="stop after N messages")
+    subscribe.add_argument(
+        "--timeout",
+        type=seconds,
+        metavar="S",
+        help="stop after S seconds (default: run until Ctrl-C)",
+    )
+
+    request = command(
+        "request", "send a request (RiskAssessment, ComplianceCheck) and print the reply"
+    )
+    request.add_argument("type", type=parse_message_type, help=_TYPE_HELP)
+    request.add_argument("key", type=parse_key, help=_KEY_HELP)
+    request.add_argument("payload", help=_PAYLOAD_HELP)
+    request.add_argument(
+        "--timeout", type=seconds, default=5.0, metavar="S", help="seconds to wait (5)"
+    )
+
+    dlq = command("dlq", "list or replay dead letters")
+    dlq_sub = dlq.add_subparsers(dest="action", metavar="ACTION", required=True)
+    dlq_ls = dlq_sub.add_parser("ls", help="list dead letters, oldest first", parents=[common])
+    dlq_ls.add_argument(
+        "--limit", type=positive_int, default=100, metavar="N", help="at most N (100)"
+    )
+    dlq_replay = dlq_sub.add_parser(
+        "replay", help="republish dead letters to their original subject", parents=[common]
+    )
+    dlq_replay.add_argument(
+        "sequence", type=positive_int, nargs="+", help="dead-letter sequence (SEQ of dlq ls)"
+    )
+
+    demo = command(
+        "demo",
+        "run the payment flow end to end and print a summary (on an embedded server "
+        "unless --url, --backend, DELTRAN_BACKEND or the config file say otherwise)",
+    )
+    demo.add_argument(
+        "--payments", type=positive_int, default=1000, metavar="N", help="payments (1000)"
+    )
+    demo.add_argument(
+        "--workers", type=positive_int, default=3, metavar="N", help="netting workers (3)"
+    )
+    demo.add_argument(
+        "--corridors",
+        type=comma_list,
+        default=DEFAULT_CORRIDORS,
+        metavar="LIST",
+        help=f"comma separated (default {','.join(DEFAULT_CORRIDORS)})",
+    )
+    demo.add_argument(
+        "--banks",
+        type=comma_list,
+        default=DEFAULT_BANKS,
+        metavar="LIST",
+        help="comma separated BICs (default: 8 demo banks)",
+    )
+    demo.add_argument(
+        "--failures",
+        type=int,
+        default=5,
+        metavar="N",
+        help="payments whose first delivery fails on purpose, then succeeds (5)",
+    )
+    demo.add_argument(
+        "--poison",
+        type=int,
+        default=1,
+        metavar="N",
+        help="malformed instructions that get dead-lettered (1)",
+    )
+    demo.add_argument(
+        "--cycle-window",
+        type=seconds,
+        default=0.05,
+        metavar="S",
+        help="seconds a netting cycle waits for more payments (0.05)",
+    )
+    demo.add_argument(
+        "--metrics-port",
+        type=port_number,
+        metavar="PORT",
+        help="serve /metrics here while running (default: metrics.port, 9464; 0 = free port)",
+    )
+    demo.add_argument(
+        "--timeout", type=seconds, default=60.0, metavar="S", help="give up after S seconds (60)"
+    )
+    demo.add_argument("--seed", type=int, metavar="N", help="seed of the generated payments")
+    return parser

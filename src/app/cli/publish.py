@@ -1,0 +1,54 @@
+"""The ``publish`` and ``request`` commands: send one message, print its receipt or reply."""
+
+from __future__ import annotations
+
+import argparse
+
+from message_bus.domain.message import Message
+
+from ..containers import Container
+from .errors import EXIT_OK
+from .output import message_json, out, receipt_line
+from .payloads import read_payload, typed_payload
+from .session import load_command_settings, running_bus
+
+__all__ = ["publish_command", "request_command"]
+
+
+async def publish_command(args: argparse.Namespace, container: Container | None) -> int:
+    """Publish one message and print its receipt.
+
+    The payload is typed and checked (for the types with a schema) unless ``--raw``.
+    """
+    settings = load_command_settings(args)
+    payload = typed_payload(args.payload, args.type, args.key, raw=args.raw)
+    message = Message.new(
+        args.type,
+        args.key,
+        payload,
+        correlation_id=args.correlation_id,
+        headers=dict(args.header) or None,
+        message_id=args.message_id,
+    )
+    async with running_bus(settings, container) as bus:
+        publisher = await bus.publisher()
+        try:
+            receipt = await publisher.publish(message)
+        finally:
+            await publisher.close()
+    out(receipt_line(receipt))
+    return EXIT_OK
+
+
+async def request_command(args: argparse.Namespace, container: Container | None) -> int:
+    """Send a request and print the reply as one JSON line."""
+    settings = load_command_settings(args)
+    message = Message.new(args.type, args.key, read_payload(args.payload))
+    async with running_bus(settings, container) as bus:
+        publisher = await bus.publisher()
+        try:
+            reply = await publisher.request(message, args.timeout)
+        finally:
+            await publisher.close()
+    out(message_json(reply))
+    return EXIT_OK
