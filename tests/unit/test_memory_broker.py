@@ -14,6 +14,7 @@ from message_bus import (
     FunctionHandler,
     Message,
     MessageType,
+    NotFoundError,
     PartitionKey,
     PermanentError,
     PublisherConfig,
@@ -536,14 +537,73 @@ async def test_a_dead_letter_older_than_the_dead_letter_max_age_cannot_be_replay
         [dead] = await broker.dead_letters().list()
         assert dead.dlq_sequence is not None
         clock.advance(61.0)
-        with pytest.raises(KeyError):
+        with pytest.raises(NotFoundError):
             await broker.dead_letters().replay(dead.dlq_sequence)
         assert await broker.dead_letters().list() == []
 
 
-async def test_replay_of_an_unknown_dead_letter_is_a_key_error(broker: InMemoryBroker) -> None:
-    with pytest.raises(KeyError):
+async def test_looking_up_what_does_not_exist_raises_not_found_errors_that_are_key_errors(
+    broker: InMemoryBroker,
+) -> None:
+    await subscribe(broker, Recorder())  # the group "settlement" exists, on STREAM only
+    with pytest.raises(KeyError) as dead_letter:
         await broker.dead_letters().replay(42)
+    with pytest.raises(KeyError) as stream:
+        broker.stream_info("NO_SUCH_STREAM")
+    with pytest.raises(KeyError) as group:
+        broker.consumer_info(STREAM, "nobody")
+    with pytest.raises(KeyError) as elsewhere:
+        broker.consumer_info("DEAD_LETTERS", config().consumer_name)
+    found = [
+        (caught.value.what, caught.value.key, str(caught.value))
+        for caught in (dead_letter, stream, group, elsewhere)
+        if isinstance(caught.value, NotFoundError)
+    ]
+    assert found == [
+        ("dead letter", 42, "no dead letter 42"),
+        ("stream", "NO_SUCH_STREAM", "no stream 'NO_SUCH_STREAM'"),
+        ("consumer group", (STREAM, "nobody"), f"no consumer group ({STREAM!r}, 'nobody')"),
+        (
+            "consumer group",
+            ("DEAD_LETTERS", config().consumer_name),
+            f"no consumer group ('DEAD_LETTERS', {config().consumer_name!r})",
+        ),
+    ]
+
+
+# -- closing ------------------------------------------------------------------------------
+
+
+async def test_closing_the_broker_cancels_its_redelivery_timers(
+    broker: InMemoryBroker, clock: ManualClock
+) -> None:
+    attempts: list[int] = []
+
+    async def retry_later(message: Message) -> None:
+        attempts.append(current_delivery().attempt)
+        await current_delivery().nak(5.0)
+
+    await broker.subscriber(PAYMENT, config()).subscribe(FunctionHandler(retry_later))
+    await broker.publisher().publish(payment())
+    await broker.settle()
+    assert attempts == [1]
+    assert clock.pending_timers > 0  # the NAK delay
+    await broker.close()
+    assert clock.pending_timers == 0
+    clock.advance(60.0)
+    await broker.settle()
+    assert attempts == [1]
+
+
+async def test_a_closed_broker_says_so_and_refuses_to_publish(broker: InMemoryBroker) -> None:
+    publisher = broker.publisher()
+    closed = [broker.closed]
+    await broker.close()
+    await broker.close()  # idempotent
+    closed.append(broker.closed)
+    assert closed == [False, True]
+    with pytest.raises(ClosedError, match="broker closed"):
+        await publisher.publish(payment())
 
 
 # -- construction -------------------------------------------------------------------------

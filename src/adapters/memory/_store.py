@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING
 
 from message_bus.domain.catalog import StreamSpec
 from message_bus.domain.codec import H_MSG_ID, Encoded
-
-if TYPE_CHECKING:
-    from ._consumer import Group
 
 _COMPACT_AFTER = 4096
 _NEVER = float("inf")
@@ -42,7 +38,6 @@ class Stream:
         "duplicate_window",
         "expires_at",
         "first_seq",
-        "groups",
         "last_seq",
         "max_age",
         "name",
@@ -61,7 +56,6 @@ class Stream:
         self._base = 1  # sequence of _entries[0]
         self._dedup: dict[str, int] = {}
         self._dedup_expiry: deque[tuple[float, str]] = deque()
-        self.groups: list[Group] = []
 
     def __len__(self) -> int:
         return self.last_seq - self.first_seq + 1

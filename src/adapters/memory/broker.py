@@ -1,4 +1,9 @@
-"""The in-memory broker: JetStream's semantics in one process, through the real wire codec."""
+"""The in-memory broker and the ports it hands out: JetStream's semantics, through the real codec.
+
+The broker owns the streams, the durable groups of each stream, the core routes and the
+dead-letter stream; the consumer modules get a :class:`ConsumerHost` from it and use
+nothing else of it.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ from message_bus.domain.dead_letter import (
 from message_bus.domain.errors import (
     ClosedError,
     NoRespondersError,
+    NotFoundError,
     RequestTimeout,
     ValidationError,
 )
@@ -29,7 +35,10 @@ from message_bus.ports.dead_letters import DeadLetters
 from message_bus.ports.publisher import Publisher, PublishReceipt
 from message_bus.ports.subscriber import MessageHandler, Subscriber, Subscription
 
-from ._consumer import CoreMember, CoreQueue, Group, Member, StreamMember, subject_filter
+from ._core import CoreMember, CoreRoutes
+from ._durable import StreamMember
+from ._group import Group, subject_filter
+from ._host import Activity, ConsumerHost
 from ._store import Stream
 from .clock import Clock, SystemClock
 
@@ -125,21 +134,23 @@ class InMemoryBroker:
         for spec in self.catalog.all_streams():
             self._streams.setdefault(spec.name, Stream(spec, float(duplicate_window)))
         self._dead = self._streams[self.catalog.dead_letters.name]
-        self._type_streams = {
-            message_type: self._streams[spec.name]
+        # The durable groups by (stream, consumer name); a publish of a stream-backed type
+        # goes to its target: the stream and the groups on it (one list per stream).
+        self._groups: dict[tuple[str, str], Group] = {}
+        stream_groups: dict[str, list[Group]] = {name: [] for name in self._streams}
+        self._targets: dict[MessageType, tuple[Stream, list[Group]]] = {
+            message_type: (self._streams[spec.name], stream_groups[spec.name])
             for message_type, spec in self.catalog.streams.items()
         }
-        self._groups: dict[tuple[str, str], Group] = {}
-        # Core queue groups by route: an exact subject, or a message type (all its subjects).
-        self._core: dict[str | MessageType, dict[str, CoreQueue]] = {}
-        self._members: set[Member] = set()
-        self._joining: set[asyncio.Task[object]] = set()  # tasks waiting in stop or drain
+        self._members: set[Subscription] = set()
         self._requests: set[asyncio.Future[Encoded]] = set()
         self._closed = False
-        # Progress counters read by settle(): broker events, and workers woken but not
-        # yet running.
-        self._activity = 0
-        self._woken = 0
+        # Progress counters read by settle(), bumped by the broker and its consumers.
+        self._activity = Activity()
+        self._host = ConsumerHost(
+            self.clock, self.codec, self._activity, self._store_dead_letter, self._members.discard
+        )
+        self._core = CoreRoutes(self._activity)
 
     # -- ports ----------------------------------------------------------------------
 
@@ -205,11 +216,11 @@ class InMemoryBroker:
             TimeoutError: still busy after ``max_rounds`` rounds (a handler loop that
                 never stops producing work).
         """
-        quiet = 0
+        activity, quiet = self._activity, 0
         for _ in range(max_rounds):
-            before = self._activity
+            before = activity.events
             await asyncio.sleep(0)
-            if self._woken == 0 and self._activity == before:
+            if activity.woken == 0 and activity.events == before:
                 quiet += 1
                 if quiet >= 3:
                     return
@@ -221,9 +232,11 @@ class InMemoryBroker:
         """The current state of stream ``name``.
 
         Raises:
-            KeyError: no such stream.
+            NotFoundError: no such stream (also a ``KeyError``).
         """
-        stream = self._streams[name]
+        stream = self._streams.get(name)
+        if stream is None:
+            raise NotFoundError("stream", name)
         stream.expire(self.clock.now())
         return StreamState(name, len(stream), stream.first_seq, stream.last_seq)
 
@@ -231,9 +244,11 @@ class InMemoryBroker:
         """The state of the durable group ``consumer_name`` on ``stream``.
 
         Raises:
-            KeyError: no such group.
+            NotFoundError: no such group (also a ``KeyError``).
         """
-        group = self._groups[(stream, consumer_name)]
+        group = self._groups.get((stream, consumer_name))
+        if group is None:
+            raise NotFoundError("consumer group", (stream, consumer_name))
         return ConsumerState(
             stream,
             consumer_name,
@@ -243,7 +258,7 @@ class InMemoryBroker:
             group.members,
         )
 
-    # -- internals used by publishers, subscribers and groups ----------------------------
+    # -- internals used by the publisher, subscriber and dead letters below ----------
 
     def _check_open(self, what: str) -> None:
         if self._closed:
@@ -252,19 +267,22 @@ class InMemoryBroker:
     def _publish(
         self, encoded: Encoded, message_type: MessageType, jetstream: bool
     ) -> PublishReceipt:
-        stream = self._type_streams.get(message_type)
+        target = self._targets.get(message_type)
+        stream: Stream | None = None
         seq: int | None = None
         duplicate = False
-        if stream is not None:
+        if target is not None:
+            stream, groups = target
             seq, duplicate = stream.store(encoded, self.clock.now())
             if not duplicate:
-                self._activity += 1
+                self._activity.events += 1
                 subject = encoded.subject
-                for group in stream.groups:
+                for group in groups:
                     if group.waiters.queue and group.matches(subject):
                         group.kick()
-        if self._core:
-            self._route_core(encoded, message_type, None)
+        core = self._core
+        if core.queues:
+            core.route(encoded, message_type, None)
         headers = encoded.headers
         written = headers.get(H_PARTITION)
         partition = None if written is None else int(written)
@@ -274,47 +292,35 @@ class InMemoryBroker:
             )
         return PublishReceipt(headers[H_MSG_ID], encoded.subject, partition=partition)
 
-    def _route_core(
-        self,
-        encoded: Encoded,
-        message_type: MessageType,
-        reply: asyncio.Future[Encoded] | None,
-    ) -> int:
-        """Hand ``encoded`` to one member of every matching queue group; return how many."""
-        reached = 0
-        core = self._core
-        for queues in (core.get(message_type), core.get(encoded.subject)):
-            if queues:
-                for queue in queues.values():
-                    queue.pick().push(encoded, reply)
-                    reached += 1
-        if reached:
-            self._activity += 1
-        return reached
-
     def _attach(
         self, message_type: MessageType, handler: MessageHandler, config: SubscriberConfig
-    ) -> Member:
-        stream = self._type_streams.get(message_type) if config.use_jetstream else None
-        member: Member
-        if stream is not None:
-            member = StreamMember(self, handler, config, self._group(stream, message_type, config))
+    ) -> Subscription:
+        target = self._targets.get(message_type) if config.use_jetstream else None
+        member: StreamMember | CoreMember
+        if target is not None:
+            group = self._group(target, message_type, config)
+            member = StreamMember(self._host, handler, config, group)
         else:
             subject, exact = subject_filter(message_type, config.partition_key)
-            core = CoreMember(self, handler, config, subject if exact else message_type)
-            queues = self._core.setdefault(core.route, {})
-            queues.setdefault(core.queue_name, CoreQueue()).members.append(core)
-            member = core
+            route = subject if exact else message_type
+            member = CoreMember(self._host, handler, config, route, self._core)
+            self._core.add(member)
         self._members.add(member)
         member.start()
         return member
 
-    def _group(self, stream: Stream, message_type: MessageType, config: SubscriberConfig) -> Group:
+    def _group(
+        self,
+        target: tuple[Stream, list[Group]],
+        message_type: MessageType,
+        config: SubscriberConfig,
+    ) -> Group:
+        stream, groups = target
         key = (stream.name, config.consumer_name)
         group = self._groups.get(key)
         if group is None:
-            group = self._groups[key] = Group(self, stream, message_type, config)
-            stream.groups.append(group)
+            group = self._groups[key] = Group(self._host, stream, message_type, config)
+            groups.append(group)
             return group
         wanted, _ = subject_filter(message_type, config.partition_key)
         if group.subject_filter != wanted:
@@ -325,20 +331,6 @@ class InMemoryBroker:
             )
         group.config = config
         return group
-
-    def _remove_core(self, member: CoreMember) -> None:
-        queues = self._core.get(member.route, {})
-        queue = queues.get(member.queue_name)
-        if queue is None or member not in queue.members:
-            return
-        queue.members.remove(member)
-        if not queue.members:
-            del queues[member.queue_name]
-            if not queues:
-                del self._core[member.route]
-
-    def _forget_member(self, member: Member) -> None:
-        self._members.discard(member)
 
     def _store_dead_letter(
         self,
@@ -362,7 +354,7 @@ class InMemoryBroker:
             failed_at=self.clock.utcnow(),
         )
         self._dead.store(dead, self.clock.now())
-        self._activity += 1
+        self._activity.events += 1
 
 
 class InMemoryPublisher(Publisher):
@@ -413,7 +405,7 @@ class InMemoryPublisher(Publisher):
         encoded = self._encode(message)
         broker = self._broker
         reply: asyncio.Future[Encoded] = asyncio.get_running_loop().create_future()
-        if not broker._route_core(encoded, message.message_type, reply):
+        if not broker._core.route(encoded, message.message_type, reply):
             raise NoRespondersError(encoded.subject)
 
         def expire() -> None:
@@ -451,7 +443,7 @@ class InMemorySubscriber(Subscriber):
         self.message_type = message_type
         self.config = config
         self._broker = broker
-        self._subscriptions: list[Member] = []
+        self._subscriptions: list[Subscription] = []
         self._closed = False
 
     async def subscribe(self, handler: MessageHandler) -> Subscription:
@@ -493,6 +485,6 @@ class InMemoryDeadLetters(DeadLetters):
         broker._dead.expire(broker.clock.now())
         entry = broker._dead.get(dlq_sequence)
         if entry is None:
-            raise KeyError(dlq_sequence)
+            raise NotFoundError("dead letter", dlq_sequence)
         original = replay_of(entry.encoded, dlq_sequence)
         return broker._publish(original, MessageType.from_wire(original.headers[H_TYPE]), True)
