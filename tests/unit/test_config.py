@@ -42,6 +42,8 @@ def test_nak_delay_grows_with_the_delivery_count() -> None:
     [
         ({"publish_timeout": 0}, "publish_timeout"),
         ({"publish_timeout": -1.0}, "publish_timeout"),
+        ({"publish_timeout": float("nan")}, "publish_timeout"),
+        ({"max_retry_delay": float("inf")}, "max_retry_delay"),
         ({"max_retry_attempts": 0}, "max_retry_attempts"),
         ({"max_retry_attempts": True}, "max_retry_attempts"),
         ({"partitions": 0}, "partitions"),
@@ -66,6 +68,7 @@ def test_bad_publisher_settings_name_the_field(kwargs: dict[str, object], field:
         ({"durable_name": "x\r\n"}, "durable_name"),
         ({"max_concurrent": 0}, "max_concurrent"),
         ({"ack_wait": 0}, "ack_wait"),
+        ({"ack_wait": float("inf")}, "ack_wait"),
         ({"max_deliver": 0}, "max_deliver"),
         ({"partition_key": "corridor.USD-EUR"}, "partition_key"),
     ],

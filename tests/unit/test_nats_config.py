@@ -24,9 +24,21 @@ def test_a_single_url_string_becomes_a_one_server_list() -> None:
 
 
 def test_a_cluster_lists_every_server() -> None:
-    urls = ["nats://a:4222", "tls://b:4222", "c:4223"]
+    urls = ["nats://a:4222", "tls://b:4222", "wss://c:443"]
 
     assert NatsConfig(urls=urls).urls == tuple(urls)
+
+
+@pytest.mark.parametrize(
+    "url", ["localhost:4222", "http://localhost:4222", "nats:/host:4222", "nats//host:4222"]
+)
+def test_a_url_must_name_its_scheme(url: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        NatsConfig(urls=[url])
+
+    assert caught.value.field == "urls"
+    assert caught.value.value == url
+    assert "nats://host:4222" in caught.value.reason
 
 
 @pytest.mark.parametrize(
@@ -38,16 +50,20 @@ def test_a_cluster_lists_every_server() -> None:
         ({"urls": ["nats://host:99999"]}, "urls"),
         ({"urls": ["nats://host name:4222"]}, "urls"),
         ({"name": ""}, "name"),
+        ({"name": "  "}, "name"),
         ({"max_reconnect_attempts": -1}, "max_reconnect_attempts"),
         ({"reconnect_delay": 0}, "reconnect_delay"),
         ({"reconnect_delay": 5.0, "reconnect_max_delay": 1.0}, "reconnect_max_delay"),
         ({"connection_timeout": -1.0}, "connection_timeout"),
+        ({"api_timeout": float("nan")}, "api_timeout"),
+        ({"drain_timeout": float("inf")}, "drain_timeout"),
         ({"reconnect_buffer_size": -1}, "reconnect_buffer_size"),
-        ({"user": "app"}, "password"),
+        ({"user": "app"}, "user"),
         ({"password": "secret"}, "password"),
         ({"user": "app", "password": "secret", "token": "t0k3n"}, "token"),
         ({"token": "t0k3n", "creds_file": "/etc/app.creds"}, "creds_file"),
-        ({"tls_cert": "/etc/client.pem"}, "tls_key"),
+        ({"tls_cert": "/etc/client.pem"}, "tls_cert"),
+        ({"tls_key": "/etc/client.key"}, "tls_key"),
         ({"tls_ca": ""}, "tls_ca"),
     ],
 )
@@ -55,6 +71,17 @@ def test_bad_settings_name_the_field(kwargs: dict[str, object], field: str) -> N
     with pytest.raises(ValidationError) as caught:
         NatsConfig(**kwargs)  # type: ignore[arg-type]
     assert caught.value.field == field
+
+
+def test_a_half_credential_pair_names_the_half_that_is_set_and_hides_a_password() -> None:
+    with pytest.raises(ValidationError, match="needs password") as caught:
+        NatsConfig(user="app")
+    assert (caught.value.field, caught.value.value) == ("user", "app")
+
+    with pytest.raises(ValidationError, match="needs user") as caught:
+        NatsConfig(password="hunter2")
+    assert caught.value.field == "password"
+    assert "hunter2" not in str(caught.value)
 
 
 def test_secrets_stay_out_of_the_repr() -> None:

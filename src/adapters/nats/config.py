@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
@@ -9,12 +10,13 @@ from urllib.parse import urlparse
 from message_bus.domain.errors import ValidationError
 
 DEFAULT_URL = "nats://localhost:4222"
-_SCHEMES = frozenset({"nats", "tls", "ws", "wss"})
+_SCHEMES = ("nats", "tls", "ws", "wss")
+_URL_SHAPE = "must be a URL like nats://host:4222 (scheme nats, tls, ws or wss)"
 _DEFAULT_RECONNECT_BUFFER = 2 * 1024 * 1024
 
 
 def _positive(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
         raise ValidationError(name, value, "must be a positive number of seconds")
 
 
@@ -31,9 +33,9 @@ class NatsConfig:
     first bad one). Secrets are left out of ``repr``.
 
     Attributes:
-        urls: Server URLs (``nats://``, ``tls://``, ``ws://`` or ``wss://``); a cluster
-            lists several, the client fails over between them.
-        name: Connection name shown in the server's monitoring.
+        urls: Server URLs, each with its scheme (``nats://``, ``tls://``, ``ws://`` or
+            ``wss://``); a cluster lists several, the client fails over between them.
+        name: Connection name shown in the server's monitoring (not blank).
         max_reconnect_attempts: Reconnect attempts per server after a lost connection;
             ``None`` reconnects forever, ``0`` never reconnects.
         reconnect_delay: Backoff before the first reconnect attempt (seconds); it doubles
@@ -92,11 +94,11 @@ class NatsConfig:
     def validate(self) -> None:
         """Raise :class:`ValidationError` naming the first bad field."""
         if not self.urls:
-            raise ValidationError("urls", self.urls, "needs at least one server URL")
+            raise ValidationError("urls", self.urls, "needs at least one URL")
         for url in self.urls:
             _check_url(url)
-        if not isinstance(self.name, str) or not self.name:
-            raise ValidationError("name", self.name, "must be a non-empty str")
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise ValidationError("name", self.name, "must be a non-blank str")
         attempts = self.max_reconnect_attempts
         if attempts is not None and (
             isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 0
@@ -135,8 +137,11 @@ class NatsConfig:
         self._validate_credentials()
 
     def _validate_credentials(self) -> None:
-        if (self.user is None) != (self.password is None):
-            raise ValidationError("password", "***", "user and password go together")
+        # A half pair names the half that is set: that is the value its author can fix.
+        if self.user is not None and self.password is None:
+            raise ValidationError("user", self.user, "needs password")
+        if self.password is not None and self.user is None:
+            raise ValidationError("password", "***", "needs user")
         methods = [
             name
             for name, value in (
@@ -151,22 +156,25 @@ class NatsConfig:
             raise ValidationError(
                 methods[1], "***", f"use one authentication method, not {' and '.join(methods)}"
             )
-        if (self.tls_cert is None) != (self.tls_key is None):
-            raise ValidationError("tls_key", self.tls_key, "tls_cert and tls_key go together")
+        if self.tls_cert is not None and self.tls_key is None:
+            raise ValidationError("tls_cert", self.tls_cert, "needs tls_key")
+        if self.tls_key is not None and self.tls_cert is None:
+            raise ValidationError("tls_key", self.tls_key, "needs tls_cert")
 
 
 def _check_url(url: object) -> None:
+    """Raise unless ``url`` names its scheme, a host and, if any, a valid port."""
     if not isinstance(url, str) or not url:
         raise ValidationError("urls", url, "must be a non-empty str")
     if any(c in url for c in " \t\r\n"):
         raise ValidationError("urls", url, "must not contain whitespace")
     try:
-        parsed = urlparse(url if "://" in url else f"nats://{url}")
+        parsed = urlparse(url)
         port = parsed.port
     except ValueError as exc:
         raise ValidationError("urls", url, f"is not a URL: {exc}") from None
-    if parsed.scheme not in _SCHEMES:
-        raise ValidationError("urls", url, f"scheme must be one of {sorted(_SCHEMES)}")
+    if "://" not in url or parsed.scheme not in _SCHEMES:
+        raise ValidationError("urls", url, _URL_SHAPE)
     if not parsed.hostname:
         raise ValidationError("urls", url, "has no host")
     if port is not None and not 0 < port < 65536:
