@@ -1,10 +1,17 @@
 """Typed settings of the bus, loaded from defaults, a TOML file and ``DELTRAN_*`` variables.
 
-Priority, lowest to highest: the defaults below (the original crate's), the TOML file
-(``--config PATH`` or ``DELTRAN_CONFIG``), environment variables, explicit overrides
-(command-line flags). Every setting has one TOML key and one environment variable; the
-reference in ``docs/configuration.md`` is generated from the field metadata here
-(:func:`reference_markdown`), so it cannot drift from the code.
+Priority, lowest to highest: the defaults, the TOML file (``--config PATH`` or
+``DELTRAN_CONFIG``), environment variables, explicit overrides (command-line flags). Every
+setting has one TOML key and one environment variable; the reference in
+``docs/configuration.md`` is generated from them (:func:`reference_markdown`), so it
+cannot drift from the code.
+
+The ``nats``, ``publisher`` and ``subscriber`` sections are the very configs the bus runs
+with (:class:`NatsConfig`, :class:`PublisherConfig`, :class:`SubscriberConfig`): their
+fields, types, defaults and checks are declared on those dataclasses, once. This module
+adds only each field's environment variable and meaning (one table), and
+declares the settings that exist only here: the backend, the streams, metrics, tracing
+and the embedded server.
 
 A bad value raises :class:`~message_bus.domain.errors.ValidationError` whose ``field``
 names where the value came from (``DELTRAN_PUBLISH_TIMEOUT``, ``publisher.publish_timeout
@@ -17,15 +24,16 @@ import dataclasses
 import logging
 import math
 import os
+import re
 import tomllib
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import NoneType, UnionType
 from typing import Any, Literal, get_args, get_origin
 
-from message_bus.domain.catalog import StreamCatalog
+from message_bus.adapters.nats import NatsConfig
 from message_bus.domain.errors import ValidationError
 from message_bus.domain.partition import MAX_PARTITIONS
 from message_bus.ports.config import PublisherConfig, SubscriberConfig
@@ -36,13 +44,11 @@ __all__ = [
     "BusSettings",
     "EmbeddedSettings",
     "MetricsSettings",
-    "NatsSettings",
-    "PublisherSettings",
     "Setting",
     "StreamSettings",
-    "SubscriberSettings",
     "TracingSettings",
     "load_settings",
+    "publisher_config_from",
     "reference_markdown",
     "settings_reference",
 ]
@@ -52,11 +58,188 @@ BACKENDS: tuple[Backend, ...] = ("memory", "nats", "embedded")
 CONFIG_ENV = "DELTRAN_CONFIG"
 """Environment variable naming the TOML file to load when none is passed explicitly."""
 
-_URL_SCHEMES = ("nats://", "tls://", "ws://", "wss://")
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 log = logging.getLogger(__name__)
-_SECRET_KEYS = frozenset({"nats.password", "nats.token", "nats.nkey_seed"})
+
+# -- the configs' fields as settings -----------------------------------------------------
+
+_CONFIGS: dict[str, type[Any]] = {
+    "nats": NatsConfig,
+    "publisher": PublisherConfig,
+    "subscriber": SubscriberConfig,
+}
+"""The settings sections that are the bus's own configs, by TOML table."""
+
+_CONFIG_FIELDS: dict[str, tuple[str, str]] = {
+    # TOML key: (environment variable, meaning). The key names the config's field.
+    "partitions": (
+        "DELTRAN_PARTITIONS",
+        f"Partition count written to headers (1..{MAX_PARTITIONS}).",
+    ),
+    "nats.urls": (
+        "DELTRAN_NATS_URLS",
+        "Server URLs (`nats://`, `tls://`, `ws://`, `wss://`); comma separated in the "
+        "environment. Used by the `nats` backend.",
+    ),
+    "nats.name": ("DELTRAN_NATS_NAME", "Connection name shown by the server."),
+    "nats.max_reconnect_attempts": (
+        "DELTRAN_NATS_MAX_RECONNECT_ATTEMPTS",
+        "Reconnect attempts before giving up; unset (or `none` in the environment) = forever.",
+    ),
+    "nats.reconnect_delay": (
+        "DELTRAN_NATS_RECONNECT_DELAY",
+        "Backoff before the first reconnect attempt (s); doubles per attempt, with jitter.",
+    ),
+    "nats.reconnect_max_delay": (
+        "DELTRAN_NATS_RECONNECT_MAX_DELAY",
+        "Cap of the reconnect backoff (s).",
+    ),
+    "nats.connection_timeout": (
+        "DELTRAN_NATS_CONNECTION_TIMEOUT",
+        "Deadline of the initial connect, all servers and attempts included (s).",
+    ),
+    "nats.api_timeout": (
+        "DELTRAN_NATS_API_TIMEOUT",
+        "Timeout of JetStream stream/consumer API calls (s).",
+    ),
+    "nats.drain_timeout": (
+        "DELTRAN_NATS_DRAIN_TIMEOUT",
+        "How long a drain waits for subscriptions (s).",
+    ),
+    "nats.reconnect_buffer_size": (
+        "DELTRAN_NATS_RECONNECT_BUFFER_SIZE",
+        "Bytes of outgoing data buffered while reconnecting.",
+    ),
+    "nats.enable_jetstream": (
+        "DELTRAN_NATS_ENABLE_JETSTREAM",
+        "Use JetStream for stream-backed types.",
+    ),
+    "nats.user": ("DELTRAN_NATS_USER", "User name (with `password`)."),
+    "nats.password": ("DELTRAN_NATS_PASSWORD", "Password of `user`."),
+    "nats.token": ("DELTRAN_NATS_TOKEN", "Authentication token (instead of user/password)."),
+    "nats.nkey_seed": ("DELTRAN_NATS_NKEY_SEED", "NKEY seed (`SU...`) for NKEY authentication."),
+    "nats.creds_file": ("DELTRAN_NATS_CREDS_FILE", "Path of a `.creds` file (JWT + NKEY seed)."),
+    "nats.tls_ca": (
+        "DELTRAN_NATS_TLS_CA",
+        "CA certificate (PEM) that signed the server's certificate.",
+    ),
+    "nats.tls_cert": (
+        "DELTRAN_NATS_TLS_CERT",
+        "Client certificate (PEM) for mutual TLS (with `tls_key`).",
+    ),
+    "nats.tls_key": ("DELTRAN_NATS_TLS_KEY", "Private key (PEM) of `tls_cert`."),
+    "publisher.use_jetstream": (
+        "DELTRAN_PUBLISH_USE_JETSTREAM",
+        "Persist stream-backed types in JetStream.",
+    ),
+    "publisher.publish_timeout": (
+        "DELTRAN_PUBLISH_TIMEOUT",
+        "Overall deadline of one publish, retries included (s).",
+    ),
+    "publisher.max_retry_attempts": (
+        "DELTRAN_PUBLISH_MAX_RETRY_ATTEMPTS",
+        "Attempts per message, the first included.",
+    ),
+    "publisher.initial_retry_delay": (
+        "DELTRAN_PUBLISH_INITIAL_RETRY_DELAY",
+        "Backoff before the second attempt (s).",
+    ),
+    "publisher.max_retry_delay": (
+        "DELTRAN_PUBLISH_MAX_RETRY_DELAY",
+        "Backoff cap (s); every delay gets jitter.",
+    ),
+    "publisher.circuit_breaker_threshold": (
+        "DELTRAN_PUBLISH_CIRCUIT_BREAKER_THRESHOLD",
+        "Consecutive failed publishes that open the circuit breaker (0 disables it).",
+    ),
+    "publisher.circuit_breaker_cooldown": (
+        "DELTRAN_PUBLISH_CIRCUIT_BREAKER_COOLDOWN",
+        "Seconds the open breaker fails fast before it lets one probe through.",
+    ),
+    "publisher.max_in_flight": (
+        "DELTRAN_PUBLISH_MAX_IN_FLIGHT",
+        "Acks awaited at once by a batch publish.",
+    ),
+    "subscriber.consumer_group": (
+        "DELTRAN_CONSUMER_GROUP",
+        "Consumer group; members share the work.",
+    ),
+    "subscriber.durable_name": (
+        "DELTRAN_DURABLE_NAME",
+        "Durable consumer base name; with the group it names the JetStream consumer.",
+    ),
+    "subscriber.max_concurrent": (
+        "DELTRAN_MAX_CONCURRENT",
+        "Handlers in flight at once, per subscriber.",
+    ),
+    "subscriber.ack_wait": (
+        "DELTRAN_ACK_WAIT",
+        "Seconds a delivery may stay unacknowledged before redelivery.",
+    ),
+    "subscriber.max_deliver": (
+        "DELTRAN_MAX_DELIVER",
+        "Deliveries before a message is dead-lettered.",
+    ),
+    "subscriber.use_jetstream": (
+        "DELTRAN_SUBSCRIBE_USE_JETSTREAM",
+        "Consume stream-backed types from JetStream.",
+    ),
+    "subscriber.nak_initial_delay": (
+        "DELTRAN_NAK_INITIAL_DELAY",
+        "Redelivery delay after a first failure (s); doubles.",
+    ),
+    "subscriber.nak_max_delay": ("DELTRAN_NAK_MAX_DELAY", "Redelivery delay cap (s)."),
+    "subscriber.max_ack_pending": (
+        "DELTRAN_MAX_ACK_PENDING",
+        "Unacknowledged deliveries at once, per consumer group.",
+    ),
+    "subscriber.fetch_batch": ("DELTRAN_FETCH_BATCH", "Messages asked for per pull."),
+    "subscriber.dead_letter": (
+        "DELTRAN_DEAD_LETTER",
+        "Store TERMed and exhausted messages in `DEAD_LETTERS` (else drop them).",
+    ),
+}
+"""The environment variable and meaning of every config field that is a setting.
+
+A key ``section.name`` is the field ``name`` of the ``section``'s config; ``partitions``
+is the publisher's field, kept at the top level because the memory broker uses it too.
+Each config field is here or in ``_NOT_SETTINGS``: a new field cannot go unnoticed.
+"""
+
+_TOP_LEVEL_FIELDS = {"partitions": ("publisher", "partitions")}
+_NOT_SETTINGS = frozenset({("subscriber", "partition_key")})  # chosen per subscription
+
+
+def _config_field(key: str) -> tuple[str, str]:
+    """``(section, field name)`` of the config field that the TOML ``key`` sets."""
+    if key in _TOP_LEVEL_FIELDS:
+        return _TOP_LEVEL_FIELDS[key]
+    section, _, name = key.partition(".")
+    return section, name
+
+
+def _declared(key: str) -> dataclasses.Field[Any]:
+    """The config's declaration of the field that ``key`` sets."""
+    section, name = _config_field(key)
+    return next(f for f in dataclasses.fields(_CONFIGS[section]) if f.name == name)
+
+
+_KEY_OF_FIELD = {_config_field(key): key for key in _CONFIG_FIELDS}
+_SECRET_KEYS = frozenset(key for key in _CONFIG_FIELDS if not _declared(key).repr)
+"""Keys of the fields their config keeps out of ``repr``: passwords, tokens, seeds."""
+
+_UNLISTED = [
+    f"{cls.__name__}.{f.name}"
+    for section, cls in _CONFIGS.items()
+    for f in dataclasses.fields(cls)
+    if (section, f.name) not in _KEY_OF_FIELD and (section, f.name) not in _NOT_SETTINGS
+]
+if _UNLISTED:  # a config field nobody can set: give it a row (or say why it has none)
+    raise TypeError(f"config fields without a row in _CONFIG_FIELDS: {', '.join(_UNLISTED)}")
+
+
+# -- the app's own settings --------------------------------------------------------------
 
 
 def _setting(default: Any, env: str, doc: str) -> Any:
@@ -64,144 +247,6 @@ def _setting(default: Any, env: str, doc: str) -> Any:
     if isinstance(default, list | dict):
         raise TypeError("mutable defaults are not allowed")
     return field(default=default, metadata={"env": env, "doc": doc})
-
-
-@dataclass(frozen=True, kw_only=True)
-class NatsSettings:
-    """How to reach the NATS servers (the original crate's ``NatsConfig``)."""
-
-    urls: tuple[str, ...] = _setting(
-        ("nats://localhost:4222",),
-        "DELTRAN_NATS_URLS",
-        "Server URLs (`nats://`, `tls://`, `ws://`, `wss://`); comma separated in the "
-        "environment. Used by the `nats` backend.",
-    )
-    name: str = _setting("deltran", "DELTRAN_NATS_NAME", "Connection name shown by the server.")
-    max_reconnect_attempts: int | None = _setting(
-        None,
-        "DELTRAN_NATS_MAX_RECONNECT_ATTEMPTS",
-        "Reconnect attempts before giving up; unset (or `none` in the environment) = forever.",
-    )
-    reconnect_delay: float = _setting(
-        2.0,
-        "DELTRAN_NATS_RECONNECT_DELAY",
-        "Backoff before the first reconnect attempt (s); doubles per attempt, with jitter.",
-    )
-    reconnect_max_delay: float = _setting(
-        30.0, "DELTRAN_NATS_RECONNECT_MAX_DELAY", "Cap of the reconnect backoff (s)."
-    )
-    connection_timeout: float = _setting(
-        5.0,
-        "DELTRAN_NATS_CONNECTION_TIMEOUT",
-        "Deadline of the initial connect, all servers and attempts included (s).",
-    )
-    api_timeout: float = _setting(
-        5.0, "DELTRAN_NATS_API_TIMEOUT", "Timeout of JetStream stream/consumer API calls (s)."
-    )
-    drain_timeout: float = _setting(
-        30.0, "DELTRAN_NATS_DRAIN_TIMEOUT", "How long a drain waits for subscriptions (s)."
-    )
-    reconnect_buffer_size: int = _setting(
-        2 * 1024 * 1024,
-        "DELTRAN_NATS_RECONNECT_BUFFER_SIZE",
-        "Bytes of outgoing data buffered while reconnecting.",
-    )
-    enable_jetstream: bool = _setting(
-        True, "DELTRAN_NATS_ENABLE_JETSTREAM", "Use JetStream for stream-backed types."
-    )
-    user: str | None = _setting(None, "DELTRAN_NATS_USER", "User name (with `password`).")
-    password: str | None = _setting(None, "DELTRAN_NATS_PASSWORD", "Password of `user`.")
-    token: str | None = _setting(
-        None, "DELTRAN_NATS_TOKEN", "Authentication token (instead of user/password)."
-    )
-    nkey_seed: str | None = _setting(
-        None, "DELTRAN_NATS_NKEY_SEED", "NKEY seed (`SU...`) for NKEY authentication."
-    )
-    creds_file: str | None = _setting(
-        None, "DELTRAN_NATS_CREDS_FILE", "Path of a `.creds` file (JWT + NKEY seed)."
-    )
-    tls_ca: str | None = _setting(
-        None, "DELTRAN_NATS_TLS_CA", "CA certificate (PEM) that signed the server's certificate."
-    )
-    tls_cert: str | None = _setting(
-        None, "DELTRAN_NATS_TLS_CERT", "Client certificate (PEM) for mutual TLS (with `tls_key`)."
-    )
-    tls_key: str | None = _setting(None, "DELTRAN_NATS_TLS_KEY", "Private key (PEM) of `tls_cert`.")
-
-
-@dataclass(frozen=True, kw_only=True)
-class PublisherSettings:
-    """Publisher behaviour (the original crate's ``PublisherConfig`` and its defaults)."""
-
-    use_jetstream: bool = _setting(
-        True, "DELTRAN_PUBLISH_USE_JETSTREAM", "Persist stream-backed types in JetStream."
-    )
-    publish_timeout: float = _setting(
-        5.0, "DELTRAN_PUBLISH_TIMEOUT", "Overall deadline of one publish, retries included (s)."
-    )
-    max_retry_attempts: int = _setting(
-        3, "DELTRAN_PUBLISH_MAX_RETRY_ATTEMPTS", "Attempts per message, the first included."
-    )
-    initial_retry_delay: float = _setting(
-        0.1, "DELTRAN_PUBLISH_INITIAL_RETRY_DELAY", "Backoff before the second attempt (s)."
-    )
-    max_retry_delay: float = _setting(
-        2.0, "DELTRAN_PUBLISH_MAX_RETRY_DELAY", "Backoff cap (s); every delay gets jitter."
-    )
-    circuit_breaker_threshold: int = _setting(
-        5,
-        "DELTRAN_PUBLISH_CIRCUIT_BREAKER_THRESHOLD",
-        "Consecutive failed publishes that open the circuit breaker (0 disables it).",
-    )
-    circuit_breaker_cooldown: float = _setting(
-        10.0,
-        "DELTRAN_PUBLISH_CIRCUIT_BREAKER_COOLDOWN",
-        "Seconds the open breaker fails fast before it lets one probe through.",
-    )
-    max_in_flight: int = _setting(
-        PublisherConfig().max_in_flight,
-        "DELTRAN_PUBLISH_MAX_IN_FLIGHT",
-        "Acks awaited at once by a batch publish.",
-    )
-
-
-@dataclass(frozen=True, kw_only=True)
-class SubscriberSettings:
-    """Default subscriber behaviour (the original crate's ``SubscriberConfig``)."""
-
-    consumer_group: str = _setting(
-        "deltran-workers", "DELTRAN_CONSUMER_GROUP", "Consumer group; members share the work."
-    )
-    durable_name: str = _setting(
-        "deltran-consumer",
-        "DELTRAN_DURABLE_NAME",
-        "Durable consumer base name; with the group it names the JetStream consumer.",
-    )
-    max_concurrent: int = _setting(
-        10, "DELTRAN_MAX_CONCURRENT", "Handlers in flight at once, per subscriber."
-    )
-    ack_wait: float = _setting(
-        30.0, "DELTRAN_ACK_WAIT", "Seconds a delivery may stay unacknowledged before redelivery."
-    )
-    max_deliver: int = _setting(
-        3, "DELTRAN_MAX_DELIVER", "Deliveries before a message is dead-lettered."
-    )
-    use_jetstream: bool = _setting(
-        True, "DELTRAN_SUBSCRIBE_USE_JETSTREAM", "Consume stream-backed types from JetStream."
-    )
-    nak_initial_delay: float = _setting(
-        1.0, "DELTRAN_NAK_INITIAL_DELAY", "Redelivery delay after a first failure (s); doubles."
-    )
-    nak_max_delay: float = _setting(60.0, "DELTRAN_NAK_MAX_DELAY", "Redelivery delay cap (s).")
-    max_ack_pending: int = _setting(
-        1000, "DELTRAN_MAX_ACK_PENDING", "Unacknowledged deliveries at once, per consumer group."
-    )
-    fetch_batch: int = _setting(64, "DELTRAN_FETCH_BATCH", "Messages asked for per pull.")
-    dead_letter: bool = _setting(
-        True,
-        "DELTRAN_DEAD_LETTER",
-        "Store TERMed and exhausted messages in `DEAD_LETTERS` (else drop them).",
-    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -263,7 +308,10 @@ class EmbeddedSettings:
 
 @dataclass(frozen=True, kw_only=True)
 class BusSettings:
-    """Everything the composition root needs; build it with :func:`load_settings`."""
+    """Everything the composition root needs; build it with :func:`load_settings`.
+
+    ``nats``, ``publisher`` and ``subscriber`` are validated configs, ready to use.
+    """
 
     backend: Backend = _setting(  # noqa: RUF009  # a field(), not a default value
         "nats",
@@ -271,20 +319,22 @@ class BusSettings:
         "`nats` (servers at `nats.urls`), `embedded` (start a local nats-server) or "
         "`memory` (in-process broker, nothing persisted).",
     )
-    partitions: int = _setting(
-        32, "DELTRAN_PARTITIONS", f"Partition count written to headers (1..{MAX_PARTITIONS})."
-    )
-    nats: NatsSettings = field(default_factory=NatsSettings)
-    publisher: PublisherSettings = field(default_factory=PublisherSettings)
-    subscriber: SubscriberSettings = field(default_factory=SubscriberSettings)
+    nats: NatsConfig = field(default_factory=NatsConfig)
+    publisher: PublisherConfig = field(default_factory=PublisherConfig)
+    subscriber: SubscriberConfig = field(default_factory=SubscriberConfig)
     streams: StreamSettings = field(default_factory=StreamSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     tracing: TracingSettings = field(default_factory=TracingSettings)
     embedded: EmbeddedSettings = field(default_factory=EmbeddedSettings)
 
+    @property
+    def partitions(self) -> int:
+        """Partition count written to headers (the publisher's; the TOML key ``partitions``)."""
+        return self.publisher.partitions
+
     def publisher_config(self) -> PublisherConfig:
         """The :class:`PublisherConfig` these settings describe."""
-        return _publisher_config(self.publisher, self.partitions)
+        return self.publisher
 
     def subscriber_config(self, **changes: Any) -> SubscriberConfig:
         """The default :class:`SubscriberConfig`, with ``changes`` applied.
@@ -292,17 +342,18 @@ class BusSettings:
         Raises:
             ValidationError: a changed value is invalid.
         """
-        values = dataclasses.asdict(self.subscriber)
-        values.update(changes)
-        return SubscriberConfig(**values)
-
-    def catalog(self) -> StreamCatalog:
-        """The stream catalog (the design table's streams)."""
-        return StreamCatalog.default()
+        return dataclasses.replace(self.subscriber, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain values (lists for tuples), as fed to the container's configuration."""
-        plain: dict[str, Any] = _plain(dataclasses.asdict(self))
+        """Every setting by TOML key, plain values (lists for tuples), as the TOML file has them.
+
+        This is what the container's configuration is fed with.
+        """
+        plain: dict[str, Any] = {}
+        for key in _REFERENCE:
+            section, _, name = key.rpartition(".")
+            table = plain.setdefault(section, {}) if section else plain
+            table[name] = _plain(self._value(key))
         return plain
 
     def redacted(self) -> dict[str, Any]:
@@ -314,9 +365,36 @@ class BusSettings:
                 values[section][name] = "***"
         return values
 
+    def _value(self, key: str) -> Any:
+        if key in _CONFIG_FIELDS:
+            section, name = _config_field(key)
+            return getattr(getattr(self, section), name)
+        section, _, name = key.rpartition(".")
+        return getattr(getattr(self, section), name) if section else getattr(self, name)
 
-def _publisher_config(settings: PublisherSettings, partitions: int) -> PublisherConfig:
-    return PublisherConfig(partitions=partitions, **dataclasses.asdict(settings))
+
+def publisher_config_from(settings: Mapping[str, Any]) -> PublisherConfig:
+    """The :class:`PublisherConfig` of plain settings shaped like :meth:`BusSettings.to_dict`.
+
+    The container builds its publishers' config with it: the ``publisher`` table and the
+    top-level ``partitions``.
+
+    Raises:
+        ValidationError: a value is invalid (``field`` is the config's field name).
+    """
+    return PublisherConfig(**_config_values(settings, "publisher"))
+
+
+def _config_values(settings: Mapping[str, Any], section: str) -> dict[str, Any]:
+    """The fields of ``section``'s config that plain, TOML-shaped ``settings`` hold."""
+    values: dict[str, Any] = {}
+    for key in _CONFIG_FIELDS:
+        owner, name = _config_field(key)
+        table, _, last = key.rpartition(".")
+        holder = settings.get(table, {}) if table else settings
+        if owner == section and last in holder:
+            values[name] = holder[last]
+    return values
 
 
 def _plain(value: Any) -> Any:
@@ -342,10 +420,7 @@ class Setting:
     doc: str
 
 
-_SECTIONS: dict[str, type[Any]] = {
-    "nats": NatsSettings,
-    "publisher": PublisherSettings,
-    "subscriber": SubscriberSettings,
+_APP_SECTIONS: dict[str, type[Any]] = {
     "streams": StreamSettings,
     "metrics": MetricsSettings,
     "tracing": TracingSettings,
@@ -353,23 +428,34 @@ _SECTIONS: dict[str, type[Any]] = {
 }
 
 
-def _fields_of(cls: type[Any], prefix: str) -> list[Setting]:
+def _default_of(f: dataclasses.Field[Any]) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
+
+def _app_fields(cls: type[Any], prefix: str) -> list[Setting]:
     hints = typing.get_type_hints(cls)
-    rows = []
-    for f in dataclasses.fields(cls):
-        if "env" not in f.metadata:
-            continue
-        rows.append(
-            Setting(prefix + f.name, f.metadata["env"], hints[f.name], f.default, f.metadata["doc"])
-        )
-    return rows
+    return [
+        Setting(prefix + f.name, f.metadata["env"], hints[f.name], f.default, f.metadata["doc"])
+        for f in dataclasses.fields(cls)
+        if "env" in f.metadata
+    ]
+
+
+def _config_setting(key: str) -> Setting:
+    section, name = _config_field(key)
+    env, doc = _CONFIG_FIELDS[key]
+    annotation = typing.get_type_hints(_CONFIGS[section])[name]
+    return Setting(key, env, annotation, _default_of(_declared(key)), doc)
 
 
 def settings_reference() -> list[Setting]:
     """Every setting, in documentation order."""
-    rows = _fields_of(BusSettings, "")
-    for section, cls in _SECTIONS.items():
-        rows += _fields_of(cls, f"{section}.")
+    rows = _app_fields(BusSettings, "")
+    rows += [_config_setting(key) for key in _CONFIG_FIELDS]
+    for section, cls in _APP_SECTIONS.items():
+        rows += _app_fields(cls, f"{section}.")
     return rows
 
 
@@ -377,21 +463,21 @@ _REFERENCE = {s.key: s for s in settings_reference()}
 _BY_ENV = {s.env: s for s in _REFERENCE.values()}
 
 
-# -- parsing and checking --------------------------------------------------------------
+# -- parsing ---------------------------------------------------------------------------
+
+
+def _is_list(annotation: Any) -> bool:
+    return get_origin(annotation) in (tuple, Sequence)
 
 
 def _type_name(annotation: Any) -> str:
-    optional = False
-    if get_origin(annotation) in (UnionType, typing.Union):
-        args = [a for a in get_args(annotation) if a is not NoneType]
-        optional = len(args) < len(get_args(annotation))
-        annotation = args[0]
-    if get_origin(annotation) is Literal:
-        name = " \\| ".join(f"`{a}`" for a in get_args(annotation))
-    elif get_origin(annotation) is tuple:
+    base, optional = _split_optional(annotation)
+    if get_origin(base) is Literal:
+        name = " \\| ".join(f"`{a}`" for a in get_args(base))
+    elif _is_list(base):
         name = "list of str"
     else:
-        name = annotation.__name__
+        name = base.__name__
     return f"{name} (optional)" if optional else name
 
 
@@ -424,7 +510,7 @@ def _from_text(setting: Setting, source: str, text: str) -> Any:
             return float(stripped)
         except ValueError:
             raise ValidationError(source, text, "must be a number of seconds") from None
-    if get_origin(base) is tuple:
+    if _is_list(base):
         return tuple(part.strip() for part in text.split(",") if part.strip())
     return text
 
@@ -444,14 +530,15 @@ def _from_toml(setting: Setting, source: str, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValidationError(source, value, "must be a number of seconds")
         return float(value)
-    if get_origin(base) is tuple:
+    if _is_list(base):
         if isinstance(value, str):
             return (value,)
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ValidationError(source, value, "must be a list of strings")
         return tuple(value)
     if not isinstance(value, str):
-        raise ValidationError(source, value, "must be a string")
+        shown = "***" if setting.key in _SECRET_KEYS else value
+        raise ValidationError(source, shown, "must be a string")
     return value
 
 
@@ -478,26 +565,15 @@ def _check_file(source: str, value: str | None) -> None:
         raise ValidationError(source, value, "no such file")
 
 
+def _raise(source: str, value: Any, reason: str) -> None:
+    raise ValidationError(source, value, reason)
+
+
 _CHECKS: dict[str, Callable[[str, Any], None]] = {
+    # The app's own settings; the configs check their fields themselves.
     "backend": lambda s, v: (
         None if v in BACKENDS else _raise(s, v, f"must be one of {', '.join(BACKENDS)}")
     ),
-    "partitions": lambda s, v: _check_range(s, v, 1, MAX_PARTITIONS, f"in 1..{MAX_PARTITIONS}"),
-    "nats.urls": lambda s, v: _check_urls(s, v),
-    "nats.name": lambda s, v: None if v.strip() else _raise(s, v, "must not be empty"),
-    "nats.max_reconnect_attempts": lambda s, v: (
-        None if v is None else _check_range(s, v, 0, None, "an integer >= 0 or unset")
-    ),
-    "nats.reconnect_delay": lambda s, v: _check_range(s, v, 1e-3, None, "a number > 0"),
-    "nats.reconnect_max_delay": lambda s, v: _check_range(s, v, 1e-3, None, "a number > 0"),
-    "nats.connection_timeout": lambda s, v: _check_range(s, v, 1e-3, None, "a number > 0"),
-    "nats.api_timeout": lambda s, v: _check_range(s, v, 1e-3, None, "a number > 0"),
-    "nats.drain_timeout": lambda s, v: _check_range(s, v, 1e-3, None, "a number > 0"),
-    "nats.reconnect_buffer_size": lambda s, v: _check_range(s, v, 0, None, "an integer >= 0"),
-    "nats.creds_file": _check_file,
-    "nats.tls_ca": _check_file,
-    "nats.tls_cert": _check_file,
-    "nats.tls_key": _check_file,
     "streams.replicas": lambda s, v: _check_range(s, v, 1, 5, "in 1..5"),
     "streams.duplicate_window": lambda s, v: _check_range(s, v, 1e-3, None, "a number > 0"),
     "metrics.port": lambda s, v: _check_range(s, v, 0, 65535, "a port in 0..65535"),
@@ -505,21 +581,13 @@ _CHECKS: dict[str, Callable[[str, Any], None]] = {
     "embedded.port": lambda s, v: _check_range(s, v, 0, 65535, "a port in 0..65535"),
     "embedded.binary": _check_file,
     "tracing.sample_ratio": lambda s, v: _check_range(s, v, 0, 1, "a number in 0..1"),
+    # Files named by the NATS config must exist on this machine; the config checks their
+    # form only, this is checked when settings are loaded, before anything connects.
+    "nats.creds_file": _check_file,
+    "nats.tls_ca": _check_file,
+    "nats.tls_cert": _check_file,
+    "nats.tls_key": _check_file,
 }
-
-
-def _raise(source: str, value: Any, reason: str) -> None:
-    raise ValidationError(source, value, reason)
-
-
-def _check_urls(source: str, urls: tuple[str, ...]) -> None:
-    if not urls:
-        raise ValidationError(source, list(urls), "must hold at least one URL")
-    for url in urls:
-        if not url.startswith(_URL_SCHEMES) or len(url) <= len("nats://") or " " in url:
-            raise ValidationError(
-                source, url, "must be a URL like nats://host:4222 (nats, tls, ws or wss)"
-            )
 
 
 # -- loading ---------------------------------------------------------------------------
@@ -529,7 +597,7 @@ def _flatten_toml(data: Mapping[str, Any], path: Path) -> dict[str, tuple[Any, s
     """``{dotted key: (value, source label)}``; unknown keys are errors (typos)."""
     flat: dict[str, tuple[Any, str]] = {}
     for key, value in data.items():
-        if key in _SECTIONS:
+        if key in _CONFIGS or key in _APP_SECTIONS:
             if not isinstance(value, dict):
                 raise ValidationError(f"{key} in {path}", value, "must be a table")
             for name, inner in value.items():
@@ -621,78 +689,46 @@ def _build(values: Mapping[str, tuple[Any, str]]) -> BusSettings:
         check = _CHECKS.get(key)
         if check is not None:
             check(source, value)
-    top: dict[str, Any] = {}
-    sections: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
+    plain: dict[str, Any] = {}
     for key, (value, _source) in values.items():
         section, _, name = key.rpartition(".")
-        if section:
-            sections[section][name] = value
-        else:
-            top[key] = value
-    settings = BusSettings(
-        **top, **{name: cls(**sections[name]) for name, cls in _SECTIONS.items()}
-    )
-    _check_combinations(settings, values)
-    return settings
+        (plain.setdefault(section, {}) if section else plain)[name] = value
+    configs = {section: _config(section, plain, values) for section in _CONFIGS}
+    own = {name: cls(**plain.get(name, {})) for name, cls in _APP_SECTIONS.items()}
+    top = {k: v for k, v in plain.items() if k in _REFERENCE and k not in _CONFIG_FIELDS}
+    return BusSettings(**top, **configs, **own)
 
 
-def _source(values: Mapping[str, tuple[Any, str]], key: str) -> str:
+def _config(section: str, plain: Mapping[str, Any], values: Mapping[str, tuple[Any, str]]) -> Any:
+    """``section``'s config built from the given values; its errors name their source."""
+    try:
+        return _CONFIGS[section](**_config_values(plain, section))
+    except ValidationError as exc:
+        raise _traced(exc, section, values) from None
+
+
+def _traced(
+    exc: ValidationError, section: str, values: Mapping[str, tuple[Any, str]]
+) -> ValidationError:
+    """``exc`` of a config, with its field replaced by where the value came from.
+
+    Other fields of the same config that the reason names get theirs appended, so a rule
+    over two settings says how to set the other: ``needs password (password:
+    DELTRAN_NATS_PASSWORD)``. A field no source set is its key, marked ``(default)``.
+    """
+    key = _KEY_OF_FIELD.get((section, exc.field), f"{section}.{exc.field}")
+    related = []
+    for (owner, name), other in _KEY_OF_FIELD.items():
+        if owner == section and name != exc.field and re.search(rf"\b{name}\b", exc.reason):
+            related.append(f"{name}: {_origin(other, values, _REFERENCE[other].env)}")
+    reason = f"{exc.reason} ({'; '.join(related)})" if related else exc.reason
+    value = "***" if key in _SECRET_KEYS and exc.value is not None else exc.value
+    return ValidationError(_origin(key, values, f"{key} (default)"), value, reason)
+
+
+def _origin(key: str, values: Mapping[str, tuple[Any, str]], otherwise: str) -> str:
     entry = values.get(key)
-    return entry[1] if entry is not None else key
-
-
-def _check_combinations(settings: BusSettings, values: Mapping[str, tuple[Any, str]]) -> None:
-    """Checks that span several settings, and those the port configs make themselves."""
-    nats = settings.nats
-    for given, missing, what in (
-        ("nats.user", "nats.password", "a password"),
-        ("nats.password", "nats.user", "a user"),
-        ("nats.tls_cert", "nats.tls_key", "a key (nats.tls_key)"),
-        ("nats.tls_key", "nats.tls_cert", "a certificate (nats.tls_cert)"),
-    ):
-        given_name = given.split(".")[1]
-        missing_name = missing.split(".")[1]
-        value = getattr(nats, given_name)
-        if value is not None and getattr(nats, missing_name) is None:
-            shown = "***" if given in _SECRET_KEYS else value
-            raise ValidationError(
-                _source(values, given), shown, f"needs {what}: set {_REFERENCE[missing].env}"
-            )
-    methods = [
-        key
-        for key in ("nats.user", "nats.token", "nats.nkey_seed", "nats.creds_file")
-        if getattr(nats, key.split(".")[1]) is not None
-    ]
-    if len(methods) > 1:
-        names = " and ".join(_REFERENCE[k].env for k in methods)
-        raise ValidationError(
-            _source(values, methods[1]), "***", f"use one authentication method, not {names}"
-        )
-    if nats.reconnect_max_delay < nats.reconnect_delay:
-        if "nats.reconnect_max_delay" in values:
-            raise ValidationError(
-                _source(values, "nats.reconnect_max_delay"),
-                nats.reconnect_max_delay,
-                f"must be >= the reconnect delay ({nats.reconnect_delay})",
-            )
-        raise ValidationError(
-            _source(values, "nats.reconnect_delay"),
-            nats.reconnect_delay,
-            f"must be <= the reconnect max delay ({nats.reconnect_max_delay}; "
-            "set DELTRAN_NATS_RECONNECT_MAX_DELAY)",
-        )
-    try:
-        settings.publisher_config()
-    except ValidationError as exc:
-        raise ValidationError(
-            _source(values, f"publisher.{exc.field}"), exc.value, exc.reason
-        ) from None
-    try:
-        settings.subscriber_config()
-    except ValidationError as exc:
-        raise ValidationError(
-            _source(values, f"subscriber.{exc.field}"), exc.value, exc.reason
-        ) from None
+    return entry[1] if entry is not None else otherwise
 
 
 # -- documentation ---------------------------------------------------------------------

@@ -52,7 +52,7 @@ from message_bus.ports import (
     SubscriberConfig,
 )
 
-from .config import BACKENDS, BusSettings
+from .config import BACKENDS, BusSettings, publisher_config_from
 from .embedded import EmbeddedNatsServer
 from .service import BankConfirmer, NettingWorker, PaymentIntake
 
@@ -134,10 +134,6 @@ def _tracer_provider(service_name: str, sample_ratio: float) -> TracerProvider:
         sampler=ParentBased(TraceIdRatioBased(sample_ratio)),
         shutdown_on_exit=False,
     )
-
-
-def _publisher_config(values: Mapping[str, Any], partitions: int) -> PublisherConfig:
-    return PublisherConfig(partitions=partitions, **values)
 
 
 def _subscriber_config(values: Mapping[str, Any]) -> SubscriberConfig:
@@ -289,9 +285,7 @@ class Container(containers.DeclarativeContainer):
         Telemetry, metrics, tracer_provider, tracing=config.tracing.enabled
     )
 
-    publisher_config = providers.Factory(
-        _publisher_config, config.publisher, partitions=config.partitions
-    )
+    publisher_config = providers.Factory(publisher_config_from, config)
     subscriber_config = providers.Factory(_subscriber_config, config.subscriber)
 
     # -- connections (async resources; only the selected one is ever started) -------

@@ -7,12 +7,15 @@ from pathlib import Path
 import pytest
 
 from message_bus import PublisherConfig, SubscriberConfig, ValidationError
+from message_bus.adapters.nats import NatsConfig
 from message_bus.app.config import (
     BusSettings,
     load_settings,
+    publisher_config_from,
     reference_markdown,
     settings_reference,
 )
+from message_bus.app.containers import build_container
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 
@@ -102,9 +105,15 @@ def test_the_file_named_by_deltran_config_is_loaded(tmp_path: Path) -> None:
         ("DELTRAN_PUBLISH_TIMEOUT", "-1", "positive"),
         ("DELTRAN_BACKEND", "kafka", "one of memory, nats, embedded"),
         ("DELTRAN_NATS_URLS", "http://localhost:4222", "nats://host:4222"),
+        ("DELTRAN_NATS_URLS", "localhost:4222", "nats://host:4222"),
+        ("DELTRAN_NATS_URLS", "nats://a:4222,nats://b:0", "port must be in 1..65535"),
         ("DELTRAN_NATS_URLS", " , ", "at least one URL"),
+        ("DELTRAN_NATS_NAME", "  ", "non-blank"),
+        ("DELTRAN_NATS_CONNECTION_TIMEOUT", "0", "positive"),
         ("DELTRAN_PARTITIONS", "0", "1..4096"),
         ("DELTRAN_MAX_DELIVER", "three", "integer"),
+        ("DELTRAN_MAX_DELIVER", "0", ">= 1"),
+        ("DELTRAN_ACK_WAIT", "inf", "positive"),
         ("DELTRAN_CONSUMER_GROUP", "a.b", "[A-Za-z0-9_-]"),
         ("DELTRAN_NATS_ENABLE_JETSTREAM", "maybe", "boolean"),
         ("DELTRAN_METRICS_PORT", "70000", "0..65535"),
@@ -132,6 +141,117 @@ def test_a_bad_file_value_names_the_key_and_the_file(tmp_path: Path) -> None:
 
     assert caught.value.field == f"subscriber.ack_wait in {config}"
     assert caught.value.value == "30s"
+
+
+@pytest.mark.parametrize(
+    ("toml", "key", "value", "reason"),
+    [
+        (
+            '[nats]\nurls = ["nats://a:4222", "http://b:4222"]\n',
+            "nats.urls",
+            "http://b:4222",
+            "nats://host:4222",
+        ),
+        ('[nats]\nurls = "b:4222"\n', "nats.urls", "b:4222", "nats://host:4222"),
+        ("[nats]\nreconnect_delay = 0\n", "nats.reconnect_delay", 0.0, "positive"),
+        ("[subscriber]\nmax_deliver = 0\n", "subscriber.max_deliver", 0, ">= 1"),
+        ("[publisher]\nmax_in_flight = 0\n", "publisher.max_in_flight", 0, ">= 1"),
+        ("partitions = 5000\n", "partitions", 5000, "1..4096"),
+    ],
+)
+def test_a_value_the_config_rejects_names_its_key_and_file(
+    tmp_path: Path, toml: str, key: str, value: object, reason: str
+) -> None:
+    config = tmp_path / "bus.toml"
+    config.write_text(toml)
+
+    with pytest.raises(ValidationError) as caught:
+        load_settings(config, environ={})
+
+    assert caught.value.field == f"{key} in {config}"
+    assert caught.value.value == value
+    assert reason in caught.value.reason
+
+
+def test_a_rule_over_two_settings_says_how_to_set_the_other(tmp_path: Path) -> None:
+    config = tmp_path / "bus.toml"
+    config.write_text('[nats]\nuser = "bank"\n')
+    with pytest.raises(ValidationError, match="DELTRAN_NATS_PASSWORD") as caught:
+        load_settings(config, environ={})
+    assert caught.value.field == f"nats.user in {config}"
+
+    with pytest.raises(ValidationError, match="DELTRAN_NATS_RECONNECT_DELAY") as caught:
+        load_settings(environ={"DELTRAN_NATS_RECONNECT_DELAY": "60"})
+    assert caught.value.field.startswith("nats.reconnect_max_delay")  # the default, too small
+
+    with pytest.raises(ValidationError) as caught:
+        load_settings(
+            environ={"DELTRAN_NATS_RECONNECT_DELAY": "60", "DELTRAN_NATS_RECONNECT_MAX_DELAY": "5"}
+        )
+    assert caught.value.field == "DELTRAN_NATS_RECONNECT_MAX_DELAY"
+
+
+def test_a_secret_is_never_shown_even_when_mistyped(tmp_path: Path) -> None:
+    config = tmp_path / "bus.toml"
+    config.write_text("[nats]\ntoken = 123456789\n")
+    with pytest.raises(ValidationError) as caught:
+        load_settings(config, environ={})
+    assert "123456789" not in str(caught.value)
+
+    with pytest.raises(ValidationError) as caught:
+        load_settings(environ={"DELTRAN_NATS_PASSWORD": "hunter2"})
+    assert caught.value.field == "DELTRAN_NATS_PASSWORD"
+    assert "hunter2" not in str(caught.value)
+
+
+def test_the_sections_are_the_configs_the_bus_runs_with() -> None:
+    settings = load_settings(
+        environ={"DELTRAN_NATS_URLS": "tls://a:4222,tls://b:4222", "DELTRAN_NATS_NAME": "netting"}
+    )
+
+    assert settings.nats == NatsConfig(urls=["tls://a:4222", "tls://b:4222"], name="netting")
+    assert BusSettings().nats == NatsConfig()
+    assert BusSettings().subscriber == SubscriberConfig()
+
+
+def test_the_container_builds_the_same_publisher_config_as_the_settings() -> None:
+    settings = load_settings(environ={"DELTRAN_PARTITIONS": "64", "DELTRAN_PUBLISH_TIMEOUT": "2"})
+
+    assert settings.partitions == 64
+    assert settings.publisher_config().partitions == 64
+    assert publisher_config_from(settings.to_dict()) == settings.publisher_config()
+    assert build_container(settings).publisher_config() == settings.publisher_config()
+
+
+def test_the_plain_settings_load_back_to_the_same_settings() -> None:
+    settings = load_settings(
+        environ={
+            "DELTRAN_BACKEND": "memory",
+            "DELTRAN_PARTITIONS": "8",
+            "DELTRAN_NATS_URLS": "nats://a:4222,nats://b:4222",
+            "DELTRAN_NATS_TOKEN": "t0ken",
+            "DELTRAN_MAX_DELIVER": "5",
+            "DELTRAN_METRICS_PORT": "0",
+        }
+    )
+    plain = settings.to_dict()
+    flat = {
+        f"{table}.{name}" if isinstance(values, dict) else table: value
+        for table, values in plain.items()
+        for name, value in (values.items() if isinstance(values, dict) else [(table, values)])
+    }
+
+    assert sorted(flat) == sorted(s.key for s in settings_reference())
+    assert load_settings(environ={}, overrides=flat) == settings
+
+
+def test_a_changed_subscriber_config_is_checked_like_any_other() -> None:
+    settings = load_settings(environ={})
+
+    assert settings.subscriber_config(max_deliver=9).max_deliver == 9
+    with pytest.raises(ValidationError) as caught:
+        settings.subscriber_config(max_deliver=0)
+    assert caught.value.field == "max_deliver"
 
 
 def test_an_unknown_key_in_the_file_is_an_error_not_ignored(tmp_path: Path) -> None:
