@@ -39,6 +39,7 @@ from message_bus.adapters.nats import (
     NatsConfig,
     StreamManager,
 )
+from message_bus.adapters.nats.framing import BlockCodec
 from message_bus.app.embedded import EmbeddedNatsServer
 from message_bus.domain.codec import WireCodec
 from message_bus.domain.dead_letter import encode_dead_letter
@@ -157,7 +158,7 @@ async def test_a_dead_letter_that_cannot_be_stored_is_stored_once_the_stream_is_
 async def test_a_dead_letter_too_large_to_store_keeps_the_message_in_the_consumer(
     client: NatsClient,
 ) -> None:
-    codec = WireCodec()
+    codec = BlockCodec()
     empty = codec.encode_block(payment(blob=""))
     fill = client.connection.max_payload - len(empty.header_block) - len(empty.body) - 50
     message = payment(blob="x" * fill)  # fits, with 50 bytes to spare; its dead letter does not

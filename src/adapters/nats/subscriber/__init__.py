@@ -1,0 +1,143 @@
+"""The JetStream subscriber facade: picks a pull or core subscription per message type.
+
+The subscriber is split by concern: :mod:`.consumer` manages the group's durable
+consumer, :mod:`.workers` is the worker pool, :mod:`.pull` the pull loop (with the
+deliveries of :mod:`.delivery`), :mod:`.core` core subscriptions, and :mod:`.closing`
+how a subscription's inbox is closed.
+"""
+
+from __future__ import annotations
+
+import nats.errors
+
+from message_bus.domain.catalog import MessageType, StreamCatalog
+from message_bus.domain.codec import WireCodec
+from message_bus.domain.errors import BusConnectionError, ClosedError, ValidationError
+from message_bus.ports.config import PublisherConfig, SubscriberConfig
+from message_bus.ports.subscriber import MessageHandler, Subscriber, Subscription
+
+from ..client import NatsClient
+from ..framing import BlockCodec
+from ..sender import Sender
+from .consumer import ConsumerBinding
+from .core import CoreSubscription
+from .pull import PullSubscription
+
+
+class JetStreamSubscriber(Subscriber):
+    """Consumes one message type from NATS.
+
+    Stream-backed types (with ``use_jetstream``) are consumed through one durable pull
+    consumer per (stream, consumer name): every member of a consumer group binds to the
+    same consumer, so members share the work, and a group that restarts resumes where
+    it stopped. The consumer is created if absent (explicit acks, ``ack_wait``, no
+    server-side delivery limit, ``max_ack_pending``, filter from ``partition_key``,
+    deliver all); see :class:`PullSubscription` for the fetch loop. The subscriber
+    enforces ``max_deliver`` itself, so a message is never dropped by the server: a
+    dead letter that cannot be stored (dead-letter stream missing or unavailable) is
+    NAKed and dead-lettered on a later delivery.
+
+    Each delivery is decoded with :class:`BlockCodec` and settled by :func:`run_handler`:
+    ACK, NAK with the delay computed from the delivery count, or TERM with a dead
+    letter. Dead letters are published to ``DEAD_LETTERS`` and acknowledged by
+    JetStream before the TERM is sent (publish-before-term), so a dead letter is
+    durable even if the process dies right after. A message that cannot be decoded is
+    dead-lettered with the decode error; a delivery past ``max_deliver`` (its last
+    allowed delivery timed out, or its dead letter could not be stored) is
+    dead-lettered without running the handler.
+
+    Core-only types (or ``use_jetstream=False``) use a core subscription in a queue
+    group named after the consumer group; a handler's reply answers the request.
+
+    Args:
+        client: A connected :class:`NatsClient`.
+        message_type: The type to consume.
+        config: Group, durable name, concurrency and redelivery settings.
+        catalog: Which stream holds the type (defaults to the design's table).
+        publisher_config: Retry settings for storing dead letters and sending replies.
+        pull_expires: Seconds a pull request lingers on the server.
+        idle_heartbeat: Seconds between the server's heartbeats on an idle pull request
+            (at most half of ``pull_expires``); 2.5 missed heartbeats make the
+            subscription ask again.
+    """
+
+    def __init__(
+        self,
+        client: NatsClient,
+        message_type: MessageType,
+        config: SubscriberConfig | None = None,
+        catalog: StreamCatalog | None = None,
+        *,
+        publisher_config: PublisherConfig | None = None,
+        pull_expires: float = 15.0,
+        idle_heartbeat: float = 3.0,
+    ) -> None:
+        if not 0 < idle_heartbeat * 2 <= pull_expires:
+            raise ValidationError(
+                "idle_heartbeat", idle_heartbeat, "must be > 0 and at most half of pull_expires"
+            )
+        self.client = client
+        self.message_type = message_type
+        self.config = config if config is not None else SubscriberConfig()
+        self.catalog = catalog if catalog is not None else StreamCatalog.default()
+        self.publisher_config = (
+            publisher_config
+            if publisher_config is not None
+            else PublisherConfig(circuit_breaker_threshold=0)
+        )
+        self.pull_expires = pull_expires
+        self.idle_heartbeat = idle_heartbeat
+        self._codec = BlockCodec()
+        self._dead_letter_sender = Sender(client, self.publisher_config)
+        spec = self.catalog.stream_for(message_type) if self.config.use_jetstream else None
+        self.stream = spec.name if spec is not None else None
+        self._subscriptions: list[Subscription] = []
+        self._closed = False
+
+    async def subscribe(self, handler: MessageHandler) -> Subscription:
+        if self._closed:
+            raise ClosedError("the subscriber was closed")
+        if not await self.client.wait_connected(self.client.config.connection_timeout):
+            raise BusConnectionError("NATS is unreachable")
+        subscription: PullSubscription | CoreSubscription
+        if self.stream is None:
+            subscription = CoreSubscription(
+                self.client,
+                handler,
+                self.message_type,
+                self.config,
+                codec=self._codec,
+                reply_codec=WireCodec(self.publisher_config.partitions),
+                on_closed=self._forget,
+            )
+        else:
+            subscription = PullSubscription(
+                self.client,
+                handler,
+                ConsumerBinding(self.client, self.stream, self.config, self.message_type),
+                self.config,
+                codec=self._codec,
+                dead_letter_sender=self._dead_letter_sender,
+                pull_expires=self.pull_expires,
+                idle_heartbeat=self.idle_heartbeat,
+                on_closed=self._forget,
+            )
+        try:
+            await subscription.start()
+        except nats.errors.Error as exc:
+            raise BusConnectionError(f"could not subscribe: {exc}") from exc
+        self._subscriptions.append(subscription)
+        return subscription
+
+    def _forget(self, subscription: Subscription) -> None:
+        """Told by a subscription that it closed: :meth:`close` need not stop it."""
+        if subscription in self._subscriptions:
+            self._subscriptions.remove(subscription)
+
+    async def close(self) -> None:
+        self._closed = True
+        for subscription in list(self._subscriptions):
+            await subscription.stop()
+
+
+__all__ = ["JetStreamSubscriber"]
