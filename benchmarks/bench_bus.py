@@ -59,7 +59,7 @@ from message_bus.adapters.nats import (
     NatsConfig,
     StreamManager,
 )
-from message_bus.adapters.nats._wire import ordered_flush
+from message_bus.adapters.nats.internals import ordered_flush
 from message_bus.app.embedded import EmbeddedNatsServer
 from message_bus.domain.catalog import StreamCatalog
 

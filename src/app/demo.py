@@ -48,6 +48,7 @@ __all__ = [
     "DemoReport",
     "format_report",
     "run_demo",
+    "write_report",
 ]
 
 DEFAULT_CORRIDORS = ("USD-EUR", "GBP-USD", "EUR-GBP", "USD-JPY", "EUR-CHF", "USD-INR")

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import pytest
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 
-from message_bus import MessageType, StreamCatalog, ValidationError
+from message_bus import MessageType, NotFoundError, StreamCatalog, ValidationError
 from message_bus.adapters.nats import NatsClient, NatsConfig, StreamError, StreamManager
 from message_bus.app.embedded import EmbeddedNatsServer, NatsCluster
 
@@ -140,7 +140,7 @@ async def test_list_shows_what_exists(client: NatsClient) -> None:
     assert netting.subjects == ("deltran.netting.proposal.>",)
     assert (netting.storage, netting.retention, netting.replicas) == ("file", "limits", 1)
     assert (await manager.info("NETTING_PROPOSALS")) == netting
-    with pytest.raises(KeyError):
+    with pytest.raises(NotFoundError, match=r"no stream .NOPE."):
         await manager.info("NOPE")
 
 

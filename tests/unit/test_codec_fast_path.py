@@ -1,6 +1,6 @@
 """The fast paths give what the reference paths give.
 
-The codec's ``encode_block``/``decode_block`` against ``encode``/``decode``; the NATS
+The NATS codec's ``encode_block``/``decode_block`` against ``encode``/``decode``; the NATS
 adapter's protocol parser, header-block reader and receipts against nats-py's and the
 port's own.
 """
@@ -17,10 +17,11 @@ from strategies import messages
 from vectors import VECTORS, message_of
 
 from message_bus import DecodeError, Message, MessageType, PartitionKey, ValidationError, WireCodec
-from message_bus.adapters.nats._wire import header_block, headers_of
-from message_bus.adapters.nats.client import _Parser
+from message_bus.adapters.nats.framing import BlockCodec
+from message_bus.adapters.nats.headers import header_block, headers_of
+from message_bus.adapters.nats.internals import FastParser
 
-codec = WireCodec()
+codec = BlockCodec()
 
 
 def _general_decode(codec: WireCodec, subject: str, block: bytes, body: bytes) -> Message:
@@ -33,7 +34,7 @@ def _general_decode(codec: WireCodec, subject: str, block: bytes, body: bytes) -
 def test_the_fast_encoding_is_the_reference_encoding_serialized(
     message: Message, partitions: int
 ) -> None:
-    wire = WireCodec(partitions)
+    wire = BlockCodec(partitions)
     subject, headers, body = wire.encode(message)
 
     fast = wire.encode_block(message)
@@ -46,7 +47,7 @@ def test_the_fast_encoding_is_the_reference_encoding_serialized(
 def test_the_fast_decoding_returns_what_the_reference_decoding_returns(
     message: Message, partitions: int
 ) -> None:
-    wire = WireCodec(partitions)
+    wire = BlockCodec(partitions)
     fast = wire.encode_block(message)
 
     decoded = wire.decode_block(fast.subject, fast.header_block, fast.body)
@@ -60,7 +61,7 @@ def test_the_fast_decoding_returns_what_the_reference_decoding_returns(
 def test_the_fast_encoding_matches_the_documented_vectors_in_order() -> None:
     for vector in VECTORS:
         message = message_of(vector)
-        fast = WireCodec(vector["partitions"]).encode_block(message)
+        fast = BlockCodec(vector["partitions"]).encode_block(message)
         expected = "".join(f"{k}: {v}\r\n" for k, v in vector["wire"]["headers"].items())
         assert fast.subject == vector["wire"]["subject"]
         assert fast.header_block == f"NATS/1.0\r\n{expected}\r\n".encode()
@@ -240,7 +241,7 @@ async def test_the_fast_parser_reads_every_stream_as_nats_py_does(
     reference, fast = _RecordingConnection(), _RecordingConnection(routed_sids=(1,))
 
     await _parse_in_chunks(Parser(reference), stream, cuts)
-    await _parse_in_chunks(_Parser(fast), stream, cuts)
+    await _parse_in_chunks(FastParser(fast), stream, cuts)
 
     assert fast.events == reference.events
     assert len(fast.events) == sum(1 for item in items if item != b"+OK\r\n")  # +OK: nothing

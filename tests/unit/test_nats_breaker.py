@@ -104,3 +104,15 @@ def test_threshold_zero_never_opens() -> None:
 
     assert breaker.state == "closed"
     assert breaker.before() is None
+
+
+def test_clean_says_whether_a_success_would_change_anything() -> None:
+    breaker = CircuitBreaker(3, 10.0, FakeClock())
+    assert breaker.clean
+
+    breaker.failure()
+    assert not breaker.clean
+    assert breaker.state == "closed"
+
+    breaker.success()
+    assert breaker.clean

@@ -1,11 +1,11 @@
-"""The NATS wire helpers: header blocks that cannot corrupt the protocol stream."""
+"""NATS header blocks: they cannot corrupt the protocol stream, and one parser reads them."""
 
 from __future__ import annotations
 
 import pytest
 
 from message_bus import ValidationError
-from message_bus.adapters.nats._wire import header_block, parse_header_block
+from message_bus.adapters.nats.headers import header_block, headers_of, parse_header_lines
 
 
 def test_header_block_round_trips() -> None:
@@ -15,7 +15,7 @@ def test_header_block_round_trips() -> None:
 
     assert block.startswith(b"NATS/1.0\r\n")
     assert block.endswith(b"\r\n\r\n")
-    assert parse_header_block(block) == headers
+    assert headers_of(block) == headers
 
 
 @pytest.mark.parametrize(
@@ -46,6 +46,24 @@ def test_header_block_refuses_line_breaks_and_nul(headers: dict[str, str]) -> No
 def test_the_fast_header_parser_matches_nats_py(raw: bytes) -> None:
     from nats.aio.client import Client
 
-    from message_bus.adapters.nats.client import _Connection
+    from message_bus.adapters.nats.internals import Connection
 
-    assert _Connection._parse_header_lines(raw) == Client._parse_header_lines(raw)
+    assert parse_header_lines(raw) == Client._parse_header_lines(raw)
+    assert Connection._parse_header_lines(raw) == Client._parse_header_lines(raw)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (b"A: 1\r\nB-2: x y", {"A": "1", "B-2": "x y"}),
+        (b"A: 1\r\nA: 2", None),  # a name twice
+        (b"A: 1\r\nno colon", None),
+        (b"Bad Name: x", None),  # not an HTTP token
+        (b" A: 1", None),
+        (b"\xff: 1", None),
+    ],
+)
+def test_the_strict_parse_accepts_only_clean_distinct_headers(
+    raw: bytes, expected: dict[str, str] | None
+) -> None:
+    assert parse_header_lines(raw, strict=True) == expected

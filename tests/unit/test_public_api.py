@@ -53,3 +53,15 @@ def test_the_contract_suite_is_importable_without_pytest_loaded() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=30
     )
     assert result.stdout.strip() == "False"
+
+
+def test_loading_the_settings_imports_no_nats_client() -> None:
+    code = (
+        "import sys; from message_bus.app.config import load_settings;"
+        "load_settings(environ={'DELTRAN_BACKEND': 'memory'});"
+        "print('nats' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=30
+    )
+    assert result.stdout.strip() == "False"

@@ -5,16 +5,47 @@ apply the stream catalog with :class:`StreamManager`, then hand
 :class:`JetStreamPublisher` and :class:`JetStreamSubscriber` to services as the
 ``Publisher`` and ``Subscriber`` ports. nats-py exceptions never leave this package:
 they are mapped to the bus's errors.
+
+Names are imported on first use, so reading a :class:`NatsConfig` (as the app's
+settings do for every backend) loads no NATS client library.
 """
 
-from .client import ConnectionStatus, NatsClient, StatusListener, reconnect_backoff
-from .config import NatsConfig
-from .dead_letters import JetStreamDeadLetters
-from .publisher import CircuitBreaker, JetStreamPublisher, RetryEvent, RetryHook
-from .streams import StreamError, StreamManager, StreamReport, StreamSummary
-from .subscriber import JetStreamSubscriber
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .breaker import BreakerState, CircuitBreaker
+    from .client import ConnectionStatus, NatsClient, StatusListener, reconnect_backoff
+    from .config import NatsConfig
+    from .dead_letters import JetStreamDeadLetters
+    from .publisher import JetStreamPublisher
+    from .sender import RetryEvent, RetryHook
+    from .streams import StreamError, StreamManager, StreamReport, StreamSummary
+    from .subscriber import JetStreamSubscriber
+
+_HOME = {
+    "BreakerState": "breaker",
+    "CircuitBreaker": "breaker",
+    "ConnectionStatus": "client",
+    "NatsClient": "client",
+    "StatusListener": "client",
+    "reconnect_backoff": "client",
+    "NatsConfig": "config",
+    "JetStreamDeadLetters": "dead_letters",
+    "JetStreamPublisher": "publisher",
+    "RetryEvent": "sender",
+    "RetryHook": "sender",
+    "StreamError": "streams",
+    "StreamManager": "streams",
+    "StreamReport": "streams",
+    "StreamSummary": "streams",
+    "JetStreamSubscriber": "subscriber",
+}
 
 __all__ = [
+    "BreakerState",
     "CircuitBreaker",
     "ConnectionStatus",
     "JetStreamDeadLetters",
@@ -31,3 +62,10 @@ __all__ = [
     "StreamSummary",
     "reconnect_backoff",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _HOME.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)

@@ -9,27 +9,28 @@ import random
 import re
 import ssl
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import nats.errors
 from nats.aio.client import Client, Server
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
-from nats.protocol.parser import (
-    AWAITING_CONTROL_LINE,
-    AWAITING_MSG_PAYLOAD,
-    CRLF_SIZE,
-    Parser,
-)
 
 from message_bus.domain.errors import BusConnectionError, ClosedError
 
-from ._wire import RawHandler, ordered_flush, parse_header_lines, raw_block_of
 from .config import NatsConfig
-
-if TYPE_CHECKING:
-    from ._wire import AckMux
+from .headers import raw_block_of
+from .internals import (
+    Connection,
+    RawHandler,
+    TlsNotOfferedError,
+    UnsupportedClientError,
+    check_internals,
+    is_live,
+    ordered_flush,
+    route_raw,
+)
 
 log = logging.getLogger("message_bus.nats")
 
@@ -85,153 +86,6 @@ def _describe(error: BaseException) -> str:
     return text.removeprefix("nats: ").strip("'") or type(error).__name__
 
 
-class TlsNotOfferedError(nats.errors.Error):
-    """TLS is configured, but the server's INFO does not require TLS."""
-
-    def __str__(self) -> str:
-        return "the server does not offer TLS"
-
-
-class _Parser(Parser):
-    """nats-py's protocol parser with a fast lane for ``MSG`` and ``HMSG``.
-
-    A control line is split instead of matched against nats-py's regular expressions
-    (which try ``MSG`` first, so every ``HMSG`` costs two matches), the buffer is cut
-    once per read instead of twice per message, and a message of a raw route goes
-    straight to its handler. Anything else (INFO, PING, PONG, +OK, -ERR, or a line the
-    lane does not recognise) is handed to nats-py's parser, which takes it from there:
-    the two share the buffer and the state (``state``, ``msg_arg``, ``needed``,
-    ``header_needed``) with the same meaning.
-    """
-
-    nc: _Connection
-
-    async def parse(self, data: bytes = b"") -> None:
-        buf = self.buf
-        buf.extend(data)
-        nc = self.nc
-        routes = nc.raw_routes
-        stats = nc.stats
-        pos = 0
-        size = len(buf)
-        try:
-            while pos < size:
-                if self.state == AWAITING_MSG_PAYLOAD:  # a control line read earlier
-                    needed = self.needed
-                    if size - pos < needed + CRLF_SIZE:
-                        return
-                    header_size = self.header_needed
-                    arg = self.msg_arg
-                    sid, subject, reply = arg["sid"], arg["subject"], arg["reply"]
-                    self.header_needed = 0
-                    self.state = AWAITING_CONTROL_LINE
-                elif buf.startswith(b"HMSG ", pos) or buf.startswith(b"MSG ", pos):
-                    end = buf.find(b"\r\n", pos)
-                    if end < 0:
-                        return  # the rest of the line is still on its way
-                    parts = bytes(buf[pos:end]).split()
-                    count = len(parts)
-                    if parts[0] == b"MSG":  # MSG <subject> <sid> [reply] <size>
-                        if count not in (4, 5) or not parts[-1].isdigit():
-                            break  # not a line this lane reads
-                        reply = parts[3] if count == 5 else b""
-                        header_size = 0
-                    else:  # HMSG <subject> <sid> [reply] <header size> <total size>
-                        if count not in (5, 6) or not (parts[-1].isdigit() and parts[-2].isdigit()):
-                            break
-                        reply = parts[3] if count == 6 else b""
-                        header_size = int(parts[-2])
-                    try:
-                        sid = int(parts[2])
-                    except ValueError:
-                        break
-                    subject = parts[1]
-                    needed = int(parts[-1])
-                    pos = end + CRLF_SIZE
-                    if size - pos < needed + CRLF_SIZE:
-                        self.msg_arg = {"subject": subject, "sid": sid, "reply": reply}
-                        self.needed = needed
-                        self.header_needed = header_size
-                        self.state = AWAITING_MSG_PAYLOAD
-                        return
-                else:
-                    break
-                if header_size:
-                    headers: bytes | None = bytes(buf[pos : pos + header_size])
-                    payload = bytes(buf[pos + header_size : pos + needed])
-                else:
-                    headers = None
-                    payload = bytes(buf[pos : pos + needed])
-                pos += needed + CRLF_SIZE
-                route = routes.get(sid)
-                if route is not None:
-                    stats["in_msgs"] += 1
-                    stats["in_bytes"] += len(payload)
-                    try:
-                        route(subject, reply, payload, headers)
-                    except Exception:  # a broken handler must not break the reader
-                        log.exception("handling a message on %r failed", subject)
-                else:
-                    await nc._process_msg(sid, subject, reply, payload, headers)  # type: ignore[arg-type]
-                    if self.buf is not buf:
-                        return  # the parser was reset (reconnect): this buffer is stale
-        finally:
-            if pos and self.buf is buf:
-                del buf[:pos]
-        await super().parse()
-
-
-class _Connection(Client):
-    """nats-py's client with three additions.
-
-    * Raw routes (see ``_wire``): a subscription whose id is in ``raw_routes`` gets its
-      messages as they are parsed, with no ``Msg``, header dict, queue or task.
-    * A faster header parser (:func:`parse_header_lines`, the same result as
-      ``Client._parse_header_lines``, checked by the unit tests).
-    * With ``require_tls``, a server whose INFO does not require TLS is refused before
-      the client sends CONNECT, so credentials never travel in clear text.
-    """
-
-    require_tls = False
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.raw_routes: dict[int, RawHandler] = {}
-        if type(self._ps) is Parser:
-            self._ps = _Parser(self)
-
-    async def _process_info(self, info: dict[str, Any], initial_connection: bool = False) -> None:
-        if self.require_tls and not info.get("tls_required"):
-            raise TlsNotOfferedError
-        await super()._process_info(info, initial_connection)
-
-    async def _process_msg(
-        self,
-        sid: int,
-        subject: bytes,
-        reply: bytes,
-        data: bytes,
-        headers: bytes,  # None when the message has none (nats-py's annotation omits it)
-    ) -> None:
-        route = self.raw_routes.get(sid)
-        if route is None:
-            await super()._process_msg(sid, subject, reply, data, headers)
-            return
-        stats = self.stats
-        stats["in_msgs"] += 1
-        stats["in_bytes"] += len(data)
-        try:
-            route(subject, reply, data, headers)
-        except Exception:  # a broken handler must not break the connection's reader
-            log.exception("handling a message on %r failed", subject)
-
-    def _remove_sub(self, sid: int, max_msgs: int = 0) -> None:
-        self.raw_routes.pop(sid, None)
-        super()._remove_sub(sid, max_msgs)
-
-    _parse_header_lines = staticmethod(parse_header_lines)
-
-
 class NatsClient:
     """One NATS connection shared by the publishers and subscribers built on it.
 
@@ -263,8 +117,6 @@ class NatsClient:
         self._reconnect_attempt = 0
         self._server_netloc: str | None = None
         self._last_error: BaseException | None = None
-        self._ack_mux: AckMux | None = None
-        self._ack_mux_lock = asyncio.Lock()
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -282,7 +134,11 @@ class NatsClient:
                 raise ClosedError("the NATS client was closed")
             if self._nc is not None:
                 return
-            nc = _Connection()
+            nc = Connection()
+            try:
+                check_internals(nc)
+            except UnsupportedClientError as exc:
+                raise BusConnectionError(str(exc)) from exc
             nc.require_tls = self.config.uses_tls
             self._connecting = True
             self._last_error = None
@@ -406,6 +262,13 @@ class NatsClient:
         return self._nc
 
     @property
+    def live_connection(self) -> Client | None:
+        """The nats-py connection if it is up right now (not reconnecting, draining or
+        closed), else None; for hot paths that write only to a live connection."""
+        nc = self._nc
+        return nc if is_live(nc) else None
+
+    @property
     def jetstream(self) -> JetStreamContext:
         """The JetStream context of the connection.
 
@@ -472,20 +335,6 @@ class NatsClient:
             except TimeoutError:
                 return self.is_connected
 
-    async def ack_mux(self) -> AckMux:
-        """The connection's shared JetStream publish-acknowledgement multiplexer."""
-        mux = self._ack_mux
-        if mux is not None:
-            return mux
-        async with self._ack_mux_lock:
-            if self._ack_mux is None:
-                from ._wire import AckMux
-
-                mux = AckMux(self)
-                await mux.start()
-                self._ack_mux = mux
-            return self._ack_mux
-
     async def subscribe_raw(
         self,
         subject: str,
@@ -494,7 +343,7 @@ class NatsClient:
         pending_msgs_limit: int = 1024 * 1024,
         pending_bytes_limit: int = 256 * 1024 * 1024,
     ) -> Subscription:
-        """Subscribes ``handler`` to ``subject`` on a raw route (see ``_wire``).
+        """Subscribes ``handler`` to ``subject`` on a raw route (see :mod:`.internals`).
 
         The handler gets every message as it is read, in order, on the event loop.
         Unsubscribing (or draining) the returned subscription removes the route.
@@ -510,8 +359,7 @@ class NatsClient:
             pending_msgs_limit=pending_msgs_limit,
             pending_bytes_limit=pending_bytes_limit,
         )
-        if isinstance(nc, _Connection):
-            nc.raw_routes[sub._id] = handler
+        route_raw(nc, sub, handler)
         return sub
 
     # -- nats-py callbacks -------------------------------------------------------------------

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import base64
 import builtins
 import json
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import nats.errors
 
 from message_bus.domain.catalog import StreamCatalog
-from message_bus.domain.codec import H_MSG_ID, Encoded, WireCodec
+from message_bus.domain.codec import H_MSG_ID, H_PARTITION, Encoded, WireCodec
 from message_bus.domain.dead_letter import (
     H_DLQ_SUBJECT,
     DeadLetter,
@@ -20,6 +22,7 @@ from message_bus.domain.dead_letter import (
 from message_bus.domain.errors import (
     BusConnectionError,
     DecodeError,
+    NotFoundError,
     PublishError,
     ValidationError,
 )
@@ -27,9 +30,10 @@ from message_bus.ports.config import PublisherConfig
 from message_bus.ports.dead_letters import DeadLetters
 from message_bus.ports.publisher import PublishReceipt
 
-from ._wire import decode_stored_message
 from .client import NatsClient
-from .publisher import _Sender, block_of, receipt_partition
+from .framing import block_of
+from .headers import headers_of
+from .sender import Sender
 
 log = logging.getLogger("message_bus.nats.dead_letters")
 
@@ -63,7 +67,7 @@ class JetStreamDeadLetters(DeadLetters):
         self.catalog = catalog if catalog is not None else StreamCatalog.default()
         self.stream = self.catalog.dead_letters.name
         self._codec = WireCodec()
-        self._sender = _Sender(
+        self._sender = Sender(
             client,
             publisher_config
             if publisher_config is not None
@@ -86,7 +90,7 @@ class JetStreamDeadLetters(DeadLetters):
             if error.get("err_code") == _NO_MESSAGE or error.get("code") == 404:
                 return None
             raise BusConnectionError(f"reading {self.stream}: {error.get('description')}")
-        return decode_stored_message(answer["message"])
+        return _stored_message(answer["message"])
 
     async def list(self, limit: int = 100) -> builtins.list[DeadLetter]:
         """Up to ``limit`` dead letters, oldest first.
@@ -120,7 +124,7 @@ class JetStreamDeadLetters(DeadLetters):
         a replay never publishes anywhere else (say, to a ``$JS.API`` subject).
 
         Raises:
-            KeyError: no dead letter with that sequence.
+            NotFoundError: no dead letter with that sequence (also a ``KeyError``).
             DecodeError: the entry is not a dead letter of a DelTran message (nothing
                 is published).
             ValidationError: its type is not stream-backed in the catalog (nothing is
@@ -130,10 +134,10 @@ class JetStreamDeadLetters(DeadLetters):
         """
         stored = await self._get({"seq": dlq_sequence})
         if stored is None:
-            raise KeyError(dlq_sequence)
+            raise NotFoundError("dead letter", dlq_sequence)
         subject, headers, body, _ = stored
         if H_DLQ_SUBJECT not in headers:  # not a dead letter (list() skips it too)
-            raise KeyError(dlq_sequence)
+            raise NotFoundError("dead letter", dlq_sequence)
         original = replay_of(Encoded(subject, headers, body), dlq_sequence)
         # Raises DecodeError unless the subject is the one the message's headers name.
         message = self._codec.decode(original.subject, original.headers, original.body)
@@ -144,11 +148,29 @@ class JetStreamDeadLetters(DeadLetters):
         message_id = original.headers.get(H_MSG_ID, "")
         try:
             return await self._sender.send(
-                message_id, block_of(original, receipt_partition(original.headers)), True, None
+                message_id,
+                block_of(original, _partition_in(original.headers)),
+                jetstream=True,
+                message_type=None,
             )
         except PublishError:
             log.error("replay of %s #%d failed", self.stream, dlq_sequence)
             raise
+
+
+def _stored_message(raw: dict[str, Any]) -> tuple[str, dict[str, str], bytes, int]:
+    """(subject, headers, body, sequence) of a ``STREAM.MSG.GET`` response's message."""
+    hdrs = raw.get("hdrs")
+    headers = (headers_of(base64.b64decode(hdrs)) or {}) if hdrs else {}
+    data = raw.get("data")
+    body = base64.b64decode(data) if data else b""
+    return str(raw["subject"]), headers, body, int(raw["seq"])
+
+
+def _partition_in(headers: Mapping[str, str]) -> int | None:
+    """The partition number written in ``headers``, if any."""
+    text = headers.get(H_PARTITION)
+    return int(text) if text is not None and text.isdigit() else None
 
 
 __all__ = ["JetStreamDeadLetters"]

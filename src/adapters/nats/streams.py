@@ -14,7 +14,12 @@ import nats.js.errors
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig, StreamInfo
 
 from message_bus.domain.catalog import StreamCatalog, StreamSpec
-from message_bus.domain.errors import BusConnectionError, MessageBusError, ValidationError
+from message_bus.domain.errors import (
+    BusConnectionError,
+    MessageBusError,
+    NotFoundError,
+    ValidationError,
+)
 
 from .client import NatsClient
 
@@ -236,13 +241,13 @@ class StreamManager:
         """One stream.
 
         Raises:
-            KeyError: no such stream.
+            NotFoundError: no such stream (also a ``KeyError``).
             BusConnectionError: JetStream did not answer.
         """
         try:
             info = await self.client.jetstream.stream_info(name)
         except nats.js.errors.NotFoundError:
-            raise KeyError(name) from None
+            raise NotFoundError("stream", name) from None
         except (nats.errors.Error, TimeoutError) as exc:
             raise _api_failure(name, exc) from exc
         return _summary(info)

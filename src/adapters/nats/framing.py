@@ -1,0 +1,307 @@
+"""NATS framing of the wire format: messages to and from ready-made header blocks.
+
+:class:`BlockCodec` is the domain's :class:`WireCodec` plus the adapter's fast paths:
+:meth:`~BlockCodec.encode_block` writes the header block of ``encode``'s headers
+directly, and :meth:`~BlockCodec.decode_block` reads a block laid out that way without
+building a header dict. Both give exactly what the general ``encode``/``decode`` give
+(the unit tests hold them to it); anything unusual falls back to the general path.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from types import MappingProxyType
+from typing import NamedTuple
+
+import msgspec
+
+from message_bus.domain.catalog import MessageType
+from message_bus.domain.codec import (
+    CONTENT_TYPE_JSON,
+    H_CAUSATION_ID,
+    H_CONTENT_TYPE,
+    H_CORRELATION_ID,
+    H_MSG_ID,
+    H_PARTITION,
+    H_PARTITION_KEY,
+    H_TYPE,
+    JSON_DECODER,
+    JSON_ENCODER,
+    RESERVED_PREFIXES,
+    STATIC_HEADERS,
+    Encoded,
+    WireCodec,
+    decode_partition,
+    encode_payload,
+    envelope_template,
+    format_timestamp,
+    is_id,
+    parse_key,
+    parse_timestamp,
+)
+from message_bus.domain.errors import DecodeError, ValidationError
+from message_bus.domain.message import Message, check_header, check_id
+from message_bus.domain.partition import DEFAULT_PARTITIONS, PartitionKey
+
+from .headers import BLOCK_START, header_block, parse_header_lines
+
+_MSG_ID_LINE = b"\r\nNats-Msg-Id: "
+_CREATED_AT_LINE = b"Deltran-Created-At: "
+_MSG_ID_LINE_SIZE = len(_MSG_ID_LINE)
+_CREATED_AT_LINE_SIZE = len(_CREATED_AT_LINE)
+_ROUTES_MAX = 16384
+_EMPTY_HEADERS: MappingProxyType[str, str] = MappingProxyType({})
+
+
+class EncodedBlock(msgspec.Struct, frozen=True, gc=False):
+    """A message as it travels, with its headers already serialized.
+
+    ``header_block`` is the NATS header block of exactly the headers
+    :meth:`WireCodec.encode` produces, in the same order: ``NATS/1.0`` CRLF, one
+    ``Name: value`` CRLF per header, CRLF; UTF-8.
+    """
+
+    subject: str
+    header_block: bytes
+    body: bytes
+    partition: int | None
+
+
+class _Route(NamedTuple):
+    """What (type, key, partition count) fixes on the wire, validated once."""
+
+    subject: str
+    partition: int | None
+    block_prefix: bytes  # header block up to the Nats-Msg-Id value
+
+
+class _DecodeRoute(NamedTuple):
+    """The validated meaning of a header-block prefix (up to ``Nats-Msg-Id``)."""
+
+    subject: str
+    message_type: MessageType
+    key: PartitionKey
+    partition: int | None
+    partitions: int | None
+
+
+_decode_routes: dict[bytes, _DecodeRoute] = {}
+
+
+class BlockCodec(WireCodec):
+    """:class:`WireCodec` with the NATS fast paths (see the module doc).
+
+    Encoding caches, per (type, key), the subject and the static part of the header
+    block, validated and serialized once, so the per message work is the id, the
+    timestamp, the optional headers and the body.
+    """
+
+    def __init__(self, partitions: int = DEFAULT_PARTITIONS) -> None:
+        super().__init__(partitions)
+        self._routes: dict[int, dict[str, _Route]] = {}  # id(type member) -> suffix -> route
+
+    def encode_block(self, message: Message) -> EncodedBlock:
+        """Encode ``message`` with its headers serialized; the fast path of :meth:`encode`.
+
+        Same checks, same headers in the same order (see :class:`EncodedBlock`). The
+        subject and the static headers of each (type, key) are validated and
+        serialized once, so the per message work is the id, the timestamp, the
+        optional headers and the body.
+
+        Raises:
+            ValidationError: as :meth:`encode`.
+        """
+        try:  # keyed by the member's id: enum members hash in Python, ints in C
+            route = self._routes[id(message.message_type)][message.partition_key.suffix]
+        except (KeyError, AttributeError):
+            route = self._route(message)
+        message_id = message.id
+        if not (  # _is_id, inlined
+            type(message_id) is str
+            and 0 < len(message_id) <= 128
+            and message_id.isascii()
+            and message_id.isprintable()
+            and " " not in message_id
+        ):
+            check_id("id", message_id)
+        moment = message.created_at
+        if moment.tzinfo is UTC and moment.microsecond:  # else msgspec drops the fraction
+            created = JSON_ENCODER.encode(moment)[1:-1]  # RFC 3339 with "Z", as format_timestamp
+        else:
+            created = format_timestamp(moment).encode()
+        if message.correlation_id is None and message.causation_id is None and not message.headers:
+            block = b"%s%s\r\nDeltran-Created-At: %s\r\n\r\n" % (
+                route.block_prefix,
+                message_id.encode(),
+                created,
+            )
+        else:
+            block = self._block_with_options(route, message, created)
+        try:
+            body = JSON_ENCODER.encode(message.payload)
+        except (TypeError, ValueError, OverflowError):
+            body = encode_payload(message.payload)  # raises the ValidationError
+        return EncodedBlock(route.subject, block, body, route.partition)
+
+    def _route(self, message: Message) -> _Route:
+        message_type = message.message_type
+        if not isinstance(message_type, MessageType):
+            raise ValidationError("message_type", message_type, "must be a MessageType")
+        key = message.partition_key
+        if not isinstance(key, PartitionKey) or type(key) is PartitionKey:
+            raise ValidationError(
+                "partition_key", key, "must be built with PartitionKey.corridor/..."
+            )
+        suffix = key.suffix
+        parse_key(suffix)  # canonical: nothing but allow-listed tokens reaches the wire
+        subject, template = envelope_template(message_type, suffix, self.partitions)
+        prefix = "NATS/1.0\r\n" + "".join(f"{k}: {v}\r\n" for k, v in template.items())
+        partition = template.get(H_PARTITION)
+        route = _Route(
+            subject,
+            None if partition is None else int(partition),
+            (prefix + H_MSG_ID + ": ").encode(),
+        )
+        routes = self._routes.setdefault(id(message_type), {})
+        if len(routes) >= _ROUTES_MAX:
+            routes.clear()
+        routes[suffix] = route
+        return route
+
+    @staticmethod
+    def _block_with_options(route: _Route, message: Message, created: bytes) -> bytes:
+        parts = [route.block_prefix, message.id.encode(), b"\r\nDeltran-Created-At: ", created]
+        if message.correlation_id is not None:
+            check_id("correlation_id", message.correlation_id)
+            parts += (b"\r\nDeltran-Correlation-Id: ", message.correlation_id.encode())
+        if message.causation_id is not None:
+            check_id("causation_id", message.causation_id)
+            parts += (b"\r\nDeltran-Causation-Id: ", message.causation_id.encode())
+        if message.headers:
+            for name, value in message.headers.items():
+                check_header(name, value)
+                try:
+                    parts.append(f"\r\n{name}: {value}".encode())
+                except UnicodeEncodeError:
+                    raise ValidationError(
+                        f"headers[{name!r}]", value, "header value is not valid Unicode"
+                    ) from None
+        parts.append(b"\r\n\r\n")
+        return b"".join(parts)
+
+    def decode_block(self, subject: str, block: bytes | None, body: bytes) -> Message | None:
+        """The fast path of :meth:`decode`, for a header block laid out as
+        :meth:`encode_block` lays it out.
+
+        Returns the message :meth:`decode` would return for ``block``'s headers (as
+        nats-py parses them), or None when the block is laid out otherwise or
+        anything in it is wrong: then parse the headers and call :meth:`decode`,
+        which accepts any layout and names what is wrong. The static part of the
+        block (type, key, partition, content type) is validated once per distinct
+        prefix; the rest is checked for every message as :meth:`decode` checks it.
+        """
+        if not block:
+            return None
+        cut = block.find(_MSG_ID_LINE)
+        if cut < 0:
+            return None
+        prefix = block[:cut]
+        route = _decode_routes.get(prefix)
+        if route is None:
+            route = _learn_decode_route(prefix)
+            if route is None:
+                return None
+        if subject != route.subject:
+            return None
+        lines = block[cut + _MSG_ID_LINE_SIZE :].split(b"\r\n")
+        count = len(lines)
+        if count < 4 or lines[-1] or lines[-2] or not lines[1].startswith(_CREATED_AT_LINE):
+            return None
+        message_id = lines[0].strip().decode("utf-8", "replace")
+        if not (  # _is_id, inlined
+            0 < len(message_id) <= 128
+            and message_id.isascii()
+            and message_id.isprintable()
+            and " " not in message_id
+        ):
+            return None
+        created_text = lines[1][_CREATED_AT_LINE_SIZE:].strip().decode("utf-8", "replace")
+        try:
+            if len(created_text) == 27 and created_text[10] == "T" and created_text[26] == "Z":
+                created_at = datetime.fromisoformat(created_text)  # what encode produces
+            else:
+                created_at = parse_timestamp(created_text)
+            payload = JSON_DECODER.decode(body)
+        except (ValueError, msgspec.DecodeError):
+            return None
+        correlation_id = causation_id = None
+        user = _EMPTY_HEADERS
+        if count > 4:
+            options = parse_header_lines(b"\r\n".join(lines[2:-2]), strict=True)
+            if options is None:
+                return None
+            correlation_id = options.pop(H_CORRELATION_ID, None)
+            causation_id = options.pop(H_CAUSATION_ID, None)
+            if (correlation_id is not None and not is_id(correlation_id)) or (
+                causation_id is not None and not is_id(causation_id)
+            ):
+                return None
+            if options:
+                for name in options:
+                    if name.startswith(RESERVED_PREFIXES) or name == H_CONTENT_TYPE:
+                        return None  # a second envelope header, or one decode ignores
+                user = MappingProxyType(options)
+        return Message(
+            id=message_id,
+            message_type=route.message_type,
+            partition_key=route.key,
+            payload=payload,
+            created_at=created_at,
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+            headers=user,
+            partition=route.partition,
+            partitions=route.partitions,
+        )
+
+
+def _learn_decode_route(prefix: bytes) -> _DecodeRoute | None:
+    """Validates a header-block prefix as :meth:`WireCodec.decode` validates those
+    headers; caches and returns its meaning, or None if it is anything unusual."""
+    if not prefix.startswith(BLOCK_START):
+        return None
+    headers = parse_header_lines(prefix[len(BLOCK_START) :], strict=True)
+    if headers is None or not headers.keys() <= STATIC_HEADERS:
+        return None
+    type_name = headers.get(H_TYPE)
+    suffix = headers.get(H_PARTITION_KEY)
+    content_type = headers.get(H_CONTENT_TYPE)
+    if type_name is None or suffix is None:
+        return None
+    if content_type is not None and content_type.split(";")[0].strip() != CONTENT_TYPE_JSON:
+        return None
+    try:
+        message_type = MessageType.from_wire(type_name)
+        key = parse_key(suffix)
+        partition, partitions = decode_partition(headers, suffix)
+    except (KeyError, ValidationError, DecodeError):
+        return None
+    route = _DecodeRoute(
+        f"{message_type.subject_prefix}.{suffix}", message_type, key, partition, partitions
+    )
+    if len(_decode_routes) >= _ROUTES_MAX:
+        _decode_routes.clear()
+    _decode_routes[prefix] = route
+    return route
+
+
+def block_of(encoded: Encoded, partition: int | None = None) -> EncodedBlock:
+    """``encoded`` with its headers serialized, for the receipt's ``partition``.
+
+    Raises:
+        ValidationError: a header name or value holds CR, LF or NUL.
+    """
+    return EncodedBlock(encoded.subject, header_block(encoded.headers), encoded.body, partition)
+
+
+__all__ = ["BlockCodec", "EncodedBlock", "block_of"]
