@@ -24,6 +24,7 @@ from message_bus.domain.errors import (
     PublishTimeout,
     RequestTimeout,
     RetryableError,
+    StreamError,
     ValidationError,
 )
 from message_bus.domain.message import Message
@@ -76,6 +77,7 @@ __all__ = [
     "RequestTimeout",
     "RetryableError",
     "StreamCatalog",
+    "StreamError",
     "StreamSpec",
     "Subscriber",
     "SubscriberConfig",

@@ -745,10 +745,6 @@ class NatsCluster:
         """Kills node ``index`` (0-based) with SIGKILL, as a crash would."""
         self.node(index).kill()
 
-    def stop_node(self, index: int) -> None:
-        """Stops node ``index`` gracefully (SIGTERM); its data stays for a restart."""
-        self.node(index)._terminate_process()
-
     def restart_node(self, index: int, *, wait_healthy: bool = True) -> None:
         """(Re)starts node ``index`` on its ports and store directory.
 

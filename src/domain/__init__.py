@@ -23,6 +23,7 @@ from .errors import (
     PublishTimeout,
     RequestTimeout,
     RetryableError,
+    StreamError,
     ValidationError,
 )
 from .message import Message
@@ -62,6 +63,7 @@ __all__ = [
     "RequestTimeout",
     "RetryableError",
     "StreamCatalog",
+    "StreamError",
     "StreamSpec",
     "ValidationError",
     "WireCodec",

@@ -154,6 +154,20 @@ class NotFoundError(MessageBusError, KeyError):
         return str(self.args[0])
 
 
+class StreamError(MessageBusError):
+    """A stream could not be created, updated or read, or a consumer group not bound to it.
+
+    Attributes:
+        stream: The stream's name.
+        reason: What JetStream said.
+    """
+
+    def __init__(self, stream: str, reason: str) -> None:
+        self.stream = stream
+        self.reason = reason
+        super().__init__(f"stream {stream}: {reason}")
+
+
 class ClosedError(MessageBusError):
     """The publisher, subscriber or connection was used after close()."""
 

@@ -257,6 +257,9 @@ class Subscriber(ABC):
         Raises:
             ClosedError: the subscriber was closed.
             BusConnectionError: the broker is unreachable.
+            StreamError: the type's stream does not exist (apply the stream catalog)
+                or the broker refused the consumer group. An adapter whose broker
+                creates its streams itself (the in-memory one) never raises it.
         """
 
     @abstractmethod

@@ -111,6 +111,18 @@ async def test_a_resubmitted_instruction_is_stored_once(bus: Container) -> None:
     assert again.duplicate
 
 
+async def test_a_batch_is_validated_whole_before_anything_is_published(bus: Container) -> None:
+    intake = await bus.payment_intake()
+
+    with pytest.raises(ValidationError):
+        await intake.submit_many([payment(1), payment(2, currency="EUR")])
+    receipts = await intake.submit_many([payment(1), payment(2)])
+
+    assert [r.sequence for r in receipts] == [1, 2]
+    assert not any(r.duplicate for r in receipts)
+    assert (await intake.submit(payment(2))).duplicate
+
+
 @pytest.mark.parametrize(
     ("changes", "field"),
     [

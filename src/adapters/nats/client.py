@@ -243,11 +243,6 @@ class NatsClient:
         return self._server_netloc if self.is_connected else None
 
     @property
-    def last_error(self) -> BaseException | None:
-        """The last error the connection reported (for diagnostics)."""
-        return self._last_error
-
-    @property
     def connection(self) -> Client:
         """The underlying nats-py connection (for adapters and tests).
 

@@ -18,6 +18,7 @@ from message_bus.domain.errors import (
     BusConnectionError,
     MessageBusError,
     NotFoundError,
+    StreamError,
     ValidationError,
 )
 
@@ -35,20 +36,6 @@ _TRANSIENT = (
     nats.errors.TimeoutError,
     nats.errors.NoRespondersError,
 )
-
-
-class StreamError(MessageBusError):
-    """A stream could not be created, updated or read.
-
-    Attributes:
-        stream: The stream's name.
-        reason: What JetStream said.
-    """
-
-    def __init__(self, stream: str, reason: str) -> None:
-        self.stream = stream
-        self.reason = reason
-        super().__init__(f"stream {stream}: {reason}")
 
 
 @dataclass(frozen=True, slots=True)
