@@ -6,10 +6,12 @@ import asyncio
 import contextlib
 import os
 import signal
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from nats.aio.msg import Msg
@@ -105,14 +107,29 @@ async def consumer_state(client: NatsClient, group: str = "workers") -> tuple[in
 
 @contextmanager
 def frozen(server: EmbeddedNatsServer) -> Iterator[None]:
-    """The server process stopped (not dead: its sockets stay open) for the block."""
+    """The server process stopped (not dead: its sockets stay open) for the block.
+
+    ``kill`` returns before every thread of the server has stopped: a thread still
+    running could answer what the block sends first. The block starts once each thread
+    is in the stopped state.
+    """
     pid = server.pid
     assert pid is not None
     os.kill(pid, signal.SIGSTOP)
     try:
+        deadline = time.monotonic() + 5.0
+        while not _all_threads_stopped(pid):
+            assert time.monotonic() < deadline, f"nats-server {pid} did not stop within 5 s"
+            time.sleep(0.001)
         yield
     finally:
         os.kill(pid, signal.SIGCONT)
+
+
+def _all_threads_stopped(pid: int) -> bool:
+    tasks = Path(f"/proc/{pid}/task")
+    states = [(task / "stat").read_text().rsplit(")", 1)[1].split()[0] for task in tasks.iterdir()]
+    return all(state in ("T", "t") for state in states)
 
 
 # -- dead letters that cannot be stored --------------------------------------------------

@@ -20,6 +20,7 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 MODULES = sorted(SRC.rglob("*.py"))
 NATS_ADAPTER = SRC / "adapters" / "nats"
 FENCE = NATS_ADAPTER / "internals.py"
+MEMORY_ADAPTER = SRC / "adapters" / "memory"
 
 
 def _tree(path: Path) -> ast.Module:
@@ -65,11 +66,21 @@ def _foreign_private_reads(path: Path) -> list[str]:
     return found
 
 
-def test_only_the_fence_reaches_into_another_objects_private_names_in_the_nats_adapter() -> None:
+@pytest.mark.parametrize(
+    ("package", "allowed"),
+    [
+        (NATS_ADAPTER, FENCE),  # nats-py's internals, fenced
+        (MEMORY_ADAPTER, MEMORY_ADAPTER / "broker.py"),  # consumers see a ConsumerHost
+    ],
+    ids=["nats", "memory"],
+)
+def test_within_an_adapter_one_module_at_most_reaches_into_private_names(
+    package: Path, allowed: Path
+) -> None:
     found = [
         line
-        for path in sorted(NATS_ADAPTER.rglob("*.py"))
-        if path != FENCE
+        for path in sorted(package.rglob("*.py"))
+        if path != allowed
         for line in _foreign_private_reads(path)
     ]
     assert not found, "\n".join(found)
