@@ -260,7 +260,7 @@ class PullSubscription(Subscription):
             self._wake.set()
 
     def _on_delivery(self, subject: bytes, reply: bytes, data: bytes, block: bytes | None) -> None:
-        """Every message of the inbox, as it is read (a raw route: see ``_wire``)."""
+        """Every message of the inbox, as it is read (a raw route: see :mod:`..internals`)."""
         now = self._last_seen = time.monotonic()
         if reply:  # a delivery: its reply subject is the ack subject
             if self._outstanding > 0:
