@@ -11,14 +11,6 @@ from proxy import TcpProxy
 from message_bus.app.embedded import EmbeddedNatsServer
 
 
-async def _wait(condition: object, what: str, timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():  # type: ignore[operator]
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
 async def test_forwards_records_and_cuts(nats_server: EmbeddedNatsServer) -> None:
     disconnected = asyncio.Event()
 
