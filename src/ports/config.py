@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import secrets
 from dataclasses import dataclass
 
 from message_bus.domain.errors import ValidationError
@@ -23,6 +24,16 @@ def _positive(field: str, value: float, *, allow_zero: bool = False) -> None:
 def _count(field: str, value: int, low: int = 1) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ValidationError(field, value, f"must be an int >= {low}")
+
+
+EPHEMERAL_CONSUMER_PREFIX = "ephemeral-"
+"""Names of ephemeral consumers start with it and hold no ``__``, so no group's
+consumer name (``{durable}__{group}[__{filter}]``) is ever one."""
+
+
+def ephemeral_consumer_name() -> str:
+    """A fresh, random name for an ephemeral consumer (a reader in no group)."""
+    return f"{EPHEMERAL_CONSUMER_PREFIX}{secrets.token_hex(8)}"
 
 
 def check_consumer_name_part(field: str, value: object) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import secrets
 from collections.abc import Awaitable
 from datetime import datetime
 from typing import TypeVar
@@ -23,16 +22,13 @@ from nats.js.api import (
 
 from message_bus.domain.catalog import MessageType
 from message_bus.domain.errors import BusConnectionError, MessageBusError, ValidationError
-from message_bus.ports.config import SubscriberConfig
+from message_bus.ports.config import SubscriberConfig, ephemeral_consumer_name
 
 from ..client import NatsClient
 from ..streams import StreamError
 
 log = logging.getLogger("message_bus.nats.subscriber")
 
-EPHEMERAL_PREFIX = "ephemeral-"
-"""Names of ephemeral consumers start with it; they hold no ``__``, so no group's
-consumer name (``{durable}__{group}[__{filter}]``) can ever be one."""
 DEFAULT_INACTIVE_THRESHOLD = 60.0
 """Seconds without pull requests after which the server deletes an ephemeral consumer
 whose reader died without deleting it."""
@@ -43,11 +39,6 @@ T = TypeVar("T")
 
 def _seconds(value: float | None) -> float:
     return round(float(value or 0.0), 6)
-
-
-def ephemeral_name() -> str:
-    """A fresh name for an ephemeral consumer (never a group's consumer name)."""
-    return f"{EPHEMERAL_PREFIX}{secrets.token_hex(8)}"
 
 
 async def _within(call: Awaitable[T], timeout: float | None) -> T:
@@ -73,7 +64,7 @@ class ConsumerBinding:
     older naming), and binding to it raises :class:`ValidationError` instead.
 
     An ephemeral binding (``ephemeral=True``) creates a consumer of its own under a
-    fresh name (:func:`ephemeral_name`), which no group can share: its deliveries and
+    fresh name (:func:`ephemeral_consumer_name`), which no group can share: its deliveries and
     acknowledgements are nobody else's. The server deletes it after
     ``inactive_threshold`` seconds without pull requests; :meth:`delete` deletes it
     at once.
@@ -92,7 +83,7 @@ class ConsumerBinding:
         self.client = client
         self.stream = stream
         self.ephemeral = ephemeral
-        self.name = ephemeral_name() if ephemeral else config.consumer_name
+        self.name = ephemeral_consumer_name() if ephemeral else config.consumer_name
         key = config.partition_key
         filter_subject = f"{message_type.subject_prefix}.{key.suffix if key else '>'}"
         description = (
@@ -269,4 +260,4 @@ class ConsumerBinding:
             log.debug("consumer %s on %s not deleted: %s", self.name, self.stream, exc)
 
 
-__all__ = ["DEFAULT_INACTIVE_THRESHOLD", "EPHEMERAL_PREFIX", "ConsumerBinding", "ephemeral_name"]
+__all__ = ["DEFAULT_INACTIVE_THRESHOLD", "ConsumerBinding"]
