@@ -147,3 +147,39 @@ async def test_a_consumer_lost_on_the_same_stream_still_resumes_after_its_ack_fl
 
     info = await client.jetstream.consumer_info(STREAM, CONFIG.consumer_name)
     assert info.num_pending == 2  # 4 and 5: 1-3 were acknowledged
+
+
+async def test_a_member_follows_a_consumer_another_member_recreated_on_a_new_stream(
+    client: NatsClient,
+) -> None:
+    publisher = JetStreamPublisher(client)
+    for n in range(1, 6):
+        await publisher.publish(payment(n))
+    old = ConsumerBinding(client, STREAM, CONFIG, PAYMENT)
+    await old.ensure()
+    sub = await client.jetstream.pull_subscribe_bind(CONFIG.consumer_name, STREAM)
+    for msg in await sub.fetch(5, timeout=10):
+        await msg.ack_sync()
+    await sub.unsubscribe()
+    assert await old.refresh(5.0)
+    assert old.ack_floor == 5
+
+    await recreate_stream(client)
+    for n in range(6, 14):
+        await publisher.publish(payment(n))
+    other = ConsumerBinding(client, STREAM, CONFIG, PAYMENT)  # another member, restarted
+    await other.ensure()
+    sub = await client.jetstream.pull_subscribe_bind(CONFIG.consumer_name, STREAM)
+    for msg in await sub.fetch(2, timeout=10):
+        await msg.ack_sync()
+    await sub.unsubscribe()
+
+    # The first member notices the consumer is not the one it bound, and binds again.
+    assert not await old.refresh(5.0)
+    await old.ensure()
+    assert old.ack_floor == 2
+    await client.jetstream.delete_consumer(STREAM, CONFIG.consumer_name)
+    await old.ensure()
+
+    info = await client.jetstream.consumer_info(STREAM, CONFIG.consumer_name)
+    assert info.num_pending == 6  # 3-8 of the new stream: none skipped, none repeated
