@@ -24,6 +24,7 @@ from message_bus.adapters.nats import (
     NatsConfig,
     StreamManager,
 )
+from message_bus.adapters.nats.subscriber.consumer import ConsumerBinding
 from message_bus.app.embedded import EmbeddedNatsServer
 
 PAYMENT = MessageType.PAYMENT_INSTRUCTION
@@ -142,3 +143,42 @@ async def test_a_group_whose_settings_drifted_is_updated_with_a_warning(
 
 async def _ignore(message: Message) -> None:
     del message
+
+
+async def test_a_consumer_created_by_someone_else_meanwhile_keeps_its_filter(
+    client: NatsClient,
+) -> None:
+    # Between the binding's look-up (not found) and its creation, another process
+    # creates the consumer of that name with another filter.
+    filtered = SubscriberConfig(durable_name="d", consumer_group="race", partition_key=USD_EUR)
+    binding = ConsumerBinding(client, STREAM, filtered, PAYMENT)
+    await client.jetstream.add_consumer(
+        STREAM,
+        ConsumerConfig(
+            name=binding.name,
+            durable_name=binding.name,
+            ack_policy=AckPolicy.EXPLICIT,
+            filter_subject="deltran.payment.instruction.>",
+        ),
+    )
+
+    with pytest.raises(ValidationError) as caught:
+        await binding._create(5.0)
+
+    assert caught.value.field == "consumer_name"
+    info = await client.jetstream.consumer_info(STREAM, binding.name)
+    assert info.config.filter_subject == "deltran.payment.instruction.>"
+
+
+async def test_a_consumer_created_alike_by_another_member_meanwhile_is_bound(
+    client: NatsClient,
+) -> None:
+    config = SubscriberConfig(durable_name="d", consumer_group="twins", partition_key=USD_EUR)
+    first = ConsumerBinding(client, STREAM, config, PAYMENT)
+    second = ConsumerBinding(client, STREAM, config, PAYMENT)
+    await first.ensure()
+
+    await second._create(5.0)  # it had looked before the first created it
+
+    names = [info.name for info in await client.jetstream.consumers_info(STREAM)]
+    assert names == [config.consumer_name]

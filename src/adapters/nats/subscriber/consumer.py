@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 from collections.abc import Awaitable
 from datetime import datetime
@@ -33,6 +34,9 @@ DEFAULT_INACTIVE_THRESHOLD = 60.0
 """Seconds without pull requests after which the server deletes an ephemeral consumer
 whose reader died without deleting it."""
 _STREAM_NOT_FOUND = 10059
+_CONSUMER_EXISTS = 10148
+_JS_API = "$JS.API"
+"""The JetStream API prefix of :attr:`NatsClient.jetstream` (no domain)."""
 
 T = TypeVar("T")
 
@@ -241,6 +245,19 @@ class ConsumerBinding:
                 deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
                 opt_start_seq=self.ack_floor + 1,
             )
+        try:
+            info = await self._add_new(config, timeout)
+        except nats.js.errors.APIError as exc:
+            if exc.err_code != _CONSUMER_EXISTS:
+                raise
+            # Created by someone else since we looked: bind to it, if it is ours.
+            existing = await self.client.jetstream.consumer_info(
+                self.stream, self.name, timeout=timeout
+            )
+            self._check_filter(existing.config)
+            self._note(existing)
+            return
+        if self.ack_floor:
             log.warning(
                 "consumer %s on %s was gone; re-created from stream sequence %d "
                 "(after its last known ack floor)",
@@ -248,9 +265,37 @@ class ConsumerBinding:
                 self.stream,
                 self.ack_floor + 1,
             )
-        info = await self.client.jetstream.add_consumer(self.stream, config=config, timeout=timeout)
         self._consumer_created = info.created
         log.info("consumer %s on %s created", self.name, self.stream)
+
+    async def _add_new(self, config: ConsumerConfig, timeout: float | None) -> ConsumerInfo:
+        """Creates the consumer, failing (10148) if one of that name exists with another
+        configuration: a plain add would update it, and so could rewrite its filter.
+
+        Raises:
+            nats.js.errors.APIError: JetStream refused (``err_code`` 10148: it exists).
+        """
+        subject = f"{_JS_API}.CONSUMER.CREATE.{self.stream}.{self.name}"
+        if config.filter_subject and config.filter_subject != ">":
+            subject += f".{config.filter_subject}"
+        request = {"stream_name": self.stream, "config": config.as_dict(), "action": "create"}
+        wait = timeout if timeout is not None else self.client.config.api_timeout
+        try:
+            reply = await self.client.connection.request(
+                subject, json.dumps(request).encode(), timeout=wait
+            )
+        except nats.errors.NoRespondersError:
+            raise nats.js.errors.ServiceUnavailableError from None
+        try:
+            answer = json.loads(reply.data)
+        except ValueError:
+            raise StreamError(
+                self.stream, f"consumer {self.name}: not a JetStream answer"
+            ) from None
+        if "error" in answer:
+            nats.js.errors.APIError.from_error(answer["error"])  # raises
+        info: ConsumerInfo = ConsumerInfo.from_response(answer)
+        return info
 
     async def delete(self, timeout: float | None = None) -> None:
         """Deletes the consumer (best effort: an ephemeral one also expires by itself)."""
