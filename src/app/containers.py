@@ -10,7 +10,7 @@ A dependency-injector container builds everything from :class:`BusSettings`:
   backend needs, so only that one is ever started;
 * ports, wrapped in the telemetry decorators (metrics in the container's own
   ``registry``, spans to its ``tracer_provider``): ``publisher()``,
-  ``subscriber(message_type, config=None)``, ``dead_letters()``;
+  ``subscriber(message_type, config=None, ephemeral=False)``, ``dead_letters()``;
 * the example service: ``payment_intake()``, ``netting_worker()``, ``bank_confirmer()``.
 
 Ports depend on a connection, so the container hands them out awaited::
@@ -223,8 +223,10 @@ def _memory_subscriber(
     broker: InMemoryBroker,
     default_config: SubscriberConfig,
     telemetry: Telemetry,
+    ephemeral: bool = False,
 ) -> Subscriber:
-    return telemetry.subscriber(broker.subscriber(message_type, config or default_config))
+    inner = broker.subscriber(message_type, config or default_config, ephemeral=ephemeral)
+    return telemetry.subscriber(inner)
 
 
 def _nats_subscriber(
@@ -236,6 +238,7 @@ def _nats_subscriber(
     catalog: StreamCatalog,
     publisher_config: PublisherConfig,
     telemetry: Telemetry,
+    ephemeral: bool = False,
 ) -> Subscriber:
     from message_bus.adapters.nats import JetStreamSubscriber
 
@@ -245,6 +248,7 @@ def _nats_subscriber(
         config or default_config,
         catalog=catalog,
         publisher_config=publisher_config,  # for the dead letters it publishes
+        ephemeral=ephemeral,
     )
     return telemetry.subscriber(inner)
 

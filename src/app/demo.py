@@ -38,33 +38,42 @@ from message_bus.ports import (
     current_delivery,
 )
 
-from .containers import Container
+from .containers import Container, resolve
 from .service import NettingWorker, PaymentIntake
 
 __all__ = [
+    "AUDIT_GROUP",
     "DEFAULT_BANKS",
     "DEFAULT_CORRIDORS",
+    "DURABLE",
+    "WORKER_GROUP",
     "DemoOptions",
     "DemoReport",
+    "foreign_messages",
     "format_report",
     "run_demo",
     "write_report",
 ]
 
 DEFAULT_CORRIDORS = ("USD-EUR", "GBP-USD", "EUR-GBP", "USD-JPY", "EUR-CHF", "USD-INR")
+DEMO_BANK_PREFIX = "DEMO"
+"""The institution code of the demo's banks: their payments travel on subjects of their
+own (``...bank.DEMOGB2L``), apart from any real bank's."""
 DEFAULT_BANKS = (
-    "BANKGB2L",
-    "BANKUS33",
-    "BANKDEFF",
-    "BANKFRPP",
-    "BANKJPJT",
-    "BANKCHZZ",
-    "BANKINBB",
-    "BANKAEAD",
+    "DEMOGB2L",
+    "DEMOUS33",
+    "DEMODEFF",
+    "DEMOFRPP",
+    "DEMOJPJT",
+    "DEMOCHZZ",
+    "DEMOINBB",
+    "DEMOAEAD",
 )
-WORKER_GROUP = "netting"
+WORKER_GROUP = "demo-netting"
 AUDIT_GROUP = "demo-audit"
-DURABLE = "demo"
+DURABLE = "deltran-demo"
+"""The demo's groups and durable name: consumers of its own (``deltran-demo__demo-netting``,
+``deltran-demo__demo-audit``), never a service's."""
 _POLL = 0.02
 
 
@@ -188,21 +197,34 @@ class DemoReport:
 
 class _FaultInjector:
     """Fails the first delivery of chosen payments (the subscriber NAKs and redelivers),
-    and notes the messages the worker refused for good (they get dead-lettered)."""
+    and notes the messages the worker refused for good (they get dead-lettered).
 
-    def __init__(self, inner: MessageHandler, fail_once: frozenset[str], refused: set[str]):
+    Only this run's instructions reach the worker: any other message of the stream (an
+    earlier run's, or anyone else's) is acknowledged untouched, so the demo never nets,
+    dead-letters or otherwise acts on a message it did not publish.
+    """
+
+    def __init__(
+        self,
+        inner: MessageHandler,
+        fail_once: frozenset[str],
+        refused: set[str],
+        run_id: str,
+    ):
         self._inner = inner
         self._fail_once = fail_once
         self._refused = refused
+        self._ours = (f"pay-{run_id}-", f"poison-{run_id}-")
         self.injected = 0
+        self.ignored = 0
 
     async def handle(self, message: Message) -> Message | None:
         payload = message.payload
-        if (
-            isinstance(payload, dict)
-            and payload.get("payment_id") in self._fail_once
-            and current_delivery().attempt == 1
-        ):
+        payment_id = payload.get("payment_id") if isinstance(payload, dict) else None
+        if not isinstance(payment_id, str) or not payment_id.startswith(self._ours):
+            self.ignored += 1
+            return None
+        if payment_id in self._fail_once and current_delivery().attempt == 1:
             self.injected += 1
             raise RetryableError("injected fault: netting ledger busy")
         try:
@@ -354,7 +376,7 @@ async def run_demo(
                 cycle_window=options.cycle_window,
             )
             workers.append(worker)
-            injector = _FaultInjector(worker, fail_once, refused)
+            injector = _FaultInjector(worker, fail_once, refused, run_id)
             injectors.append(injector)
             subscriber = await container.subscriber(MessageType.PAYMENT_INSTRUCTION, worker_config)
             closers.append(subscriber)
@@ -428,6 +450,55 @@ async def run_demo(
     stored = await dead_letters.list(limit=10_000)
     report.dead_letters_stored = sum(1 for d in stored if d.message.id in poison_ids)
     return report
+
+
+def _is_demo_subject(subject: str, banks: frozenset[str]) -> bool:
+    """A payment instruction of a demo bank, its dead letter, or a netting proposal."""
+    tokens = subject.split(".")
+    if tokens[:3] == ["deltran", "netting", "proposal"]:
+        return True  # keyed by corridor alone: its instructions tell whose it is
+    if tokens[:2] == ["deltran", "dlq"]:
+        tokens = ["deltran", *tokens[2:]]
+    if tokens[:3] != ["deltran", "payment", "instruction"] or len(tokens) < 5:
+        return False
+    bank = tokens[-1] if tokens[-2] == "bank" else ""
+    return bank.startswith(DEMO_BANK_PREFIX) or bank in banks
+
+
+async def foreign_messages(container: Container, banks: Sequence[str] = ()) -> list[str]:
+    """What the server's streams hold that the demo did not publish, one line per stream.
+
+    The demo's own messages are payment instructions of its banks (the ``DEMO``
+    institution code, or one of ``banks``), their dead letters, and netting proposals
+    (keyed by corridor alone, a proposal cannot tell whose it is; the instructions it
+    nets can). Anything else means services use the server: the demo would publish
+    payments among theirs. The memory backend holds nothing before the demo: ``[]``.
+
+    Args:
+        container: a started container.
+        banks: further banks whose instructions count as the demo's.
+    """
+    if container.backend() == "memory":
+        return []
+    import nats.js.errors  # only the NATS backends need it
+
+    client = await resolve(container.nats_client())
+    demo_banks = frozenset(banks)
+    found = []
+    for spec in container.catalog().all_streams():
+        try:
+            info = await client.jetstream.stream_info(spec.name, subjects_filter=">")
+        except nats.js.errors.NotFoundError:
+            continue
+        subjects = info.state.subjects or {}
+        foreign = {s: n for s, n in subjects.items() if not _is_demo_subject(s, demo_banks)}
+        if foreign:
+            first = min(foreign)
+            found.append(
+                f"{spec.name}: {sum(foreign.values())} message(s) on {len(foreign)} "
+                f"subject(s) that are not the demo's, e.g. {first}"
+            )
+    return found
 
 
 def _ms(seconds: float) -> str:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import math
 import re
+import secrets
 from dataclasses import dataclass
 
 from message_bus.domain.errors import ValidationError
 from message_bus.domain.partition import DEFAULT_PARTITIONS, PartitionKey, check_partition_count
 
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+CONSUMER_NAME_SEPARATOR = "__"
+"""Joins durable name, group and partition filter in a consumer name; no name holds it."""
 
 
 def _positive(field: str, value: float, *, allow_zero: bool = False) -> None:
@@ -21,6 +24,38 @@ def _positive(field: str, value: float, *, allow_zero: bool = False) -> None:
 def _count(field: str, value: int, low: int = 1) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ValidationError(field, value, f"must be an int >= {low}")
+
+
+EPHEMERAL_CONSUMER_PREFIX = "ephemeral-"
+"""Names of ephemeral consumers start with it and hold no ``__``, so no group's
+consumer name (``{durable}__{group}[__{filter}]``) is ever one."""
+
+
+def ephemeral_consumer_name() -> str:
+    """A fresh, random name for an ephemeral consumer (a reader in no group)."""
+    return f"{EPHEMERAL_CONSUMER_PREFIX}{secrets.token_hex(8)}"
+
+
+def check_consumer_name_part(field: str, value: object) -> str:
+    """Checks a durable name or consumer group, the parts of a consumer name.
+
+    1-64 characters of ``[A-Za-z0-9_-]``, without the separator ``__`` and neither
+    starting nor ending with ``_`` (so no separator can form across a part's edge).
+
+    Raises:
+        ValidationError: naming ``field`` and ``value``.
+    """
+    if not isinstance(value, str) or _NAME.fullmatch(value) is None:
+        raise ValidationError(field, value, "must be 1-64 characters of [A-Za-z0-9_-]")
+    sep = CONSUMER_NAME_SEPARATOR
+    if sep in value or value.startswith("_") or value.endswith("_"):
+        raise ValidationError(
+            field,
+            value,
+            f"must not contain {sep!r} nor start or end with '_' ({sep!r} separates "
+            "durable name, group and filter in the consumer name)",
+        )
+    return value
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -112,8 +147,7 @@ class SubscriberConfig:
             ("consumer_group", self.consumer_group),
             ("durable_name", self.durable_name),
         ):
-            if not isinstance(value, str) or _NAME.fullmatch(value) is None:
-                raise ValidationError(field, value, "must be 1-64 characters of [A-Za-z0-9_-]")
+            check_consumer_name_part(field, value)
         _count("max_concurrent", self.max_concurrent)
         _positive("ack_wait", self.ack_wait)
         _count("max_deliver", self.max_deliver)
@@ -126,13 +160,19 @@ class SubscriberConfig:
 
     @property
     def consumer_name(self) -> str:
-        """The durable consumer's name: durable name, group and partition filter.
+        """The durable consumer's name: ``{durable_name}__{consumer_group}[__{filter}]``.
 
-        Two groups, or one group with two filters, never share a position by accident.
+        ``filter`` is the partition key's suffix with ``.`` as ``_``
+        (``corridor_USD-EUR_bank_BANKGB2L``). The naming is injective: neither name may
+        hold ``__`` or start or end with ``_`` (see :func:`check_consumer_name_part`),
+        and key tokens hold no ``_``, so splitting a consumer name at ``__`` gives back
+        durable name, group and filter. Two groups, or one group with two filters,
+        never share a consumer (and a position) by accident.
         """
-        name = f"{self.durable_name}__{self.consumer_group}"
+        sep = CONSUMER_NAME_SEPARATOR
+        name = f"{self.durable_name}{sep}{self.consumer_group}"
         if self.partition_key is not None:
-            name += "__" + self.partition_key.suffix.replace(".", "_")
+            name += sep + self.partition_key.suffix.replace(".", "_")
         return name
 
     def nak_delay(self, attempt: int) -> float:

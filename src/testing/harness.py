@@ -53,9 +53,13 @@ class BusHarness(Protocol):
         ...
 
     def subscriber(
-        self, message_type: MessageType, config: SubscriberConfig | None = None
+        self,
+        message_type: MessageType,
+        config: SubscriberConfig | None = None,
+        *,
+        ephemeral: bool = False,
     ) -> Subscriber:
-        """A subscriber on this harness's broker."""
+        """A subscriber on this harness's broker (``ephemeral``: a reader in no group)."""
         ...
 
     def dead_letters(self) -> DeadLetters:
@@ -107,9 +111,14 @@ class WrappedHarness:
         return self._wrap_publisher(self.inner.publisher(config))
 
     def subscriber(
-        self, message_type: MessageType, config: SubscriberConfig | None = None
+        self,
+        message_type: MessageType,
+        config: SubscriberConfig | None = None,
+        *,
+        ephemeral: bool = False,
     ) -> Subscriber:
-        return self._wrap_subscriber(self.inner.subscriber(message_type, config))
+        inner = self.inner.subscriber(message_type, config, ephemeral=ephemeral)
+        return self._wrap_subscriber(inner)
 
     def dead_letters(self) -> DeadLetters:
         return self.inner.dead_letters()

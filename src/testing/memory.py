@@ -43,9 +43,13 @@ class MemoryHarness:
         return self.broker.publisher(config)
 
     def subscriber(
-        self, message_type: MessageType, config: SubscriberConfig | None = None
+        self,
+        message_type: MessageType,
+        config: SubscriberConfig | None = None,
+        *,
+        ephemeral: bool = False,
     ) -> Subscriber:
-        return self.broker.subscriber(message_type, config)
+        return self.broker.subscriber(message_type, config, ephemeral=ephemeral)
 
     def dead_letters(self) -> DeadLetters:
         return self.broker.dead_letters()

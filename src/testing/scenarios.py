@@ -1062,3 +1062,52 @@ async def hung_last_delivery_is_dead_lettered_when_its_ack_wait_expires(h: BusHa
     assert dead.deliveries == 2
     await h.settle()
     assert inbox.attempts(sent.id) == [1, 2]
+
+
+@scenario()
+async def ephemeral_reader_reads_everything_and_takes_nothing_from_the_group(
+    h: BusHarness,
+) -> None:
+    """A reader in no group sees every message (stored before it came, too) while the
+    group still gets each one; the reader's failures dead-letter nothing."""
+    ctx = Context(h)
+    publisher = h.publisher()
+    before = [ctx.message({"n": i}) for i in range(3)]
+    await publisher.publish_many(before)
+    group, reader = ctx.inbox(), ctx.inbox()
+    await h.subscriber(MessageType.PAYMENT_INSTRUCTION, ctx.config()).subscribe(recording(group))
+
+    async def read_and_refuse(message: Message) -> None:
+        if reader.record(message) is not None and message.payload.get("n") == 0:
+            raise PermanentError("a reader's refusal is nobody else's")
+
+    reader_config = ctx.config("reader", max_deliver=1)
+    subscription = await h.subscriber(
+        MessageType.PAYMENT_INSTRUCTION, reader_config, ephemeral=True
+    ).subscribe(FunctionHandler(read_and_refuse))
+    after = [ctx.message({"n": i}) for i in range(3, 6)]
+    await publisher.publish_many(after)
+    await ctx.received_exactly_once(group, before + after)
+    await ctx.received_exactly_once(reader, before + after)
+    await subscription.stop()
+    assert not await ctx.has_dead_letter(before[0].id), "an ephemeral reader dead-lettered"
+    last = ctx.message({"n": 6})
+    await publisher.publish(last)
+    await ctx.received_exactly_once(group, [*before, *after, last])
+
+
+@scenario()
+async def ephemeral_reader_of_a_core_type_takes_no_share_of_a_queue_group(h: BusHarness) -> None:
+    ctx = Context(h)
+    event = MessageType.SYSTEM_EVENT
+    workers, reader = ctx.inbox(), ctx.inbox()
+    # The reader's config names the workers' group: ephemeral, it still joins no group.
+    pool = ctx.config("pool")
+    await h.subscriber(event, pool).subscribe(recording(workers))
+    await h.subscriber(event, pool, ephemeral=True).subscribe(recording(reader))
+    sent = [ctx.message({"event": f"tick-{i}"}, message_type=event) for i in range(10)]
+    publisher = h.publisher()
+    for message in sent:
+        await publisher.publish(message)
+    await ctx.received_exactly_once(workers, sent)
+    await ctx.received_exactly_once(reader, sent)

@@ -60,10 +60,19 @@ class NatsHarness:
         return publisher
 
     def subscriber(
-        self, message_type: MessageType, config: SubscriberConfig | None = None
+        self,
+        message_type: MessageType,
+        config: SubscriberConfig | None = None,
+        *,
+        ephemeral: bool = False,
     ) -> Subscriber:
         subscriber = JetStreamSubscriber(
-            self.client, message_type, config, pull_expires=5.0, idle_heartbeat=1.0
+            self.client,
+            message_type,
+            config,
+            pull_expires=5.0,
+            idle_heartbeat=1.0,
+            ephemeral=ephemeral,
         )
         self._subscribers.append(subscriber)
         return subscriber

@@ -86,7 +86,10 @@ class StreamMember(Member):
             return StreamDelivery(group, seq, attempt, entry, message)
 
     def _detach(self) -> None:
-        self.group.members -= 1
+        group = self.group
+        group.members -= 1
+        if group.members == 0 and group.on_empty is not None:
+            group.on_empty(group)
 
     def _release(self) -> None:
         self.group.kick()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+from collections.abc import Callable
 
 from message_bus.domain.catalog import MessageType
 from message_bus.domain.partition import PartitionKey
@@ -41,7 +42,11 @@ class Pending:
 
 class Group:
     """A durable consumer group on one stream: its position, its pending deliveries, its
-    redelivery timers. The broker keeps it, so it outlives its members."""
+    redelivery timers. The broker keeps it, so it outlives its members.
+
+    An ephemeral group (given a ``name`` of its own) is one reader's: ``on_empty`` is
+    called once its last member has left, and the broker forgets it.
+    """
 
     def __init__(
         self,
@@ -49,9 +54,12 @@ class Group:
         stream: Stream,
         message_type: MessageType,
         config: SubscriberConfig,
+        *,
+        name: str | None = None,
     ) -> None:
         self.stream = stream
-        self.name = config.consumer_name
+        self.name = config.consumer_name if name is None else name
+        self.on_empty: Callable[[Group], None] | None = None
         self.subject_filter, self.exact = subject_filter(message_type, config.partition_key)
         # An unfiltered group on a stream of its type alone takes every stored message.
         self.everything = not self.exact and stream.spec.subjects == (f"{self.subject_filter}>",)

@@ -8,6 +8,7 @@ nothing else of it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from message_bus.domain.errors import (
 )
 from message_bus.domain.message import Message
 from message_bus.domain.partition import DEFAULT_PARTITIONS, check_partition_count
-from message_bus.ports.config import PublisherConfig, SubscriberConfig
+from message_bus.ports.config import PublisherConfig, SubscriberConfig, ephemeral_consumer_name
 from message_bus.ports.dead_letters import DeadLetters
 from message_bus.ports.publisher import Publisher, PublishReceipt
 from message_bus.ports.subscriber import MessageHandler, Subscriber, Subscription
@@ -161,10 +162,22 @@ class InMemoryBroker:
         return InMemoryPublisher(self, config)
 
     def subscriber(
-        self, message_type: MessageType, config: SubscriberConfig | None = None
+        self,
+        message_type: MessageType,
+        config: SubscriberConfig | None = None,
+        *,
+        ephemeral: bool = False,
     ) -> InMemorySubscriber:
-        """A subscriber of ``message_type`` (default :class:`SubscriberConfig`)."""
-        return InMemorySubscriber(self, message_type, config or SubscriberConfig())
+        """A subscriber of ``message_type`` (default :class:`SubscriberConfig`).
+
+        With ``ephemeral=True`` it is a reader in no group: each subscription reads the
+        stream from its first stored message through a group of its own (a fresh name,
+        forgotten when the subscription ends) that never dead-letters, and a core-only
+        type without a queue group; it takes nothing from any consumer group.
+        """
+        return InMemorySubscriber(
+            self, message_type, config or SubscriberConfig(), ephemeral=ephemeral
+        )
 
     def dead_letters(self) -> InMemoryDeadLetters:
         """The dead-letter stream, as the :class:`DeadLetters` port."""
@@ -293,12 +306,25 @@ class InMemoryBroker:
         return PublishReceipt(headers[H_MSG_ID], encoded.subject, partition=partition)
 
     def _attach(
-        self, message_type: MessageType, handler: MessageHandler, config: SubscriberConfig
+        self,
+        message_type: MessageType,
+        handler: MessageHandler,
+        config: SubscriberConfig,
+        *,
+        ephemeral: bool = False,
     ) -> Subscription:
         target = self._targets.get(message_type) if config.use_jetstream else None
         member: StreamMember | CoreMember
+        if ephemeral:
+            # A queue group of its own for a core type; no dead letters from a reader.
+            config = dataclasses.replace(
+                config, consumer_group=ephemeral_consumer_name(), dead_letter=False
+            )
         if target is not None:
-            group = self._group(target, message_type, config)
+            if ephemeral:
+                group = self._ephemeral_group(target, message_type, config)
+            else:
+                group = self._group(target, message_type, config)
             member = StreamMember(self._host, handler, config, group)
         else:
             subject, exact = subject_filter(message_type, config.partition_key)
@@ -330,6 +356,24 @@ class InMemoryBroker:
                 f"already consumes {group.subject_filter!r} on {stream.name}",
             )
         group.config = config
+        return group
+
+    def _ephemeral_group(
+        self,
+        target: tuple[Stream, list[Group]],
+        message_type: MessageType,
+        config: SubscriberConfig,
+    ) -> Group:
+        stream, groups = target
+        group = Group(self._host, stream, message_type, config, name=ephemeral_consumer_name())
+        groups.append(group)
+
+        def forget(empty: Group) -> None:
+            empty.cancel_timer()
+            if empty in groups:
+                groups.remove(empty)
+
+        group.on_empty = forget
         return group
 
     def _store_dead_letter(
@@ -434,7 +478,12 @@ class InMemorySubscriber(Subscriber):
     """
 
     def __init__(
-        self, broker: InMemoryBroker, message_type: MessageType, config: SubscriberConfig
+        self,
+        broker: InMemoryBroker,
+        message_type: MessageType,
+        config: SubscriberConfig,
+        *,
+        ephemeral: bool = False,
     ) -> None:
         if not isinstance(message_type, MessageType):
             raise ValidationError("message_type", message_type, "must be a MessageType")
@@ -442,6 +491,7 @@ class InMemorySubscriber(Subscriber):
             raise ValidationError("config", config, "must be a SubscriberConfig")
         self.message_type = message_type
         self.config = config
+        self.ephemeral = ephemeral
         self._broker = broker
         self._subscriptions: list[Subscription] = []
         self._closed = False
@@ -452,7 +502,9 @@ class InMemorySubscriber(Subscriber):
         self._broker._check_open("subscribe")
         if not isinstance(handler, MessageHandler):
             raise TypeError(f"handler must have an async handle(message) method, got {handler!r}")
-        member = self._broker._attach(self.message_type, handler, self.config)
+        member = self._broker._attach(
+            self.message_type, handler, self.config, ephemeral=self.ephemeral
+        )
         self._subscriptions.append(member)
         return member
 

@@ -10,7 +10,15 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, start_http_server
 
 from ..containers import Container, apply_streams, resolve
-from ..demo import DemoOptions, DemoReport, run_demo, write_report
+from ..demo import (
+    AUDIT_GROUP,
+    WORKER_GROUP,
+    DemoOptions,
+    DemoReport,
+    foreign_messages,
+    run_demo,
+    write_report,
+)
 from .errors import EXIT_FAILED, EXIT_OK, CliError
 from .output import out
 from .parser import PROG
@@ -26,8 +34,14 @@ async def demo_command(args: argparse.Namespace, container: Container | None) ->
         0 when every payment was netted exactly once and the poison was dead-lettered;
         1 otherwise, with what went wrong on one line of stderr.
 
+    The demo publishes payments of its own banks and consumes in groups of its own,
+    acting only on what this run published; still, it refuses a server whose streams
+    hold messages that are not the demo's (services use it: they would receive the
+    demo's payments) unless ``--force`` is given.
+
     Raises:
-        CliError: the metrics port cannot be served.
+        CliError: the metrics port cannot be served, or the server holds others'
+            messages and ``--force`` was not given.
     """
     # The demo's natural backend is a server of its own; a backend or URL given by flag,
     # environment or config file still wins.
@@ -47,7 +61,7 @@ async def demo_command(args: argparse.Namespace, container: Container | None) ->
     out(
         f"{PROG} demo: {options.payments} payments over {len(options.corridors)} corridors "
         f"and {len(options.banks)} banks -> {options.workers} netting workers (group "
-        f"'netting') -> netting proposals"
+        f"'{WORKER_GROUP}') -> netting proposals (audited by group '{AUDIT_GROUP}')"
     )
     async with running_bus(settings, container) as bus:
         backend = backend_of(bus)
@@ -62,6 +76,15 @@ async def demo_command(args: argparse.Namespace, container: Container | None) ->
             else:
                 urls = ", ".join(settings.nats.urls)
                 header.append(("backend", f"NATS JetStream at {urls}"))
+            foreign = await foreign_messages(bus, options.banks)
+            if foreign and not args.force:
+                raise CliError(
+                    "the server's streams hold messages that are not the demo's, so "
+                    f"services use it ({foreign[0]}); run the demo on a server of its own, "
+                    "or pass --force to publish the demo's payments among theirs"
+                )
+            for line in foreign:
+                out(f"--force: {line}")
             reports = await apply_streams(bus)
             out(f"streams applied ({len(reports)}), replicas {settings.streams.replicas}")
         endpoint = _serve_metrics(bus.registry(), settings.metrics.host, metrics_port)

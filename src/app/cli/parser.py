@@ -131,14 +131,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     subscribe = command(
-        "subscribe", "receive messages as a consumer group member; print one JSON line each"
+        "subscribe",
+        "read messages without taking them from anyone (or as a member of --group); "
+        "print one JSON line each",
     )
     subscribe.add_argument("type", type=parse_message_type, help=_TYPE_HELP)
     subscribe.add_argument(
-        "--group", metavar="NAME", help="consumer group (default: subscriber.consumer_group)"
+        "--group",
+        metavar="NAME",
+        help="join this consumer group and take its messages (default: read the stream "
+        "from its start through an ephemeral consumer of no group, deleted on exit)",
     )
     subscribe.add_argument(
-        "--durable", metavar="NAME", help="durable name (default: subscriber.durable_name)"
+        "--durable",
+        metavar="NAME",
+        help="durable name with --group (default: subscriber.durable_name)",
     )
     subscribe.add_argument("--key", type=parse_key, help="only messages with this partition key")
     subscribe.add_argument("--count", type=positive_int, metavar="N", help="stop after N messages")
@@ -195,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=comma_list,
         default=DEFAULT_BANKS,
         metavar="LIST",
-        help="comma separated BICs (default: 8 demo banks)",
+        help="comma separated BICs (default: 8 demo banks, DEMOGB2L ...)",
     )
     demo.add_argument(
         "--failures",
@@ -228,4 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=seconds, default=60.0, metavar="S", help="give up after S seconds (60)"
     )
     demo.add_argument("--seed", type=int, metavar="N", help="seed of the generated payments")
+    demo.add_argument(
+        "--force",
+        action="store_true",
+        help="run even if the server's streams hold messages that are not the demo's "
+        "(services would receive the demo's payments)",
+    )
     return parser

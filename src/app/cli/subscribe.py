@@ -1,4 +1,4 @@
-"""The ``subscribe`` command: receive as a consumer group member, one JSON line a message."""
+"""The ``subscribe`` command: read a stream (or join a group), one JSON line a message."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from message_bus.domain.message import Message
 from message_bus.ports import FunctionHandler, Subscription, current_delivery
 
 from ..containers import Container
-from .errors import EXIT_OK
+from .errors import EXIT_OK, CliError
 from .output import message_json, out
 from .parser import PROG
 from .session import load_command_settings, running_bus
@@ -22,12 +22,23 @@ __all__ = ["subscribe_command"]
 async def subscribe_command(args: argparse.Namespace, container: Container | None) -> int:
     """Print each message received until ``--count`` messages or ``--timeout`` seconds.
 
+    Without ``--group`` the command is a reader in no group: it reads the stream from
+    its start through an ephemeral consumer of its own, deleted when it exits, so it
+    takes nothing from any service's group (and never dead-letters). With ``--group``
+    it joins that consumer group and takes its share of the group's messages.
+
     With ``--count`` messages are handled one at a time and fetched one at a time, so
-    the group keeps every message after the last one printed. Fewer than ``--count``
+    a group keeps every message after the last one printed. Fewer than ``--count``
     before the timeout is said on stderr, and is not a failure.
+
+    Raises:
+        CliError: ``--durable`` without ``--group``.
     """
+    if args.durable and not args.group:
+        raise CliError("--durable needs --group (without --group nothing is durable)")
     settings = load_command_settings(args)
     changes: dict[str, Any] = {"partition_key": args.key}
+    ephemeral = not args.group
     if args.group:
         changes["consumer_group"] = args.group
     if args.durable:
@@ -48,8 +59,8 @@ async def subscribe_command(args: argparse.Namespace, container: Container | Non
         delivery = current_delivery()
         await started.wait()
         if enough.is_set():
-            # Fetched while stopping: hand it back to the group at once (this costs it
-            # one delivery attempt, as any fetched-but-unprocessed message does).
+            # Fetched while stopping: hand it back at once (in a group this costs it one
+            # delivery attempt, as any fetched-but-unprocessed message does).
             await delivery.nak(0)
             return
         received += 1
@@ -61,7 +72,7 @@ async def subscribe_command(args: argparse.Namespace, container: Container | Non
             await asyncio.sleep(0)
 
     async with running_bus(settings, container) as bus:
-        subscriber = await bus.subscriber(args.type, config)
+        subscriber = await bus.subscriber(args.type, config, ephemeral=ephemeral)
         try:
             subscription = await subscriber.subscribe(FunctionHandler(show))
             started.set()

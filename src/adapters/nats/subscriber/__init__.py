@@ -8,6 +8,8 @@ how a subscription's inbox is closed.
 
 from __future__ import annotations
 
+import dataclasses
+
 import nats.errors
 
 from message_bus.domain.catalog import MessageType, StreamCatalog
@@ -19,8 +21,9 @@ from message_bus.ports.subscriber import MessageHandler, Subscriber, Subscriptio
 from ..client import NatsClient
 from ..framing import BlockCodec
 from ..sender import Sender
-from .consumer import ConsumerBinding
+from .consumer import DEFAULT_INACTIVE_THRESHOLD, ConsumerBinding
 from .core import CoreSubscription
+from .ephemeral import EphemeralSubscription
 from .pull import PullSubscription
 
 
@@ -49,6 +52,15 @@ class JetStreamSubscriber(Subscriber):
     Core-only types (or ``use_jetstream=False``) use a core subscription in a queue
     group named after the consumer group; a handler's reply answers the request.
 
+    With ``ephemeral=True`` the subscriber is a reader in no group: each
+    subscription consumes the stream (from its start, or just the partition key's
+    messages) through an ephemeral consumer of its own under a fresh name, deleted
+    when the subscription stops (or by the server after ``inactive_threshold``
+    seconds without pull requests, if the process dies). Its acknowledgements concern
+    that consumer alone, and it never dead-letters (a TERM is only the reader's). On
+    core-only types it subscribes without a queue group, so it takes nothing from any
+    group either.
+
     Args:
         client: A connected :class:`NatsClient`.
         message_type: The type to consume.
@@ -59,6 +71,10 @@ class JetStreamSubscriber(Subscriber):
         idle_heartbeat: Seconds between the server's heartbeats on an idle pull request
             (at most half of ``pull_expires``); 2.5 missed heartbeats make the
             subscription ask again.
+        ephemeral: Read through ephemeral consumers instead of the group's durable one
+            (``consumer_group`` and ``durable_name`` are then not used).
+        inactive_threshold: Seconds an ephemeral consumer outlives a reader that died
+            (at least twice ``pull_expires``).
     """
 
     def __init__(
@@ -71,14 +87,24 @@ class JetStreamSubscriber(Subscriber):
         publisher_config: PublisherConfig | None = None,
         pull_expires: float = 15.0,
         idle_heartbeat: float = 3.0,
+        ephemeral: bool = False,
+        inactive_threshold: float = DEFAULT_INACTIVE_THRESHOLD,
     ) -> None:
         if not 0 < idle_heartbeat * 2 <= pull_expires:
             raise ValidationError(
                 "idle_heartbeat", idle_heartbeat, "must be > 0 and at most half of pull_expires"
             )
+        if not inactive_threshold >= 2 * pull_expires:
+            raise ValidationError(
+                "inactive_threshold", inactive_threshold, "must be at least twice pull_expires"
+            )
         self.client = client
         self.message_type = message_type
         self.config = config if config is not None else SubscriberConfig()
+        self.ephemeral = ephemeral
+        self.inactive_threshold = inactive_threshold
+        if ephemeral:
+            self.config = dataclasses.replace(self.config, dead_letter=False)
         self.catalog = catalog if catalog is not None else StreamCatalog.default()
         self.publisher_config = (
             publisher_config
@@ -99,22 +125,31 @@ class JetStreamSubscriber(Subscriber):
             raise ClosedError("the subscriber was closed")
         if not await self.client.wait_connected(self.client.config.connection_timeout):
             raise BusConnectionError("NATS is unreachable")
-        subscription: PullSubscription | CoreSubscription
+        subscription: PullSubscription | CoreSubscription | EphemeralSubscription
         if self.stream is None:
             subscription = CoreSubscription(
                 self.client,
                 handler,
                 self.message_type,
                 self.config,
+                queue_group=not self.ephemeral,
                 codec=self._codec,
                 reply_codec=WireCodec(self.publisher_config.partitions),
                 on_closed=self._forget,
             )
         else:
+            binding = ConsumerBinding(
+                self.client,
+                self.stream,
+                self.config,
+                self.message_type,
+                ephemeral=self.ephemeral,
+                inactive_threshold=self.inactive_threshold,
+            )
             subscription = PullSubscription(
                 self.client,
                 handler,
-                ConsumerBinding(self.client, self.stream, self.config, self.message_type),
+                binding,
                 self.config,
                 codec=self._codec,
                 dead_letter_sender=self._dead_letter_sender,
@@ -126,11 +161,18 @@ class JetStreamSubscriber(Subscriber):
             await subscription.start()
         except nats.errors.Error as exc:
             raise BusConnectionError(f"could not subscribe: {exc}") from exc
+        if isinstance(subscription, PullSubscription) and self.ephemeral:
+            wrapped = EphemeralSubscription(subscription, binding)
+            self._subscriptions.append(wrapped)
+            return wrapped
         self._subscriptions.append(subscription)
         return subscription
 
     def _forget(self, subscription: Subscription) -> None:
-        """Told by a subscription that it closed: :meth:`close` need not stop it."""
+        """Told by a subscription that it closed: :meth:`close` need not stop it.
+
+        An ephemeral one stays listed: :meth:`close` still deletes its consumer.
+        """
         if subscription in self._subscriptions:
             self._subscriptions.remove(subscription)
 

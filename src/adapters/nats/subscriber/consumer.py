@@ -2,50 +2,103 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import json
 import logging
+from collections.abc import Awaitable
+from datetime import datetime
+from typing import TypeVar
 
 import nats.errors
 import nats.js.errors
-from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy, ReplayPolicy
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    ConsumerInfo,
+    DeliverPolicy,
+    ReplayPolicy,
+    StreamInfo,
+)
 
 from message_bus.domain.catalog import MessageType
-from message_bus.domain.errors import BusConnectionError, MessageBusError
-from message_bus.ports.config import SubscriberConfig
+from message_bus.domain.errors import BusConnectionError, MessageBusError, ValidationError
+from message_bus.ports.config import SubscriberConfig, ephemeral_consumer_name
 
 from ..client import NatsClient
 from ..streams import StreamError
 
 log = logging.getLogger("message_bus.nats.subscriber")
 
+DEFAULT_INACTIVE_THRESHOLD = 60.0
+"""Seconds without pull requests after which the server deletes an ephemeral consumer
+whose reader died without deleting it."""
+_STREAM_NOT_FOUND = 10059
+_CONSUMER_EXISTS = 10148
+_JS_API = "$JS.API"
+"""The JetStream API prefix of :attr:`NatsClient.jetstream` (no domain)."""
+
+T = TypeVar("T")
+
 
 def _seconds(value: float | None) -> float:
     return round(float(value or 0.0), 6)
 
 
+async def _within(call: Awaitable[T], timeout: float | None) -> T:
+    return await (call if timeout is None else asyncio.wait_for(call, timeout))
+
+
 class ConsumerBinding:
-    """Finds or creates the group's durable pull consumer.
+    """Finds or creates the group's durable pull consumer (or a reader's ephemeral one).
 
     ``ack_floor`` is the highest stream sequence below which the group acknowledged
     everything, as JetStream last reported it (at bind and on every :meth:`refresh`).
     A consumer that disappears under running subscriptions (deleted, or lost by the
     server) is re-created from just after that floor, never from the start of the
     stream: deliveries acknowledged since the last report may be handled again, none
-    is skipped.
+    is skipped. Unless the stream itself is a new one (deleted and applied again): its
+    sequences start again at 1, so the floor of the old stream means nothing there.
+    A stream with another creation time than the one the floor was counted on, or
+    whose last sequence is below the floor, is a new stream: the consumer starts at
+    its beginning, with one WARNING saying so.
+
+    The consumer's filter is never changed: a consumer of the same name that filters
+    other subjects belongs to someone else (a message type sharing the stream, an
+    older naming), and binding to it raises :class:`ValidationError` instead.
+
+    An ephemeral binding (``ephemeral=True``) creates a consumer of its own under a
+    fresh name (:func:`ephemeral_consumer_name`), which no group can share: its deliveries and
+    acknowledgements are nobody else's. The server deletes it after
+    ``inactive_threshold`` seconds without pull requests; :meth:`delete` deletes it
+    at once.
     """
 
     def __init__(
-        self, client: NatsClient, stream: str, config: SubscriberConfig, message_type: MessageType
+        self,
+        client: NatsClient,
+        stream: str,
+        config: SubscriberConfig,
+        message_type: MessageType,
+        *,
+        ephemeral: bool = False,
+        inactive_threshold: float = DEFAULT_INACTIVE_THRESHOLD,
     ) -> None:
         self.client = client
         self.stream = stream
-        self.name = config.consumer_name
+        self.ephemeral = ephemeral
+        self.name = ephemeral_consumer_name() if ephemeral else config.consumer_name
         key = config.partition_key
         filter_subject = f"{message_type.subject_prefix}.{key.suffix if key else '>'}"
+        description = (
+            f"DelTran {message_type.value} ephemeral reader"
+            if ephemeral
+            else f"DelTran {message_type.value} consumer group {config.consumer_group}"
+        )
         self.config = ConsumerConfig(
             name=self.name,
-            durable_name=self.name,
-            description=f"DelTran {message_type.value} consumer group {config.consumer_group}",
+            durable_name=None if ephemeral else self.name,
+            description=description,
             deliver_policy=DeliverPolicy.ALL,
             ack_policy=AckPolicy.EXPLICIT,
             ack_wait=config.ack_wait,
@@ -56,31 +109,73 @@ class ConsumerBinding:
             max_ack_pending=config.max_ack_pending,
             filter_subject=filter_subject,
             replay_policy=ReplayPolicy.INSTANT,
+            inactive_threshold=inactive_threshold if ephemeral else None,
         )
         self.ack_floor = 0
+        self.stream_created: datetime | None = None
+        """Creation time of the stream whose sequences ``ack_floor`` counts."""
+        self._consumer_created: datetime | None = None
 
     def _note(self, info: ConsumerInfo) -> None:
+        self._consumer_created = info.created
         floor = info.ack_floor.stream_seq if info.ack_floor is not None else None
         if floor and floor > self.ack_floor:
             self.ack_floor = floor
 
     async def refresh(self, timeout: float) -> bool:
-        """Updates ``ack_floor`` from JetStream; False if the consumer is gone.
+        """Updates ``ack_floor`` from JetStream; False if the consumer must be bound again.
 
-        Errors other than "not found" are ignored (the next refresh tries again).
+        That is when it is gone, or is another consumer of the same name than the one
+        bound (re-created meanwhile, perhaps on a new stream). Errors other than "not
+        found" are ignored (the next refresh tries again).
         """
         try:
-            self._note(await self.client.jetstream.consumer_info(self.stream, self.name, timeout))
+            info = await self.client.jetstream.consumer_info(self.stream, self.name, timeout)
         except nats.js.errors.NotFoundError:
             return False
         except (nats.errors.Error, nats.js.errors.Error, MessageBusError, TimeoutError) as exc:
             log.debug("consumer %s: no ack floor (%s)", self.name, exc)
+            return True
+        if self._consumer_created is not None and info.created != self._consumer_created:
+            return False
+        self._note(info)
         return True
+
+    def _check_stream(self, info: StreamInfo) -> None:
+        """Forgets the ack floor if ``info`` is of a new stream (see the class doc)."""
+        created, last = info.created, info.state.last_seq
+        known = self.stream_created
+        self.stream_created = created
+        renewed = known is not None and created is not None and created != known
+        if not (renewed or last < self.ack_floor) or not self.ack_floor:
+            return
+        log.warning(
+            "stream %s is a new stream (created %s, last sequence %d; the one consumer %s "
+            "acknowledged up to sequence %d of is gone): consuming it from its start",
+            self.stream,
+            created.isoformat() if created is not None else "at an unknown time",
+            last,
+            self.name,
+            self.ack_floor,
+        )
+        self.ack_floor = 0
+
+    def _check_filter(self, have: ConsumerConfig) -> None:
+        found = have.filter_subject or ", ".join(have.filter_subjects or ())
+        wanted = self.config.filter_subject
+        if found != wanted:
+            raise ValidationError(
+                "consumer_name",
+                self.name,
+                f"already consumes {found or 'everything'!r} on {self.stream}, not "
+                f"{wanted!r}; a consumer's filter is never changed (delete the consumer "
+                "or pick another group)",
+            )
 
     def _drift(self, have: ConsumerConfig) -> list[str]:
         want = self.config
         lines = []
-        for field in ("ack_wait", "max_deliver", "max_ack_pending", "filter_subject"):
+        for field in ("ack_wait", "max_deliver", "max_ack_pending"):
             found, wanted = getattr(have, field), getattr(want, field)
             if field == "ack_wait":
                 found, wanted = _seconds(found), _seconds(wanted)
@@ -92,41 +187,35 @@ class ConsumerBinding:
         """Binds to the consumer, creating it if absent or updating drifted settings.
 
         A consumer created anew delivers the whole stream, unless this object saw an
-        ack floor: then it starts just after it (see the class doc).
+        ack floor on the same stream: then it starts just after it (see the class doc).
 
         Args:
             timeout: Seconds per JetStream API call (default: the client's api_timeout).
 
         Raises:
             StreamError: The stream does not exist or JetStream refused the consumer.
+            ValidationError: A consumer of this name filters other subjects.
             BusConnectionError: JetStream did not answer.
         """
         js = self.client.jetstream
         try:
             try:
+                stream = await _within(js.stream_info(self.stream), timeout)
+            except nats.js.errors.NotFoundError:
+                raise StreamError(
+                    self.stream, "does not exist; apply the stream catalog first"
+                ) from None
+            self._check_stream(stream)
+            try:
                 info = await js.consumer_info(self.stream, self.name, timeout=timeout)
             except nats.js.errors.NotFoundError as exc:
-                if exc.err_code == 10059:
+                if exc.err_code == _STREAM_NOT_FOUND:
                     raise StreamError(
                         self.stream, "does not exist; apply the stream catalog first"
                     ) from None
-                config = self.config
-                if self.ack_floor:
-                    config = dataclasses.replace(
-                        config,
-                        deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-                        opt_start_seq=self.ack_floor + 1,
-                    )
-                    log.warning(
-                        "consumer %s on %s was gone; re-created from stream sequence %d "
-                        "(after its last known ack floor)",
-                        self.name,
-                        self.stream,
-                        self.ack_floor + 1,
-                    )
-                await js.add_consumer(self.stream, config=config, timeout=timeout)
-                log.info("consumer %s on %s created", self.name, self.stream)
+                await self._create(timeout)
                 return
+            self._check_filter(info.config)
             self._note(info)
             drift = self._drift(info.config)
             if drift:
@@ -140,7 +229,7 @@ class ConsumerBinding:
                     opt_start_seq=have.opt_start_seq,
                     opt_start_time=have.opt_start_time,
                 )
-                await js.add_consumer(self.stream, config=update, timeout=timeout)
+                self._note(await js.add_consumer(self.stream, config=update, timeout=timeout))
         except nats.js.errors.ServiceUnavailableError as exc:
             raise BusConnectionError(f"JetStream is unavailable: {exc.description}") from exc
         except nats.js.errors.APIError as exc:
@@ -148,5 +237,72 @@ class ConsumerBinding:
         except (nats.errors.Error, TimeoutError) as exc:
             raise BusConnectionError(f"JetStream did not answer: {exc}") from exc
 
+    async def _create(self, timeout: float | None) -> None:
+        config = self.config
+        if self.ack_floor:
+            config = dataclasses.replace(
+                config,
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                opt_start_seq=self.ack_floor + 1,
+            )
+        try:
+            info = await self._add_new(config, timeout)
+        except nats.js.errors.APIError as exc:
+            if exc.err_code != _CONSUMER_EXISTS:
+                raise
+            # Created by someone else since we looked: bind to it, if it is ours.
+            existing = await self.client.jetstream.consumer_info(
+                self.stream, self.name, timeout=timeout
+            )
+            self._check_filter(existing.config)
+            self._note(existing)
+            return
+        if self.ack_floor:
+            log.warning(
+                "consumer %s on %s was gone; re-created from stream sequence %d "
+                "(after its last known ack floor)",
+                self.name,
+                self.stream,
+                self.ack_floor + 1,
+            )
+        self._consumer_created = info.created
+        log.info("consumer %s on %s created", self.name, self.stream)
 
-__all__ = ["ConsumerBinding"]
+    async def _add_new(self, config: ConsumerConfig, timeout: float | None) -> ConsumerInfo:
+        """Creates the consumer, failing (10148) if one of that name exists with another
+        configuration: a plain add would update it, and so could rewrite its filter.
+
+        Raises:
+            nats.js.errors.APIError: JetStream refused (``err_code`` 10148: it exists).
+        """
+        subject = f"{_JS_API}.CONSUMER.CREATE.{self.stream}.{self.name}"
+        if config.filter_subject and config.filter_subject != ">":
+            subject += f".{config.filter_subject}"
+        request = {"stream_name": self.stream, "config": config.as_dict(), "action": "create"}
+        wait = timeout if timeout is not None else self.client.config.api_timeout
+        try:
+            reply = await self.client.connection.request(
+                subject, json.dumps(request).encode(), timeout=wait
+            )
+        except nats.errors.NoRespondersError:
+            raise nats.js.errors.ServiceUnavailableError from None
+        try:
+            answer = json.loads(reply.data)
+        except ValueError:
+            raise StreamError(
+                self.stream, f"consumer {self.name}: not a JetStream answer"
+            ) from None
+        if "error" in answer:
+            nats.js.errors.APIError.from_error(answer["error"])  # raises
+        info: ConsumerInfo = ConsumerInfo.from_response(answer)
+        return info
+
+    async def delete(self, timeout: float | None = None) -> None:
+        """Deletes the consumer (best effort: an ephemeral one also expires by itself)."""
+        try:
+            await _within(self.client.jetstream.delete_consumer(self.stream, self.name), timeout)
+        except (nats.errors.Error, nats.js.errors.Error, MessageBusError, TimeoutError) as exc:
+            log.debug("consumer %s on %s not deleted: %s", self.name, self.stream, exc)
+
+
+__all__ = ["DEFAULT_INACTIVE_THRESHOLD", "ConsumerBinding"]

@@ -43,6 +43,8 @@ class CoreSubscription(Subscription):
         codec: Decodes messages.
         reply_codec: Encodes replies.
         on_closed: Called with this subscription once it has closed.
+        queue_group: Join the group's queue group (False: receive every message, as a
+            reader in no group).
     """
 
     def __init__(
@@ -55,9 +57,11 @@ class CoreSubscription(Subscription):
         codec: WireCodec,
         reply_codec: WireCodec,
         on_closed: Callable[[Subscription], None],
+        queue_group: bool = True,
     ) -> None:
         self._handler = handler
         self._client = client
+        self._queue = config.consumer_group if queue_group else ""
         self._config = config
         self._codec = codec
         self._reply_codec = reply_codec
@@ -79,7 +83,7 @@ class CoreSubscription(Subscription):
         try:
             self._sub = await nc.subscribe(
                 self._subject,
-                queue=self._config.consumer_group,
+                queue=self._queue,
                 cb=self._on_message,
             )
             await ordered_flush(nc, self._client.config.connection_timeout)  # the SUB is in effect
