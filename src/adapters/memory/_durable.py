@@ -88,5 +88,9 @@ class StreamMember(Member):
     def _detach(self) -> None:
         self.group.members -= 1
 
+    def _finished(self, delivery: Delivery) -> None:
+        if isinstance(delivery, StreamDelivery) and delivery.sequence is not None:
+            self.group.finished(delivery.sequence, delivery.attempt)
+
     def _release(self) -> None:
         self.group.kick()

@@ -7,11 +7,17 @@ there is a backlog (yielding to the event loop every ``YIELD_EVERY`` deliveries)
 workers wait in the source's FIFO of :class:`Waiters`, so the members of a group take
 turns. Nothing is fetched ahead of a free worker: a stream subscription that stops or
 drains has nothing to release or finish beyond the handlers in flight.
+
+Every handler runs under ``max_handler_time`` on the broker's clock (a ManualClock
+cuts it off only when advanced past it): then it is cancelled and its delivery failed
+(NAK, or dead letter on its last allowed delivery). While it runs, its group keeps the
+delivery alive (see :class:`~message_bus.adapters.memory._group.Group`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 
@@ -73,6 +79,13 @@ class Waiters:
                 self.queue.append(item)
 
 
+def _cut(limit: asyncio.Timeout) -> None:
+    """``max_handler_time`` is up (on the broker's clock): cancel the handler now."""
+    if limit.when() is None:
+        with contextlib.suppress(RuntimeError):  # not entered or left: nothing runs under it
+            limit.reschedule(asyncio.get_running_loop().time())
+
+
 class Member(Subscription):
     """One running subscription: ``max_concurrent`` workers over one source.
 
@@ -99,6 +112,7 @@ class Member(Subscription):
         self._draining = False
         self._workers: list[asyncio.Task[None]] = []
         self._running = 0
+        self._ended = asyncio.Event()
 
     @property
     def active(self) -> bool:
@@ -123,6 +137,9 @@ class Member(Subscription):
     def _release(self) -> None:
         """Give up what was handed over but not started (on stop); pass wake-ups on."""
 
+    def _finished(self, delivery: Delivery) -> None:
+        """The handler of ``delivery`` returned or was cancelled."""
+
     async def _work(self) -> None:
         take, streak = self._take, 0
         try:
@@ -146,10 +163,14 @@ class Member(Subscription):
             self._running -= 1
             if self._running == 0:
                 self._host.forget(self)
+                self._ended.set()
 
     async def _handle(self, delivery: Delivery) -> None:
+        limit = asyncio.timeout(None)
+        clock = self._host.clock
+        timer = clock.call_at(clock.now() + self.config.max_handler_time, lambda: _cut(limit))
         try:
-            await run_handler(self._handler, delivery, self.config)
+            await run_handler(self._handler, delivery, self.config, limit=limit)
         except asyncio.CancelledError as exc:
             worker = asyncio.current_task()
             if worker is None or worker.cancelling():  # the worker itself is cancelled
@@ -161,6 +182,9 @@ class Member(Subscription):
             log.exception("settling %s failed", delivery.subject)
             if not delivery.settled:
                 await delivery.nak(self.config.nak_delay(delivery.attempt))
+        finally:
+            timer.cancel()
+            self._finished(delivery)
 
     async def stop(self) -> None:
         if not self._stopping:
@@ -177,6 +201,10 @@ class Member(Subscription):
             self._detach()
             self._waiters.wake_member(self)
         await self._join()
+
+    async def wait(self) -> None:
+        if self._workers:
+            await self._ended.wait()
 
     async def _join(self) -> None:
         joining = self._host.joining
