@@ -208,3 +208,20 @@ async def test_metrics_count_a_failed_subscription_by_reason() -> None:
         {"message_type": PAYMENT.value, "reason": "permission_denied"},
     )
     assert value == 1
+
+
+# -- the in-memory broker's clock ---------------------------------------------------------
+
+
+def test_a_manual_clock_drops_cancelled_timers_so_its_heap_stays_bounded() -> None:
+    from message_bus.adapters.memory import ManualClock
+
+    clock = ManualClock()
+    fired: list[int] = []
+    for n in range(10_000):  # a handler per delivery arms, then cancels, a timer
+        clock.call_at(300.0 + n, lambda: None).cancel()
+    clock.call_at(1.0, lambda: fired.append(1))
+    assert clock.pending_timers == 1
+    assert clock.held_timers < 2_100
+    clock.advance(2.0)
+    assert fired == [1]

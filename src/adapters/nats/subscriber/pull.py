@@ -314,7 +314,9 @@ class PullSubscription(Subscription):
             except (ValueError, IndexError):
                 log.error("delivery on %r with a foreign ack subject %r ignored", subject, reply)
                 return
-            entry = self._in_flight.get(sequence)
+            # Only a redelivery (count > 1) can repeat a sequence: a first delivery with a
+            # known sequence is a new message of a stream that was re-created.
+            entry = self._in_flight.get(sequence) if attempt > 1 else None
             if entry is not None:  # a redelivery of a message in flight here
                 entry.supersede(reply, attempt)
                 self.superseded += 1
@@ -327,7 +329,7 @@ class PullSubscription(Subscription):
                     attempt,
                 )
                 return
-            if sequence in self._acked:  # acked here, yet redelivered: the ACK was lost
+            if attempt > 1 and sequence in self._acked:  # acked here: the ACK was lost
                 self.reacked += 1
                 self._touch(reply, ACK)
                 return
