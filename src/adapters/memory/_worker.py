@@ -31,6 +31,7 @@ from message_bus.ports.subscriber import (
 )
 
 from ._host import Activity, ConsumerHost
+from .clock import Timer
 
 log = logging.getLogger("message_bus.memory")
 
@@ -79,6 +80,17 @@ class Waiters:
                 self.queue.append(item)
 
 
+class HandlerLimit:
+    """The time limit of one running handler: its deadline on the broker's clock."""
+
+    __slots__ = ("deadline", "done", "timeout")
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.timeout = asyncio.timeout(None)
+        self.done = False
+
+
 def _cut(limit: asyncio.Timeout) -> None:
     """``max_handler_time`` is up (on the broker's clock): cancel the handler now."""
     if limit.when() is None:
@@ -113,6 +125,8 @@ class Member(Subscription):
         self._workers: list[asyncio.Task[None]] = []
         self._running = 0
         self._ended = asyncio.Event()
+        self._limits: deque[HandlerLimit] = deque()
+        self._limit_timer: Timer | None = None
 
     @property
     def active(self) -> bool:
@@ -162,13 +176,42 @@ class Member(Subscription):
             self._release()
             self._running -= 1
             if self._running == 0:
+                if self._limit_timer is not None:
+                    self._limit_timer.cancel()
+                    self._limit_timer = None
                 self._host.forget(self)
                 self._ended.set()
 
-    async def _handle(self, delivery: Delivery) -> None:
-        limit = asyncio.timeout(None)
+    def _limit(self) -> HandlerLimit:
+        """The ``max_handler_time`` of a handler starting now (see :meth:`_on_limit`)."""
         clock = self._host.clock
-        timer = clock.call_at(clock.now() + self.config.max_handler_time, lambda: _cut(limit))
+        entry = HandlerLimit(clock.now() + self.config.max_handler_time)
+        limits = self._limits
+        while limits and limits[0].done:
+            limits.popleft()
+        if len(limits) > 2 * self.config.max_concurrent + 64:  # done ones behind a long one
+            self._limits = limits = deque(e for e in limits if not e.done)
+        limits.append(entry)
+        if self._limit_timer is None:
+            self._limit_timer = clock.call_at(entry.deadline, self._on_limit)
+        return entry
+
+    def _on_limit(self) -> None:
+        """Cuts off the handlers whose ``max_handler_time`` is up; one timer per member,
+        at the earliest deadline (handlers start in deadline order)."""
+        clock = self._host.clock
+        self._limit_timer = None
+        now, limits = clock.now(), self._limits
+        while limits and (limits[0].done or limits[0].deadline <= now):
+            entry = limits.popleft()
+            if not entry.done:
+                _cut(entry.timeout)
+        if limits:
+            self._limit_timer = clock.call_at(limits[0].deadline, self._on_limit)
+
+    async def _handle(self, delivery: Delivery) -> None:
+        entry = self._limit()
+        limit = entry.timeout
         try:
             await run_handler(self._handler, delivery, self.config, limit=limit)
         except asyncio.CancelledError as exc:
@@ -183,7 +226,7 @@ class Member(Subscription):
             if not delivery.settled:
                 await delivery.nak(self.config.nak_delay(delivery.attempt))
         finally:
-            timer.cancel()
+            entry.done = True
             self._finished(delivery)
 
     async def stop(self) -> None:
