@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
+from proxy import TcpProxy
 
 from message_bus import (
     FunctionHandler,
@@ -24,6 +25,7 @@ from message_bus.adapters.nats import (
     NatsConfig,
     StreamManager,
 )
+from message_bus.adapters.nats.subscriber.pull import PullSubscription
 from message_bus.app.embedded import EmbeddedNatsServer
 
 PAYMENT = MessageType.PAYMENT_INSTRUCTION
@@ -169,3 +171,49 @@ async def test_a_hung_last_delivery_is_dead_lettered_once_max_handler_time_passe
     [letter] = await reader.list()
     assert letter.message.id == sent.id
     assert letter.reason == "max deliveries (1) exhausted: handler ran past max_handler_time (1 s)"
+
+
+async def test_a_redelivery_of_a_message_in_flight_is_superseded_not_run_again(
+    nats_server: EmbeddedNatsServer,
+) -> None:
+    direct = NatsClient(NatsConfig(urls=[nats_server.url]))
+    await direct.connect()
+    await StreamManager(direct).apply()
+    with TcpProxy("127.0.0.1", nats_server.port) as proxy:
+        client = NatsClient(NatsConfig(urls=[proxy.url], reconnect_delay=0.05))
+        await client.connect()
+        runs: list[int] = []
+        resumed = asyncio.Event()
+
+        async def slow(message: Message) -> None:
+            runs.append(current_delivery().attempt)
+            await asyncio.wait_for(resumed.wait(), 15.0)
+
+        try:
+            subscription = await subscriber(client, ack_wait=1.0, max_concurrent=2).subscribe(
+                FunctionHandler(slow)
+            )
+            assert isinstance(subscription, PullSubscription)
+            await JetStreamPublisher(direct).publish(payment())
+            await until(lambda: runs == [1], "the first run", 10.0)
+            proxy.drop(upstream=True)  # the keep-alive does not reach the server
+
+            await until(
+                lambda: subscription.superseded >= 1 or len(runs) > 1,
+                "a redelivery while it runs",
+                15.0,
+            )
+            assert runs == [1], "a redelivery of a running message started a second handler"
+            proxy.drop(upstream=False)
+            resumed.set()
+
+            async def acked() -> bool:
+                return (await consumer_counts(direct))[0] == 1
+
+            await until(acked, "the ack of the newest delivery", 20.0)
+            await subscription.drain()
+        finally:
+            resumed.set()
+            await client.close()
+            await direct.close()
+    assert runs == [1], "a redelivery of a running message started a second handler"
