@@ -101,7 +101,7 @@ class PullSubscription(Subscription):
 
     Keep-alive: every stream sequence queued or running here has an :class:`InFlight`
     entry; one timer, every quarter of ``ack_wait``, walks them and sends ``+WPI`` for
-    each not refreshed for a quarter of ``ack_wait`` (and once more when a handler
+    each not refreshed for an eighth of ``ack_wait`` (and once more when a handler
     starts late), so neither a waiting delivery nor a running handler's is redelivered,
     however long the handler runs; the same walk cuts off handlers past
     ``max_handler_time`` (they are cancelled and their message NAKed). A redelivery of a
@@ -440,11 +440,12 @@ class PullSubscription(Subscription):
         """Keeps every delivery in flight here alive; runs every quarter of ``ack_wait``
         until the close (see the class doc).
 
-        Each entry not refreshed for a quarter of ``ack_wait`` gets ``+WPI``, so no
-        delivery goes more than half of ``ack_wait`` without one while it waits for a
-        worker or its handler runs: the server would otherwise redeliver it (possibly to
-        another member) while this one still works on it. Handlers whose
-        ``max_handler_time`` falls before the next walk have their timeout set to it.
+        Each entry not refreshed for an eighth of ``ack_wait`` gets ``+WPI``, so no
+        delivery goes much more than a quarter of ``ack_wait`` without one (a late walk
+        on a busy event loop has margin) while it waits for a worker or its handler
+        runs: the server would otherwise redeliver it (possibly to another member) while
+        this one still works on it. Handlers whose ``max_handler_time`` falls before the
+        next walk have their timeout set to it.
         """
         loop = asyncio.get_running_loop()
         period = self._refresh_after
@@ -453,7 +454,7 @@ class PullSubscription(Subscription):
         if not in_flight:
             return
         now = time.monotonic()
-        stale = now - period
+        stale = now - period / 2
         max_time = self._config.max_handler_time
         for entry in in_flight.values():
             if entry.touched < stale:
