@@ -708,11 +708,17 @@ class PullSubscription(Subscription):
                 # release would cost it that attempt without a handler run.
                 last = self._config.max_deliver
                 items = workers.items
-                keep = [raw for raw in items if raw is not None and raw.attempt >= last]
+                in_flight = self._in_flight
+                keep = []
                 for raw in items:
-                    if raw is not None and raw.attempt < last:
-                        entry = self._in_flight.pop(raw.sequence, None)
-                        self._release(raw.reply if entry is None else entry.reply)
+                    if raw is None:
+                        continue
+                    entry = in_flight.get(raw.sequence)  # its newest delivery counts
+                    if (raw.attempt if entry is None else entry.attempt) >= last:
+                        keep.append(raw)
+                        continue
+                    in_flight.pop(raw.sequence, None)
+                    self._release(raw.reply if entry is None else entry.reply)
                 items.clear()
                 items.extend(keep)
             await workers.finish(self._config.ack_wait)
