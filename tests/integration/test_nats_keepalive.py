@@ -217,3 +217,29 @@ async def test_a_redelivery_of_a_message_in_flight_is_superseded_not_run_again(
             await client.close()
             await direct.close()
     assert runs == [1], "a redelivery of a running message started a second handler"
+
+
+async def test_a_core_handler_past_max_handler_time_is_cancelled(client: NatsClient) -> None:
+    cancelled = asyncio.Event()
+    handled: list[str] = []
+
+    async def hang_first(message: Message) -> None:
+        handled.append(message.id)
+        if len(handled) > 1:
+            return
+        try:
+            await asyncio.sleep(30.0)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    config = SubscriberConfig(consumer_group="core-limit", max_handler_time=0.5, max_concurrent=1)
+    subscriber = JetStreamSubscriber(client, MessageType.SYSTEM_EVENT, config)
+    subscription = await subscriber.subscribe(FunctionHandler(hang_first))
+    publisher = JetStreamPublisher(client)
+    key = PartitionKey.broadcast()
+    for n in range(2):
+        await publisher.publish(Message.new(MessageType.SYSTEM_EVENT, key, {"event": f"e{n}"}))
+    await until(cancelled.is_set, "the hung core handler to be cancelled", 10.0)
+    await until(lambda: len(handled) == 2, "the next core message on the freed worker", 10.0)
+    await subscription.stop()

@@ -109,7 +109,9 @@ class CoreSubscription(Subscription):
         except DecodeError as exc:
             log.warning("dropped an undecodable core message on %s: %s", msg.subject, exc)
             return
-        await run_handler(self._handler, NatsCoreDelivery(self, msg, message), self._config)
+        limit = asyncio.timeout(self._config.max_handler_time)
+        delivery = NatsCoreDelivery(self, msg, message)
+        await run_handler(self._handler, delivery, self._config, limit=limit)
 
     async def respond(self, reply_subject: str, reply: Message) -> None:
         encoded = self._reply_codec.encode(reply)
