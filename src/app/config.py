@@ -199,6 +199,20 @@ _CONFIG_FIELDS: dict[str, tuple[str, str]] = {
         "DELTRAN_DEAD_LETTER",
         "Store TERMed and exhausted messages in `DEAD_LETTERS` (else drop them).",
     ),
+    "subscriber.max_handler_time": (
+        "DELTRAN_MAX_HANDLER_TIME",
+        "Seconds a handler may run on one delivery; its delivery is kept alive meanwhile, "
+        "then the handler is cancelled and the message NAKed.",
+    ),
+    "subscriber.confirm_acks": (
+        "DELTRAN_CONFIRM_ACKS",
+        "Wait for the server's confirmation of every ACK (double ack); an unconfirmed ACK "
+        "is reported as such and the message is redelivered.",
+    ),
+    "subscriber.ack_confirm_timeout": (
+        "DELTRAN_ACK_CONFIRM_TIMEOUT",
+        "Seconds to wait for an ACK's confirmation (with `confirm_acks`).",
+    ),
 }
 """The environment variable and meaning of every config field that is a setting.
 

@@ -233,3 +233,49 @@ class PublishBatchError(MessageBusError):
         self.errors: list[PublishError] = failed
         first = failed[0] if failed else None
         super().__init__(f"{len(failed)} of {len(results)} messages not published; first: {first}")
+
+
+class AckNotConfirmed(BusConnectionError):
+    """The broker did not confirm an acknowledgement (timeout, or the connection dropped):
+    the message may be redelivered.
+
+    Attributes:
+        stream: the stream of the delivery.
+        sequence: its stream sequence.
+        reason: why it was not confirmed.
+    """
+
+    def __init__(self, stream: str, sequence: int, reason: str) -> None:
+        self.stream = stream
+        self.sequence = sequence
+        self.reason = reason
+        super().__init__(f"ack of {stream} #{sequence} not confirmed: {reason}")
+
+
+class SubscriptionError(MessageBusError):
+    """A subscription failed and stopped receiving.
+
+    Attributes:
+        subscription: what failed (the consumer or subject it received from).
+        reason: a short machine-readable cause (``permission_denied``, ...).
+        detail: what the broker said.
+    """
+
+    def __init__(self, subscription: str, reason: str, detail: str = "") -> None:
+        self.subscription = subscription
+        self.reason = reason
+        self.detail = detail
+        text = f"subscription {subscription} failed: {reason}"
+        super().__init__(f"{text} ({detail})" if detail else text)
+
+
+class PermissionDenied(SubscriptionError):
+    """The broker refused a subject the subscription must publish to (its acks).
+
+    Attributes:
+        subject: the refused subject, as the broker reported it.
+    """
+
+    def __init__(self, subscription: str, subject: str) -> None:
+        self.subject = subject
+        super().__init__(subscription, "permission_denied", f"publish to {subject} refused")

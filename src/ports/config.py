@@ -123,6 +123,18 @@ class SubscriberConfig:
         max_ack_pending: deliveries unacknowledged at once across the whole group.
         fetch_batch: messages asked for per pull (adapters may ask for fewer).
         dead_letter: dead-letter TERMed and exhausted messages (else just drop them).
+        max_handler_time: seconds a handler may run on one delivery (default 5 minutes).
+            While it runs, the subscriber keeps its delivery alive (``ack_wait`` does not
+            expire for it, and no other delivery of the message starts on this
+            subscriber); past this limit the handler is cancelled and the message is
+            NAKed (dead-lettered on its last allowed delivery), so a hung handler is not
+            kept alive forever.
+        confirm_acks: wait for the broker's confirmation of every ACK (JetStream's
+            double ack); an ACK that is not confirmed within ``ack_confirm_timeout``
+            (or whose connection dropped) is reported as not acked (outcome
+            ``unconfirmed``) and the message will be redelivered. Off by default: it
+            costs a round trip per ACK.
+        ack_confirm_timeout: seconds to wait for an ACK's confirmation.
     """
 
     consumer_group: str = "deltran-workers"
@@ -137,6 +149,9 @@ class SubscriberConfig:
     max_ack_pending: int = 1000
     fetch_batch: int = 64
     dead_letter: bool = True
+    max_handler_time: float = 300.0
+    confirm_acks: bool = False
+    ack_confirm_timeout: float = 5.0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -155,6 +170,10 @@ class SubscriberConfig:
         _positive("nak_max_delay", self.nak_max_delay, allow_zero=True)
         _count("max_ack_pending", self.max_ack_pending)
         _count("fetch_batch", self.fetch_batch)
+        _positive("max_handler_time", self.max_handler_time)
+        if not isinstance(self.confirm_acks, bool):
+            raise ValidationError("confirm_acks", self.confirm_acks, "must be a bool")
+        _positive("ack_confirm_timeout", self.ack_confirm_timeout)
         if self.partition_key is not None and not isinstance(self.partition_key, PartitionKey):
             raise ValidationError("partition_key", self.partition_key, "must be a PartitionKey")
 

@@ -16,6 +16,10 @@ raises anything else, on the last      ``dead``     TERM, dead letter with
 allowed delivery of a stream message                :func:`max_deliveries_reason`
 raises anything else                   ``nak``      NAK after :class:`RetryableError`'s
                                                     ``delay`` or the subscriber's backoff
+runs past ``max_handler_time``         ``nak``      cancelled; NAK (``dead`` on the last
+                                                    allowed delivery)
+returns, ACK not confirmed             ``unconfi-   none: the broker may not have the ACK,
+(``confirm_acks``)                     rmed``       the message will be redelivered
 =====================================  ===========  ======================================
 
 "Anything else" includes a ``CancelledError`` that the handler raised while nothing
@@ -42,6 +46,8 @@ class Outcome(enum.StrEnum):
     TERM = "term"
     DEAD = "dead"
     EXPLICIT = "explicit"
+    UNCONFIRMED = "unconfirmed"
+    """The handler succeeded but the broker did not confirm the ACK (``confirm_acks``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +71,11 @@ _EXPLICIT = Decision(Outcome.EXPLICIT)
 
 ACK_WAIT_EXPIRED = "ack wait expired"
 """Why a delivery failed when its handler never settled it within ``ack_wait``."""
+
+
+def handler_time_reason(max_handler_time: float) -> str:
+    """Why a handler that ran past ``max_handler_time`` failed."""
+    return f"handler ran past max_handler_time ({max_handler_time:g} s)"
 
 
 def max_deliveries_reason(max_deliver: int, why: str) -> str:
@@ -118,5 +129,6 @@ __all__ = [
     "Outcome",
     "decide",
     "failure_reason",
+    "handler_time_reason",
     "max_deliveries_reason",
 ]

@@ -5,17 +5,33 @@ Contract, for every adapter:
 * At-least-once for stream-backed types: a message is delivered until it is ACKed,
   TERMed, or has been delivered ``max_deliver`` times; then it goes to the dead-letter
   stream with the reason. An ACK the broker received is never redelivered to the same
-  group. ``ack()`` does not wait for the broker's confirmation (that would cost a round
+  group, and a message whose ACK the broker received is never dead-lettered.
+  By default ``ack()`` does not wait for the broker's confirmation (that costs a round
   trip per message): if the connection dies between the handler's success and the
-  broker receiving the ACK, the message is delivered again after ``ack_wait``. Handlers
-  must therefore be idempotent by ``message.id`` -- as with any at-least-once bus.
-* A delivery not settled within ``ack_wait`` is redelivered (``in_progress`` resets
-  the clock for long work).
+  broker receiving the ACK, the message is delivered again after ``ack_wait``, although
+  its outcome was reported ``ack``. With ``confirm_acks`` the ACK is confirmed by the
+  broker; an ACK that is not confirmed is reported as outcome ``unconfirmed`` (and
+  ``ack()`` raises :class:`AckNotConfirmed`), and the message will be redelivered.
+  Either way handlers must be idempotent by ``message.id`` -- as with any
+  at-least-once bus: a process that dies mid-handler, or an ACK lost on the way,
+  means another run.
+* A running handler keeps its delivery alive: while it runs, the subscriber tells the
+  broker it is in progress, so ``ack_wait`` does not expire for it and the message is
+  not redelivered while it runs or right after it acked; no delivery of a message
+  already in flight (or already settled) on this subscription starts a second handler.
+  A handler that runs past ``max_handler_time`` is cancelled and its message NAKed
+  (dead-lettered on its last allowed delivery). ``ack_wait`` therefore only expires
+  for deliveries nobody works on (a member that died, a connection that dropped).
+  ``in_progress`` still restarts the clock explicitly.
 * Members of one consumer group share the work; every group sees every message.
   Groups are durable: a group that restarts resumes after its last ACK.
 * At most ``max_concurrent`` handlers of one subscription (one ``subscribe`` call) run
   at once.
 * Core-only types reach only subscribers that are live when the message is sent.
+* A subscription that cannot go on (the broker refuses its acknowledgements) fails:
+  ``active`` turns False, :attr:`Subscription.error` holds a
+  :class:`SubscriptionError` (e.g. :class:`PermissionDenied`), and ``wait()`` and
+  ``stop()`` raise it.
 
 The handler decides the acknowledgement by its outcome: return -> ACK, raise
 :class:`RetryableError` (or any exception) -> NAK with backoff, raise
@@ -34,14 +50,20 @@ import contextvars
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
+from types import TracebackType
 from typing import Protocol, runtime_checkable
 
 from message_bus.domain.catalog import MessageType
-from message_bus.domain.errors import MessageBusError
+from message_bus.domain.errors import (
+    AckNotConfirmed,
+    MessageBusError,
+    RetryableError,
+    SubscriptionError,
+)
 from message_bus.domain.message import Message
 
 from .config import SubscriberConfig
-from .outcome import Outcome, decide, failure_reason
+from .outcome import Outcome, decide, failure_reason, handler_time_reason
 
 log = logging.getLogger("message_bus.subscriber")
 
@@ -70,7 +92,11 @@ class Delivery(ABC):
 
     @abstractmethod
     async def ack(self) -> None:
-        """Processing succeeded: never deliver this message to this group again."""
+        """Processing succeeded: never deliver this message to this group again.
+
+        Raises:
+            AckNotConfirmed: with ``confirm_acks``, the broker did not confirm the ACK.
+        """
 
     @abstractmethod
     async def nak(self, delay: float | None = None) -> None:
@@ -88,6 +114,17 @@ class Delivery(ABC):
     async def respond(self, reply: Message) -> None:
         """Answer the request this delivery carries (no-op if it is not a request)."""
         return None
+
+    def on_ack_result(self, callback: Callable[[bool], None]) -> bool:
+        """Have ``callback(confirmed)`` called once the broker confirmed (True) or did
+        not confirm (False) this delivery's ACK.
+
+        Returns:
+            False, and ``callback`` is never called, when acks of this delivery are not
+            confirmed (no ``confirm_acks``, or nothing to confirm): then an ACK counts
+            as done when it is sent.
+        """
+        return False
 
 
 class CoreDelivery(Delivery):
@@ -149,6 +186,25 @@ class FunctionHandler:
         return await self.function(message)
 
 
+class HandlerLimit(Protocol):
+    """A time limit a handler runs under (``asyncio.timeout(...)`` is one): an async
+    context manager that cancels the handler when the time is up, then raises
+    ``TimeoutError`` on exit, and tells whether it did so."""
+
+    async def __aenter__(self) -> object: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool | None: ...
+
+    def expired(self) -> bool:
+        """Whether the limit cut the handler off."""
+        ...
+
+
 _current: contextvars.ContextVar[Delivery] = contextvars.ContextVar("message_bus_delivery")
 
 
@@ -162,7 +218,11 @@ def current_delivery() -> Delivery:
 
 
 async def run_handler(
-    handler: MessageHandler, delivery: Delivery, config: SubscriberConfig
+    handler: MessageHandler,
+    delivery: Delivery,
+    config: SubscriberConfig,
+    *,
+    limit: HandlerLimit | None = None,
 ) -> Outcome:
     """Run ``handler`` on ``delivery`` and settle it by the outcome; return the outcome.
 
@@ -170,10 +230,32 @@ async def run_handler(
     table). Adapters call this for every delivery so every adapter acks the same way.
     A ``CancelledError`` (a ``BaseException``) passes through: the adapter knows whether
     its task was cancelled, and settles a stray one with :func:`settle_failure`.
+
+    The handler runs under ``limit``, which the adapter arms at the delivery's
+    ``max_handler_time`` (e.g. an ``asyncio.timeout(None)`` it reschedules when its
+    clock says the time is up; None: no limit). A handler cut off by it failed with
+    :func:`~message_bus.ports.outcome.handler_time_reason` (NAK, or dead letter on its
+    last allowed delivery). An ACK the broker did not confirm (``confirm_acks``) makes
+    the outcome ``unconfirmed``.
     """
     token = _current.set(delivery)
     try:
-        reply = await handler.handle(delivery.message)
+        if limit is None:
+            reply = await handler.handle(delivery.message)
+        else:
+            async with limit:
+                reply = await handler.handle(delivery.message)
+    except TimeoutError as exc:
+        if limit is None or not limit.expired():
+            return await settle_failure(delivery, exc, config)
+        log.warning(
+            "handler on %s (attempt %d) ran past max_handler_time (%g s): cancelled",
+            delivery.subject,
+            delivery.attempt,
+            config.max_handler_time,
+        )
+        timed_out = RetryableError(handler_time_reason(config.max_handler_time))
+        return await settle_failure(delivery, timed_out, config)
     except Exception as exc:  # noqa: BLE001  # any failure is retryable unless it says otherwise
         return await settle_failure(delivery, exc, config)
     finally:
@@ -182,7 +264,11 @@ async def run_handler(
         return Outcome.EXPLICIT
     if reply is not None:
         await delivery.respond(reply)
-    await delivery.ack()
+    try:
+        await delivery.ack()
+    except AckNotConfirmed as exc:
+        log.warning("%s; the message will be redelivered", exc)
+        return Outcome.UNCONFIRMED
     return Outcome.ACK
 
 
@@ -220,22 +306,75 @@ async def settle_failure(
 
 
 class Subscription(ABC):
-    """A running subscription; stop or drain it when done."""
+    """A running subscription; stop or drain it when done.
+
+    A subscription that fails (see the module doc) keeps its :class:`SubscriptionError`
+    in :attr:`error`, calls the listeners of :meth:`on_failure` once, and stops; its
+    ``wait()`` and ``stop()`` raise the error. Adapters report a failure with
+    :meth:`fail`.
+    """
+
+    _failure: SubscriptionError | None = None
+    _failure_listeners: list[Callable[[SubscriptionError], None]] | None = None
 
     @property
     @abstractmethod
     def active(self) -> bool:
         """Whether the subscription is still receiving."""
 
+    @property
+    def error(self) -> SubscriptionError | None:
+        """Why the subscription failed, or None."""
+        return self._failure
+
+    def on_failure(self, listener: Callable[[SubscriptionError], None]) -> None:
+        """Call ``listener(error)`` when the subscription fails (at once if it has)."""
+        if self._failure is not None:
+            listener(self._failure)
+            return
+        if self._failure_listeners is None:
+            self._failure_listeners = []
+        self._failure_listeners.append(listener)
+
+    def fail(self, error: SubscriptionError) -> bool:
+        """Record ``error`` as the subscription's failure (the first one wins) and tell
+        the listeners; returns whether it was the first. The adapter then stops it."""
+        if self._failure is not None:
+            return False
+        self._failure = error
+        for listener in self._failure_listeners or ():
+            try:
+                listener(error)
+            except Exception:
+                log.exception("a subscription failure listener failed")
+        return True
+
+    def raise_failure(self) -> None:
+        """Raise :attr:`error` if the subscription failed."""
+        if self._failure is not None:
+            raise self._failure
+
     @abstractmethod
     async def stop(self) -> None:
         """Stop receiving: in-flight handlers finish and are settled; deliveries fetched
-        but not started are released for redelivery at once. Idempotent."""
+        but not started are released for redelivery at once. Idempotent.
+
+        Raises:
+            SubscriptionError: the subscription had failed (it is stopped all the same).
+        """
 
     @abstractmethod
     async def drain(self) -> None:
         """Stop receiving new messages, handle every message already fetched, then stop.
         Idempotent."""
+
+    async def wait(self) -> None:
+        """Wait until the subscription has stopped (by ``stop``, ``drain`` or a failure).
+
+        Raises:
+            SubscriptionError: it stopped because it failed.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot be waited on")
 
 
 class Subscriber(ABC):

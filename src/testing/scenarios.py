@@ -685,33 +685,77 @@ async def permanent_error_is_dead_lettered_and_never_redelivered(h: BusHarness) 
 
 
 @scenario()
-async def unacked_delivery_is_redelivered_after_ack_wait(h: BusHarness) -> None:
+async def running_handler_keeps_its_delivery_alive_past_ack_wait_and_runs_once(
+    h: BusHarness,
+) -> None:
+    """A handler that runs for several ``ack_wait``s is neither run a second time nor
+    dead-lettered (even with ``max_deliver=1``); its ACK settles the message for good."""
     ctx = Context(h)
     inbox = ctx.inbox()
     release = ctx.gate()
 
-    async def hang_first(message: Message) -> None:
-        received = inbox.record(message)
-        if received is not None and received.attempt == 1:
+    async def slow(message: Message) -> None:
+        if inbox.record(message) is not None:
             await release.wait()
 
-    await h.subscriber(MessageType.PAYMENT_INSTRUCTION, ctx.config(max_concurrent=2)).subscribe(
+    config = ctx.config(max_concurrent=2, max_deliver=1)
+    await h.subscriber(MessageType.PAYMENT_INSTRUCTION, config).subscribe(FunctionHandler(slow))
+    sent = ctx.message()
+    try:
+        await h.publisher().publish(sent)
+        await ctx.eventually(lambda: inbox.attempts(sent.id) == [1], "the first delivery")
+        for _ in range(3):  # three ack waits while the handler runs
+            await h.advance(ctx.beyond(ctx.ack_wait))
+        assert inbox.attempts(sent.id) == [1], "redelivered while its handler ran"
+        assert not await ctx.has_dead_letter(sent.id), "dead-lettered while its handler ran"
+    finally:
+        release.open()
+    await h.settle()
+    await h.advance(ctx.beyond(ctx.ack_wait))  # acked: no redelivery, no dead letter
+    await h.settle()
+    assert inbox.attempts(sent.id) == [1]
+    assert not await ctx.has_dead_letter(sent.id), "an acked message was dead-lettered"
+
+
+@scenario()
+async def handler_past_max_handler_time_is_cancelled_and_its_message_redelivered(
+    h: BusHarness,
+) -> None:
+    ctx = Context(h)
+    inbox = ctx.inbox()
+    cancelled: list[int] = []
+    release = ctx.gate()
+
+    async def hang_first(message: Message) -> None:
+        received = inbox.record(message)
+        if received is None or received.attempt > 1:
+            return
+        try:
+            await release.wait()
+        except asyncio.CancelledError:
+            cancelled.append(received.attempt)
+            raise
+
+    limit = ctx.ack_wait * 1.5
+    config = ctx.config(max_concurrent=2, max_handler_time=limit, nak_initial_delay=0.0)
+    await h.subscriber(MessageType.PAYMENT_INSTRUCTION, config).subscribe(
         FunctionHandler(hang_first)
     )
     sent = ctx.message()
     try:
         await h.publisher().publish(sent)
         await ctx.eventually(lambda: inbox.attempts(sent.id) == [1], "the first delivery")
-        await h.advance(ctx.ack_wait * 0.5)
-        assert inbox.attempts(sent.id) == [1], "redelivered before its ack wait"
-        await h.advance(ctx.beyond(ctx.ack_wait * 0.5))
-        await ctx.eventually(lambda: len(inbox) >= 2, "a redelivery")
-        assert inbox.attempts(sent.id) == [1, 2]
+        await h.advance(limit * 0.5)
+        assert cancelled == [], "cancelled before max_handler_time"
+        await h.advance(ctx.beyond(limit * 0.5))
+        await ctx.eventually(lambda: cancelled == [1], "the handler to be cancelled")
+        await ctx.eventually(lambda: len(inbox) >= 2, "the redelivery after the cancel")
     finally:
         release.open()
-    await h.advance(ctx.beyond(ctx.ack_wait))  # both deliveries acked: no third one
+    await h.advance(ctx.beyond(ctx.ack_wait))
     await h.settle()
     assert inbox.attempts(sent.id) == [1, 2]
+    assert not await ctx.has_dead_letter(sent.id)
 
 
 @scenario()
@@ -741,17 +785,15 @@ async def in_progress_extends_ack_wait(h: BusHarness) -> None:
         await ctx.eventually(lambda: progressed.is_open, "in_progress")
         await h.advance(ctx.ack_wait * 0.6)  # past the original deadline, not the new one
         assert inbox.attempts(sent.id) == [1], "redelivered although in_progress was called"
-        # in_progress restarted the clock, it did not stop it: past the new deadline the
-        # still unsettled delivery is redelivered (and that delivery acks at once).
-        await h.advance(ctx.beyond(ctx.ack_wait * 0.4))
-        await ctx.eventually(lambda: len(inbox) >= 2, "the redelivery after the new deadline")
+        await h.advance(ctx.beyond(ctx.ack_wait))  # and the handler keeps it alive
+        assert inbox.attempts(sent.id) == [1], "redelivered while its handler ran"
     finally:
         tick.open()
         finish.open()
-    await h.settle()  # the first handler returns and acks too
+    await h.settle()
     await h.advance(ctx.beyond(ctx.ack_wait))
     await h.settle()
-    assert inbox.attempts(sent.id) == [1, 2]
+    assert inbox.attempts(sent.id) == [1]
 
 
 @scenario()
@@ -1036,8 +1078,10 @@ async def group_with_partition_filter_gets_only_its_keys_messages_stored_and_liv
     await ctx.received_exactly_once(inbox, [m for m in sent + live if m.partition_key == mine])
 
 
-@scenario(requires=["dead_letters_on_ack_wait_exhaustion"])
-async def hung_last_delivery_is_dead_lettered_when_its_ack_wait_expires(h: BusHarness) -> None:
+@scenario()
+async def hung_last_delivery_is_dead_lettered_when_max_handler_time_expires(
+    h: BusHarness,
+) -> None:
     ctx = Context(h)
     inbox = ctx.inbox()
     release = ctx.gate()
@@ -1046,19 +1090,24 @@ async def hung_last_delivery_is_dead_lettered_when_its_ack_wait_expires(h: BusHa
         if inbox.record(message) is not None:
             await release.wait()
 
-    config = ctx.config(max_deliver=2, max_concurrent=2)
+    limit = ctx.ack_wait * 1.5
+    config = ctx.config(
+        max_deliver=2, max_concurrent=2, max_handler_time=limit, nak_initial_delay=0.0
+    )
     await h.subscriber(MessageType.PAYMENT_INSTRUCTION, config).subscribe(FunctionHandler(hang))
     sent = ctx.message()
     try:
         await h.publisher().publish(sent)
         await ctx.eventually(lambda: inbox.attempts(sent.id) == [1], "the first delivery")
-        await h.advance(ctx.beyond(ctx.ack_wait))
+        await h.advance(ctx.beyond(limit))
         await ctx.eventually(lambda: inbox.attempts(sent.id) == [1, 2], "the last delivery")
-        await h.advance(ctx.beyond(ctx.ack_wait))
+        await h.advance(ctx.beyond(limit))
         dead = await ctx.dead_letter(sent.id)
     finally:
         release.open()
-    assert dead.reason == "max deliveries (2) exhausted: ack wait expired"
+    assert dead.reason == (
+        f"max deliveries (2) exhausted: handler ran past max_handler_time ({limit:g} s)"
+    )
     assert dead.deliveries == 2
     await h.settle()
     assert inbox.attempts(sent.id) == [1, 2]

@@ -450,25 +450,37 @@ async def test_a_core_subscription_that_failed_to_start_receives_nothing(
 
 
 async def test_stop_handles_a_fetched_delivery_on_its_last_attempt_instead_of_releasing_it(
-    client: NatsClient,
+    client: NatsClient, nats_server: EmbeddedNatsServer
 ) -> None:
     release = asyncio.Event()
-    seen: list[int] = []
+    seen: list[str] = []
 
     async def slow_first(message: Message) -> None:
-        seen.append(current_delivery().attempt)
+        seen.append(message.id)
         if len(seen) == 1:
             await asyncio.wait_for(release.wait(), 10.0)
 
-    subscription = await subscriber(
-        client, max_concurrent=1, ack_wait=2.0, max_deliver=2
+    # max_deliver=1: every delivery is its last one.
+    settings = SubscriberConfig(
+        consumer_group="workers", max_concurrent=1, ack_wait=2.0, max_deliver=1
+    )
+    subscription = await JetStreamSubscriber(
+        client, PAYMENT, settings, pull_expires=20.0, idle_heartbeat=0.5
     ).subscribe(FunctionHandler(slow_first))
-    await JetStreamPublisher(client).publish(payment())
-    # The first run outlives ack_wait: the second (last) delivery is fetched and waits.
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 10.0
+    name = settings.consumer_name
+    while (await client.jetstream.consumer_info("PAYMENT_INSTRUCTIONS", name)).num_waiting < 1:
+        assert loop.time() < deadline, "no pull request reached the server"
+        await asyncio.sleep(0.05)
+    # Heartbeats stop while the server is frozen: the subscription asks again, while its
+    # first pull request stays alive, so the second message is fetched and waits.
+    with frozen(nats_server):
+        await asyncio.sleep(3.0)
+    await JetStreamPublisher(client).publish_many([payment(0), payment(1)])
+    deadline = loop.time() + 10.0
     while (await consumer_state(client))[0] < 2:
-        assert loop.time() < deadline, "the message was not redelivered"
+        assert loop.time() < deadline, "the second message was not fetched"
         await asyncio.sleep(0.05)
     await client.flush()
 
@@ -477,7 +489,7 @@ async def test_stop_handles_a_fetched_delivery_on_its_last_attempt_instead_of_re
     async with asyncio.timeout(10.0):
         await stopping
 
-    assert seen == [1, 2]
+    assert len(seen) == 2
     assert await JetStreamDeadLetters(client).list() == []
 
 

@@ -272,7 +272,7 @@ async def test_a_message_failing_every_delivery_is_dead_lettered_after_max_deliv
 
 
 async def test_a_last_delivery_that_times_out_is_dead_lettered_without_the_handler(
-    client: NatsClient, publisher: JetStreamPublisher
+    client: NatsClient, publisher: JetStreamPublisher, nats_server: EmbeddedNatsServer
 ) -> None:
     release = asyncio.Event()
     seen: list[int] = []
@@ -281,14 +281,20 @@ async def test_a_last_delivery_that_times_out_is_dead_lettered_without_the_handl
         seen.append(current_delivery().attempt)
         await asyncio.wait_for(release.wait(), 10.0)
 
-    await subscriber(client, max_deliver=1, ack_wait=1.0, max_concurrent=2).subscribe(
-        FunctionHandler(hang)
-    )
-
+    # A member dies with its handler running: nothing keeps the delivery alive any more,
+    # so its ack wait expires and the next delivery, past max_deliver, is dead-lettered.
+    doomed = NatsClient(NatsConfig(urls=[nats_server.url], max_reconnect_attempts=0))
+    await doomed.connect()
+    dying = subscriber(doomed, max_deliver=1, ack_wait=1.0, max_concurrent=2)
+    await dying.subscribe(FunctionHandler(hang))
     await publisher.publish(payment())
+    await eventually(lambda: seen == [1])
+    await doomed.close()
+    await subscriber(client, max_deliver=1, ack_wait=1.0).subscribe(FunctionHandler(hang))
 
     [letter] = await dead_letters(client, 1)
     release.set()
+    await dying.close()
     assert letter.reason == "max deliveries (1) exhausted: ack wait expired"
     assert letter.deliveries == 1
     assert seen == [1]

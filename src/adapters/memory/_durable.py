@@ -91,5 +91,9 @@ class StreamMember(Member):
         if group.members == 0 and group.on_empty is not None:
             group.on_empty(group)
 
+    def _finished(self, delivery: Delivery) -> None:
+        if isinstance(delivery, StreamDelivery) and delivery.sequence is not None:
+            self.group.finished(delivery.sequence, delivery.attempt)
+
     def _release(self) -> None:
         self.group.kick()

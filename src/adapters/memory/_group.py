@@ -32,12 +32,13 @@ def subject_filter(message_type: MessageType, key: PartitionKey | None) -> tuple
 class Pending:
     """A message delivered to a group and not yet acknowledged or terminated."""
 
-    __slots__ = ("deliveries", "gen", "state")
+    __slots__ = ("deliveries", "gen", "running", "state")
 
     def __init__(self) -> None:
         self.deliveries = 0
         self.gen = 0  # bumped on every state change; timers carry it to detect staleness
         self.state = READY
+        self.running = False  # a handler works on its current delivery: keep it alive
 
 
 class Group:
@@ -46,6 +47,12 @@ class Group:
 
     An ephemeral group (given a ``name`` of its own) is one reader's: ``on_empty`` is
     called once its last member has left, and the broker forgets it.
+
+    A delivery is handed to a free worker, whose handler starts at once: from then until
+    the handler returns (or its worker is cancelled) the delivery is kept alive, as the
+    NATS adapter keeps it alive with ``+WPI``: its ``ack_wait`` restarts instead of
+    expiring, so it is neither redelivered nor dead-lettered while its handler runs.
+    ``ack_wait`` expires only for deliveries nobody works on any more.
     """
 
     def __init__(
@@ -130,6 +137,7 @@ class Group:
         p.deliveries += 1
         p.gen += 1
         p.state = IN_FLIGHT
+        p.running = True
         self._schedule(now + self.config.ack_wait, seq, p.gen)
         self._activity.events += 1
         return seq, p.deliveries, entry
@@ -170,6 +178,13 @@ class Group:
         p = self.pending.get(seq)
         if p is not None:
             self._give_up(seq, p, reason, entry)
+
+    def finished(self, seq: int, attempt: int) -> None:
+        """The handler of delivery ``attempt`` of ``seq`` returned or was cancelled: if
+        it left the delivery unsettled, its ``ack_wait`` may now expire."""
+        p = self.pending.get(seq)
+        if p is not None and p.deliveries == attempt:
+            p.running = False
 
     def in_progress(self, seq: int, attempt: int) -> None:
         p = self._current(seq, attempt)
@@ -240,6 +255,10 @@ class Group:
             _, seq, gen = heapq.heappop(timers)
             p = pending.get(seq)
             if p is None or p.gen != gen:
+                continue
+            if p.state == IN_FLIGHT and p.running:  # kept alive while its handler runs
+                p.gen += 1
+                heapq.heappush(timers, (now + self.config.ack_wait, seq, p.gen))
                 continue
             if p.state == IN_FLIGHT and p.deliveries >= max_deliver:
                 reason = max_deliveries_reason(max_deliver, ACK_WAIT_EXPIRED)

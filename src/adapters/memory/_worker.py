@@ -7,11 +7,17 @@ there is a backlog (yielding to the event loop every ``YIELD_EVERY`` deliveries)
 workers wait in the source's FIFO of :class:`Waiters`, so the members of a group take
 turns. Nothing is fetched ahead of a free worker: a stream subscription that stops or
 drains has nothing to release or finish beyond the handlers in flight.
+
+Every handler runs under ``max_handler_time`` on the broker's clock (a ManualClock
+cuts it off only when advanced past it): then it is cancelled and its delivery failed
+(NAK, or dead letter on its last allowed delivery). While it runs, its group keeps the
+delivery alive (see :class:`~message_bus.adapters.memory._group.Group`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 
@@ -25,6 +31,7 @@ from message_bus.ports.subscriber import (
 )
 
 from ._host import Activity, ConsumerHost
+from .clock import Timer
 
 log = logging.getLogger("message_bus.memory")
 
@@ -73,6 +80,24 @@ class Waiters:
                 self.queue.append(item)
 
 
+class HandlerLimit:
+    """The time limit of one running handler: its deadline on the broker's clock."""
+
+    __slots__ = ("deadline", "done", "timeout")
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.timeout = asyncio.timeout(None)
+        self.done = False
+
+
+def _cut(limit: asyncio.Timeout) -> None:
+    """``max_handler_time`` is up (on the broker's clock): cancel the handler now."""
+    if limit.when() is None:
+        with contextlib.suppress(RuntimeError):  # not entered or left: nothing runs under it
+            limit.reschedule(asyncio.get_running_loop().time())
+
+
 class Member(Subscription):
     """One running subscription: ``max_concurrent`` workers over one source.
 
@@ -99,6 +124,9 @@ class Member(Subscription):
         self._draining = False
         self._workers: list[asyncio.Task[None]] = []
         self._running = 0
+        self._ended = asyncio.Event()
+        self._limits: deque[HandlerLimit] = deque()
+        self._limit_timer: Timer | None = None
 
     @property
     def active(self) -> bool:
@@ -123,6 +151,9 @@ class Member(Subscription):
     def _release(self) -> None:
         """Give up what was handed over but not started (on stop); pass wake-ups on."""
 
+    def _finished(self, delivery: Delivery) -> None:
+        """The handler of ``delivery`` returned or was cancelled."""
+
     async def _work(self) -> None:
         take, streak = self._take, 0
         try:
@@ -145,11 +176,44 @@ class Member(Subscription):
             self._release()
             self._running -= 1
             if self._running == 0:
+                if self._limit_timer is not None:
+                    self._limit_timer.cancel()
+                    self._limit_timer = None
                 self._host.forget(self)
+                self._ended.set()
+
+    def _limit(self) -> HandlerLimit:
+        """The ``max_handler_time`` of a handler starting now (see :meth:`_on_limit`)."""
+        clock = self._host.clock
+        entry = HandlerLimit(clock.now() + self.config.max_handler_time)
+        limits = self._limits
+        while limits and limits[0].done:
+            limits.popleft()
+        if len(limits) > 2 * self.config.max_concurrent + 64:  # done ones behind a long one
+            self._limits = limits = deque(e for e in limits if not e.done)
+        limits.append(entry)
+        if self._limit_timer is None:
+            self._limit_timer = clock.call_at(entry.deadline, self._on_limit)
+        return entry
+
+    def _on_limit(self) -> None:
+        """Cuts off the handlers whose ``max_handler_time`` is up; one timer per member,
+        at the earliest deadline (handlers start in deadline order)."""
+        clock = self._host.clock
+        self._limit_timer = None
+        now, limits = clock.now(), self._limits
+        while limits and (limits[0].done or limits[0].deadline <= now):
+            entry = limits.popleft()
+            if not entry.done:
+                _cut(entry.timeout)
+        if limits:
+            self._limit_timer = clock.call_at(limits[0].deadline, self._on_limit)
 
     async def _handle(self, delivery: Delivery) -> None:
+        entry = self._limit()
+        limit = entry.timeout
         try:
-            await run_handler(self._handler, delivery, self.config)
+            await run_handler(self._handler, delivery, self.config, limit=limit)
         except asyncio.CancelledError as exc:
             worker = asyncio.current_task()
             if worker is None or worker.cancelling():  # the worker itself is cancelled
@@ -161,6 +225,9 @@ class Member(Subscription):
             log.exception("settling %s failed", delivery.subject)
             if not delivery.settled:
                 await delivery.nak(self.config.nak_delay(delivery.attempt))
+        finally:
+            entry.done = True
+            self._finished(delivery)
 
     async def stop(self) -> None:
         if not self._stopping:
@@ -177,6 +244,10 @@ class Member(Subscription):
             self._detach()
             self._waiters.wake_member(self)
         await self._join()
+
+    async def wait(self) -> None:
+        if self._workers:
+            await self._ended.wait()
 
     async def _join(self) -> None:
         joining = self._host.joining

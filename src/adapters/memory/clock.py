@@ -56,6 +56,10 @@ class SystemClock(Clock):
         return loop.call_at(loop.time() + (when - time.monotonic()), callback)
 
 
+_COMPACT_MIN = 1024
+"""Scheduled timers a ManualClock holds before it drops the cancelled ones."""
+
+
 class _ManualTimer:
     __slots__ = ("callback", "cancelled")
 
@@ -87,6 +91,7 @@ class ManualClock(Clock):
         self._now = 0.0
         self._timers: list[tuple[float, int, _ManualTimer]] = []
         self._order = itertools.count()
+        self._compact_at = _COMPACT_MIN
 
     def now(self) -> float:
         return self._now
@@ -96,8 +101,22 @@ class ManualClock(Clock):
 
     def call_at(self, when: float, callback: Callable[[], None]) -> Timer:
         timer = _ManualTimer(callback)
-        heapq.heappush(self._timers, (when, next(self._order), timer))
+        timers = self._timers
+        if len(timers) >= self._compact_at:  # most are cancelled ones (every handler arms
+            self._compact()  # a max_handler_time timer): keep the heap bounded
+        heapq.heappush(timers, (when, next(self._order), timer))
         return timer
+
+    def _compact(self) -> None:
+        timers = self._timers  # in place: an advance in progress holds this list
+        timers[:] = [item for item in timers if not item[2].cancelled]
+        heapq.heapify(timers)
+        self._compact_at = max(_COMPACT_MIN, 2 * len(timers))
+
+    @property
+    def held_timers(self) -> int:
+        """Timers held, cancelled ones included (they are dropped now and then)."""
+        return len(self._timers)
 
     @property
     def pending_timers(self) -> int:

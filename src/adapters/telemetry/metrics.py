@@ -11,8 +11,10 @@ Exposed series (names as scraped; ``message_type`` is the wire name, e.g.
     Seconds the caller waited for each publish, failures included.
 ``message_bus_receive_total{message_type,status}``
     Deliveries handled, by the outcome ``run_handler`` settles them with: ``ack``,
-    ``nak``, ``term``, ``dead``, ``explicit``; plus ``decode_error``, which adapters
-    report through :meth:`BusMetrics.record_decode_error`.
+    ``nak``, ``term``, ``dead``, ``explicit``, ``unconfirmed`` (the handler succeeded,
+    the broker did not confirm the ACK: with ``confirm_acks``, an ACK is counted once
+    its confirmation is known); plus ``decode_error``, which adapters report through
+    :meth:`BusMetrics.record_decode_error`.
 ``message_bus_process_duration_seconds{message_type}``
     Seconds each handler ran.
 ``nats_connection_status{status}``
@@ -27,6 +29,9 @@ Exposed series (names as scraped; ``message_type`` is the wire name, e.g.
     ``max_deliver`` (its last allowed delivery failed).
 ``message_bus_in_flight{message_type}``
     Handlers running now.
+``message_bus_subscription_failures_total{message_type,reason}``
+    Subscriptions that failed and stopped, e.g. ``permission_denied`` (the server
+    refuses their acknowledgements).
 ``message_bus_request_total{message_type,status}`` and ``message_bus_request_duration_seconds``
     Requests: ``success``, ``timeout``, ``no_responders``, ``rejected``, ``error``.
 
@@ -160,7 +165,8 @@ class BusMetrics:
     Attributes:
         publish_total, publish_duration, receive_total, process_duration,
         connection_status, publish_retries_total, redeliveries_total,
-        dead_letters_total, in_flight, request_total, request_duration: the metric
+        dead_letters_total, in_flight, subscription_failures_total, request_total,
+        request_duration: the metric
             objects, for callers that need them directly.
     """
 
@@ -262,6 +268,12 @@ class BusMetrics:
             by_type,
             registry=None,
         )
+        self.subscription_failures_total = Counter(
+            "message_bus_subscription_failures_total",
+            "Subscriptions that failed and stopped, by reason.",
+            ("message_type", "reason"),
+            registry=None,
+        )
         self.request_total = Counter(
             "message_bus_request_total",
             "Requests sent, by outcome.",
@@ -290,6 +302,7 @@ class BusMetrics:
                 self.redeliveries_total,
                 self.dead_letters_total,
                 self.in_flight,
+                self.subscription_failures_total,
                 self.request_total,
                 self.request_duration,
             ):
@@ -479,8 +492,14 @@ class _MeteredHandler:
     def _settled(self, delivery: Delivery | None, error: Exception | None, seconds: float) -> None:
         series = self._series
         outcome = handler_outcome(delivery, self._config, error)
-        series.by_status[outcome].inc()
         series.duration.observe(seconds)
+        by_status = series.by_status
+        if outcome is Outcome.ACK and delivery is not None:
+            counted = by_status[Outcome.ACK].inc
+            unconfirmed = by_status[Outcome.UNCONFIRMED].inc
+            if delivery.on_ack_result(lambda ok: counted() if ok else unconfirmed()):
+                return  # counted once the broker confirmed the ACK, or did not
+        by_status[outcome].inc()
         dead_letter = series.dead_letters.get(outcome)
         if (
             dead_letter is not None
@@ -515,7 +534,11 @@ class MetricsSubscriber(Subscriber):
 
     async def subscribe(self, handler: MessageHandler) -> Subscription:
         series = self.metrics._receive_series(self.message_type)
-        return await self.inner.subscribe(_MeteredHandler(handler, series, self.config))
+        subscription = await self.inner.subscribe(_MeteredHandler(handler, series, self.config))
+        failures = self.metrics.subscription_failures_total
+        label = _type_label(self.message_type)
+        subscription.on_failure(lambda error: failures.labels(label, error.reason).inc())
+        return subscription
 
     async def close(self) -> None:
         await self.inner.close()

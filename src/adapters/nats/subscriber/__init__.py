@@ -2,8 +2,9 @@
 
 The subscriber is split by concern: :mod:`.consumer` manages the group's durable
 consumer, :mod:`.workers` is the worker pool, :mod:`.pull` the pull loop (with the
-deliveries of :mod:`.delivery`), :mod:`.core` core subscriptions, and :mod:`.closing`
-how a subscription's inbox is closed.
+deliveries of :mod:`.delivery`, the in-flight bookkeeping of :mod:`.inflight` and the
+confirmed acknowledgements of :mod:`.confirm`), :mod:`.core` core subscriptions, and
+:mod:`.closing` how a subscription's inbox is closed.
 """
 
 from __future__ import annotations
@@ -48,6 +49,12 @@ class JetStreamSubscriber(Subscriber):
     dead-lettered with the decode error; a delivery past ``max_deliver`` (its last
     allowed delivery timed out, or its dead letter could not be stored) is
     dead-lettered without running the handler.
+
+    While a handler runs, the subscription keeps its delivery alive (``+WPI``) and
+    never starts a second handler for the same stream sequence; a handler past
+    ``max_handler_time`` is cancelled and its message NAKed. With ``confirm_acks``
+    every ACK waits for the server's confirmation, and a subscription the server
+    refuses its acknowledgements fails with ``PermissionDenied``.
 
     Core-only types (or ``use_jetstream=False``) use a core subscription in a queue
     group named after the consumer group; a handler's reply answers the request.

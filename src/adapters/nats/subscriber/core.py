@@ -73,6 +73,7 @@ class CoreSubscription(Subscription):
         self._workers: Workers[Msg] | None = None
         self._stopping = False
         self._shutdown: asyncio.Task[None] | None = None
+        self._started_closing = asyncio.Event()
         self._remove_listener: Any = None
 
     async def start(self) -> None:
@@ -112,7 +113,9 @@ class CoreSubscription(Subscription):
         except DecodeError as exc:
             log.warning("dropped an undecodable core message on %s: %s", msg.subject, exc)
             return
-        await run_handler(self._handler, NatsCoreDelivery(self, msg, message), self._config)
+        limit = asyncio.timeout(self._config.max_handler_time)
+        delivery = NatsCoreDelivery(self, msg, message)
+        await run_handler(self._handler, delivery, self._config, limit=limit)
 
     async def respond(self, reply_subject: str, reply: Message) -> None:
         encoded = self._reply_codec.encode(reply)
@@ -133,6 +136,11 @@ class CoreSubscription(Subscription):
     async def drain(self) -> None:
         await self._close()
 
+    async def wait(self) -> None:
+        await self._started_closing.wait()
+        assert self._shutdown is not None
+        await asyncio.shield(self._shutdown)
+
     async def _close(self) -> None:
         closing = self._begin_close()
         if self._workers is not None and self._workers.owns(asyncio.current_task()):
@@ -143,6 +151,7 @@ class CoreSubscription(Subscription):
         if self._shutdown is None:
             self._stopping = True
             self._shutdown = asyncio.ensure_future(self._run_close())
+            self._started_closing.set()
         return self._shutdown
 
     async def _run_close(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple, Protocol
 
 from message_bus.domain.message import Message
@@ -47,6 +48,20 @@ new_raw = tuple.__new__
 """``new_raw(Raw, (subject, reply, ...))``: a :class:`Raw` at the cost of a tuple."""
 
 
+def redirected(raw: Raw, reply: bytes, attempt: int) -> Raw:
+    """``raw`` as its newer delivery ``attempt`` with ack subject ``reply``."""
+    return Raw(
+        raw.subject,
+        reply,
+        raw.body,
+        raw.header_block,
+        raw.stream,
+        attempt,
+        raw.sequence,
+        raw.read_at,
+    )
+
+
 def ack_fields(reply: bytes) -> tuple[str, int, int]:
     """(stream, delivery count, stream sequence) from a JetStream ack subject.
 
@@ -69,9 +84,22 @@ class Settler(Protocol):
     async def dead_letter(self, raw: Raw, deliveries: int, reason: str) -> None:
         """Stores the dead letter of ``raw``, then TERMs it."""
 
+    async def settle_ack(self, delivery: JetStreamDelivery) -> None:
+        """Sends the ``+ACK`` of ``delivery`` (confirmed or not, as configured)."""
+
+    @property
+    def confirms_acks(self) -> bool:
+        """Whether ACKs wait for the server's confirmation."""
+
 
 class JetStreamDelivery(Delivery):
-    """A JetStream delivery; settling maps to +ACK, -NAK, +TERM and +WPI."""
+    """A JetStream delivery; settling maps to +ACK, -NAK, +TERM and +WPI.
+
+    ``reply`` is the ack subject its acknowledgements go to: that of the newest delivery
+    of the message (a redelivery that arrives while the handler runs supersedes it).
+    ``acked`` tells whether ``ack`` was called; ``ack_listeners`` are told whether the
+    server confirmed the ACK (``confirm_acks`` only).
+    """
 
     def __init__(self, owner: Settler, raw: Raw, message: Message, subject: str) -> None:
         self.message = message
@@ -79,6 +107,9 @@ class JetStreamDelivery(Delivery):
         self.stream = raw.stream
         self.attempt = raw.attempt
         self.sequence = raw.sequence
+        self.reply = raw.reply
+        self.acked = False
+        self.ack_listeners: list[Callable[[bool], None]] = []
         self._raw = raw
         self._owner = owner
         self._settled = False
@@ -91,23 +122,39 @@ class JetStreamDelivery(Delivery):
         if self._settled:
             return
         self._settled = True
-        await self._owner.settle(self._raw.reply, ACK)
+        self.acked = True
+        await self._owner.settle_ack(self)
 
     async def nak(self, delay: float | None = None) -> None:
         if self._settled:
             return
         self._settled = True
-        await self._owner.settle(self._raw.reply, nak_payload(delay))
+        await self._owner.settle(self.reply, nak_payload(delay))
 
     async def term(self, reason: str) -> None:
         if self._settled:
             return
         self._settled = True
-        await self._owner.dead_letter(self._raw, self.attempt, reason)
+        raw = self._raw
+        if raw.reply != self.reply:
+            raw = redirected(raw, self.reply, raw.attempt)
+        await self._owner.dead_letter(raw, self.attempt, reason)
 
     async def in_progress(self) -> None:
         if not self._settled:
-            await self._owner.settle(self._raw.reply, IN_PROGRESS)
+            await self._owner.settle(self.reply, IN_PROGRESS)
+
+    def on_ack_result(self, callback: Callable[[bool], None]) -> bool:
+        if not self._owner.confirms_acks:
+            return False
+        self.ack_listeners.append(callback)
+        return True
+
+    def ack_result(self, confirmed: bool) -> None:
+        """Tells the ``ack_listeners`` whether the ACK was confirmed (once)."""
+        listeners, self.ack_listeners = self.ack_listeners, []
+        for listener in listeners:
+            listener(confirmed)
 
 
 __all__ = [
@@ -121,4 +168,5 @@ __all__ = [
     "ack_fields",
     "nak_payload",
     "new_raw",
+    "redirected",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -16,9 +17,11 @@ from message_bus.domain.catalog import MessageType
 from message_bus.domain.codec import Encoded
 from message_bus.domain.dead_letter import encode_dead_letter
 from message_bus.domain.errors import (
+    AckNotConfirmed,
     BusConnectionError,
     DecodeError,
     MessageBusError,
+    PermissionDenied,
     PublishError,
     PublishFailure,
     ValidationError,
@@ -37,8 +40,10 @@ from ..framing import BlockCodec, EncodedBlock, block_of
 from ..headers import headers_of
 from ..internals import Writer
 from .closing import close_inbox, flush_acks
+from .confirm import AckConfirmer
 from .consumer import ConsumerBinding
 from .delivery import (
+    ACK,
     IN_PROGRESS,
     NAK,
     TERM,
@@ -47,7 +52,9 @@ from .delivery import (
     ack_fields,
     nak_payload,
     new_raw,
+    redirected,
 )
+from .inflight import InFlight, Settled
 from .workers import Workers
 
 log = logging.getLogger("message_bus.nats.subscriber")
@@ -90,10 +97,17 @@ class PullSubscription(Subscription):
     that would sit unhandled while its ack clock runs. ``outstanding`` is a guess once
     pull requests may outlive it (the connection came back, heartbeats went silent:
     the subscription asks again, and the old requests can still deliver), so more can
-    arrive than there are free slots: deliveries that wait for a worker over a quarter
-    of ``ack_wait`` get ``+WPI`` every quarter of ``ack_wait`` and once more when their
-    handler starts late, so none is redelivered while it waits and every handler has
-    at least three quarters of ``ack_wait``. ``max_concurrent`` long-lived
+    arrive than there are free slots.
+
+    Keep-alive: every stream sequence queued or running here has an :class:`InFlight`
+    entry; one timer, every quarter of ``ack_wait``, walks them and sends ``+WPI`` for
+    each not refreshed for an eighth of ``ack_wait`` (and once more when a handler
+    starts late), so neither a waiting delivery nor a running handler's is redelivered,
+    however long the handler runs; the same walk cuts off handlers past
+    ``max_handler_time`` (they are cancelled and their message NAKed). A redelivery of a
+    sequence in flight here supersedes the delivery (acks go to the newest ack
+    subject) instead of starting a second handler; a redelivery of a sequence this
+    subscription acked (the ACK was lost) is acked again. ``max_concurrent`` long-lived
     worker tasks run the handlers; deliveries past ``max_deliver`` skip them and go to
     a dead-letter lane (one more task). Pull requests linger on the
     server for ``pull_expires`` seconds with idle heartbeats, so new messages are
@@ -102,6 +116,10 @@ class PullSubscription(Subscription):
     the consumer missing, the subscription re-binds (re-creating the consumer if the
     server lost it from just after the group's last known ack floor) with backoff and
     asks again: it survives server restarts.
+
+    With ``confirm_acks``, ACKs are confirmed by the server (:class:`AckConfirmer`).
+    If the server refuses this subscription's ack (or pull) subject, the subscription
+    fails with :class:`PermissionDenied` and stops.
 
     ``stop`` releases (NAKs) deliveries fetched but not started, except those on their
     last allowed delivery: these are handled before ``stop`` returns, since a release
@@ -172,6 +190,20 @@ class PullSubscription(Subscription):
         self._remove_listener: Any = None
         self._last_status: ConnectionStatus | None = None
         self._writer: Writer | None = None
+        self._in_flight: dict[int, InFlight] = {}
+        self._acked = Settled()
+        self._confirmer: AckConfirmer | None = None
+        self._remove_denied: Any = None
+        self._ended = asyncio.Event()
+        self.superseded = 0
+        """Redeliveries that arrived while their sequence was in flight here."""
+        self.reacked = 0
+        """Redeliveries of sequences acked here, acked again instead of handled."""
+
+    @property
+    def in_flight(self) -> int:
+        """Sequences queued or running on this subscription."""
+        return len(self._in_flight)
 
     async def start(self) -> None:
         await self._consumer.ensure()
@@ -193,13 +225,25 @@ class PullSubscription(Subscription):
             self._stopping = True
             await workers.finish()  # idle: they exit at once
             raise
+        if self._config.confirm_acks:
+            confirmer = AckConfirmer(self._client, self._writer)
+            try:
+                await confirmer.start()
+            except BaseException:
+                await confirmer.close()
+                self._stopping = True
+                await close_inbox(self._client, self._sub)
+                await workers.finish()
+                raise
+            self._confirmer = confirmer
         self._dead_lane_task = asyncio.create_task(
             self._drive_dead_lane(), name=f"{name}-dead-letters"
         )
         self._remove_listener = self._client.on_status(self._on_status)
+        self._remove_denied = self._client.on_permission_denied(self._on_denied)
         self._wake.set()
         self._pump_task = asyncio.create_task(self._pump(), name=f"{name}-pump")
-        self._refresh_queued()
+        self._keep_alive()
 
     # -- flow control --------------------------------------------------------------------
 
@@ -270,6 +314,25 @@ class PullSubscription(Subscription):
             except (ValueError, IndexError):
                 log.error("delivery on %r with a foreign ack subject %r ignored", subject, reply)
                 return
+            # Only a redelivery (count > 1) can repeat a sequence: a first delivery with a
+            # known sequence is a new message of a stream that was re-created.
+            entry = self._in_flight.get(sequence) if attempt > 1 else None
+            if entry is not None:  # a redelivery of a message in flight here
+                entry.supersede(reply, attempt)
+                self.superseded += 1
+                if entry.started:
+                    self._touch(reply)  # its handler runs: keep the new delivery alive
+                log.info(
+                    "%s #%d redelivered (%d) while in flight here: superseded, not rerun",
+                    stream,
+                    sequence,
+                    attempt,
+                )
+                return
+            if attempt > 1 and sequence in self._acked:  # acked here: the ACK was lost
+                self.reacked += 1
+                self._touch(reply, ACK)
+                return
             raw: Raw = new_raw(Raw, (subject, reply, data, block, stream, attempt, sequence, now))
             if attempt > self._config.max_deliver:
                 self._dead_lane.put_nowait(raw)
@@ -277,6 +340,7 @@ class PullSubscription(Subscription):
                 self._release(reply)
             else:
                 assert self._workers is not None
+                self._in_flight[sequence] = InFlight(reply, attempt, now)
                 self._workers.put(raw)
             return
         headers = headers_of(block) or {}
@@ -372,32 +436,42 @@ class PullSubscription(Subscription):
             self._last_seen = time.monotonic()
             writer.write_out()
 
-    def _refresh_queued(self) -> None:
-        """Restarts the ack clock of deliveries that have waited for a worker over a
-        quarter of ``ack_wait``; runs every quarter of ``ack_wait`` until the close.
+    def _keep_alive(self) -> None:
+        """Keeps every delivery in flight here alive; runs every quarter of ``ack_wait``
+        until the close (see the class doc).
 
-        Deliveries wait only when more arrived than there are free slots: pull requests
-        of a lost connection, or given up on after silent heartbeats, can still be alive
-        on the server, and the subscription cannot tell how many. A waiting delivery
-        must not expire: the server would redeliver it (possibly to another member)
-        while this one still handles it later.
+        Each entry not refreshed for an eighth of ``ack_wait`` gets ``+WPI``, so no
+        delivery goes much more than a quarter of ``ack_wait`` without one (a late walk
+        on a busy event loop has margin) while it waits for a worker or its handler
+        runs: the server would otherwise redeliver it (possibly to another member) while
+        this one still works on it. Handlers whose ``max_handler_time`` falls before the
+        next walk have their timeout set to it.
         """
-        self._refresh_timer = asyncio.get_running_loop().call_later(
-            self._refresh_after, self._refresh_queued
-        )
-        workers = self._workers
-        if workers is None or not workers.items:
+        loop = asyncio.get_running_loop()
+        period = self._refresh_after
+        self._refresh_timer = loop.call_later(period, self._keep_alive)
+        in_flight = self._in_flight
+        if not in_flight:
             return
-        since = time.monotonic() - self._refresh_after
-        for raw in workers.items:
-            if raw is not None and raw.read_at < since:
-                self._touch(raw.reply)
+        now = time.monotonic()
+        stale = now - period / 2
+        max_time = self._config.max_handler_time
+        for entry in in_flight.values():
+            if entry.touched < stale:
+                entry.touched = now
+                self._touch(entry.reply)
+            limit = entry.limit
+            if limit is not None and entry.started and limit.when() is None:
+                left = entry.started + max_time - now
+                if left <= period:
+                    with contextlib.suppress(RuntimeError):  # the handler has just returned
+                        limit.reschedule(loop.time() + max(0.0, left))
 
-    def _touch(self, reply: bytes) -> None:
-        """Sends ``+WPI`` for a delivery not yet handled (best effort)."""
+    def _touch(self, reply: bytes, payload: bytes = IN_PROGRESS) -> None:
+        """Sends ``+WPI`` (or ``payload``) to ``reply`` (best effort)."""
         assert self._writer is not None
         try:
-            self._writer.write_reply(reply, IN_PROGRESS)
+            self._writer.write_reply(reply, payload)
         except nats.errors.Error as exc:
             log.debug("could not refresh %r: %s", reply, exc)
 
@@ -421,8 +495,26 @@ class PullSubscription(Subscription):
                 log.exception("dead-lettering a message on %r failed", raw.subject)
 
     async def _deliver(self, raw: Raw) -> None:
-        if time.monotonic() - raw.read_at > self._refresh_after:
+        entry = self._in_flight.get(raw.sequence)
+        if entry is None:  # released by a stop while it waited (or never tracked)
+            entry = InFlight(raw.reply, raw.attempt, raw.read_at)
+            self._in_flight[raw.sequence] = entry
+        elif entry.reply != raw.reply:  # superseded while it waited
+            raw = redirected(raw, entry.reply, entry.attempt)
+        now = entry.started = time.monotonic()
+        if now - entry.touched > self._refresh_after:
+            entry.touched = now
             self._touch(raw.reply)  # it waited for a worker: give the handler its ack_wait
+        try:
+            await self._run(raw, entry)
+        finally:
+            if self._in_flight.get(raw.sequence) is entry:
+                del self._in_flight[raw.sequence]
+            delivery = entry.delivery
+            if delivery is not None and delivery.acked:
+                self._acked.add(raw.sequence)
+
+    async def _run(self, raw: Raw, entry: InFlight) -> None:
         subject = raw.subject.decode("utf-8", "replace")
         block, body = raw.header_block, raw.body
         codec = self._codec
@@ -433,9 +525,11 @@ class PullSubscription(Subscription):
             except DecodeError as exc:
                 await self.dead_letter(raw, raw.attempt, f"undecodable: {exc}")
                 return
-        delivery = JetStreamDelivery(self, raw, message, subject)
+        delivery = entry.delivery = JetStreamDelivery(self, raw, message, subject)
+        delivery.reply = entry.reply
+        limit = entry.limit = asyncio.timeout(None)
         try:
-            await run_handler(self._handler, delivery, self._config)
+            await run_handler(self._handler, delivery, self._config, limit=limit)
         except asyncio.CancelledError as exc:
             task = asyncio.current_task()
             if task is None or task.cancelling():
@@ -460,6 +554,42 @@ class PullSubscription(Subscription):
                 await writer.relieve()
         except nats.errors.Error as exc:
             raise BusConnectionError(f"could not settle the delivery: {exc}") from exc
+
+    @property
+    def confirms_acks(self) -> bool:
+        return self._confirmer is not None
+
+    async def settle_ack(self, delivery: JetStreamDelivery) -> None:
+        """Sends the ``+ACK`` of ``delivery``; with ``confirm_acks``, waits for the
+        server's confirmation.
+
+        Raises:
+            AckNotConfirmed: not confirmed (timeout, connection lost, refused).
+            BusConnectionError: the ACK could not be queued.
+        """
+        confirmer = self._confirmer
+        if confirmer is None:
+            await self.settle(delivery.reply, ACK)
+            return
+        failure = await confirmer.confirm(delivery.reply, ACK, self._config.ack_confirm_timeout)
+        delivery.ack_result(failure is None)
+        if failure is not None:
+            raise AckNotConfirmed(delivery.stream or "", delivery.sequence or 0, failure)
+
+    def _on_denied(self, subject: str) -> None:
+        """The server refused a publish to ``subject`` (lower-cased): if it is this
+        subscription's ack or pull subject, the subscription fails."""
+        lowered = subject.lower()
+        stream, name = self._consumer.stream.lower(), self._consumer.name.lower()
+        ours = lowered.startswith("$js.ack.") and f".{stream}.{name}." in lowered
+        if not (ours or lowered == self._next_subject.lower()):
+            return
+        if self._confirmer is not None:
+            self._confirmer.fail_subject(subject, "permission denied")
+        error = PermissionDenied(f"{self._consumer.stream}/{self._consumer.name}", subject)
+        if self.fail(error):
+            log.error("%s; stopping the subscription", error)
+            self._begin_close(release=True)
 
     def _release(self, reply: bytes) -> None:
         """NAKs a delivery that will not be handled, so it is redelivered at once."""
@@ -538,6 +668,11 @@ class PullSubscription(Subscription):
 
     async def stop(self) -> None:
         await self._close(release=True)
+        self.raise_failure()
+
+    async def wait(self) -> None:
+        await self._ended.wait()
+        self.raise_failure()
 
     async def drain(self) -> None:
         await self._close(release=False)
@@ -560,6 +695,8 @@ class PullSubscription(Subscription):
         self._wake.set()
         if self._remove_listener is not None:
             self._remove_listener()
+        if self._remove_denied is not None:
+            self._remove_denied()
         if self._pump_task is not None:
             self._pump_task.cancel()
             await asyncio.gather(self._pump_task, return_exceptions=True)
@@ -571,10 +708,17 @@ class PullSubscription(Subscription):
                 # release would cost it that attempt without a handler run.
                 last = self._config.max_deliver
                 items = workers.items
-                keep = [raw for raw in items if raw is not None and raw.attempt >= last]
+                in_flight = self._in_flight
+                keep = []
                 for raw in items:
-                    if raw is not None and raw.attempt < last:
-                        self._release(raw.reply)
+                    if raw is None:
+                        continue
+                    entry = in_flight.get(raw.sequence)  # its newest delivery counts
+                    if (raw.attempt if entry is None else entry.attempt) >= last:
+                        keep.append(raw)
+                        continue
+                    in_flight.pop(raw.sequence, None)
+                    self._release(raw.reply if entry is None else entry.reply)
                 items.clear()
                 items.extend(keep)
             await workers.finish(self._config.ack_wait)
@@ -584,7 +728,10 @@ class PullSubscription(Subscription):
             self._dead_lane.put_nowait(None)
             await self._dead_lane_task
         await flush_acks(self._client)
+        if self._confirmer is not None:
+            await self._confirmer.close()
         self._on_closed(self)
+        self._ended.set()
 
 
 __all__ = ["DeadLetterSender", "PullSubscription"]

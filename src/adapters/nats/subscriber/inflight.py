@@ -1,0 +1,77 @@
+"""In-flight bookkeeping of a pull subscription: which stream sequences it works on or settled.
+
+A subscription keeps one :class:`InFlight` per stream sequence from the moment a
+delivery of it is queued until its handler returns; a redelivery of that sequence
+meanwhile supersedes the delivery (its acknowledgements go to the newest ack subject)
+instead of starting a second handler. :class:`Settled` remembers the sequences this
+subscription acknowledged, so a redelivery of one (its ACK was lost) is acknowledged
+again instead of being handled again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .delivery import JetStreamDelivery
+
+SETTLED_KEPT = 10_000
+"""Acknowledged sequences a subscription remembers (the oldest are forgotten first)."""
+
+
+class InFlight:
+    """One stream sequence queued for or running in a handler on this subscription.
+
+    Attributes:
+        reply: the ack subject of its newest delivery.
+        attempt: the delivery count of its newest delivery.
+        touched: ``time.monotonic()`` of its last ``+WPI`` (or of its arrival).
+        started: ``time.monotonic()`` when its handler started (0.0: still queued).
+        limit: the timeout its handler runs under (rescheduled at ``max_handler_time``).
+        delivery: the delivery its handler got, once started.
+        superseded: redeliveries of it that arrived while it was in flight.
+    """
+
+    __slots__ = ("attempt", "delivery", "limit", "reply", "started", "superseded", "touched")
+
+    def __init__(self, reply: bytes, attempt: int, now: float) -> None:
+        self.reply = reply
+        self.attempt = attempt
+        self.touched = now
+        self.started = 0.0
+        self.limit: asyncio.Timeout | None = None
+        self.delivery: JetStreamDelivery | None = None
+        self.superseded = 0
+
+    def supersede(self, reply: bytes, attempt: int) -> None:
+        """A redelivery of this sequence arrived: acknowledge through it from now on."""
+        self.reply = reply
+        self.attempt = max(self.attempt, attempt)
+        self.superseded += 1
+        if self.delivery is not None:
+            self.delivery.reply = reply
+
+
+class Settled:
+    """The last :data:`SETTLED_KEPT` sequences this subscription acknowledged."""
+
+    __slots__ = ("_seqs",)
+
+    def __init__(self) -> None:
+        self._seqs: dict[int, None] = {}
+
+    def add(self, sequence: int) -> None:
+        seqs = self._seqs
+        seqs[sequence] = None
+        if len(seqs) > SETTLED_KEPT:
+            del seqs[next(iter(seqs))]
+
+    def __contains__(self, sequence: object) -> bool:
+        return sequence in self._seqs
+
+    def __len__(self) -> int:
+        return len(self._seqs)
+
+
+__all__ = ["SETTLED_KEPT", "InFlight", "Settled"]
