@@ -233,3 +233,20 @@ class PublishBatchError(MessageBusError):
         self.errors: list[PublishError] = failed
         first = failed[0] if failed else None
         super().__init__(f"{len(failed)} of {len(results)} messages not published; first: {first}")
+
+
+class AlreadyReplayedError(MessageBusError):
+    """A dead letter was replayed before; replaying it again needs ``force``.
+
+    Attributes:
+        dlq_sequence: the dead letter's sequence in the dead-letter stream.
+        replays: how many times it was replayed so far.
+    """
+
+    def __init__(self, dlq_sequence: int, replays: int) -> None:
+        self.dlq_sequence = dlq_sequence
+        self.replays = replays
+        super().__init__(
+            f"dead letter {dlq_sequence} was already replayed ({replays} time(s)); "
+            "replay it again with force"
+        )

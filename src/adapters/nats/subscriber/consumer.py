@@ -10,6 +10,7 @@ import nats.js.errors
 from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy, ReplayPolicy
 
 from message_bus.domain.catalog import MessageType
+from message_bus.domain.dead_letter import replay_subject
 from message_bus.domain.errors import BusConnectionError, MessageBusError
 from message_bus.ports.config import SubscriberConfig
 
@@ -21,6 +22,12 @@ log = logging.getLogger("message_bus.nats.subscriber")
 
 def _seconds(value: float | None) -> float:
     return round(float(value or 0.0), 6)
+
+
+def _filters(config: ConsumerConfig) -> list[str]:
+    """Every filter subject of ``config`` (one, or several), sorted."""
+    one = [config.filter_subject] if config.filter_subject else []
+    return sorted([*one, *(config.filter_subjects or [])])
 
 
 class ConsumerBinding:
@@ -54,7 +61,8 @@ class ConsumerBinding:
             # the NAK after a failed dead-letter store final, abandoning the message.
             max_deliver=-1,
             max_ack_pending=config.max_ack_pending,
-            filter_subject=filter_subject,
+            # The group's own replay subject: dead letters replayed to this group only.
+            filter_subjects=[filter_subject, replay_subject(stream, self.name)],
             replay_policy=ReplayPolicy.INSTANT,
         )
         self.ack_floor = 0
@@ -80,10 +88,12 @@ class ConsumerBinding:
     def _drift(self, have: ConsumerConfig) -> list[str]:
         want = self.config
         lines = []
-        for field in ("ack_wait", "max_deliver", "max_ack_pending", "filter_subject"):
+        for field in ("ack_wait", "max_deliver", "max_ack_pending", "filter_subjects"):
             found, wanted = getattr(have, field), getattr(want, field)
             if field == "ack_wait":
                 found, wanted = _seconds(found), _seconds(wanted)
+            elif field == "filter_subjects":
+                found, wanted = _filters(have), _filters(want)
             if found != wanted:
                 lines.append(f"{field}: {found} -> {wanted}")
         return lines
