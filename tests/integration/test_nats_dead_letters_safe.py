@@ -14,6 +14,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
+from nats.js.api import AckPolicy, ConsumerConfig
 
 from message_bus import (
     AlreadyReplayedError,
@@ -327,3 +328,67 @@ async def test_a_replay_is_remembered_past_the_duplicate_window_and_a_restart(
         assert again.replayed.count == 1
     finally:
         await client.close()
+
+
+async def test_a_replay_that_fails_again_is_dead_lettered_as_the_original(
+    client: NatsClient,
+) -> None:
+    async def reject(message: Message) -> None:
+        raise PermanentError("still rejected")
+
+    await subscriber(client, "netting").subscribe(FunctionHandler(reject))
+    sent = payment()
+    await JetStreamPublisher(client).publish(sent)
+    [first] = await letters_at_least(client, 1)
+    assert first.dlq_sequence is not None
+
+    receipt = await JetStreamDeadLetters(client).replay(first.dlq_sequence)
+
+    _, again = await letters_at_least(client, 2)
+    assert again.message is not None
+    assert again.message.id == sent.id
+    assert again.subject == sent.subject
+    assert again.raw is None  # the replay copy's own headers are not what it records
+    assert (again.stream, again.sequence) == (receipt.stream, receipt.sequence)
+    assert again.dlq_sequence is not None
+    await JetStreamDeadLetters(client).replay(again.dlq_sequence)  # replayable in turn
+
+
+async def test_a_consumer_created_before_replays_existed_gets_its_replay_subject(
+    client: NatsClient,
+) -> None:
+    config = SubscriberConfig(consumer_group="netting")
+    await client.jetstream.add_consumer(
+        "PAYMENT_INSTRUCTIONS",
+        ConsumerConfig(
+            durable_name=config.consumer_name,
+            ack_policy=AckPolicy.EXPLICIT,
+            filter_subject="deltran.payment.instruction.>",
+            ack_wait=config.ack_wait,
+            max_deliver=-1,
+            max_ack_pending=config.max_ack_pending,
+        ),
+    )
+    seen: list[str] = []
+
+    async def reject_first(message: Message) -> None:
+        seen.append(message.id)
+        if len(seen) == 1:
+            raise PermanentError("rejected")
+
+    await subscriber(client, "netting").subscribe(FunctionHandler(reject_first))
+    sent = payment()
+    await JetStreamPublisher(client).publish(sent)
+    [letter] = await letters_at_least(client, 1)
+    assert letter.dlq_sequence is not None
+    await JetStreamDeadLetters(client).replay(letter.dlq_sequence)
+
+    async def handled_again() -> bool:
+        return len(seen) == 2
+
+    await eventually(handled_again, "the replay through the updated consumer")
+    info = await client.jetstream.consumer_info("PAYMENT_INSTRUCTIONS", config.consumer_name)
+    assert sorted(info.config.filter_subjects or []) == [
+        "deltran.payment.instruction.>",
+        f"deltran.replay.PAYMENT_INSTRUCTIONS.{config.consumer_name}",
+    ]
