@@ -241,7 +241,7 @@ def header_lines(headers: Mapping[str, str]) -> bytes:
     """``headers`` as a header block kept as data (``NATS/1.0``, one ``Name: value`` line
     each, CRLF separated), whatever they hold."""
     lines = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-    return f"NATS/1.0\r\n{lines}\r\n".encode("utf-8", "surrogateescape")
+    return f"NATS/1.0\r\n{lines}\r\n".encode("utf-8", "surrogatepass")
 
 
 def read_header_lines(block: bytes) -> dict[str, str]:
@@ -272,7 +272,9 @@ def raw_of(dead: Encoded, parse_block: BlockParser | None = None) -> RawMessage:
     text = headers.get(H_DLQ_RAW)
     if text is None:
         kept = {k: v for k, v in headers.items() if not k.lower().startswith(_DLQ_PREFIX)}
-        kept[H_MSG_ID] = headers.get(H_DLQ_MESSAGE_ID, "")
+        kept.pop(H_MSG_ID, None)
+        if H_DLQ_MESSAGE_ID in headers:
+            kept[H_MSG_ID] = headers[H_DLQ_MESSAGE_ID]
         return RawMessage(subject, header_lines(kept), dead.body, kept)
     if not (text.isascii() and text.isdigit()) or int(text) > len(dead.body):
         raise DecodeError(H_DLQ_RAW, f"not a length within the body: {text!r}")
