@@ -481,10 +481,13 @@ class PullSubscription(Subscription):
         letter cannot be stored, the message is NAKed instead of TERMed, so it stays in
         the consumer and comes back later (the server does not limit deliveries, so
         that NAK is never final); past ``max_deliver``, that redelivery is
-        dead-lettered again with the same reason. A dead letter too large for the
-        server's ``max_payload`` cannot ever be stored: it is logged as an error and
-        NAKed with ``nak_max_delay``, again and again, until an operator raises the
-        limit or removes the message.
+        dead-lettered again with the same reason. The dead letter never carries the
+        original's ``Nats-*`` headers, and a message that cannot be decoded, or whose
+        headers a dead letter cannot carry, is kept raw (see :meth:`_original_of`), so
+        nothing but the dead-letter stream itself can hold a message back. A dead
+        letter too large for the server's ``max_payload`` cannot ever be stored: it is
+        logged as an error and NAKed with ``nak_max_delay``, again and again, until an
+        operator raises the limit or removes the message.
         """
         reply, stream, attempt, sequence = raw.reply, raw.stream, raw.attempt, raw.sequence
         config = self._config
