@@ -25,6 +25,7 @@ from message_bus import (
 from message_bus.adapters.memory import InMemoryBroker
 from message_bus.adapters.nats.headers import header_block
 from message_bus.app.cli import run_cli
+from message_bus.app.cli.output import dead_letter_table
 from message_bus.app.config import load_settings
 from message_bus.app.containers import (
     Container,
@@ -34,6 +35,8 @@ from message_bus.app.containers import (
 )
 from message_bus.domain.codec import Encoded
 from message_bus.domain.dead_letter import (
+    DeadLetter,
+    RawMessage,
     Replay,
     decode_dead_letter,
     decode_replay_marker,
@@ -270,3 +273,39 @@ async def test_dlq_replay_needs_force_the_second_time_and_ls_shows_the_replays(
     assert "(2x)" in listing
     with pytest.raises(AlreadyReplayedError):
         await dead_letters.replay(1)
+
+
+def test_dlq_ls_shows_a_foreign_message_raw_and_a_replayed_one_with_its_replay() -> None:
+    subject = "deltran.payment.instruction.corridor.USD-EUR"
+    foreign = DeadLetter(
+        message=None,
+        reason="undecodable: cannot decode headers: no headers",
+        subject=subject,
+        stream="PAYMENT_INSTRUCTIONS",
+        sequence=1,
+        deliveries=1,
+        consumer_group="netting",
+        failed_at=FAILED_AT,
+        dlq_sequence=1,
+        raw=RawMessage(subject, b"NATS/1.0\r\nX-Poison: a\x00b\r\n\r\n", b'{"test": "data"}', {}),
+    )
+    replayed = DeadLetter(
+        message=payment(),
+        reason="rejected",
+        subject=subject,
+        stream="PAYMENT_INSTRUCTIONS",
+        sequence=2,
+        deliveries=1,
+        consumer_group="netting",
+        failed_at=FAILED_AT,
+        dlq_sequence=2,
+        replays=(Replay(FAILED_AT, "PAYMENT_INSTRUCTIONS", 9, "replay-2-1-x", 1),),
+    )
+
+    lines = dead_letter_table([foreign, replayed]).splitlines()
+
+    assert lines[1].split()[:2] == ["1", "(raw)"]
+    assert "2026-11-27 12:00:00->PAYMENT_INSTRUCTIONS#9" in lines[2]
+    assert lines[3] == f"raw dead letter 1: subject {subject}"
+    assert lines[4] == "  headers: NATS/1.0\\r\\nX-Poison: a\\x00b\\r\\n\\r\\n"
+    assert lines[5] == '  body: {"test": "data"}'
