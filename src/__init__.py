@@ -9,6 +9,7 @@ from message_bus.domain.catalog import MessageType, StreamCatalog, StreamSpec
 from message_bus.domain.codec import WireCodec
 from message_bus.domain.dead_letter import DeadLetter
 from message_bus.domain.errors import (
+    AlreadyReplayedError,
     BusConnectionError,
     CircuitOpenError,
     ClosedError,
@@ -46,6 +47,7 @@ from message_bus.ports import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "AlreadyReplayedError",
     "Bank",
     "Broadcast",
     "BusConnectionError",

@@ -448,7 +448,9 @@ async def run_demo(
     report.dead_letters = _metric(registry, "message_bus_dead_letters_total")
     dead_letters = await container.dead_letters()
     stored = await dead_letters.list(limit=10_000)
-    report.dead_letters_stored = sum(1 for d in stored if d.message.id in poison_ids)
+    report.dead_letters_stored = sum(
+        1 for d in stored if d.message is not None and d.message.id in poison_ids
+    )
     return report
 
 

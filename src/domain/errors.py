@@ -279,3 +279,20 @@ class PermissionDenied(SubscriptionError):
     def __init__(self, subscription: str, subject: str) -> None:
         self.subject = subject
         super().__init__(subscription, "permission_denied", f"publish to {subject} refused")
+
+
+class AlreadyReplayedError(MessageBusError):
+    """A dead letter was replayed before; replaying it again needs ``force``.
+
+    Attributes:
+        dlq_sequence: the dead letter's sequence in the dead-letter stream.
+        replays: how many times it was replayed so far.
+    """
+
+    def __init__(self, dlq_sequence: int, replays: int) -> None:
+        self.dlq_sequence = dlq_sequence
+        self.replays = replays
+        super().__init__(
+            f"dead letter {dlq_sequence} was already replayed ({replays} time(s)); "
+            "replay it again with force"
+        )

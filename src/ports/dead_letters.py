@@ -12,11 +12,18 @@ from .publisher import PublishReceipt
 class DeadLetters(ABC):
     """The dead-letter stream, as an operator sees it.
 
-    ``replay`` republishes the original message (same subject, headers and body) to its
-    stream under the id ``replay-{dlq_sequence}-{original id}``, so every consumer group
-    processes it again even inside the duplicate window of the original publish; the
-    original id travels in ``Deltran-Replay-Of``. Repeating the same replay inside the
-    duplicate window is deduplicated (``duplicate=True``, nothing redelivered).
+    ``list`` shows every dead letter, also one whose original cannot be decoded (a
+    foreign message, or one whose headers could not be carried over): its ``message``
+    is None and ``raw`` holds the original subject, header block and body as received.
+    Each dead letter lists its replays.
+
+    ``replay`` hands the original message back to the one consumer (group, durable,
+    filter) that dead-lettered it, and to no other group: a group that acknowledged
+    the message never sees it again. The handler receives it under its original
+    message id (so idempotency by ``message.id`` holds), as a new delivery in the same
+    stream. The replay is recorded in the dead-letter stream (when, where the copy
+    was stored), so it survives restarts and shows in ``list``; replaying a dead
+    letter again needs ``force=True``.
     """
 
     @abstractmethod
@@ -24,10 +31,14 @@ class DeadLetters(ABC):
         """Up to ``limit`` dead letters, oldest first."""
 
     @abstractmethod
-    async def replay(self, dlq_sequence: int) -> PublishReceipt:
-        """Republish dead letter ``dlq_sequence`` to its original subject.
+    async def replay(self, dlq_sequence: int, force: bool = False) -> PublishReceipt:
+        """Hand dead letter ``dlq_sequence`` back to the group that dead-lettered it.
+
+        Returns the receipt of the replay copy (its stream and sequence).
 
         Raises:
             NotFoundError: no dead letter with that sequence (also a ``KeyError``).
+            AlreadyReplayedError: it was replayed before, and ``force`` is False.
+            DecodeError: its original is not a DelTran message (nothing is published).
             PublishError: the original stream did not take it back.
         """

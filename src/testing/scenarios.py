@@ -21,6 +21,7 @@ from typing import Any
 from message_bus.domain.catalog import MessageType
 from message_bus.domain.dead_letter import DeadLetter
 from message_bus.domain.errors import (
+    AlreadyReplayedError,
     ClosedError,
     NoRespondersError,
     PermanentError,
@@ -226,7 +227,7 @@ class Context:
 
         async def look() -> bool:
             letters = await self.h.dead_letters().list(limit=100_000)
-            found[:] = [d for d in letters if d.message.id == message_id]
+            found[:] = [d for d in letters if d.message is not None and d.message.id == message_id]
             return bool(found)
 
         await self.eventually(look, f"a dead letter of {message_id}")
@@ -235,7 +236,7 @@ class Context:
 
     async def has_dead_letter(self, message_id: str) -> bool:
         letters = await self.h.dead_letters().list(limit=100_000)
-        return any(d.message.id == message_id for d in letters)
+        return any(d.message is not None and d.message.id == message_id for d in letters)
 
     async def received_exactly_once(
         self, inbox: Inbox, sent: Sequence[Message], *, linger: float = 0.0
@@ -554,39 +555,72 @@ async def max_ack_pending_bounds_the_unacknowledged_deliveries_of_a_group(h: Bus
 
 
 @scenario()
-async def replayed_dead_letter_is_delivered_again_once_under_a_derived_id(h: BusHarness) -> None:
+async def replayed_dead_letter_reaches_only_its_group_under_the_original_id(h: BusHarness) -> None:
+    """Group ``ledger`` acks a payment, group ``netting`` dead-letters it. The replay
+    reaches ``netting`` alone, under the payment's own id, is recorded on the dead
+    letter, and a second replay needs ``force``."""
     ctx = Context(h)
-    inbox = ctx.inbox()
+    ledger, netting = ctx.inbox(), ctx.inbox()
     sent = ctx.message(correlation_id=f"flow-{ctx.run}", headers={"Tenant": "bank-a"})
 
-    async def reject_original(message: Message) -> None:
-        if inbox.record(message) is not None and message.id == sent.id:
+    async def reject_first(message: Message) -> None:
+        if netting.record(message) is not None and netting.ids.count(message.id) == 1:
             raise PermanentError("credit limit exceeded")
 
-    await h.subscriber(MessageType.PAYMENT_INSTRUCTION, ctx.config()).subscribe(
-        FunctionHandler(reject_original)
+    # ledger reads every payment (no partition filter): the widest filter there is
+    await h.subscriber(
+        MessageType.PAYMENT_INSTRUCTION, ctx.config("ledger", partition_key=None)
+    ).subscribe(recording(ledger))
+    netting_config = ctx.config("netting")
+    await h.subscriber(MessageType.PAYMENT_INSTRUCTION, netting_config).subscribe(
+        FunctionHandler(reject_first)
     )
     original = await h.publisher().publish(sent)
     dead = await ctx.dead_letter(sent.id)
     assert dead.dlq_sequence is not None
-    replay_id = f"replay-{dead.dlq_sequence}-{sent.id}"
+    assert dead.consumer == netting_config.consumer_name
+    assert dead.replayed is None
+    await ctx.eventually(lambda: sent.id in ledger.ids, "the ledger's delivery")
+
     receipt = await h.dead_letters().replay(dead.dlq_sequence)
-    assert receipt.message_id == replay_id, f"replayed as {receipt.message_id}, not {replay_id}"
-    assert receipt.subject == sent.subject
     assert receipt.stream == original.stream
     assert not receipt.duplicate, "a replay inside the duplicate window was dropped"
-    again = await h.dead_letters().replay(dead.dlq_sequence)
-    assert again.duplicate, "the same replay was stored twice"
-    assert again.sequence == receipt.sequence
-    await ctx.eventually(lambda: replay_id in inbox.ids, "the replayed message")
+    await refused(
+        AlreadyReplayedError,
+        [lambda: h.dead_letters().replay(dead.dlq_sequence or 0)],
+        "a second replay without force was accepted",
+    )
+    await ctx.eventually(lambda: len(netting) >= 2, "the replayed message")
     await h.advance(ctx.beyond(ctx.ack_wait))
     await h.settle()
-    assert inbox.ids == [sent.id, replay_id]
-    replayed = inbox.items[1]
+    assert netting.ids == [sent.id, sent.id], "the replay did not keep the original id"
+    replayed = netting.items[1]
     assert replayed.sequence == receipt.sequence
+    assert replayed.subject == sent.subject
     assert replayed.message.payload == sent.payload
     assert replayed.message.correlation_id == sent.correlation_id
     assert _without_trace_context(replayed.message.headers) == dict(sent.headers)
+    assert ledger.ids == [sent.id], "the replay reached a group that had acknowledged it"
+
+    [listed] = [
+        d for d in await h.dead_letters().list(100_000) if d.dlq_sequence == dead.dlq_sequence
+    ]
+    assert listed.replayed is not None, "the dead letter does not show its replay"
+    assert (listed.replayed.stream, listed.replayed.sequence) == (receipt.stream, receipt.sequence)
+    assert listed.replayed.count == 1
+
+    forced = await h.dead_letters().replay(dead.dlq_sequence, force=True)
+    assert not forced.duplicate
+    assert forced.sequence != receipt.sequence
+    await ctx.eventually(lambda: len(netting) >= 3, "the forced replay")
+    await h.settle()
+    assert netting.ids == [sent.id] * 3
+    assert ledger.ids == [sent.id]
+    [listed] = [
+        d for d in await h.dead_letters().list(100_000) if d.dlq_sequence == dead.dlq_sequence
+    ]
+    assert [r.count for r in listed.replays] == [1, 2]
+    assert listed.replays[-1].sequence == forced.sequence
 
 
 @scenario()
@@ -614,6 +648,7 @@ async def retryable_failure_is_redelivered_until_max_deliver_then_dead_lettered(
     assert dead.deliveries == 3
     assert dead.consumer_group == config.consumer_group
     assert dead.consumer == config.consumer_name
+    assert dead.message is not None
     assert dead.message.payload == sent.payload
     assert dead.dlq_sequence is not None
     await h.advance(ctx.beyond(ctx.ack_wait))
@@ -676,6 +711,7 @@ async def permanent_error_is_dead_lettered_and_never_redelivered(h: BusHarness) 
         receipt.stream,
         receipt.sequence,
     )
+    assert dead.message is not None
     assert dead.message.payload == sent.payload
     assert _without_trace_context(dead.message.headers) == dict(sent.headers)
     assert dead.message.partition_key == sent.partition_key

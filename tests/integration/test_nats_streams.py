@@ -31,7 +31,10 @@ async def test_apply_creates_every_stream_of_the_catalog(client: NatsClient) -> 
         (spec.name, "created", ()) for spec in catalog.all_streams()
     ]
     info = await client.jetstream.stream_info("PAYMENT_INSTRUCTIONS")
-    assert info.config.subjects == ["deltran.payment.instruction.>"]
+    assert info.config.subjects == [
+        "deltran.payment.instruction.>",
+        "deltran.replay.PAYMENT_INSTRUCTIONS.>",  # dead letters replayed to one group
+    ]
     assert info.config.retention == RetentionPolicy.LIMITS
     assert info.config.storage == StorageType.FILE
     assert info.config.max_age == 7 * DAY
@@ -87,7 +90,7 @@ async def test_a_setting_jetstream_cannot_change_is_reported_as_a_conflict(
     await client.jetstream.add_stream(
         StreamConfig(
             name="CHECKPOINTS",
-            subjects=["deltran.consensus.checkpoint.>"],
+            subjects=["deltran.consensus.checkpoint.>", "deltran.replay.CHECKPOINTS.>"],
             storage=StorageType.MEMORY,
             max_age=30 * DAY,
             duplicate_window=120.0,
@@ -137,7 +140,7 @@ async def test_list_shows_what_exists(client: NatsClient) -> None:
     assert sorted(streams) == sorted(s.name for s in StreamCatalog.default().all_streams())
     netting = streams["NETTING_PROPOSALS"]
     assert (netting.messages, netting.first_sequence, netting.last_sequence) == (1, 1, 1)
-    assert netting.subjects == ("deltran.netting.proposal.>",)
+    assert netting.subjects == ("deltran.netting.proposal.>", "deltran.replay.NETTING_PROPOSALS.>")
     assert (netting.storage, netting.retention, netting.replicas) == ("file", "limits", 1)
     assert (await manager.info("NETTING_PROPOSALS")) == netting
     with pytest.raises(NotFoundError, match=r"no stream .NOPE."):

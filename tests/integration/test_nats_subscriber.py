@@ -10,6 +10,7 @@ import pytest
 from nats.js.api import RawStreamMsg
 
 from message_bus import (
+    AlreadyReplayedError,
     DeadLetter,
     FunctionHandler,
     Message,
@@ -317,7 +318,10 @@ async def test_an_undecodable_message_is_dead_lettered_and_the_loop_goes_on(
     assert stored.headers is not None
     assert stored.headers["Deltran-Dlq-Reason"].startswith("undecodable: cannot decode")
     assert stored.headers["Deltran-Dlq-Sequence"] == "1"
-    assert stored.data == b"not json"
+    # kept raw: the original header block as received, then the original body
+    block = b"NATS/1.0\r\nX-From: legacy\r\n\r\n"
+    assert stored.headers["Deltran-Dlq-Raw-Header-Bytes"] == str(len(block))
+    assert stored.data == block + b"not json"
 
 
 async def test_explicit_control_nak_then_ack(
@@ -502,19 +506,19 @@ async def test_dead_letter_replay_redelivers_at_once_and_only_once(
 
     # inside the original's 120 s duplicate window: the replay still goes through
     receipt = await JetStreamDeadLetters(client).replay(letter.dlq_sequence)
-    again = await JetStreamDeadLetters(client).replay(letter.dlq_sequence)
+    with pytest.raises(AlreadyReplayedError):
+        await JetStreamDeadLetters(client).replay(letter.dlq_sequence)
 
-    replay_id = f"replay-{letter.dlq_sequence}-{message.id}"
+    replay_id = f"replay-{letter.dlq_sequence}-1-{message.id}"
     assert (receipt.message_id, receipt.stream, receipt.sequence, receipt.duplicate) == (
         replay_id,
         "PAYMENT_INSTRUCTIONS",
         2,
         False,
     )
-    assert again.duplicate
     await eventually(lambda: len(recorder.seen) == 2)
     await asyncio.sleep(0.3)  # a second replay would show up by now
-    assert recorder.ids == [message.id, replay_id]
+    assert recorder.ids == [message.id, message.id]  # handled again under its own id
     with pytest.raises(KeyError):
         await JetStreamDeadLetters(client).replay(99)
 
@@ -550,7 +554,7 @@ async def test_closing_the_client_ends_its_subscriptions(
     await core.drain()
 
 
-async def test_the_dead_letter_list_skips_entries_that_are_not_dead_letters(
+async def test_the_dead_letter_list_shows_entries_that_are_not_dead_letters(
     client: NatsClient, publisher: JetStreamPublisher
 ) -> None:
     def reject(message: Message, attempt: int) -> None:
@@ -562,7 +566,13 @@ async def test_the_dead_letter_list_skips_entries_that_are_not_dead_letters(
 
     await publisher.publish(message)
 
-    [letter] = await dead_letters(client, 1)
+    foreign, letter = await dead_letters(client, 2)
+    assert foreign.message is None
+    assert foreign.raw is not None
+    assert (foreign.raw.subject, foreign.raw.body) == ("deltran.dlq.something.else", b"{}")
+    assert foreign.reason.startswith("not a dead letter")
+    assert foreign.dlq_sequence == 1
+    assert letter.message is not None
     assert letter.message.id == message.id
     assert letter.dlq_sequence == 2
 

@@ -83,7 +83,7 @@ def test_a_dead_letter_table_has_one_aligned_row_per_letter() -> None:
     header_line, row = dead_letter_table([letter]).splitlines()
 
     assert header_line.split() == [
-        "SEQ", "TYPE", "SUBJECT", "FROM", "DELIVERIES", "GROUP", "FAILED", "REASON"
+        "SEQ", "TYPE", "SUBJECT", "FROM", "DELIVERIES", "GROUP", "FAILED", "REPLAYED", "REASON"
     ]  # fmt: skip
     assert row.startswith("-    Checkpoint  deltran.consensus.checkpoint.broadcast  CHECKPOINTS#4")
     assert row.index("2024-05-01 12:30:00") == header_line.index("FAILED")

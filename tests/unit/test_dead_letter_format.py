@@ -12,6 +12,7 @@ from message_bus.domain.dead_letter import (
     encode_dead_letter,
     original_of,
     replay_of,
+    unwrap_replay,
 )
 
 codec = WireCodec()
@@ -61,7 +62,7 @@ def test_a_message_that_is_not_a_dead_letter_is_refused() -> None:
         decode_dead_letter(codec, subject, headers, body)
 
 
-def test_a_replay_gets_a_derived_id_and_names_the_original() -> None:
+def test_a_replay_goes_to_the_consumer_that_dead_lettered_it_and_names_the_original() -> None:
     message = Message.new(MessageType.CHECKPOINT, PartitionKey.bank("BANKGB2L"), {"h": 1})
     dead = encode_dead_letter(
         codec.encode(message),
@@ -70,11 +71,15 @@ def test_a_replay_gets_a_derived_id_and_names_the_original() -> None:
         sequence=3,
         deliveries=1,
         consumer_group="g",
+        consumer="d__g",
         failed_at=datetime(2026, 1, 1, tzinfo=UTC),
     )
-    replay = replay_of(dead, 9)
-    assert replay.subject == message.subject
-    assert replay.headers["Nats-Msg-Id"] == f"replay-9-{message.id}"
+    replay = replay_of(dead, 9, 2)
+    assert replay.subject == "deltran.replay.CHECKPOINTS.d__g"
+    assert replay.headers["Nats-Msg-Id"] == f"replay-9-2-{message.id}"
     assert replay.headers["Deltran-Replay-Of"] == message.id
+    assert replay.headers["Deltran-Replay-Subject"] == message.subject
     assert not any(name.startswith("Deltran-Dlq-") for name in replay.headers)
-    assert codec.decode(*replay).payload == {"h": 1}
+    carried = unwrap_replay(replay)
+    assert carried.subject == message.subject
+    assert codec.decode(*carried) == codec.decode(*codec.encode(message))

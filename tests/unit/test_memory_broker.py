@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from message_bus import (
+    AlreadyReplayedError,
     ClosedError,
     FunctionHandler,
     Message,
@@ -520,10 +521,10 @@ async def test_replay_delivers_a_dead_letter_again_at_once_and_only_once(
     assert dead.dlq_sequence is not None
     replayed = await broker.dead_letters().replay(dead.dlq_sequence)
     assert not replayed.duplicate  # inside the original's duplicate window, still delivered
-    again = await broker.dead_letters().replay(dead.dlq_sequence)
-    assert again.duplicate  # the same replay twice is deduplicated
+    with pytest.raises(AlreadyReplayedError):
+        await broker.dead_letters().replay(dead.dlq_sequence)
     await broker.settle()
-    assert [m.id for m in accepted] == [f"replay-{dead.dlq_sequence}-{sent.id}"]
+    assert [m.id for m in accepted] == [sent.id]  # the original id, once
     assert accepted[0].payload == sent.payload
     assert accepted[0].correlation_id == sent.correlation_id
 

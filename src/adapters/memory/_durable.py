@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from message_bus.domain.dead_letter import unwrap_replay
 from message_bus.domain.errors import DecodeError
 from message_bus.domain.message import Message
 from message_bus.ports.config import SubscriberConfig
@@ -18,12 +19,14 @@ class StreamDelivery(Delivery):
 
     __slots__ = ("_entry", "_group", "_seq", "_settled")
 
-    def __init__(self, group: Group, seq: int, attempt: int, entry: Entry, message: Message):
+    def __init__(
+        self, group: Group, seq: int, attempt: int, entry: Entry, message: Message, subject: str
+    ):
         self.message = message
         self.attempt = attempt
         self.stream = group.stream.name
         self.sequence = seq
-        self.subject = entry.encoded.subject
+        self.subject = subject
         self._settled = False
         self._group = group
         self._seq = seq
@@ -78,12 +81,14 @@ class StreamMember(Member):
                 return None
             seq, attempt, entry = item
             try:
-                message = self._decode(*entry.encoded)
+                # A replay copy is decoded as the message it carries.
+                original = unwrap_replay(entry.encoded)
+                message = self._decode(*original)
             except DecodeError as exc:
                 group.term(seq, f"undecodable: {exc}", entry)
                 continue
             group.kick()  # more work and idle workers: wake the next one
-            return StreamDelivery(group, seq, attempt, entry, message)
+            return StreamDelivery(group, seq, attempt, entry, message, original.subject)
 
     def _detach(self) -> None:
         group = self.group

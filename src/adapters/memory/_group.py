@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable
 
 from message_bus.domain.catalog import MessageType
+from message_bus.domain.dead_letter import is_replay_subject, replay_subject
 from message_bus.domain.partition import PartitionKey
 from message_bus.ports.config import SubscriberConfig
 from message_bus.ports.outcome import ACK_WAIT_EXPIRED, max_deliveries_reason
@@ -70,6 +71,8 @@ class Group:
         self.subject_filter, self.exact = subject_filter(message_type, config.partition_key)
         # An unfiltered group on a stream of its type alone takes every stored message.
         self.everything = not self.exact and stream.spec.subjects == (f"{self.subject_filter}>",)
+        # Dead letters replayed to this group (and no other) arrive on this subject.
+        self.replay_subject = replay_subject(stream.name, self.name)
         self.config = config
         self.next_seq = stream.first_seq  # deliver policy "all": from the first stored
         self.pending: dict[int, Pending] = {}
@@ -86,6 +89,8 @@ class Group:
         self._timer_when = 0.0
 
     def matches(self, subject: str) -> bool:
+        if is_replay_subject(subject):
+            return subject == self.replay_subject
         if self.exact:
             return subject == self.subject_filter
         return self.everything or subject.startswith(self.subject_filter)
@@ -126,7 +131,8 @@ class Group:
         while seq <= last:
             entry = stream.entry(seq)
             seq += 1
-            if everything or self.matches(entry.encoded.subject):
+            subject = entry.encoded.subject
+            if (everything and not is_replay_subject(subject)) or self.matches(subject):
                 self.next_seq = seq
                 p = pending[seq - 1] = Pending()
                 return self._deliver(seq - 1, p, entry, now)

@@ -15,14 +15,24 @@ from dataclasses import dataclass
 from types import TracebackType
 
 from message_bus.domain.catalog import MessageType, StreamCatalog
-from message_bus.domain.codec import H_MSG_ID, H_PARTITION, H_TYPE, Encoded, WireCodec
+from message_bus.domain.codec import H_MSG_ID, H_PARTITION, Encoded, WireCodec
 from message_bus.domain.dead_letter import (
+    H_DLQ_STREAM,
+    H_DLQ_SUBJECT,
+    REPLAYED_SUBJECT_PREFIX,
     DeadLetter,
+    Replay,
     decode_dead_letter,
+    decode_replay_marker,
     encode_dead_letter,
+    encode_replay_marker,
+    foreign_entry,
+    header_lines,
     replay_of,
+    unwrap_replay,
 )
 from message_bus.domain.errors import (
+    AlreadyReplayedError,
     ClosedError,
     NoRespondersError,
     NotFoundError,
@@ -388,7 +398,7 @@ class InMemoryBroker:
         consumer: str,
     ) -> None:
         dead = encode_dead_letter(
-            original,
+            unwrap_replay(original),  # a replay copy fails as the message it carries
             reason=reason,
             stream=stream,
             sequence=sequence,
@@ -399,6 +409,18 @@ class InMemoryBroker:
         )
         self._dead.store(dead, self.clock.now())
         self._activity.events += 1
+
+    def _store_replay(self, copy: Encoded, message_type: MessageType) -> PublishReceipt:
+        """Stores a replay copy in the stream of ``message_type`` for the one group whose
+        replay subject it is on (no core subscriber sees it)."""
+        stream, groups = self._targets[message_type]
+        seq, duplicate = stream.store(copy, self.clock.now())
+        if not duplicate:
+            self._activity.events += 1
+            for group in groups:
+                if group.waiters.queue and group.matches(copy.subject):
+                    group.kick()
+        return PublishReceipt(copy.headers[H_MSG_ID], copy.subject, stream.name, seq, duplicate)
 
 
 class InMemoryPublisher(Publisher):
@@ -515,10 +537,25 @@ class InMemorySubscriber(Subscriber):
 
 
 class InMemoryDeadLetters(DeadLetters):
-    """The broker's ``DEAD_LETTERS`` stream."""
+    """The broker's ``DEAD_LETTERS`` stream; see :class:`DeadLetters` for the contract.
+
+    As on JetStream, a replay copy is stored in the original stream on the replay
+    subject of the group that dead-lettered it, and a replay marker in the dead-letter
+    stream records each replay.
+    """
 
     def __init__(self, broker: InMemoryBroker) -> None:
         self._broker = broker
+
+    def _replays(self) -> dict[int, list[Replay]]:
+        stream = self._broker._dead
+        replays: dict[int, list[Replay]] = {}
+        for _, entry in stream.entries_from(stream.first_seq, len(stream)):
+            if entry.encoded.subject.startswith(REPLAYED_SUBJECT_PREFIX + "."):
+                marker = decode_replay_marker(entry.encoded.headers)
+                if marker is not None:
+                    replays.setdefault(marker[0], []).append(marker[1])
+        return replays
 
     async def list(self, limit: int = 100) -> list[DeadLetter]:
         broker = self._broker
@@ -526,17 +563,49 @@ class InMemoryDeadLetters(DeadLetters):
         stream.expire(broker.clock.now())
         if limit < 1:
             return []
-        return [
-            decode_dead_letter(broker.codec, *entry.encoded, dlq_sequence=seq)
-            for seq, entry in stream.entries_from(stream.first_seq, limit)
-        ]
+        replays = self._replays()
+        letters: list[DeadLetter] = []
+        for seq, entry in stream.entries_from(stream.first_seq, len(stream)):
+            if len(letters) >= limit:
+                break
+            subject, headers, body = entry.encoded
+            if subject.startswith(REPLAYED_SUBJECT_PREFIX + "."):
+                continue
+            if H_DLQ_SUBJECT not in headers:
+                block = header_lines(headers)
+                stored_at = broker.clock.utcnow()
+                letters.append(foreign_entry(subject, block, headers, body, seq, stored_at))
+                continue
+            ordered = tuple(sorted(replays.get(seq, []), key=lambda r: r.count))
+            letters.append(decode_dead_letter(broker.codec, *entry.encoded, seq, replays=ordered))
+        return letters
 
-    async def replay(self, dlq_sequence: int) -> PublishReceipt:
+    async def replay(self, dlq_sequence: int, force: bool = False) -> PublishReceipt:
         broker = self._broker
         broker._check_open("replay")
         broker._dead.expire(broker.clock.now())
         entry = broker._dead.get(dlq_sequence)
-        if entry is None:
+        if entry is None or H_DLQ_SUBJECT not in entry.encoded.headers:
             raise NotFoundError("dead letter", dlq_sequence)
-        original = replay_of(entry.encoded, dlq_sequence)
-        return broker._publish(original, MessageType.from_wire(original.headers[H_TYPE]), True)
+        done = self._replays().get(dlq_sequence, [])
+        if done and not force:
+            raise AlreadyReplayedError(dlq_sequence, max(r.count for r in done))
+        count = max((r.count for r in done), default=0) + 1
+        copy = replay_of(entry.encoded, dlq_sequence, count)
+        message = broker.codec.decode(*unwrap_replay(copy))
+        spec = broker.catalog.stream_for(message.message_type)
+        if spec is None:
+            raise ValidationError(
+                "message_type", message.message_type, "is not stream-backed: nothing to replay to"
+            )
+        named = entry.encoded.headers.get(H_DLQ_STREAM)
+        if spec.name != named:
+            raise ValidationError(H_DLQ_STREAM, named, f"is not {spec.name}")
+        receipt = broker._store_replay(copy, message.message_type)
+        assert receipt.stream is not None
+        assert receipt.sequence is not None
+        replay = Replay(
+            broker.clock.utcnow(), receipt.stream, receipt.sequence, receipt.message_id, count
+        )
+        broker._dead.store(encode_replay_marker(dlq_sequence, replay), broker.clock.now())
+        return receipt

@@ -7,19 +7,29 @@ import builtins
 import json
 import logging
 from collections.abc import Mapping
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
 
 import nats.errors
 
 from message_bus.domain.catalog import StreamCatalog
-from message_bus.domain.codec import H_MSG_ID, H_PARTITION, Encoded, WireCodec
+from message_bus.domain.codec import H_MSG_ID, H_PARTITION, Encoded, WireCodec, parse_timestamp
 from message_bus.domain.dead_letter import (
+    H_DLQ_STREAM,
     H_DLQ_SUBJECT,
+    REPLAYED_SUBJECT_PREFIX,
     DeadLetter,
+    Replay,
     decode_dead_letter,
+    decode_replay_marker,
+    encode_replay_marker,
+    foreign_entry,
+    replay_marker_subject,
     replay_of,
+    unwrap_replay,
 )
 from message_bus.domain.errors import (
+    AlreadyReplayedError,
     BusConnectionError,
     DecodeError,
     NotFoundError,
@@ -44,11 +54,16 @@ class JetStreamDeadLetters(DeadLetters):
     """Reads ``DEAD_LETTERS`` with the stream's message-get API and replays from it.
 
     ``list`` walks the stream in sequence order (``next_by_subj`` gets), so it needs no
-    consumer and changes nothing. A stored entry that is not a decodable dead letter
-    (written by something else) is skipped with a warning. ``replay`` republishes the
-    original message (same subject, headers and ``Nats-Msg-Id``) through JetStream and
-    returns its PubAck receipt; within the original stream's duplicate window
-    JetStream reports it as a duplicate instead of storing it again.
+    consumer and changes nothing. Every entry is listed: a dead letter whose original
+    cannot be decoded (a foreign message) with its raw view, an entry that something
+    else wrote there as such; replay markers (``deltran.dlq.replayed.{seq}``) are
+    attached to their dead letters as ``replays``.
+
+    ``replay`` publishes a copy of the original to the replay subject of the consumer
+    that dead-lettered it (``deltran.replay.{stream}.{consumer}``, in the stream it
+    came from), so only that group handles it again, under its original id; then it
+    records a replay marker. A dead letter that has a marker is replayed again only
+    with ``force``.
 
     Args:
         client: A connected :class:`NatsClient`.
@@ -74,7 +89,7 @@ class JetStreamDeadLetters(DeadLetters):
             else PublisherConfig(circuit_breaker_threshold=0),
         )
 
-    async def _get(self, request: dict[str, Any]) -> tuple[str, dict[str, str], bytes, int] | None:
+    async def _get(self, request: dict[str, Any]) -> _Stored | None:
         subject = f"$JS.API.STREAM.MSG.GET.{self.stream}"
         try:
             reply = await self.client.connection.request(
@@ -93,78 +108,156 @@ class JetStreamDeadLetters(DeadLetters):
         return _stored_message(answer["message"])
 
     async def list(self, limit: int = 100) -> builtins.list[DeadLetter]:
-        """Up to ``limit`` dead letters, oldest first.
+        """Up to ``limit`` dead letters, oldest first, each with its replays.
 
         Raises:
             BusConnectionError: JetStream did not answer, or the stream is missing.
         """
-        letters: builtins.list[DeadLetter] = []
+        entries: builtins.list[_Stored] = []
+        replays: dict[int, builtins.list[Replay]] = {}
         sequence = 1
         filter_subject = self.catalog.dead_letters.subjects[0]
-        while len(letters) < limit:
+        while len(entries) < limit:
             stored = await self._get({"seq": sequence, "next_by_subj": filter_subject})
             if stored is None:
                 break
-            subject, headers, body, dlq_sequence = stored
-            sequence = dlq_sequence + 1
-            try:
-                letter = decode_dead_letter(self._codec, subject, headers, body, dlq_sequence)
-            except DecodeError as exc:
-                log.warning("skipping %s #%d: %s", self.stream, dlq_sequence, exc)
-                continue
-            letters.append(letter)
-        return letters
+            sequence = stored.sequence + 1
+            if not _note_marker(stored, replays):
+                entries.append(stored)
+        if len(entries) >= limit:  # the markers of these letters may come later
+            markers = f"{REPLAYED_SUBJECT_PREFIX}.>"
+            while (
+                stored := await self._get({"seq": sequence, "next_by_subj": markers})
+            ) is not None:
+                sequence = stored.sequence + 1
+                _note_marker(stored, replays)
+        return [self._letter(entry, replays.get(entry.sequence, [])) for entry in entries]
 
-    async def replay(self, dlq_sequence: int) -> PublishReceipt:
-        """Republishes dead letter ``dlq_sequence`` to its original subject (see the port:
-        under a derived id, so it is delivered even inside the duplicate window).
+    def _letter(self, stored: _Stored, replays: builtins.list[Replay]) -> DeadLetter:
+        ordered = tuple(sorted(replays, key=lambda r: r.count))
+        try:
+            return decode_dead_letter(
+                self._codec,
+                stored.subject,
+                stored.headers,
+                stored.body,
+                stored.sequence,
+                parse_block=headers_of,
+                replays=ordered,
+            )
+        except DecodeError:
+            log.warning("%s #%d is not a dead letter", self.stream, stored.sequence)
+            return foreign_entry(
+                stored.subject,
+                stored.block,
+                stored.headers,
+                stored.body,
+                stored.sequence,
+                stored.time,
+            )
 
-        Only a DelTran message of a stream-backed type is replayed, to the subject its
-        own headers name (``deltran.{type}.{key}``): whatever else a stored entry says,
+    async def _latest_replay(self, dlq_sequence: int) -> Replay | None:
+        stored = await self._get({"last_by_subj": replay_marker_subject(dlq_sequence)})
+        if stored is None:
+            return None
+        marker = decode_replay_marker(stored.headers)
+        return marker[1] if marker is not None and marker[0] == dlq_sequence else None
+
+    async def replay(self, dlq_sequence: int, force: bool = False) -> PublishReceipt:
+        """Replays dead letter ``dlq_sequence`` to the group that dead-lettered it (see
+        the port), and records the replay.
+
+        Only a DelTran message of a stream-backed type is replayed, to the replay
+        subject of the stream its own headers name: whatever else a stored entry says,
         a replay never publishes anywhere else (say, to a ``$JS.API`` subject).
 
         Raises:
             NotFoundError: no dead letter with that sequence (also a ``KeyError``).
+            AlreadyReplayedError: it was replayed before and ``force`` is False.
             DecodeError: the entry is not a dead letter of a DelTran message (nothing
                 is published).
-            ValidationError: its type is not stream-backed in the catalog (nothing is
-                published).
+            ValidationError: its type is not stream-backed in the catalog, or it names
+                another stream than its type's (nothing is published).
             PublishError: the original stream did not accept it.
             BusConnectionError: JetStream did not answer.
         """
         stored = await self._get({"seq": dlq_sequence})
-        if stored is None:
+        if stored is None or H_DLQ_SUBJECT not in stored.headers:
             raise NotFoundError("dead letter", dlq_sequence)
-        subject, headers, body, _ = stored
-        if H_DLQ_SUBJECT not in headers:  # not a dead letter (list() skips it too)
-            raise NotFoundError("dead letter", dlq_sequence)
-        original = replay_of(Encoded(subject, headers, body), dlq_sequence)
+        latest = await self._latest_replay(dlq_sequence)
+        if latest is not None and not force:
+            raise AlreadyReplayedError(dlq_sequence, latest.count)
+        count = 1 if latest is None else latest.count + 1
+        dead = Encoded(stored.subject, stored.headers, stored.body)
+        copy = replay_of(dead, dlq_sequence, count, parse_block=headers_of)
         # Raises DecodeError unless the subject is the one the message's headers name.
-        message = self._codec.decode(original.subject, original.headers, original.body)
-        if self.catalog.stream_for(message.message_type) is None:
+        message = self._codec.decode(*unwrap_replay(copy))
+        spec = self.catalog.stream_for(message.message_type)
+        if spec is None:
             raise ValidationError(
                 "message_type", message.message_type, "is not stream-backed: nothing to replay to"
             )
-        message_id = original.headers.get(H_MSG_ID, "")
+        if spec.name != stored.headers.get(H_DLQ_STREAM):
+            raise ValidationError(
+                H_DLQ_STREAM, stored.headers.get(H_DLQ_STREAM), f"is not {spec.name}"
+            )
+        message_id = copy.headers[H_MSG_ID]
         try:
-            return await self._sender.send(
+            receipt = await self._sender.send(
                 message_id,
-                block_of(original, _partition_in(original.headers)),
+                block_of(copy, _partition_in(copy.headers)),
                 jetstream=True,
                 message_type=None,
             )
         except PublishError:
             log.error("replay of %s #%d failed", self.stream, dlq_sequence)
             raise
+        assert receipt.stream is not None
+        assert receipt.sequence is not None
+        marker = encode_replay_marker(
+            dlq_sequence,
+            Replay(datetime.now(UTC), receipt.stream, receipt.sequence, message_id, count),
+        )
+        await self._sender.send(
+            marker.headers[H_MSG_ID], block_of(marker), jetstream=True, message_type=None
+        )
+        return receipt
 
 
-def _stored_message(raw: dict[str, Any]) -> tuple[str, dict[str, str], bytes, int]:
-    """(subject, headers, body, sequence) of a ``STREAM.MSG.GET`` response's message."""
+class _Stored(NamedTuple):
+    """A message read from the stream with ``STREAM.MSG.GET``."""
+
+    subject: str
+    block: bytes
+    headers: dict[str, str]
+    body: bytes
+    sequence: int
+    time: datetime
+
+
+def _note_marker(stored: _Stored, replays: dict[int, builtins.list[Replay]]) -> bool:
+    """Records ``stored`` in ``replays`` if it is a replay marker; whether it was one."""
+    if not stored.subject.startswith(REPLAYED_SUBJECT_PREFIX + "."):
+        return False
+    marker = decode_replay_marker(stored.headers)
+    if marker is None:
+        return False
+    replays.setdefault(marker[0], []).append(marker[1])
+    return True
+
+
+def _stored_message(raw: dict[str, Any]) -> _Stored:
+    """A ``STREAM.MSG.GET`` response's message."""
     hdrs = raw.get("hdrs")
-    headers = (headers_of(base64.b64decode(hdrs)) or {}) if hdrs else {}
+    block = base64.b64decode(hdrs) if hdrs else b""
+    headers = (headers_of(block) or {}) if block else {}
     data = raw.get("data")
     body = base64.b64decode(data) if data else b""
-    return str(raw["subject"]), headers, body, int(raw["seq"])
+    try:
+        time = parse_timestamp(str(raw.get("time", "")))
+    except ValueError:
+        time = datetime(1970, 1, 1, tzinfo=UTC)
+    return _Stored(str(raw["subject"]), block, headers, body, int(raw["seq"]), time)
 
 
 def _partition_in(headers: Mapping[str, str]) -> int | None:

@@ -14,6 +14,7 @@ import nats.js.errors
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig, StreamInfo
 
 from message_bus.domain.catalog import StreamCatalog, StreamSpec
+from message_bus.domain.dead_letter import replay_subjects
 from message_bus.domain.errors import (
     BusConnectionError,
     MessageBusError,
@@ -107,11 +108,17 @@ class StreamManager:
     def __init__(self, client: NatsClient) -> None:
         self.client = client
 
-    def desired(self, spec: StreamSpec, replicas: int, duplicate_window: float) -> StreamConfig:
-        """The JetStream configuration of ``spec``."""
+    def desired(
+        self, spec: StreamSpec, replicas: int, duplicate_window: float, *, replays: bool = True
+    ) -> StreamConfig:
+        """The JetStream configuration of ``spec``; with ``replays``, it also captures the
+        subjects that dead letters are replayed on (``deltran.replay.{stream}.>``)."""
+        subjects = list(spec.subjects)
+        if replays:
+            subjects.append(replay_subjects(spec.name))
         return StreamConfig(
             name=spec.name,
-            subjects=list(spec.subjects),
+            subjects=subjects,
             retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE,
             discard=DiscardPolicy.OLD,
@@ -154,7 +161,10 @@ class StreamManager:
                 raise ValidationError(
                     "duplicate_window", duplicate_window, f"exceeds the max age of {spec.name}"
                 )
-            reports.append(await self._apply_one(self.desired(spec, replicas, duplicate_window)))
+            want = self.desired(
+                spec, replicas, duplicate_window, replays=spec is not catalog.dead_letters
+            )
+            reports.append(await self._apply_one(want))
         return reports
 
     async def _apply_one(self, want: StreamConfig) -> StreamReport:

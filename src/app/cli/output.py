@@ -68,22 +68,47 @@ def message_json(message: Message, attempt: int | None = None) -> str:
 
 
 def dead_letter_table(letters: Sequence[DeadLetter]) -> str:
-    """The dead letters, one row each, with where they came from and why they failed."""
+    """The dead letters, one row each, with where they came from, why they failed and
+    whether they were replayed; then the raw view of each whose original cannot be
+    decoded (a foreign message): its subject, header block and body, escaped."""
     rows = [
         (
             d.dlq_sequence if d.dlq_sequence is not None else "-",
-            d.message.message_type.value,
+            d.message.message_type.value if d.message is not None else "(raw)",
             d.subject,
             f"{d.stream}#{d.sequence}",
             d.deliveries,
             d.consumer_group,
             d.failed_at.strftime("%Y-%m-%d %H:%M:%S"),
+            _replayed(d),
             d.reason,
         )
         for d in letters
     ]
-    headers = ("SEQ", "TYPE", "SUBJECT", "FROM", "DELIVERIES", "GROUP", "FAILED", "REASON")
-    return _table(rows, headers)
+    headers = ("SEQ", "TYPE", "SUBJECT", "FROM", "DELIVERIES", "GROUP", "FAILED", "REPLAYED")
+    lines = [_table(rows, (*headers, "REASON"))]
+    for d in letters:
+        if d.message is None and d.raw is not None:
+            seq = d.dlq_sequence if d.dlq_sequence is not None else "-"
+            lines.append(f"raw dead letter {seq}: subject {d.raw.subject}")
+            lines.append(f"  headers: {_escaped(d.raw.header_block)}")
+            lines.append(f"  body: {_escaped(d.raw.body)}")
+    return "\n".join(lines)
+
+
+def _replayed(letter: DeadLetter) -> str:
+    replay = letter.replayed
+    if replay is None:
+        return "-"
+    times = f" ({replay.count}x)" if replay.count > 1 else ""
+    at = replay.replayed_at.strftime("%Y-%m-%d %H:%M:%S")
+    return f"{at}->{replay.stream}#{replay.sequence}{times}"
+
+
+def _escaped(data: bytes, limit: int = 2000) -> str:
+    """``data`` on one line: printable ASCII as is, anything else escaped (\\r, \\x00...)."""
+    text = repr(data[:limit])[2:-1]
+    return text + (f"... ({len(data)} bytes)" if len(data) > limit else "")
 
 
 def catalog_table(streams: Sequence[StreamSpec]) -> str:

@@ -173,10 +173,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--limit", type=positive_int, default=100, metavar="N", help="at most N (100)"
     )
     dlq_replay = dlq_sub.add_parser(
-        "replay", help="republish dead letters to their original subject", parents=[common]
+        "replay",
+        help="hand dead letters back to the group that dead-lettered them",
+        parents=[common],
     )
     dlq_replay.add_argument(
         "sequence", type=positive_int, nargs="+", help="dead-letter sequence (SEQ of dlq ls)"
+    )
+    dlq_replay.add_argument(
+        "--force", action="store_true", help="replay dead letters that were replayed before"
     )
 
     demo = command(

@@ -22,6 +22,7 @@ from nats.js.api import (
 )
 
 from message_bus.domain.catalog import MessageType
+from message_bus.domain.dead_letter import replay_subject
 from message_bus.domain.errors import BusConnectionError, MessageBusError, ValidationError
 from message_bus.ports.config import SubscriberConfig, ephemeral_consumer_name
 
@@ -49,6 +50,12 @@ async def _within(call: Awaitable[T], timeout: float | None) -> T:
     return await (call if timeout is None else asyncio.wait_for(call, timeout))
 
 
+def _filters(config: ConsumerConfig) -> list[str]:
+    """Every filter subject of ``config`` (one, or several), sorted."""
+    one = [config.filter_subject] if config.filter_subject else []
+    return sorted([*one, *(config.filter_subjects or [])])
+
+
 class ConsumerBinding:
     """Finds or creates the group's durable pull consumer (or a reader's ephemeral one).
 
@@ -65,7 +72,9 @@ class ConsumerBinding:
 
     The consumer's filter is never changed: a consumer of the same name that filters
     other subjects belongs to someone else (a message type sharing the stream, an
-    older naming), and binding to it raises :class:`ValidationError` instead.
+    older naming), and binding to it raises :class:`ValidationError` instead. The one
+    change made is to add the group's replay subject to a consumer created before
+    replays had one (its own filter stays as it is).
 
     An ephemeral binding (``ephemeral=True``) creates a consumer of its own under a
     fresh name (:func:`ephemeral_consumer_name`), which no group can share: its deliveries and
@@ -90,6 +99,8 @@ class ConsumerBinding:
         self.name = ephemeral_consumer_name() if ephemeral else config.consumer_name
         key = config.partition_key
         filter_subject = f"{message_type.subject_prefix}.{key.suffix if key else '>'}"
+        self.filter_subject = filter_subject
+        """The group's own filter (the consumer also filters its replay subject)."""
         description = (
             f"DelTran {message_type.value} ephemeral reader"
             if ephemeral
@@ -107,7 +118,8 @@ class ConsumerBinding:
             # the NAK after a failed dead-letter store final, abandoning the message.
             max_deliver=-1,
             max_ack_pending=config.max_ack_pending,
-            filter_subject=filter_subject,
+            # The group's own replay subject: dead letters replayed to this group only.
+            filter_subjects=[filter_subject, replay_subject(stream, self.name)],
             replay_policy=ReplayPolicy.INSTANT,
             inactive_threshold=inactive_threshold if ephemeral else None,
         )
@@ -161,24 +173,26 @@ class ConsumerBinding:
         self.ack_floor = 0
 
     def _check_filter(self, have: ConsumerConfig) -> None:
-        found = have.filter_subject or ", ".join(have.filter_subjects or ())
-        wanted = self.config.filter_subject
-        if found != wanted:
-            raise ValidationError(
-                "consumer_name",
-                self.name,
-                f"already consumes {found or 'everything'!r} on {self.stream}, not "
-                f"{wanted!r}; a consumer's filter is never changed (delete the consumer "
-                "or pick another group)",
-            )
+        found = _filters(have)
+        if found in (_filters(self.config), [self.filter_subject]):
+            return
+        raise ValidationError(
+            "consumer_name",
+            self.name,
+            f"already consumes {', '.join(found) or 'everything'!r} on {self.stream}, not "
+            f"{self.filter_subject!r}; a consumer's filter is never changed (delete the "
+            "consumer or pick another group)",
+        )
 
     def _drift(self, have: ConsumerConfig) -> list[str]:
         want = self.config
         lines = []
-        for field in ("ack_wait", "max_deliver", "max_ack_pending"):
+        for field in ("ack_wait", "max_deliver", "max_ack_pending", "filter_subjects"):
             found, wanted = getattr(have, field), getattr(want, field)
             if field == "ack_wait":
                 found, wanted = _seconds(found), _seconds(wanted)
+            elif field == "filter_subjects":
+                found, wanted = _filters(have), _filters(want)
             if found != wanted:
                 lines.append(f"{field}: {found} -> {wanted}")
         return lines

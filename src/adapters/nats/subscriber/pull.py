@@ -15,7 +15,7 @@ from nats.aio.subscription import Subscription as NatsSubscription
 
 from message_bus.domain.catalog import MessageType
 from message_bus.domain.codec import Encoded
-from message_bus.domain.dead_letter import encode_dead_letter
+from message_bus.domain.dead_letter import encode_dead_letter, unwrap_replay
 from message_bus.domain.errors import (
     AckNotConfirmed,
     BusConnectionError,
@@ -37,7 +37,7 @@ from message_bus.ports.subscriber import (
 
 from ..client import ConnectionStatus, NatsClient
 from ..framing import BlockCodec, EncodedBlock, block_of
-from ..headers import headers_of
+from ..headers import header_block, headers_of
 from ..internals import Writer
 from .closing import close_inbox, flush_acks
 from .confirm import AckConfirmer
@@ -521,10 +521,13 @@ class PullSubscription(Subscription):
         message = codec.decode_block(subject, block, body)
         if message is None:  # not laid out as this library writes it: the full decode
             try:
-                message = codec.decode(subject, headers_of(block), body)
+                # A replay copy is decoded as the message it carries.
+                original = unwrap_replay(Encoded(subject, headers_of(block) or {}, body))
+                message = codec.decode(*original)
             except DecodeError as exc:
                 await self.dead_letter(raw, raw.attempt, f"undecodable: {exc}")
                 return
+            subject = original.subject
         delivery = entry.delivery = JetStreamDelivery(self, raw, message, subject)
         delivery.reply = entry.reply
         limit = entry.limit = asyncio.timeout(None)
@@ -608,20 +611,20 @@ class PullSubscription(Subscription):
         letter cannot be stored, the message is NAKed instead of TERMed, so it stays in
         the consumer and comes back later (the server does not limit deliveries, so
         that NAK is never final); past ``max_deliver``, that redelivery is
-        dead-lettered again with the same reason. A dead letter too large for the
-        server's ``max_payload`` cannot ever be stored: it is logged as an error and
-        NAKed with ``nak_max_delay``, again and again, until an operator raises the
-        limit or removes the message.
+        dead-lettered again with the same reason. The dead letter never carries the
+        original's ``Nats-*`` headers, and a message that cannot be decoded, or whose
+        headers a dead letter cannot carry, is kept raw (see :meth:`_original_of`), so
+        nothing but the dead-letter stream itself can hold a message back. A dead
+        letter too large for the server's ``max_payload`` cannot ever be stored: it is
+        logged as an error and NAKed with ``nak_max_delay``, again and again, until an
+        operator raises the limit or removes the message.
         """
         reply, stream, attempt, sequence = raw.reply, raw.stream, raw.attempt, raw.sequence
         config = self._config
         if config.dead_letter:
+            original, raw_header_block = self._original_of(raw)
             dead = encode_dead_letter(
-                Encoded(
-                    raw.subject.decode("utf-8", "replace"),
-                    headers_of(raw.header_block) or {},
-                    raw.body,
-                ),
+                original,
                 reason=reason,
                 stream=stream,
                 sequence=sequence,
@@ -629,6 +632,7 @@ class PullSubscription(Subscription):
                 consumer_group=config.consumer_group,
                 consumer=self._consumer.name,
                 failed_at=datetime.now(UTC),
+                raw_header_block=raw_header_block,
             )
             try:
                 await self._dead_letter_sender.send(
@@ -659,6 +663,27 @@ class PullSubscription(Subscription):
             "dead-lettered %s #%d after %d deliveries: %s", stream, sequence, deliveries, reason
         )
         await self.settle(reply, TERM)
+
+    def _original_of(self, raw: Raw) -> tuple[Encoded, bytes | None]:
+        """What a dead letter of ``raw`` records: the message (a replay copy's original
+        subject and id), and its header block as received when it must be kept raw.
+
+        It is kept raw unless it decodes and its header block is exactly what its
+        headers give back (nothing that a header dict cannot hold: a NUL, a lone LF,
+        a repeated name...), so nothing of a foreign message is lost.
+        """
+        subject = raw.subject.decode("utf-8", "replace")
+        block = raw.header_block
+        headers = headers_of(block) or {}
+        original = unwrap_replay(Encoded(subject, headers, raw.body))
+        try:
+            self._codec.decode(*original)
+            exact = block is None or header_block(headers) == block
+        except (DecodeError, ValidationError):
+            exact = False
+        if exact:
+            return original, None
+        return original, block or b""
 
     # -- lifecycle --------------------------------------------------------------------------
 
