@@ -168,6 +168,31 @@ class StreamError(MessageBusError):
         super().__init__(f"stream {stream}: {reason}")
 
 
+class DuplicateWindowError(StreamError, ValueError):
+    """A stream forgets message ids sooner than a publisher may still retry one: a
+    retry after the window closed would be stored as a second copy.
+
+    Attributes:
+        stream: the stream's name.
+        duplicate_window: its duplicate window (seconds).
+        publish_timeout: the publisher's whole retry budget (seconds).
+        required: the shortest window that budget allows (seconds).
+    """
+
+    def __init__(
+        self, stream: str, duplicate_window: float, publish_timeout: float, required: float
+    ) -> None:
+        self.duplicate_window = duplicate_window
+        self.publish_timeout = publish_timeout
+        self.required = required
+        super().__init__(
+            stream,
+            f"duplicate window {duplicate_window:g}s is shorter than {required:g}s, twice "
+            f"the publish_timeout of {publish_timeout:g}s (the retry budget): a retry "
+            "could be stored as a second copy; lengthen the window or shorten the timeout",
+        )
+
+
 class ClosedError(MessageBusError):
     """The publisher, subscriber or connection was used after close()."""
 

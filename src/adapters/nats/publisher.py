@@ -22,13 +22,14 @@ from message_bus.domain.errors import (
 )
 from message_bus.domain.message import Message
 from message_bus.ports.config import PublisherConfig
-from message_bus.ports.publisher import Publisher, PublishReceipt
+from message_bus.ports.publisher import Publisher, PublishReceipt, check_request_type
 
 from .breaker import CircuitBreaker
 from .client import NatsClient
 from .failures import WRITE_ERRORS, counts_as_outage
 from .framing import BlockCodec
 from .sender import RetryHook, Sender
+from .windows import WindowGuard
 
 
 class JetStreamPublisher(Publisher):
@@ -51,6 +52,11 @@ class JetStreamPublisher(Publisher):
       ``permission_denied``, ``no_stream``).
     * A :class:`CircuitBreaker` fails fast (:class:`CircuitOpenError`) after
       ``circuit_breaker_threshold`` consecutive failed publishes.
+    * The first publish to each stream looks up the stream's duplicate window and
+      refuses (:class:`DuplicateWindowError`, for that and every later publish to it)
+      a window shorter than ``PublisherConfig.min_duplicate_window`` (twice
+      ``publish_timeout``): a retry could arrive after the stream forgot the id and be
+      stored as a second copy. Checked once per stream, not per message.
     * ``publish_many`` pipelines up to ``max_in_flight`` unacknowledged publishes on one
       reply inbox; every publish has a deadline and every reply, error or not,
       resolves it, so a batch never hangs. Failed positions are retried on their own.
@@ -84,6 +90,7 @@ class JetStreamPublisher(Publisher):
         }
         # ids of the members (enum members hash in Python; ints in C)
         self._core_types = frozenset(id(t) for t, js in self._jetstream.items() if not js)
+        self._windows = WindowGuard(client, self.config, self.catalog)
         self._closed = False
 
     @property
@@ -99,6 +106,8 @@ class JetStreamPublisher(Publisher):
         if self._closed:
             raise ClosedError("the publisher was closed")
         block = self._codec.encode_block(message)
+        if id(message.message_type) in self._windows.pending:
+            await self._windows.check(message.message_type)
         breaker = self.breaker
         if not breaker.clean:  # before() lets every call through while clean
             retry_after = breaker.before()
@@ -144,6 +153,9 @@ class JetStreamPublisher(Publisher):
         blocks = [encode(message) for message in messages]
         if not blocks:
             return []
+        pending = self._windows.pending
+        for message_type in {m.message_type for m in messages if id(m.message_type) in pending}:
+            await self._windows.check(message_type)
         ids = [message.id for message in messages]
         breaker = self.breaker
         if breaker.threshold:
@@ -176,13 +188,7 @@ class JetStreamPublisher(Publisher):
     async def request(self, message: Message, timeout: float = 5.0) -> Message:
         if self._closed:
             raise ClosedError("the publisher was closed")
-        if self._jetstream[message.message_type]:
-            raise ValidationError(
-                "message_type",
-                message.message_type,
-                "is stream-backed; request-reply needs a core-only type "
-                "(RiskAssessment, ComplianceCheck, SystemEvent)",
-            )
+        check_request_type(message.message_type, self.catalog)
         encoded = self._codec.encode(message)
         subject = encoded.subject
         loop = asyncio.get_running_loop()
