@@ -25,6 +25,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import logging
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -80,6 +82,7 @@ __all__ = [
 
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 async def resolve(provided: T | Awaitable[T]) -> T:
@@ -185,7 +188,9 @@ async def _embedded_server(
         await asyncio.to_thread(server.stop)
 
 
-async def _nats_client(config: NatsConfig, metrics: BusMetrics) -> AsyncIterator[NatsClient]:
+async def _nats_client(
+    config: NatsConfig, metrics: BusMetrics, subscribers: weakref.WeakSet[Subscriber]
+) -> AsyncIterator[NatsClient]:
     from message_bus.adapters.nats import NatsClient
 
     client = NatsClient(config)
@@ -194,7 +199,32 @@ async def _nats_client(config: NatsConfig, metrics: BusMetrics) -> AsyncIterator
         await client.connect()
         yield client
     finally:
-        await client.close()
+        await _drain(client, subscribers, config.drain_timeout)
+
+
+async def _drain(
+    client: NatsClient, subscribers: weakref.WeakSet[Subscriber], timeout: float
+) -> None:
+    """Close ``client`` without losing the acks of handlers in flight.
+
+    Every subscriber the container handed out is closed first (its handlers in flight
+    finish and their deliveries are settled; nothing new starts), then the client
+    drains, so the acks written last are flushed before the connection closes. Both
+    steps together take at most about ``timeout`` seconds; what is still running then
+    is cut off (its messages are redelivered after ``ack_wait``).
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    open_subscribers = list(subscribers)
+    if open_subscribers and not client.is_closed:
+        closing = asyncio.gather(*(s.close() for s in open_subscribers), return_exceptions=True)
+        try:
+            await asyncio.wait_for(closing, timeout)
+        except TimeoutError:
+            log.warning("subscribers still busy after drain_timeout (%gs): closing anyway", timeout)
+    if loop.time() < deadline:
+        await client.drain()  # nats-py bounds it by the same drain_timeout
+    await client.close()
 
 
 def _server_urls(server: EmbeddedNatsServer) -> list[str]:
@@ -236,6 +266,7 @@ def _nats_subscriber(
     catalog: StreamCatalog,
     publisher_config: PublisherConfig,
     telemetry: Telemetry,
+    opened: weakref.WeakSet[Subscriber],
 ) -> Subscriber:
     from message_bus.adapters.nats import JetStreamSubscriber
 
@@ -246,6 +277,7 @@ def _nats_subscriber(
         catalog=catalog,
         publisher_config=publisher_config,  # for the dead letters it publishes
     )
+    opened.add(inner)  # closed (handlers in flight settled) before the client closes
     return telemetry.subscriber(inner)
 
 
@@ -308,7 +340,12 @@ class Container(containers.DeclarativeContainer):
         embedded=providers.Callable(_server_urls, embedded_server),
     )
     nats_config = providers.Factory(_nats_config, config.nats, urls=nats_urls)
-    nats_client = providers.Resource(_nats_client, config=nats_config, metrics=metrics)
+    nats_subscribers: providers.Singleton[weakref.WeakSet[Subscriber]] = providers.Singleton(
+        weakref.WeakSet
+    )
+    nats_client = providers.Resource(
+        _nats_client, config=nats_config, metrics=metrics, subscribers=nats_subscribers
+    )
     connection = providers.Selector(
         backend, memory=memory_broker, nats=nats_client, embedded=nats_client
     )
@@ -336,6 +373,7 @@ class Container(containers.DeclarativeContainer):
         catalog=catalog,
         publisher_config=publisher_config,
         telemetry=telemetry,
+        opened=nats_subscribers,
     )
     subscriber = providers.Selector(
         backend,
@@ -397,7 +435,13 @@ _SHUTDOWN_ORDER = ("nats_client", "embedded_server", "memory_broker")
 
 
 async def shutdown_container(container: Container) -> None:
-    """Close what :func:`start_container` started: client, then server, then broker."""
+    """Close what :func:`start_container` started: client, then server, then broker.
+
+    The NATS client is closed only after the subscribers the container handed out were
+    closed and the connection drained, bounded by ``nats.drain_timeout``: a handler in
+    flight at shutdown finishes and its ack reaches the server. The memory broker
+    stops its subscriptions the same way.
+    """
     for name in _SHUTDOWN_ORDER:
         resource = getattr(container, name)
         if resource.initialized:

@@ -23,7 +23,8 @@ from types import TracebackType
 
 import msgspec
 
-from message_bus.domain.errors import PublishBatchError, PublishError
+from message_bus.domain.catalog import MessageType, StreamCatalog
+from message_bus.domain.errors import PublishBatchError, PublishError, ValidationError
 from message_bus.domain.message import Message
 
 
@@ -45,6 +46,22 @@ class PublishReceipt(msgspec.Struct, frozen=True):
     sequence: int | None = None
     duplicate: bool = False
     partition: int | None = None
+
+
+def check_request_type(message_type: MessageType, catalog: StreamCatalog) -> None:
+    """Raise :class:`ValidationError` unless ``message_type`` can be sent as a request.
+
+    Request-reply is core NATS: a stream-backed type would be stored by its stream
+    (which answers with a publish acknowledgement, not a reply), whatever the
+    publisher's ``use_jetstream``. Every adapter and the CLI call it before any I/O.
+    """
+    if catalog.stream_for(message_type) is not None:
+        core_only = ", ".join(t.value for t in MessageType if catalog.stream_for(t) is None)
+        raise ValidationError(
+            "message_type",
+            message_type.value,
+            f"is stream-backed; request-reply needs a core-only type ({core_only})",
+        )
 
 
 class Publisher(ABC):
@@ -87,6 +104,8 @@ class Publisher(ABC):
         """Send a request and wait for one reply message.
 
         Raises:
+            ValidationError: the message is of a stream-backed type (see
+                :func:`check_request_type`), or cannot be encoded; nothing was sent.
             NoRespondersError: nobody is subscribed to answer (raised at once).
             RequestTimeout: no reply within ``timeout`` seconds.
             ClosedError: the publisher was closed.

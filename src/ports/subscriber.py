@@ -31,6 +31,7 @@ settled the delivery its outcome no longer changes anything.
 from __future__ import annotations
 
 import contextvars
+import inspect
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
@@ -147,6 +148,34 @@ class FunctionHandler:
 
     async def handle(self, message: Message) -> Message | None:
         return await self.function(message)
+
+
+def check_handler(handler: object) -> MessageHandler:
+    """Return ``handler`` if it can handle messages, else raise :class:`TypeError`.
+
+    Adapters call it in ``subscribe``, before any I/O: a plain function, or an object
+    whose ``handle`` is missing or not a coroutine function, would fail on every
+    delivery and be retried until dead-lettered.
+    """
+    handle = getattr(handler, "handle", None)
+    if handle is None or not callable(handle):
+        hint = (
+            f"wrap a function in FunctionHandler: subscribe(FunctionHandler({_name(handler)}))"
+            if callable(handler)
+            else "pass an object with an async handle(message) method, or FunctionHandler(f)"
+        )
+        raise TypeError(f"handler must have an async handle(message) method; {hint}")
+    function = getattr(handle, "__func__", handle)
+    if inspect.isfunction(function) and not inspect.iscoroutinefunction(function):
+        raise TypeError(
+            f"{_name(handler)}.handle must be a coroutine function (async def); "
+            "a plain function can be wrapped: FunctionHandler(async_function)"
+        )
+    return handler  # type: ignore[return-value]  # it has a callable handle
+
+
+def _name(value: object) -> str:
+    return str(getattr(value, "__qualname__", None) or type(value).__qualname__)
 
 
 _current: contextvars.ContextVar[Delivery] = contextvars.ContextVar("message_bus_delivery")

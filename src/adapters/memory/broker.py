@@ -32,8 +32,8 @@ from message_bus.domain.message import Message
 from message_bus.domain.partition import DEFAULT_PARTITIONS, check_partition_count
 from message_bus.ports.config import PublisherConfig, SubscriberConfig
 from message_bus.ports.dead_letters import DeadLetters
-from message_bus.ports.publisher import Publisher, PublishReceipt
-from message_bus.ports.subscriber import MessageHandler, Subscriber, Subscription
+from message_bus.ports.publisher import Publisher, PublishReceipt, check_request_type
+from message_bus.ports.subscriber import MessageHandler, Subscriber, Subscription, check_handler
 
 from ._core import CoreMember, CoreRoutes
 from ._durable import StreamMember
@@ -404,6 +404,7 @@ class InMemoryPublisher(Publisher):
             raise ValidationError("timeout", timeout, "must be a positive number")
         encoded = self._encode(message)
         broker = self._broker
+        check_request_type(message.message_type, broker.catalog)
         reply: asyncio.Future[Encoded] = asyncio.get_running_loop().create_future()
         if not broker._core.route(encoded, message.message_type, reply):
             raise NoRespondersError(encoded.subject)
@@ -450,8 +451,7 @@ class InMemorySubscriber(Subscriber):
         if self._closed:
             raise ClosedError("subscriber closed")
         self._broker._check_open("subscribe")
-        if not isinstance(handler, MessageHandler):
-            raise TypeError(f"handler must have an async handle(message) method, got {handler!r}")
+        check_handler(handler)
         member = self._broker._attach(self.message_type, handler, self.config)
         self._subscriptions.append(member)
         return member
