@@ -457,7 +457,8 @@ async def apply_streams(container: Container) -> list[StreamReport]:
     its streams built in: nothing to do, an empty list is returned.
 
     Returns:
-        The stream manager's report per stream.
+        The stream manager's report per stream; ``problems`` names a stream whose
+        duplicate window is shorter than the configured publishers' retry budget.
     """
     if container.backend() == "memory":
         return []
@@ -466,6 +467,7 @@ async def apply_streams(container: Container) -> list[StreamReport]:
         container.catalog(),
         replicas=container.config.streams.replicas(),
         duplicate_window=container.config.streams.duplicate_window(),
+        publisher=container.publisher_config(),
     )
 
 
