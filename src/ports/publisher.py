@@ -76,6 +76,9 @@ class Publisher(ABC):
             PublishTimeout: no acknowledgement within the publish timeout.
             PublishError: the broker rejected it (``reason`` says why, ``retryable``
                 whether trying again may help).
+            DuplicateWindowError: the stream forgets message ids sooner than a retry
+                of this publish may arrive (its duplicate window is shorter than twice
+                ``publish_timeout``); the publisher refuses the stream, nothing is sent.
             ClosedError: the publisher was closed.
         """
 

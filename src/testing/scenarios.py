@@ -1062,3 +1062,92 @@ async def hung_last_delivery_is_dead_lettered_when_its_ack_wait_expires(h: BusHa
     assert dead.deliveries == 2
     await h.settle()
     assert inbox.attempts(sent.id) == [1, 2]
+
+
+# -- bad input: refused early and typed, the same on every adapter -----------------------
+
+
+@scenario(requires=["supports_request_reply"])
+async def request_of_a_stream_backed_type_is_a_validation_error_and_nothing_is_sent(
+    h: BusHarness,
+) -> None:
+    ctx = Context(h)
+    inbox = ctx.inbox()
+    await h.subscriber(MessageType.PAYMENT_INSTRUCTION, ctx.config()).subscribe(recording(inbox))
+    request = ctx.message()  # a PaymentInstruction: stored by its stream, never answered
+    try:
+        await asyncio.wait_for(h.publisher().request(request, timeout=ctx.timeout), ctx.timeout)
+    except ValidationError as exc:
+        refusal = exc
+    else:
+        raise AssertionError("a request of a stream-backed type got a reply")
+    assert refusal.field == "message_type", refusal
+    assert "stream-backed" in refusal.reason, refusal
+    sentinel = ctx.message()
+    await h.publisher().publish(sentinel)
+    await ctx.eventually(lambda: sentinel.id in inbox.ids, "the sentinel")
+    await h.settle()
+    assert inbox.ids == [sentinel.id], "the refused request was stored"
+
+
+class _SyncHandle:
+    """Has a ``handle``, but not an async one."""
+
+    def handle(self, message: Message) -> None:
+        return None
+
+
+@scenario()
+async def subscribe_refuses_a_handler_that_cannot_handle_and_nothing_is_consumed(
+    h: BusHarness,
+) -> None:
+    ctx = Context(h)
+    config = ctx.config()
+
+    async def plain_function(message: Message) -> None:
+        return None
+
+    for wrong in (plain_function, _SyncHandle(), object()):
+        subscriber = h.subscriber(MessageType.PAYMENT_INSTRUCTION, config)
+        try:
+            await subscriber.subscribe(wrong)  # type: ignore[arg-type]
+        except TypeError as exc:
+            refusal = exc
+        else:
+            raise AssertionError(f"subscribe accepted {wrong!r}")
+        assert "FunctionHandler" in str(refusal), refusal
+    sent = ctx.message()
+    await h.publisher().publish(sent)
+    inbox = ctx.inbox()
+    await h.subscriber(MessageType.PAYMENT_INSTRUCTION, config).subscribe(recording(inbox))
+    await ctx.received_exactly_once(inbox, [sent])
+    assert inbox.attempts(sent.id) == [1], "a refused handler was delivered to"
+    assert not await ctx.has_dead_letter(sent.id)
+
+
+@scenario()
+async def header_values_arrive_exactly_as_sent(h: BusHarness) -> None:
+    """Inner whitespace, empty and non-ASCII values survive; edge whitespace, which NATS
+    clients strip in transit, is refused before anything is sent."""
+    ctx = Context(h)
+    inbox = ctx.inbox()
+    await h.subscriber(MessageType.PAYMENT_INSTRUCTION, ctx.config()).subscribe(recording(inbox))
+    headers = {
+        "X-Inner": "a  b\tc",
+        "X-Empty": "",
+        "X-Wide": "\u3000Zahlung für №42\u00a0",
+        "X-Symbols": 'a:b; c=d, "e"',
+    }
+    sent = ctx.message(headers=headers)
+    await h.publisher().publish(sent)
+    await ctx.received_exactly_once(inbox, [sent])
+    received = _without_trace_context(inbox.items[0].message.headers)
+    assert received == {RUN_HEADER: ctx.run, **headers}, received
+    for padded in (" lead", "trail ", "\ttab"):
+        try:
+            ctx.message(headers={"X-Padded": padded})
+        except ValidationError as exc:
+            refusal = exc
+        else:
+            raise AssertionError(f"header value {padded!r} was accepted")
+        assert refusal.field == "headers['X-Padded']", refusal

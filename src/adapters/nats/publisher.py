@@ -17,6 +17,7 @@ from message_bus.domain.errors import (
     NoRespondersError,
     PublishBatchError,
     PublishError,
+    PublishTimeout,
     RequestTimeout,
     ValidationError,
 )
@@ -106,8 +107,6 @@ class JetStreamPublisher(Publisher):
         if self._closed:
             raise ClosedError("the publisher was closed")
         block = self._codec.encode_block(message)
-        if id(message.message_type) in self._windows.pending:
-            await self._windows.check(message.message_type)
         breaker = self.breaker
         if not breaker.clean:  # before() lets every call through while clean
             retry_after = breaker.before()
@@ -130,8 +129,15 @@ class JetStreamPublisher(Publisher):
                         message.id, block.subject, None, None, False, block.partition
                     )
         try:
+            deadline = None
+            if id(message.message_type) in self._windows.pending:  # once per stream
+                deadline = await self._check_window(message, block.subject)
             receipt = await self._sender.send(
-                message.id, block, jetstream=jetstream, message_type=message.message_type
+                message.id,
+                block,
+                jetstream=jetstream,
+                message_type=message.message_type,
+                deadline=deadline,
             )
         except PublishError as exc:
             if breaker.threshold:
@@ -146,6 +152,22 @@ class JetStreamPublisher(Publisher):
         breaker.success()
         return receipt
 
+    async def _check_window(self, message: Message, subject: str) -> float:
+        """Refuse a stream whose duplicate window is too short, looked up within the
+        publish's own budget; return the publish's deadline (an event-loop time).
+
+        Raises:
+            DuplicateWindowError: the stream forgets ids sooner than a retry may come.
+            PublishTimeout: the lookup took the whole budget.
+        """
+        loop = asyncio.get_running_loop()
+        timeout = self.config.publish_timeout
+        deadline = loop.time() + timeout
+        await self._windows.check(message.message_type, timeout)
+        if loop.time() >= deadline:
+            raise PublishTimeout(message.id, subject, "no answer to the stream lookup")
+        return deadline
+
     async def publish_many(self, messages: Sequence[Message]) -> list[PublishReceipt]:
         if self._closed:
             raise ClosedError("the publisher was closed")
@@ -155,7 +177,7 @@ class JetStreamPublisher(Publisher):
             return []
         pending = self._windows.pending
         for message_type in {m.message_type for m in messages if id(m.message_type) in pending}:
-            await self._windows.check(message_type)
+            await self._windows.check(message_type, self.config.publish_timeout)
         ids = [message.id for message in messages]
         breaker = self.breaker
         if breaker.threshold:

@@ -51,25 +51,35 @@ class WindowGuard:
         self._refused: dict[str, float] = {}  # stream -> its (too short) window
         self._lookups: dict[str, asyncio.Future[None]] = {}
 
-    async def check(self, message_type: MessageType) -> None:
+    async def check(self, message_type: MessageType, timeout: float) -> None:
         """Raise :class:`DuplicateWindowError` if ``message_type``'s stream forgets ids
-        sooner than a publish may retry; look the stream up if not done yet."""
+        sooner than a publish may retry; look the stream up if not done yet.
+
+        Waits at most ``timeout`` seconds (part of the publish's own budget): a lookup
+        still running then goes on for later publishes, and this one goes ahead.
+        """
         stream = self._stream_of.get(id(message_type))
         if stream is None or id(message_type) not in self.pending:
             return
         refused = self._refused.get(stream)
         if refused is not None:
             self.config.check_duplicate_window(stream, refused)  # raises, a fresh error
-        if not self.client.is_connected:
-            return  # not now: the publish waits for the connection itself; checked later
+        if self.client.live_connection is None:
+            return  # not now (reconnecting, draining): the publish handles it; checked later
         lookup = self._lookups.get(stream)
         if lookup is None:
             lookup = self._lookups[stream] = asyncio.ensure_future(self._look_up(stream))
             lookup.add_done_callback(lambda _: self._lookups.pop(stream, None))
-        await asyncio.shield(lookup)
+        try:
+            await asyncio.wait_for(asyncio.shield(lookup), timeout)
+        except TimeoutError:
+            return
+        refused = self._refused.get(stream)
+        if refused is not None:
+            self.config.check_duplicate_window(stream, refused)  # raises
 
     async def _look_up(self, stream: str) -> None:
-        timeout = min(self.client.config.api_timeout, self.config.publish_timeout)
+        timeout = self.client.config.api_timeout
         try:
             info = await asyncio.wait_for(self.client.jetstream.stream_info(stream), timeout)
         except nats.js.errors.NotFoundError:
@@ -82,8 +92,8 @@ class WindowGuard:
             self.config.check_duplicate_window(stream, window)
         except DuplicateWindowError as exc:
             log.error("refusing to publish to %s: %s", stream, exc)
-            self._refused[stream] = window
-            raise
+            self._refused[stream] = window  # check() raises it, for every waiter
+            return
         self.pending.difference_update(
             key for key, name in self._stream_of.items() if name == stream
         )
