@@ -7,6 +7,7 @@ either the bus's own classes or the built-in ones.
 
 from __future__ import annotations
 
+import math
 from enum import StrEnum
 from typing import Any
 
@@ -227,10 +228,20 @@ class RetryableError(HandlerError):
 
     Attributes:
         delay: seconds to wait before redelivery; ``None`` lets the subscriber compute
-            an exponential delay from the delivery count.
+            an exponential delay from the delivery count. A NaN or infinite delay raises
+            :class:`ValidationError` here (which the subscriber then treats like any
+            other failure: NAK with its own backoff).
     """
 
     def __init__(self, reason: str, *, delay: float | None = None) -> None:
+        if delay is not None and (
+            isinstance(delay, bool)
+            or not isinstance(delay, int | float)
+            or not math.isfinite(delay)
+        ):
+            # A NaN or infinite delay cannot be scheduled (nor sent to JetStream):
+            # refused here, where the handler's author sees it, not in the adapter.
+            raise ValidationError("delay", delay, "must be a finite number of seconds or None")
         self.reason = reason
         self.delay = delay
         super().__init__(reason)

@@ -25,11 +25,13 @@ from message_bus import (
     MessageType,
     PartitionKey,
     PublisherConfig,
+    RetryableError,
     SubscriberConfig,
     ValidationError,
     WireCodec,
+    current_delivery,
 )
-from message_bus.adapters.memory import InMemoryBroker
+from message_bus.adapters.memory import InMemoryBroker, ManualClock
 from message_bus.adapters.nats.framing import BlockCodec
 from message_bus.app.cli import run_cli
 from message_bus.app.config import load_settings
@@ -384,3 +386,32 @@ async def test_a_memory_container_starts_with_the_defaults() -> None:
     container = build_container(load_settings(environ={"DELTRAN_BACKEND": "memory"}))
     await start_container(container)
     await shutdown_container(container)
+
+
+@pytest.mark.parametrize("delay", [*NON_FINITE, "1"])
+def test_a_retryable_error_refuses_a_delay_that_cannot_be_scheduled(delay: Any) -> None:
+    with pytest.raises(ValidationError) as caught:
+        RetryableError("ledger busy", delay=delay)
+    assert caught.value.field == "delay"
+
+
+async def test_a_handler_raising_a_non_finite_delay_is_naked_with_the_backoff() -> None:
+    clock = ManualClock()
+    attempts: list[int] = []
+
+    async def busy(message: Message) -> None:
+        attempts.append(current_delivery().attempt)
+        if len(attempts) == 1:
+            raise RetryableError("ledger busy", delay=math.inf)
+
+    async with InMemoryBroker(clock=clock) as broker:
+        config = SubscriberConfig(nak_initial_delay=2.0, ack_wait=30.0)
+        await broker.subscriber(MessageType.PAYMENT_INSTRUCTION, config).subscribe(
+            FunctionHandler(busy)
+        )
+        await broker.publisher().publish(new({"amount": "1"}))
+        await broker.settle()
+        assert attempts == [1]
+        clock.advance(2.0)
+        await broker.settle()
+        assert attempts == [1, 2]
