@@ -259,7 +259,8 @@ class StreamSettings:
     duplicate_window: float = _setting(
         120.0,
         "DELTRAN_DUPLICATE_WINDOW",
-        "Seconds a message id is remembered for deduplication.",
+        "Seconds a message id is remembered for deduplication; at least twice "
+        "`publisher.publish_timeout` (else a retry could be stored twice).",
     )
 
 
