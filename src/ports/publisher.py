@@ -17,6 +17,7 @@ Contract, for every adapter:
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from types import TracebackType
@@ -48,13 +49,18 @@ class PublishReceipt(msgspec.Struct, frozen=True):
     partition: int | None = None
 
 
-def check_request_type(message_type: MessageType, catalog: StreamCatalog) -> None:
-    """Raise :class:`ValidationError` unless ``message_type`` can be sent as a request.
+def check_request(message_type: MessageType, timeout: float, catalog: StreamCatalog) -> None:
+    """Raise :class:`ValidationError` unless a request of ``message_type`` with
+    ``timeout`` can be sent; every adapter and the CLI call it before any I/O.
 
     Request-reply is core NATS: a stream-backed type would be stored by its stream
     (which answers with a publish acknowledgement, not a reply), whatever the
-    publisher's ``use_jetstream``. Every adapter and the CLI call it before any I/O.
+    publisher's ``use_jetstream``. The timeout must be a finite number of seconds > 0
+    (a NaN deadline never expires).
     """
+    ok = isinstance(timeout, int | float) and not isinstance(timeout, bool)
+    if not ok or not math.isfinite(timeout) or timeout <= 0:
+        raise ValidationError("timeout", timeout, "must be a finite number of seconds > 0")
     if catalog.stream_for(message_type) is not None:
         core_only = ", ".join(t.value for t in MessageType if catalog.stream_for(t) is None)
         raise ValidationError(
@@ -107,8 +113,9 @@ class Publisher(ABC):
         """Send a request and wait for one reply message.
 
         Raises:
-            ValidationError: the message is of a stream-backed type (see
-                :func:`check_request_type`), or cannot be encoded; nothing was sent.
+            ValidationError: the message is of a stream-backed type or the timeout is
+                not a finite number > 0 (see :func:`check_request`), or the message
+                cannot be encoded; nothing was sent.
             NoRespondersError: nobody is subscribed to answer (raised at once).
             RequestTimeout: no reply within ``timeout`` seconds.
             ClosedError: the publisher was closed.

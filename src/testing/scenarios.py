@@ -1090,6 +1090,23 @@ async def request_of_a_stream_backed_type_is_a_validation_error_and_nothing_is_s
     assert inbox.ids == [sentinel.id], "the refused request was stored"
 
 
+@scenario(requires=["supports_request_reply"])
+async def request_timeout_must_be_a_finite_number_of_seconds(h: BusHarness) -> None:
+    ctx = Context(h)
+    request = ctx.message(message_type=MessageType.RISK_ASSESSMENT)
+    publisher = h.publisher()
+    for timeout in (float("nan"), float("inf"), 0.0, -1.0):
+        try:
+            await asyncio.wait_for(publisher.request(request, timeout=timeout), ctx.timeout)
+        except ValidationError as exc:
+            refusal = exc
+        except (NoRespondersError, TimeoutError) as exc:
+            raise AssertionError(f"timeout={timeout} was accepted: {exc!r}") from exc
+        else:
+            raise AssertionError(f"timeout={timeout} was accepted")
+        assert refusal.field == "timeout", refusal
+
+
 class _SyncHandle:
     """Has a ``handle``, but not an async one."""
 

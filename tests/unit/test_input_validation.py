@@ -415,3 +415,11 @@ async def test_a_handler_raising_a_non_finite_delay_is_naked_with_the_backoff() 
         clock.advance(2.0)
         await broker.settle()
         assert attempts == [1, 2]
+
+
+@pytest.mark.parametrize("window", [math.nan, math.inf, 0.0, -1.0])
+def test_the_memory_broker_refuses_a_window_that_is_not_a_finite_positive_number(
+    window: float,
+) -> None:
+    with pytest.raises(ValidationError, match="duplicate_window"):
+        InMemoryBroker(duplicate_window=window)

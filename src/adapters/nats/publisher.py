@@ -23,7 +23,7 @@ from message_bus.domain.errors import (
 )
 from message_bus.domain.message import Message
 from message_bus.ports.config import PublisherConfig
-from message_bus.ports.publisher import Publisher, PublishReceipt, check_request_type
+from message_bus.ports.publisher import Publisher, PublishReceipt, check_request
 
 from .breaker import CircuitBreaker
 from .client import NatsClient
@@ -210,7 +210,7 @@ class JetStreamPublisher(Publisher):
     async def request(self, message: Message, timeout: float = 5.0) -> Message:
         if self._closed:
             raise ClosedError("the publisher was closed")
-        check_request_type(message.message_type, self.catalog)
+        check_request(message.message_type, timeout, self.catalog)
         encoded = self._codec.encode(message)
         subject = encoded.subject
         loop = asyncio.get_running_loop()
