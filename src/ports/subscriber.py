@@ -33,12 +33,13 @@ from __future__ import annotations
 import contextvars
 import inspect
 import logging
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from typing import Protocol, runtime_checkable
 
 from message_bus.domain.catalog import MessageType
-from message_bus.domain.errors import MessageBusError
+from message_bus.domain.errors import MessageBusError, ValidationError
 from message_bus.domain.message import Message
 
 from .config import SubscriberConfig
@@ -75,7 +76,12 @@ class Delivery(ABC):
 
     @abstractmethod
     async def nak(self, delay: float | None = None) -> None:
-        """Processing failed for now: redeliver after ``delay`` seconds (None = at once)."""
+        """Processing failed for now: redeliver after ``delay`` seconds (None = at once).
+
+        Raises:
+            ValidationError: ``delay`` is NaN or infinite (see :func:`check_delay`);
+                the delivery is left unsettled.
+        """
 
     @abstractmethod
     async def term(self, reason: str) -> None:
@@ -172,6 +178,17 @@ def check_handler(handler: object) -> MessageHandler:
             "a plain function can be wrapped: FunctionHandler(async_function)"
         )
     return handler  # type: ignore[return-value]  # it has a callable handle
+
+
+def check_delay(delay: float | None) -> None:
+    """Raise :class:`ValidationError` unless ``delay`` is None or a finite number of
+    seconds: a NaN or infinite redelivery delay cannot be scheduled. Adapters call it
+    first thing in :meth:`Delivery.nak`, so the delivery stays unsettled."""
+    if delay is None:
+        return
+    ok = isinstance(delay, int | float) and not isinstance(delay, bool)
+    if not ok or not math.isfinite(delay):
+        raise ValidationError("delay", delay, "must be a finite number of seconds or None")
 
 
 def _name(value: object) -> str:

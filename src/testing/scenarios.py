@@ -1107,6 +1107,39 @@ async def request_timeout_must_be_a_finite_number_of_seconds(h: BusHarness) -> N
         assert refusal.field == "timeout", refusal
 
 
+@scenario()
+async def nak_with_a_non_finite_delay_is_refused_and_the_failure_naked_with_the_backoff(
+    h: BusHarness,
+) -> None:
+    ctx = Context(h)
+    inbox = ctx.inbox()
+    refusals: list[str] = []
+
+    async def nak_forever(message: Message) -> None:
+        received = inbox.record(message)
+        if received is None or received.attempt > 1:
+            return
+        try:
+            await current_delivery().nak(float("inf"))
+        except ValidationError as exc:
+            refusals.append(exc.field)
+            raise  # a failure like any other: NAK with the subscriber's backoff
+        refusals.append("accepted")
+
+    config = ctx.config(
+        nak_initial_delay=ctx.ack_wait, nak_max_delay=ctx.ack_wait, ack_wait=ctx.timeout * 3
+    )
+    await h.subscriber(MessageType.PAYMENT_INSTRUCTION, config).subscribe(
+        FunctionHandler(nak_forever)
+    )
+    sent = ctx.message()
+    await h.publisher().publish(sent)
+    await ctx.eventually(lambda: inbox.attempts(sent.id) == [1], "the first delivery")
+    await h.advance(ctx.beyond(ctx.ack_wait))
+    await ctx.eventually(lambda: inbox.attempts(sent.id) == [1, 2], "the redelivery")
+    assert refusals == ["delay"], refusals
+
+
 class _SyncHandle:
     """Has a ``handle``, but not an async one."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import NamedTuple, Protocol
 
 from message_bus.domain.message import Message
-from message_bus.ports.subscriber import Delivery
+from message_bus.ports.subscriber import Delivery, check_delay
 
 ACK = b"+ACK"
 NAK = b"-NAK"
@@ -94,6 +94,7 @@ class JetStreamDelivery(Delivery):
         await self._owner.settle(self._raw.reply, ACK)
 
     async def nak(self, delay: float | None = None) -> None:
+        check_delay(delay)
         if self._settled:
             return
         self._settled = True
