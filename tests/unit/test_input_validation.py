@@ -423,3 +423,17 @@ def test_the_memory_broker_refuses_a_window_that_is_not_a_finite_positive_number
 ) -> None:
     with pytest.raises(ValidationError, match="duplicate_window"):
         InMemoryBroker(duplicate_window=window)
+
+
+@given(st.floats())
+def test_a_publish_timeout_from_the_environment_is_accepted_exactly_when_it_is_usable(
+    value: float,
+) -> None:
+    """Finite, positive, and within the default 120 s duplicate window's budget (60 s)."""
+    environ = {"DELTRAN_PUBLISH_TIMEOUT": repr(value)}
+    if math.isfinite(value) and 0 < value <= 60:
+        assert load_settings(environ=environ).publisher.publish_timeout == value
+        return
+    with pytest.raises(ValidationError) as caught:
+        load_settings(environ=environ)
+    assert caught.value.field in ("DELTRAN_PUBLISH_TIMEOUT", "streams.duplicate_window (default)")
