@@ -36,7 +36,7 @@ from typing import Any, Literal, get_args, get_origin
 from message_bus.adapters.nats import NatsConfig
 from message_bus.domain.errors import ValidationError
 from message_bus.domain.partition import MAX_PARTITIONS
-from message_bus.ports.config import PublisherConfig, SubscriberConfig
+from message_bus.ports.config import DUPLICATE_WINDOW_FACTOR, PublisherConfig, SubscriberConfig
 
 __all__ = [
     "BACKENDS",
@@ -273,7 +273,8 @@ class StreamSettings:
     duplicate_window: float = _setting(
         120.0,
         "DELTRAN_DUPLICATE_WINDOW",
-        "Seconds a message id is remembered for deduplication.",
+        "Seconds a message id is remembered for deduplication; at least twice "
+        "`publisher.publish_timeout` (else a retry could be stored twice).",
     )
 
 
@@ -521,9 +522,12 @@ def _from_text(setting: Setting, source: str, text: str) -> Any:
             raise ValidationError(source, text, "must be an integer") from None
     if base is float:
         try:
-            return float(stripped)
+            number = float(stripped)
         except ValueError:
             raise ValidationError(source, text, "must be a number of seconds") from None
+        if not math.isfinite(number):  # float() reads "nan", "inf", "Infinity"
+            raise ValidationError(source, text, "must be a finite number")
+        return number
     if _is_list(base):
         return tuple(part.strip() for part in text.split(",") if part.strip())
     return text
@@ -543,6 +547,8 @@ def _from_toml(setting: Setting, source: str, value: Any) -> Any:
     if base is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValidationError(source, value, "must be a number of seconds")
+        if not math.isfinite(value):  # TOML has nan and inf
+            raise ValidationError(source, value, "must be a finite number")
         return float(value)
     if _is_list(base):
         if isinstance(value, str):
@@ -710,7 +716,33 @@ def _build(values: Mapping[str, tuple[Any, str]]) -> BusSettings:
     configs = {section: _config(section, plain, values) for section in _CONFIGS}
     own = {name: cls(**plain.get(name, {})) for name, cls in _APP_SECTIONS.items()}
     top = {k: v for k, v in plain.items() if k in _REFERENCE and k not in _CONFIG_FIELDS}
-    return BusSettings(**top, **configs, **own)
+    settings = BusSettings(**top, **configs, **own)
+    _check_duplicate_window(settings, values)
+    return settings
+
+
+def _check_duplicate_window(settings: BusSettings, values: Mapping[str, tuple[Any, str]]) -> None:
+    """The streams' duplicate window must outlive every retry of one publish.
+
+    Raises:
+        ValidationError: naming where the window and the publish timeout came from.
+    """
+    publisher = settings.publisher
+    window = settings.streams.duplicate_window
+    if window >= publisher.min_duplicate_window:
+        return
+    key = "publisher.publish_timeout"
+    timeout_source = _origin(key, values, f"{key} (default)")
+    if timeout_source != key and not timeout_source.startswith(key):
+        timeout_source = f"{key} from {timeout_source}"
+    raise ValidationError(
+        _origin("streams.duplicate_window", values, "streams.duplicate_window (default)"),
+        window,
+        f"must be at least {publisher.min_duplicate_window:g}s, "
+        f"{DUPLICATE_WINDOW_FACTOR:g} x the publish timeout of {publisher.publish_timeout:g}s "
+        f"({timeout_source}): a publish retried after the window closed would be stored "
+        "twice; lengthen the window or shorten the timeout",
+    )
 
 
 def _config(section: str, plain: Mapping[str, Any], values: Mapping[str, tuple[Any, str]]) -> Any:

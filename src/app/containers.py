@@ -25,6 +25,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import logging
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -80,6 +82,7 @@ __all__ = [
 
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 async def resolve(provided: T | Awaitable[T]) -> T:
@@ -185,7 +188,9 @@ async def _embedded_server(
         await asyncio.to_thread(server.stop)
 
 
-async def _nats_client(config: NatsConfig, metrics: BusMetrics) -> AsyncIterator[NatsClient]:
+async def _nats_client(
+    config: NatsConfig, metrics: BusMetrics, subscribers: weakref.WeakSet[Subscriber]
+) -> AsyncIterator[NatsClient]:
     from message_bus.adapters.nats import NatsClient
 
     client = NatsClient(config)
@@ -194,7 +199,32 @@ async def _nats_client(config: NatsConfig, metrics: BusMetrics) -> AsyncIterator
         await client.connect()
         yield client
     finally:
-        await client.close()
+        await _drain(client, subscribers, config.drain_timeout)
+
+
+async def _drain(
+    client: NatsClient, subscribers: weakref.WeakSet[Subscriber], timeout: float
+) -> None:
+    """Close ``client`` without losing the acks of handlers in flight.
+
+    Every subscriber the container handed out is closed first (its handlers in flight
+    finish and their deliveries are settled; nothing new starts), then the client
+    drains, so the acks written last are flushed before the connection closes. Both
+    steps together take at most about ``timeout`` seconds; what is still running then
+    is cut off (its messages are redelivered after ``ack_wait``).
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    open_subscribers = list(subscribers)
+    if open_subscribers and not client.is_closed:
+        closing = asyncio.gather(*(s.close() for s in open_subscribers), return_exceptions=True)
+        try:
+            await asyncio.wait_for(closing, timeout)
+        except TimeoutError:
+            log.warning("subscribers still busy after drain_timeout (%gs): closing anyway", timeout)
+    if loop.time() < deadline:
+        await client.drain()  # nats-py bounds it by the same drain_timeout
+    await client.close()
 
 
 def _server_urls(server: EmbeddedNatsServer) -> list[str]:
@@ -238,6 +268,7 @@ def _nats_subscriber(
     catalog: StreamCatalog,
     publisher_config: PublisherConfig,
     telemetry: Telemetry,
+    opened: weakref.WeakSet[Subscriber],
     ephemeral: bool = False,
 ) -> Subscriber:
     from message_bus.adapters.nats import JetStreamSubscriber
@@ -250,6 +281,7 @@ def _nats_subscriber(
         publisher_config=publisher_config,  # for the dead letters it publishes
         ephemeral=ephemeral,
     )
+    opened.add(inner)  # closed (handlers in flight settled) before the client closes
     return telemetry.subscriber(inner)
 
 
@@ -312,7 +344,12 @@ class Container(containers.DeclarativeContainer):
         embedded=providers.Callable(_server_urls, embedded_server),
     )
     nats_config = providers.Factory(_nats_config, config.nats, urls=nats_urls)
-    nats_client = providers.Resource(_nats_client, config=nats_config, metrics=metrics)
+    nats_subscribers: providers.Singleton[weakref.WeakSet[Subscriber]] = providers.Singleton(
+        weakref.WeakSet
+    )
+    nats_client = providers.Resource(
+        _nats_client, config=nats_config, metrics=metrics, subscribers=nats_subscribers
+    )
     connection = providers.Selector(
         backend, memory=memory_broker, nats=nats_client, embedded=nats_client
     )
@@ -340,6 +377,7 @@ class Container(containers.DeclarativeContainer):
         catalog=catalog,
         publisher_config=publisher_config,
         telemetry=telemetry,
+        opened=nats_subscribers,
     )
     subscriber = providers.Selector(
         backend,
@@ -401,7 +439,13 @@ _SHUTDOWN_ORDER = ("nats_client", "embedded_server", "memory_broker")
 
 
 async def shutdown_container(container: Container) -> None:
-    """Close what :func:`start_container` started: client, then server, then broker."""
+    """Close what :func:`start_container` started: client, then server, then broker.
+
+    The NATS client is closed only after the subscribers the container handed out were
+    closed and the connection drained, bounded by ``nats.drain_timeout``: a handler in
+    flight at shutdown finishes and its ack reaches the server. The memory broker
+    stops its subscriptions the same way.
+    """
     for name in _SHUTDOWN_ORDER:
         resource = getattr(container, name)
         if resource.initialized:
@@ -417,7 +461,8 @@ async def apply_streams(container: Container) -> list[StreamReport]:
     its streams built in: nothing to do, an empty list is returned.
 
     Returns:
-        The stream manager's report per stream.
+        The stream manager's report per stream; ``problems`` names a stream whose
+        duplicate window is shorter than the configured publishers' retry budget.
     """
     if container.backend() == "memory":
         return []
@@ -426,6 +471,7 @@ async def apply_streams(container: Container) -> list[StreamReport]:
         container.catalog(),
         replicas=container.config.streams.replicas(),
         duplicate_window=container.config.streams.duplicate_window(),
+        publisher=container.publisher_config(),
     )
 
 

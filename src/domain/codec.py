@@ -16,7 +16,7 @@ import msgspec
 
 from .catalog import MessageType
 from .errors import DecodeError, ValidationError
-from .message import Message, check_header, check_id
+from .message import Message, check_header, check_id, check_payload_numbers
 from .partition import DEFAULT_PARTITIONS, PartitionKey, check_partition_count, partition_of
 
 H_MSG_ID = "Nats-Msg-Id"
@@ -122,12 +122,15 @@ def encode_payload(payload: Any) -> bytes:
     """The payload as JSON bytes.
 
     Raises:
-        ValidationError: the payload is not JSON-compatible.
+        ValidationError: the payload is not JSON-compatible, or holds a NaN or infinite
+            number (``field`` is its JSON path, e.g. ``payload.amount``).
     """
     try:
-        return JSON_ENCODER.encode(payload)
+        body = JSON_ENCODER.encode(payload)
     except (TypeError, ValueError, OverflowError) as exc:
         raise ValidationError("payload", payload, f"is not JSON-encodable: {exc}") from exc
+    check_payload_numbers(payload, body)
+    return body
 
 
 class WireCodec:

@@ -7,6 +7,7 @@ either the bus's own classes or the built-in ones.
 
 from __future__ import annotations
 
+import math
 from enum import StrEnum
 from typing import Any
 
@@ -168,6 +169,31 @@ class StreamError(MessageBusError):
         super().__init__(f"stream {stream}: {reason}")
 
 
+class DuplicateWindowError(StreamError, ValueError):
+    """A stream forgets message ids sooner than a publisher may still retry one: a
+    retry after the window closed would be stored as a second copy.
+
+    Attributes:
+        stream: the stream's name.
+        duplicate_window: its duplicate window (seconds).
+        publish_timeout: the publisher's whole retry budget (seconds).
+        required: the shortest window that budget allows (seconds).
+    """
+
+    def __init__(
+        self, stream: str, duplicate_window: float, publish_timeout: float, required: float
+    ) -> None:
+        self.duplicate_window = duplicate_window
+        self.publish_timeout = publish_timeout
+        self.required = required
+        super().__init__(
+            stream,
+            f"duplicate window {duplicate_window:g}s is shorter than {required:g}s, twice "
+            f"the publish_timeout of {publish_timeout:g}s (the retry budget): a retry "
+            "could be stored as a second copy; lengthen the window or shorten the timeout",
+        )
+
+
 class ClosedError(MessageBusError):
     """The publisher, subscriber or connection was used after close()."""
 
@@ -202,10 +228,20 @@ class RetryableError(HandlerError):
 
     Attributes:
         delay: seconds to wait before redelivery; ``None`` lets the subscriber compute
-            an exponential delay from the delivery count.
+            an exponential delay from the delivery count. A NaN or infinite delay raises
+            :class:`ValidationError` here (which the subscriber then treats like any
+            other failure: NAK with its own backoff).
     """
 
     def __init__(self, reason: str, *, delay: float | None = None) -> None:
+        if delay is not None and (
+            isinstance(delay, bool)
+            or not isinstance(delay, int | float)
+            or not math.isfinite(delay)
+        ):
+            # A NaN or infinite delay cannot be scheduled (nor sent to JetStream):
+            # refused here, where the handler's author sees it, not in the adapter.
+            raise ValidationError("delay", delay, "must be a finite number of seconds or None")
         self.reason = reason
         self.delay = delay
         super().__init__(reason)

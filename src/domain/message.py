@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from decimal import Decimal
 from types import MappingProxyType
 from typing import Any, TypeVar
 
@@ -23,6 +26,16 @@ _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _FORBIDDEN_IN_VALUE = re.compile(r"[\r\n\x00\ud800-\udfff]")
 _ID = re.compile(r"[!-~]{1,128}")  # printable ASCII, no space, no control characters
 _EMPTY: Mapping[str, str] = MappingProxyType({})
+_EDGE_SPACE = " \t\x0b\x0c"
+"""What NATS clients strip from both ends of a header value (``bytes.strip`` and Go's
+``textproto`` trim ASCII whitespace; CR and LF are refused anyway)."""
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_PROBE = msgspec.json.Encoder(decimal_format="string")
+_NON_FINITE_MARKS = (b"null", b"NaN", b"Infinity")
+"""What a non-finite number turns into in JSON: msgspec writes a NaN or infinite float
+as ``null``, a NaN or infinite Decimal as ``"NaN"`` / ``"Infinity"``. A body without
+any of them holds no non-finite number, so only such bodies are searched."""
+_MAX_DEPTH = 1000
 
 
 def check_header(name: object, value: object) -> None:
@@ -40,6 +53,74 @@ def check_header(name: object, value: object) -> None:
         raise ValidationError(
             f"headers[{name!r}]", value, "header value holds CR, LF or NUL, or a lone surrogate"
         )
+    if value and (value[0] in _EDGE_SPACE or value[-1] in _EDGE_SPACE):
+        raise ValidationError(
+            f"headers[{name!r}]",
+            value,
+            "header value starts or ends with whitespace (NATS clients strip it in transit)",
+        )
+
+
+def check_payload_numbers(payload: Any, body: bytes | None = None) -> None:
+    """Raise :class:`ValidationError` if ``payload`` holds a NaN or infinite number.
+
+    JSON has no NaN or infinity: a float one would travel as ``null`` and a Decimal one
+    as a string, so the handler would get something other than what was sent. The
+    error's ``field`` is the JSON path of the first one (``payload.amount``,
+    ``payload.legs[1].fee``).
+
+    Args:
+        payload: the payload (JSON-compatible values, msgspec Structs, dataclasses).
+        body: ``payload`` already encoded as JSON, if the caller has it: a body without
+            ``null``, ``NaN`` or ``Infinity`` needs no search.
+    """
+    if body is None:
+        try:
+            body = _PROBE.encode(payload)
+        except (TypeError, ValueError, OverflowError):
+            body = None  # not JSON at all: the encoder says so at publish; search anyway
+    if body is not None and not any(mark in body for mark in _NON_FINITE_MARKS):
+        return
+    found = _non_finite(payload, "payload", 0)
+    if found is not None:
+        path, value = found
+        raise ValidationError(path, value, "is not a finite number (JSON has no NaN or infinity)")
+
+
+def _non_finite(value: Any, path: str, depth: int) -> tuple[str, Any] | None:
+    """(JSON path, value) of the first NaN or infinite number in ``value``, else None."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (path, value)
+    if isinstance(value, Decimal):
+        return None if value.is_finite() else (path, value)
+    if depth >= _MAX_DEPTH or isinstance(value, str | bytes | int):
+        return None
+    children: Any
+    names: tuple[str, ...] | None = None
+    if isinstance(value, Mapping):
+        children = ((_member(path, key), item) for key, item in value.items())
+    elif isinstance(value, list | tuple | set | frozenset):
+        children = ((f"{path}[{index}]", item) for index, item in enumerate(value))
+    elif isinstance(value, msgspec.Struct):
+        names = value.__struct_fields__
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        names = tuple(f.name for f in dataclasses.fields(value))
+    else:
+        return None
+    if names is not None:
+        children = ((f"{path}.{name}", getattr(value, name)) for name in names)
+    for where, item in children:
+        found = _non_finite(item, where, depth + 1)
+        if found is not None:
+            return found
+    return None
+
+
+def _member(path: str, key: object) -> str:
+    """The JSON path of ``key`` in the object at ``path``: ``a.b`` or ``a['b c']``."""
+    if isinstance(key, str) and _IDENTIFIER.fullmatch(key):
+        return f"{path}.{key}"
+    return f"{path}[{key!r}]"
 
 
 def check_id(field: str, value: object) -> str:
@@ -119,6 +200,7 @@ class Message(msgspec.Struct, frozen=True, kw_only=True):
             check_id("correlation_id", correlation_id)
         if causation_id is not None:
             check_id("causation_id", causation_id)
+        check_payload_numbers(payload)
         if created_at is None:
             created_at = datetime.now(UTC)
         elif created_at.tzinfo is None:

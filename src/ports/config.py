@@ -7,7 +7,7 @@ import re
 import secrets
 from dataclasses import dataclass
 
-from message_bus.domain.errors import ValidationError
+from message_bus.domain.errors import DuplicateWindowError, ValidationError
 from message_bus.domain.partition import DEFAULT_PARTITIONS, PartitionKey, check_partition_count
 
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -58,6 +58,26 @@ def check_consumer_name_part(field: str, value: object) -> str:
     return value
 
 
+MAX_BACKOFF_EXPONENT = 62
+"""Doublings after which a backoff stops growing: ``initial * 2**62`` is past any cap
+that makes sense, and an unbounded ``2 ** attempt`` overflows a float (``2 ** 1024``)."""
+
+DUPLICATE_WINDOW_FACTOR = 2.0
+"""A stream's duplicate window must be at least this many times a publisher's
+``publish_timeout``: every retry of one ``publish`` is sent within ``publish_timeout`` of
+the first attempt, so a window this long still remembers the first copy's id when the
+last retry arrives, with as much time again as margin (clock steps, a slow server)."""
+
+
+def capped_backoff(initial: float, cap: float, attempt: int) -> float:
+    """``initial * 2 ** (attempt - 1)``, at most ``cap``; never overflows.
+
+    Monotonic in ``attempt``; attempts below 1 count as 1.
+    """
+    exponent = min(max(attempt, 1) - 1, MAX_BACKOFF_EXPONENT)
+    return float(min(cap, initial * 2.0**exponent))
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PublisherConfig:
     """How a publisher talks to the broker.
@@ -101,7 +121,24 @@ class PublisherConfig:
 
     def retry_delay(self, attempt: int) -> float:
         """Backoff cap after failed attempt number ``attempt`` (1-based), before jitter."""
-        return float(min(self.max_retry_delay, self.initial_retry_delay * 2 ** (attempt - 1)))
+        return capped_backoff(self.initial_retry_delay, self.max_retry_delay, attempt)
+
+    @property
+    def min_duplicate_window(self) -> float:
+        """The shortest duplicate window a stream may have for this publisher (seconds):
+        :data:`DUPLICATE_WINDOW_FACTOR` times ``publish_timeout``, the whole retry budget
+        of one publish."""
+        return DUPLICATE_WINDOW_FACTOR * self.publish_timeout
+
+    def check_duplicate_window(self, stream: str, duplicate_window: float) -> None:
+        """Raise :class:`DuplicateWindowError` unless ``stream``'s window outlives every
+        retry of one publish (see :attr:`min_duplicate_window`)."""
+        window = duplicate_window
+        ok = isinstance(window, int | float) and math.isfinite(window)
+        if not ok or window < self.min_duplicate_window:
+            raise DuplicateWindowError(
+                stream, window, self.publish_timeout, self.min_duplicate_window
+            )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -196,4 +233,4 @@ class SubscriberConfig:
 
     def nak_delay(self, attempt: int) -> float:
         """Redelivery delay after failed delivery number ``attempt`` (1-based)."""
-        return float(min(self.nak_max_delay, self.nak_initial_delay * 2 ** (attempt - 1)))
+        return capped_backoff(self.nak_initial_delay, self.nak_max_delay, attempt)

@@ -17,13 +17,15 @@ Contract, for every adapter:
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from types import TracebackType
 
 import msgspec
 
-from message_bus.domain.errors import PublishBatchError, PublishError
+from message_bus.domain.catalog import MessageType, StreamCatalog
+from message_bus.domain.errors import PublishBatchError, PublishError, ValidationError
 from message_bus.domain.message import Message
 
 
@@ -47,6 +49,27 @@ class PublishReceipt(msgspec.Struct, frozen=True):
     partition: int | None = None
 
 
+def check_request(message_type: MessageType, timeout: float, catalog: StreamCatalog) -> None:
+    """Raise :class:`ValidationError` unless a request of ``message_type`` with
+    ``timeout`` can be sent; every adapter and the CLI call it before any I/O.
+
+    Request-reply is core NATS: a stream-backed type would be stored by its stream
+    (which answers with a publish acknowledgement, not a reply), whatever the
+    publisher's ``use_jetstream``. The timeout must be a finite number of seconds > 0
+    (a NaN deadline never expires).
+    """
+    ok = isinstance(timeout, int | float) and not isinstance(timeout, bool)
+    if not ok or not math.isfinite(timeout) or timeout <= 0:
+        raise ValidationError("timeout", timeout, "must be a finite number of seconds > 0")
+    if catalog.stream_for(message_type) is not None:
+        core_only = ", ".join(t.value for t in MessageType if catalog.stream_for(t) is None)
+        raise ValidationError(
+            "message_type",
+            message_type.value,
+            f"is stream-backed; request-reply needs a core-only type ({core_only})",
+        )
+
+
 class Publisher(ABC):
     """Publishes messages; answers requests for core-only request-reply types."""
 
@@ -59,6 +82,9 @@ class Publisher(ABC):
             PublishTimeout: no acknowledgement within the publish timeout.
             PublishError: the broker rejected it (``reason`` says why, ``retryable``
                 whether trying again may help).
+            DuplicateWindowError: the stream forgets message ids sooner than a retry
+                of this publish may arrive (its duplicate window is shorter than twice
+                ``publish_timeout``); the publisher refuses the stream, nothing is sent.
             ClosedError: the publisher was closed.
         """
 
@@ -87,6 +113,9 @@ class Publisher(ABC):
         """Send a request and wait for one reply message.
 
         Raises:
+            ValidationError: the message is of a stream-backed type or the timeout is
+                not a finite number > 0 (see :func:`check_request`), or the message
+                cannot be encoded; nothing was sent.
             NoRespondersError: nobody is subscribed to answer (raised at once).
             RequestTimeout: no reply within ``timeout`` seconds.
             ClosedError: the publisher was closed.

@@ -47,7 +47,9 @@ settled the delivery its outcome no longer changes anything.
 from __future__ import annotations
 
 import contextvars
+import inspect
 import logging
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from types import TracebackType
@@ -59,6 +61,7 @@ from message_bus.domain.errors import (
     MessageBusError,
     RetryableError,
     SubscriptionError,
+    ValidationError,
 )
 from message_bus.domain.message import Message
 
@@ -100,7 +103,12 @@ class Delivery(ABC):
 
     @abstractmethod
     async def nak(self, delay: float | None = None) -> None:
-        """Processing failed for now: redeliver after ``delay`` seconds (None = at once)."""
+        """Processing failed for now: redeliver after ``delay`` seconds (None = at once).
+
+        Raises:
+            ValidationError: ``delay`` is NaN or infinite (see :func:`check_delay`);
+                the delivery is left unsettled.
+        """
 
     @abstractmethod
     async def term(self, reason: str) -> None:
@@ -203,6 +211,45 @@ class HandlerLimit(Protocol):
     def expired(self) -> bool:
         """Whether the limit cut the handler off."""
         ...
+
+
+def check_handler(handler: object) -> MessageHandler:
+    """Return ``handler`` if it can handle messages, else raise :class:`TypeError`.
+
+    Adapters call it in ``subscribe``, before any I/O: a plain function, or an object
+    whose ``handle`` is missing or not a coroutine function, would fail on every
+    delivery and be retried until dead-lettered.
+    """
+    handle = getattr(handler, "handle", None)
+    if handle is None or not callable(handle):
+        hint = (
+            f"wrap a function in FunctionHandler: subscribe(FunctionHandler({_name(handler)}))"
+            if callable(handler)
+            else "pass an object with an async handle(message) method, or FunctionHandler(f)"
+        )
+        raise TypeError(f"handler must have an async handle(message) method; {hint}")
+    function = getattr(handle, "__func__", handle)
+    if inspect.isfunction(function) and not inspect.iscoroutinefunction(function):
+        raise TypeError(
+            f"{_name(handler)}.handle must be a coroutine function (async def); "
+            "a plain function can be wrapped: FunctionHandler(async_function)"
+        )
+    return handler  # type: ignore[return-value]  # it has a callable handle
+
+
+def check_delay(delay: float | None) -> None:
+    """Raise :class:`ValidationError` unless ``delay`` is None or a finite number of
+    seconds: a NaN or infinite redelivery delay cannot be scheduled. Adapters call it
+    first thing in :meth:`Delivery.nak`, so the delivery stays unsettled."""
+    if delay is None:
+        return
+    ok = isinstance(delay, int | float) and not isinstance(delay, bool)
+    if not ok or not math.isfinite(delay):
+        raise ValidationError("delay", delay, "must be a finite number of seconds or None")
+
+
+def _name(value: object) -> str:
+    return str(getattr(value, "__qualname__", None) or type(value).__qualname__)
 
 
 _current: contextvars.ContextVar[Delivery] = contextvars.ContextVar("message_bus_delivery")

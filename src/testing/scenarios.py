@@ -1196,3 +1196,142 @@ async def ephemeral_reader_of_a_core_type_takes_no_share_of_a_queue_group(h: Bus
         await publisher.publish(message)
     await ctx.received_exactly_once(workers, sent)
     await ctx.received_exactly_once(reader, sent)
+
+
+# -- bad input: refused early and typed, the same on every adapter -----------------------
+
+
+@scenario(requires=["supports_request_reply"])
+async def request_of_a_stream_backed_type_is_a_validation_error_and_nothing_is_sent(
+    h: BusHarness,
+) -> None:
+    ctx = Context(h)
+    inbox = ctx.inbox()
+    await h.subscriber(MessageType.PAYMENT_INSTRUCTION, ctx.config()).subscribe(recording(inbox))
+    request = ctx.message()  # a PaymentInstruction: stored by its stream, never answered
+    try:
+        await asyncio.wait_for(h.publisher().request(request, timeout=ctx.timeout), ctx.timeout)
+    except ValidationError as exc:
+        refusal = exc
+    else:
+        raise AssertionError("a request of a stream-backed type got a reply")
+    assert refusal.field == "message_type", refusal
+    assert "stream-backed" in refusal.reason, refusal
+    sentinel = ctx.message()
+    await h.publisher().publish(sentinel)
+    await ctx.eventually(lambda: sentinel.id in inbox.ids, "the sentinel")
+    await h.settle()
+    assert inbox.ids == [sentinel.id], "the refused request was stored"
+
+
+@scenario(requires=["supports_request_reply"])
+async def request_timeout_must_be_a_finite_number_of_seconds(h: BusHarness) -> None:
+    ctx = Context(h)
+    request = ctx.message(message_type=MessageType.RISK_ASSESSMENT)
+    publisher = h.publisher()
+    for timeout in (float("nan"), float("inf"), 0.0, -1.0):
+        try:
+            await asyncio.wait_for(publisher.request(request, timeout=timeout), ctx.timeout)
+        except ValidationError as exc:
+            refusal = exc
+        except (NoRespondersError, TimeoutError) as exc:
+            raise AssertionError(f"timeout={timeout} was accepted: {exc!r}") from exc
+        else:
+            raise AssertionError(f"timeout={timeout} was accepted")
+        assert refusal.field == "timeout", refusal
+
+
+@scenario()
+async def nak_with_a_non_finite_delay_is_refused_and_the_failure_naked_with_the_backoff(
+    h: BusHarness,
+) -> None:
+    ctx = Context(h)
+    inbox = ctx.inbox()
+    refusals: list[str] = []
+
+    async def nak_forever(message: Message) -> None:
+        received = inbox.record(message)
+        if received is None or received.attempt > 1:
+            return
+        try:
+            await current_delivery().nak(float("inf"))
+        except ValidationError as exc:
+            refusals.append(exc.field)
+            raise  # a failure like any other: NAK with the subscriber's backoff
+        refusals.append("accepted")
+
+    config = ctx.config(
+        nak_initial_delay=ctx.ack_wait, nak_max_delay=ctx.ack_wait, ack_wait=ctx.timeout * 3
+    )
+    await h.subscriber(MessageType.PAYMENT_INSTRUCTION, config).subscribe(
+        FunctionHandler(nak_forever)
+    )
+    sent = ctx.message()
+    await h.publisher().publish(sent)
+    await ctx.eventually(lambda: inbox.attempts(sent.id) == [1], "the first delivery")
+    await h.advance(ctx.beyond(ctx.ack_wait))
+    await ctx.eventually(lambda: inbox.attempts(sent.id) == [1, 2], "the redelivery")
+    assert refusals == ["delay"], refusals
+
+
+class _SyncHandle:
+    """Has a ``handle``, but not an async one."""
+
+    def handle(self, message: Message) -> None:
+        return None
+
+
+@scenario()
+async def subscribe_refuses_a_handler_that_cannot_handle_and_nothing_is_consumed(
+    h: BusHarness,
+) -> None:
+    ctx = Context(h)
+    config = ctx.config()
+
+    async def plain_function(message: Message) -> None:
+        return None
+
+    for wrong in (plain_function, _SyncHandle(), object()):
+        subscriber = h.subscriber(MessageType.PAYMENT_INSTRUCTION, config)
+        try:
+            await subscriber.subscribe(wrong)  # type: ignore[arg-type]
+        except TypeError as exc:
+            refusal = exc
+        else:
+            raise AssertionError(f"subscribe accepted {wrong!r}")
+        assert "FunctionHandler" in str(refusal), refusal
+    sent = ctx.message()
+    await h.publisher().publish(sent)
+    inbox = ctx.inbox()
+    await h.subscriber(MessageType.PAYMENT_INSTRUCTION, config).subscribe(recording(inbox))
+    await ctx.received_exactly_once(inbox, [sent])
+    assert inbox.attempts(sent.id) == [1], "a refused handler was delivered to"
+    assert not await ctx.has_dead_letter(sent.id)
+
+
+@scenario()
+async def header_values_arrive_exactly_as_sent(h: BusHarness) -> None:
+    """Inner whitespace, empty and non-ASCII values survive; edge whitespace, which NATS
+    clients strip in transit, is refused before anything is sent."""
+    ctx = Context(h)
+    inbox = ctx.inbox()
+    await h.subscriber(MessageType.PAYMENT_INSTRUCTION, ctx.config()).subscribe(recording(inbox))
+    headers = {
+        "X-Inner": "a  b\tc",
+        "X-Empty": "",
+        "X-Wide": "\u3000Zahlung für №42\u00a0",
+        "X-Symbols": 'a:b; c=d, "e"',
+    }
+    sent = ctx.message(headers=headers)
+    await h.publisher().publish(sent)
+    await ctx.received_exactly_once(inbox, [sent])
+    received = _without_trace_context(inbox.items[0].message.headers)
+    assert received == {RUN_HEADER: ctx.run, **headers}, received
+    for padded in (" lead", "trail ", "\ttab"):
+        try:
+            ctx.message(headers={"X-Padded": padded})
+        except ValidationError as exc:
+            refusal = exc
+        else:
+            raise AssertionError(f"header value {padded!r} was accepted")
+        assert refusal.field == "headers['X-Padded']", refusal

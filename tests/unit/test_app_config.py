@@ -113,7 +113,7 @@ def test_the_file_named_by_deltran_config_is_loaded(tmp_path: Path) -> None:
         ("DELTRAN_PARTITIONS", "0", "1..4096"),
         ("DELTRAN_MAX_DELIVER", "three", "integer"),
         ("DELTRAN_MAX_DELIVER", "0", ">= 1"),
-        ("DELTRAN_ACK_WAIT", "inf", "positive"),
+        ("DELTRAN_ACK_WAIT", "inf", "finite"),
         ("DELTRAN_CONSUMER_GROUP", "a.b", "[A-Za-z0-9_-]"),
         ("DELTRAN_NATS_ENABLE_JETSTREAM", "maybe", "boolean"),
         ("DELTRAN_METRICS_PORT", "70000", "0..65535"),

@@ -6,7 +6,7 @@ from message_bus.domain.dead_letter import unwrap_replay
 from message_bus.domain.errors import DecodeError
 from message_bus.domain.message import Message
 from message_bus.ports.config import SubscriberConfig
-from message_bus.ports.subscriber import Delivery, MessageHandler
+from message_bus.ports.subscriber import Delivery, MessageHandler, check_delay
 
 from ._group import Group
 from ._host import ConsumerHost
@@ -42,6 +42,7 @@ class StreamDelivery(Delivery):
             self._group.ack(self._seq)
 
     async def nak(self, delay: float | None = None) -> None:
+        check_delay(delay)
         if not self._settled:
             self._settled = True
             self._group.nak(self._seq, self.attempt, delay)

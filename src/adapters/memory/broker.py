@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -43,8 +44,8 @@ from message_bus.domain.message import Message
 from message_bus.domain.partition import DEFAULT_PARTITIONS, check_partition_count
 from message_bus.ports.config import PublisherConfig, SubscriberConfig, ephemeral_consumer_name
 from message_bus.ports.dead_letters import DeadLetters
-from message_bus.ports.publisher import Publisher, PublishReceipt
-from message_bus.ports.subscriber import MessageHandler, Subscriber, Subscription
+from message_bus.ports.publisher import Publisher, PublishReceipt, check_request
+from message_bus.ports.subscriber import MessageHandler, Subscriber, Subscription, check_handler
 
 from ._core import CoreMember, CoreRoutes
 from ._durable import StreamMember
@@ -135,7 +136,7 @@ class InMemoryBroker:
         partitions: int = DEFAULT_PARTITIONS,
     ) -> None:
         ok = isinstance(duplicate_window, int | float) and not isinstance(duplicate_window, bool)
-        if not ok or duplicate_window <= 0:
+        if not ok or not math.isfinite(duplicate_window) or duplicate_window <= 0:
             raise ValidationError("duplicate_window", duplicate_window, "must be a positive number")
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.catalog = catalog if catalog is not None else StreamCatalog.default()
@@ -465,11 +466,9 @@ class InMemoryPublisher(Publisher):
 
     async def request(self, message: Message, timeout: float = 5.0) -> Message:
         self._check()
-        ok = isinstance(timeout, int | float) and not isinstance(timeout, bool)
-        if not ok or timeout <= 0:
-            raise ValidationError("timeout", timeout, "must be a positive number")
-        encoded = self._encode(message)
         broker = self._broker
+        check_request(message.message_type, timeout, broker.catalog)
+        encoded = self._encode(message)
         reply: asyncio.Future[Encoded] = asyncio.get_running_loop().create_future()
         if not broker._core.route(encoded, message.message_type, reply):
             raise NoRespondersError(encoded.subject)
@@ -522,8 +521,7 @@ class InMemorySubscriber(Subscriber):
         if self._closed:
             raise ClosedError("subscriber closed")
         self._broker._check_open("subscribe")
-        if not isinstance(handler, MessageHandler):
-            raise TypeError(f"handler must have an async handle(message) method, got {handler!r}")
+        check_handler(handler)
         member = self._broker._attach(
             self.message_type, handler, self.config, ephemeral=self.ephemeral
         )

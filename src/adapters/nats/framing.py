@@ -137,10 +137,7 @@ class BlockCodec(WireCodec):
             )
         else:
             block = self._block_with_options(route, message, created)
-        try:
-            body = JSON_ENCODER.encode(message.payload)
-        except (TypeError, ValueError, OverflowError):
-            body = encode_payload(message.payload)  # raises the ValidationError
+        body = encode_payload(message.payload)
         return EncodedBlock(route.subject, block, body, route.partition)
 
     def _route(self, message: Message) -> _Route:

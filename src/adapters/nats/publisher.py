@@ -17,18 +17,20 @@ from message_bus.domain.errors import (
     NoRespondersError,
     PublishBatchError,
     PublishError,
+    PublishTimeout,
     RequestTimeout,
     ValidationError,
 )
 from message_bus.domain.message import Message
 from message_bus.ports.config import PublisherConfig
-from message_bus.ports.publisher import Publisher, PublishReceipt
+from message_bus.ports.publisher import Publisher, PublishReceipt, check_request
 
 from .breaker import CircuitBreaker
 from .client import NatsClient
 from .failures import WRITE_ERRORS, counts_as_outage
 from .framing import BlockCodec
 from .sender import RetryHook, Sender
+from .windows import WindowGuard
 
 
 class JetStreamPublisher(Publisher):
@@ -51,6 +53,11 @@ class JetStreamPublisher(Publisher):
       ``permission_denied``, ``no_stream``).
     * A :class:`CircuitBreaker` fails fast (:class:`CircuitOpenError`) after
       ``circuit_breaker_threshold`` consecutive failed publishes.
+    * The first publish to each stream looks up the stream's duplicate window and
+      refuses (:class:`DuplicateWindowError`, for that and every later publish to it)
+      a window shorter than ``PublisherConfig.min_duplicate_window`` (twice
+      ``publish_timeout``): a retry could arrive after the stream forgot the id and be
+      stored as a second copy. Checked once per stream, not per message.
     * ``publish_many`` pipelines up to ``max_in_flight`` unacknowledged publishes on one
       reply inbox; every publish has a deadline and every reply, error or not,
       resolves it, so a batch never hangs. Failed positions are retried on their own.
@@ -84,6 +91,7 @@ class JetStreamPublisher(Publisher):
         }
         # ids of the members (enum members hash in Python; ints in C)
         self._core_types = frozenset(id(t) for t, js in self._jetstream.items() if not js)
+        self._windows = WindowGuard(client, self.config, self.catalog)
         self._closed = False
 
     @property
@@ -121,8 +129,15 @@ class JetStreamPublisher(Publisher):
                         message.id, block.subject, None, None, False, block.partition
                     )
         try:
+            deadline = None
+            if id(message.message_type) in self._windows.pending:  # once per stream
+                deadline = await self._check_window(message, block.subject)
             receipt = await self._sender.send(
-                message.id, block, jetstream=jetstream, message_type=message.message_type
+                message.id,
+                block,
+                jetstream=jetstream,
+                message_type=message.message_type,
+                deadline=deadline,
             )
         except PublishError as exc:
             if breaker.threshold:
@@ -137,6 +152,22 @@ class JetStreamPublisher(Publisher):
         breaker.success()
         return receipt
 
+    async def _check_window(self, message: Message, subject: str) -> float:
+        """Refuse a stream whose duplicate window is too short, looked up within the
+        publish's own budget; return the publish's deadline (an event-loop time).
+
+        Raises:
+            DuplicateWindowError: the stream forgets ids sooner than a retry may come.
+            PublishTimeout: the lookup took the whole budget.
+        """
+        loop = asyncio.get_running_loop()
+        timeout = self.config.publish_timeout
+        deadline = loop.time() + timeout
+        await self._windows.check(message.message_type, timeout)
+        if loop.time() >= deadline:
+            raise PublishTimeout(message.id, subject, "no answer to the stream lookup")
+        return deadline
+
     async def publish_many(self, messages: Sequence[Message]) -> list[PublishReceipt]:
         if self._closed:
             raise ClosedError("the publisher was closed")
@@ -144,6 +175,9 @@ class JetStreamPublisher(Publisher):
         blocks = [encode(message) for message in messages]
         if not blocks:
             return []
+        pending = self._windows.pending
+        for message_type in {m.message_type for m in messages if id(m.message_type) in pending}:
+            await self._windows.check(message_type, self.config.publish_timeout)
         ids = [message.id for message in messages]
         breaker = self.breaker
         if breaker.threshold:
@@ -176,13 +210,7 @@ class JetStreamPublisher(Publisher):
     async def request(self, message: Message, timeout: float = 5.0) -> Message:
         if self._closed:
             raise ClosedError("the publisher was closed")
-        if self._jetstream[message.message_type]:
-            raise ValidationError(
-                "message_type",
-                message.message_type,
-                "is stream-backed; request-reply needs a core-only type "
-                "(RiskAssessment, ComplianceCheck, SystemEvent)",
-            )
+        check_request(message.message_type, timeout, self.catalog)
         encoded = self._codec.encode(message)
         subject = encoded.subject
         loop = asyncio.get_running_loop()

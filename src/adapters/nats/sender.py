@@ -119,8 +119,11 @@ class Sender:
         *,
         jetstream: bool,
         message_type: MessageType | None,
+        deadline: float | None = None,
     ) -> PublishReceipt:
-        """Publishes ``block`` with retries within ``publish_timeout``; raises the last error."""
+        """Publishes ``block`` with retries within ``publish_timeout`` (or until
+        ``deadline``, an event-loop time, when the caller's budget started earlier);
+        raises the last error."""
         if not jetstream and self.client.is_connected:  # the core hot path: one write
             first = await self._write_core(message_id, block)
             if isinstance(first, PublishReceipt):
@@ -130,7 +133,8 @@ class Sender:
         loop = asyncio.get_running_loop()
         config = self.config
         attempts = config.max_retry_attempts
-        deadline = loop.time() + config.publish_timeout
+        if deadline is None:
+            deadline = loop.time() + config.publish_timeout
         attempt = 1
         while True:
             timeout = (deadline - loop.time()) / (attempts - attempt + 1)

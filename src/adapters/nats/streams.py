@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import dataclasses
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -17,11 +19,13 @@ from message_bus.domain.catalog import StreamCatalog, StreamSpec
 from message_bus.domain.dead_letter import replay_subjects
 from message_bus.domain.errors import (
     BusConnectionError,
+    DuplicateWindowError,
     MessageBusError,
     NotFoundError,
     StreamError,
     ValidationError,
 )
+from message_bus.ports.config import PublisherConfig
 
 from .client import NatsClient
 
@@ -49,11 +53,15 @@ class StreamReport:
             ``unchanged``; or ``conflict`` (a setting JetStream cannot change in place,
             such as the storage type, differs: nothing was changed).
         drift: One line per setting that differed, ``"field: found -> wanted"``.
+        problems: One line per setting the stream now has that is unsafe for the
+            publishers it was checked against (a duplicate window shorter than their
+            retry budget, see :meth:`PublisherConfig.check_duplicate_window`).
     """
 
     name: str
     action: StreamAction
     drift: tuple[str, ...] = ()
+    problems: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +140,8 @@ class StreamManager:
         catalog: StreamCatalog | None = None,
         replicas: int = 1,
         duplicate_window: float = 120.0,
+        *,
+        publisher: PublisherConfig | None = None,
     ) -> builtins.list[StreamReport]:
         """Creates or updates every stream of ``catalog`` (dead letters included).
 
@@ -140,6 +150,9 @@ class StreamManager:
             replicas: Replica count (1 on one node, 3 on a cluster).
             duplicate_window: Seconds JetStream remembers message ids for deduplication;
                 it must not exceed any stream's max age.
+            publisher: The config of the publishers that will use the streams: a stream
+                whose window (after applying) is shorter than their retry budget is
+                reported in ``problems`` (such a publisher refuses the stream).
 
         Returns:
             One report per stream, in catalog order.
@@ -152,8 +165,11 @@ class StreamManager:
         """
         if isinstance(replicas, bool) or not isinstance(replicas, int) or not 1 <= replicas <= 5:
             raise ValidationError("replicas", replicas, "must be an int in 1..5")
-        if not isinstance(duplicate_window, int | float) or duplicate_window <= 0:
-            raise ValidationError("duplicate_window", duplicate_window, "must be > 0 seconds")
+        ok = isinstance(duplicate_window, int | float) and not isinstance(duplicate_window, bool)
+        if not ok or not math.isfinite(duplicate_window) or duplicate_window <= 0:
+            raise ValidationError(
+                "duplicate_window", duplicate_window, "must be a finite number > 0 of seconds"
+            )
         catalog = catalog if catalog is not None else StreamCatalog.default()
         reports = []
         for spec in catalog.all_streams():
@@ -164,10 +180,12 @@ class StreamManager:
             want = self.desired(
                 spec, replicas, duplicate_window, replays=spec is not catalog.dead_letters
             )
-            reports.append(await self._apply_one(want))
+            report = await self._apply_one(want)
+            reports.append(_with_problems(report, duplicate_window, publisher))
         return reports
 
     async def _apply_one(self, want: StreamConfig) -> StreamReport:
+        """Creates or updates one stream to ``want``; reports what it did."""
         name = str(want.name)
         js = self.client.jetstream
         try:
@@ -248,6 +266,25 @@ class StreamManager:
         except (nats.errors.Error, TimeoutError) as exc:
             raise _api_failure(name, exc) from exc
         return _summary(info)
+
+
+def _with_problems(
+    report: StreamReport, wanted_window: float, publisher: PublisherConfig | None
+) -> StreamReport:
+    """``report`` with the problems of the window the stream has now."""
+    if publisher is None:
+        return report
+    window = wanted_window
+    if report.action == "conflict":  # nothing was changed: the stream kept its window
+        for line in report.drift:
+            field, _, change = line.partition(": ")
+            if field == "duplicate_window":
+                window = float(change.split(" -> ")[0])
+    try:
+        publisher.check_duplicate_window(report.name, window)
+    except DuplicateWindowError as exc:
+        return dataclasses.replace(report, problems=(f"duplicate_window: {exc.reason}",))
+    return report
 
 
 def _drift(have: StreamConfig, want: StreamConfig) -> list[str]:

@@ -67,6 +67,7 @@ from message_bus.ports import (
     SubscriberConfig,
     Subscription,
 )
+from message_bus.ports.subscriber import check_handler
 
 from .outcome import DECODE_ERROR, HANDLER_OUTCOMES, delivery_or_none, handler_outcome
 
@@ -533,6 +534,7 @@ class MetricsSubscriber(Subscriber):
         self.metrics = _metrics_of(registry)
 
     async def subscribe(self, handler: MessageHandler) -> Subscription:
+        check_handler(handler)  # before wrapping it: the wrapper would pass the check
         series = self.metrics._receive_series(self.message_type)
         subscription = await self.inner.subscribe(_MeteredHandler(handler, series, self.config))
         failures = self.metrics.subscription_failures_total

@@ -50,6 +50,7 @@ from message_bus.ports import (
     SubscriberConfig,
     Subscription,
 )
+from message_bus.ports.subscriber import check_handler
 
 from .outcome import delivery_or_none, handler_outcome
 
@@ -371,6 +372,7 @@ class TracingSubscriber(Subscriber):
         }
 
     async def subscribe(self, handler: MessageHandler) -> Subscription:
+        check_handler(handler)  # before wrapping it: the wrapper would pass the check
         traced = _TracedHandler(handler, self._tracer, self._name, self._attributes, self.config)
         return await self.inner.subscribe(traced)
 

@@ -138,9 +138,14 @@ def stream_table(summaries: Sequence[StreamSummary]) -> str:
 
 
 def stream_report_table(reports: Sequence[StreamReport]) -> str:
-    """What applying the catalog did to each stream, and the drift it found."""
-    rows = [(r.name, r.action, "; ".join(r.drift) or "-") for r in reports]
-    return _table(rows, ("STREAM", "ACTION", "DRIFT"))
+    """What applying the catalog did to each stream, the drift it found, and the problems
+    left (a column only when there are any)."""
+    rows: list[tuple[str, ...]] = [(r.name, r.action, "; ".join(r.drift) or "-") for r in reports]
+    headers: tuple[str, ...] = ("STREAM", "ACTION", "DRIFT")
+    if any(r.problems for r in reports):
+        rows = [(*row, "; ".join(r.problems) or "-") for row, r in zip(rows, reports, strict=True)]
+        headers += ("PROBLEMS",)
+    return _table(rows, headers)
 
 
 def _days(seconds: float) -> str:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from message_bus.domain.catalog import StreamCatalog
 from message_bus.domain.message import Message
+from message_bus.ports.publisher import check_request
 
 from ..containers import Container
 from .errors import EXIT_OK
@@ -44,6 +46,8 @@ async def request_command(args: argparse.Namespace, container: Container | None)
     """Send a request and print the reply as one JSON line."""
     settings = load_command_settings(args)
     message = Message.new(args.type, args.key, read_payload(args.payload))
+    catalog = container.catalog() if container is not None else StreamCatalog.default()
+    check_request(message.message_type, args.timeout, catalog)  # before anything starts
     async with running_bus(settings, container) as bus:
         publisher = await bus.publisher()
         try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..containers import Container, apply_streams, resolve
-from .errors import EXIT_OK
+from .errors import EXIT_FAILED, EXIT_OK, CliError
 from .output import catalog_table, out, stream_report_table, stream_table
 from .session import backend_of, load_command_settings, running_bus
 
@@ -15,8 +15,9 @@ __all__ = ["streams_command"]
 async def streams_command(args: argparse.Namespace, container: Container | None) -> int:
     """``streams apply`` creates or updates every stream; ``streams ls`` lists them.
 
-    ``apply`` prints what it did to each stream and the drift it found; ``ls`` prints
-    each stream's state. On the memory backend both print the catalog.
+    ``apply`` prints what it did to each stream and the drift it found; it fails (exit
+    1) if a stream is left with a duplicate window shorter than the publishers' retry
+    budget. ``ls`` prints each stream's state. On the memory backend both print the catalog.
     """
     settings = load_command_settings(args)
     async with running_bus(settings, container) as bus:
@@ -26,7 +27,15 @@ async def streams_command(args: argparse.Namespace, container: Container | None)
             out(catalog)
             return EXIT_OK
         if args.action == "apply":
-            out(stream_report_table(await apply_streams(bus)))
+            reports = await apply_streams(bus)
+            out(stream_report_table(reports))
+            unsafe = [r.name for r in reports if r.problems]
+            if unsafe:
+                raise CliError(
+                    f"{', '.join(unsafe)}: duplicate window shorter than the publishers' "
+                    "retry budget (see PROBLEMS); publishers refuse these streams",
+                    EXIT_FAILED,
+                )
             return EXIT_OK
         manager = await resolve(bus.stream_manager())
         summaries = await manager.list()

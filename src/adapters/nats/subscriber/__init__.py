@@ -17,7 +17,12 @@ from message_bus.domain.catalog import MessageType, StreamCatalog
 from message_bus.domain.codec import WireCodec
 from message_bus.domain.errors import BusConnectionError, ClosedError, ValidationError
 from message_bus.ports.config import PublisherConfig, SubscriberConfig
-from message_bus.ports.subscriber import MessageHandler, Subscriber, Subscription
+from message_bus.ports.subscriber import (
+    MessageHandler,
+    Subscriber,
+    Subscription,
+    check_handler,
+)
 
 from ..client import NatsClient
 from ..framing import BlockCodec
@@ -130,6 +135,7 @@ class JetStreamSubscriber(Subscriber):
     async def subscribe(self, handler: MessageHandler) -> Subscription:
         if self._closed:
             raise ClosedError("the subscriber was closed")
+        check_handler(handler)
         if not await self.client.wait_connected(self.client.config.connection_timeout):
             raise BusConnectionError("NATS is unreachable")
         subscription: PullSubscription | CoreSubscription | EphemeralSubscription

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import NamedTuple, Protocol
 
 from message_bus.domain.message import Message
-from message_bus.ports.subscriber import Delivery
+from message_bus.ports.subscriber import Delivery, check_delay
 
 ACK = b"+ACK"
 NAK = b"-NAK"
@@ -126,6 +126,7 @@ class JetStreamDelivery(Delivery):
         await self._owner.settle_ack(self)
 
     async def nak(self, delay: float | None = None) -> None:
+        check_delay(delay)
         if self._settled:
             return
         self._settled = True
