@@ -24,6 +24,7 @@ from message_bus import (
     MessageType,
     PartitionKey,
     PermanentError,
+    PublisherConfig,
     SubscriberConfig,
 )
 from message_bus.adapters.nats import (
@@ -307,7 +308,9 @@ async def test_a_replay_is_remembered_past_the_duplicate_window_and_a_restart(
         raise PermanentError("rejected")
 
     subscription = await subscriber(client, "netting").subscribe(FunctionHandler(reject))
-    await JetStreamPublisher(client).publish(payment())
+    # A 1 s window suits a publisher whose retries all fit in 0.5 s.
+    publisher = JetStreamPublisher(client, PublisherConfig(publish_timeout=0.5))
+    await publisher.publish(payment())
     [letter] = await letters_at_least(client, 1)
     assert letter.dlq_sequence is not None
     await JetStreamDeadLetters(client).replay(letter.dlq_sequence)
