@@ -303,7 +303,7 @@ class Connection(Client):
     async def _process_connect_init(self) -> None:
         self.awaiting_info = True  # the socket is open; nats-py now reads the INFO
         try:
-            await super()._process_connect_init()
+            await self._connect_init_or_close()
         except asyncio.CancelledError:
             raise  # the caller's deadline: awaiting_info tells it what was pending
         except TimeoutError as exc:
@@ -321,9 +321,22 @@ class Connection(Client):
                 raise
             self.awaiting_info = False
             raise NotNatsServerError(
-                self.server_url, "its first line is not a NATS INFO (another service?)"
+                self.server_url,
+                "it closed the connection or answered something other than a NATS INFO "
+                "(is it the HTTP monitoring port, or another service?)",
             ) from exc
         self.awaiting_info = False
+
+    async def _connect_init_or_close(self) -> None:
+        """nats-py's handshake; a failed one closes its socket (nats-py's reconnect loop
+        would open the next one and leave this one to the garbage collector)."""
+        try:
+            await super()._process_connect_init()
+        except Exception:
+            transport = self._transport
+            if transport is not None:
+                transport.close()  # type: ignore[no-untyped-call]
+            raise
 
     async def _process_info(self, info: dict[str, Any], initial_connection: bool = False) -> None:
         if initial_connection:
