@@ -81,7 +81,9 @@ _CONFIG_FIELDS: dict[str, tuple[str, str]] = {
     "nats.urls": (
         "DELTRAN_NATS_URLS",
         "Server URLs (`nats://`, `tls://`, `ws://`, `wss://`); comma separated in the "
-        "environment. Used by the `nats` backend.",
+        "environment. Used by the `nats` backend. One `tls://` or `wss://` URL (or a TLS "
+        "option) requires TLS from every server. A URL may carry `user:password@` or "
+        "`token@`; it is redacted wherever it is shown.",
     ),
     "nats.name": ("DELTRAN_NATS_NAME", "Connection name shown by the server."),
     "nats.max_reconnect_attempts": (
