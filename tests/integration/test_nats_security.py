@@ -421,3 +421,14 @@ def test_the_cli_fails_fast_on_a_refused_port_and_names_a_non_nats_port(
     assert monitor.returncode == 2, monitor.stderr
     assert "is not a NATS server" in monitor.stderr
     assert monitor_took < 2 + 13, f"the monitoring port took {monitor_took:.1f}s"
+
+
+async def test_rejected_credentials_fail_with_a_connection_error_every_time(
+    plain_server: EmbeddedNatsServer,
+) -> None:
+    """The server resets the socket after its -ERR; closing it must not turn into an
+    unexpected error."""
+    for options in ({"token": TOKEN}, {"user": "alice", "password": SECRET + "x"}) * 15:
+        error = await connect_error(NatsClient(config(plain_server.url, **options)))
+
+        assert "rejected the credentials" in str(error)

@@ -563,8 +563,9 @@ async def _discard(nc: Client) -> None:
     try:
         async with asyncio.timeout(_DISCARD_TIMEOUT):
             await nc.close()
-    except (nats.errors.Error, OSError, TimeoutError, AssertionError) as exc:
-        # nats-py asserts when the connection never got far enough to be closed
+    except (nats.errors.Error, OSError, TimeoutError, AssertionError, _FatalConnectError) as exc:
+        # nats-py asserts when the connection never got far enough to be closed, and
+        # reports a reset socket to the error callback, which stops a connect that way
         log.debug("closing a failed NATS connection: %s", type(exc).__name__)
 
 
