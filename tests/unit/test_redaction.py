@@ -110,7 +110,7 @@ def test_a_validation_error_never_carries_a_secret_value() -> None:
     assert url.value == "nats://alice:***@host:0"
 
 
-@given(st.sampled_from(["password", "token", "nkey_seed"]), _SECRETS)
+@given(st.sampled_from(["password", "token", "nkey_seed"]), _SECRETS.map(lambda s: f"S3c{s}"))
 def test_a_bad_secret_field_is_named_without_its_value(name: str, secret: str) -> None:
     options: dict[str, object] = {name: [secret]}
     if name == "password":
@@ -221,3 +221,12 @@ def test_the_cli_log_format_redacts_arguments_and_tracebacks() -> None:
     assert "S3cret" not in shown
     assert "T0k3n" not in shown
     assert "tls://***@h:4222" in shown
+
+
+@pytest.mark.parametrize("value", [1, "yes", None])
+def test_retry_initial_connect_must_be_a_bool(value: object) -> None:
+    with pytest.raises(ValidationError) as caught:
+        NatsConfig(retry_initial_connect=value)  # type: ignore[arg-type]
+
+    assert caught.value.field == "retry_initial_connect"
+    assert caught.value.value == value
