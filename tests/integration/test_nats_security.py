@@ -60,6 +60,11 @@ async def eventually(predicate: Callable[[], bool], what: str, timeout: float = 
         await asyncio.sleep(0.02)
 
 
+async def settle(proxy: TcpProxy) -> None:
+    """Waits until the proxy carries no connection, so stopping it leaves nothing behind."""
+    await eventually(lambda: proxy.open_connections == 0, "the proxy's connections to close")
+
+
 async def connect_error(client: NatsClient, bound: float = 20.0) -> BusConnectionError:
     with pytest.raises(BusConnectionError) as caught:
         await asyncio.wait_for(client.connect(), bound)
@@ -122,6 +127,7 @@ async def test_a_tls_config_refuses_a_plaintext_server_before_sending_credential
         assert b"CONNECT" not in proxy.seen_upstream
         assert SECRET.encode() not in proxy.seen_upstream
         assert SECRET not in str(error)
+        await settle(proxy)
 
 
 async def test_a_tls_url_with_the_ca_connects_to_a_tls_server_and_encrypts_credentials(
@@ -140,6 +146,7 @@ async def test_a_tls_url_with_the_ca_connects_to_a_tls_server_and_encrypts_crede
         assert b"CONNECT" not in proxy.seen_upstream  # only the TLS records went through
         assert SECRET.encode() not in proxy.seen_upstream
         await client.close()
+        await settle(proxy)
 
 
 async def test_a_reconnect_to_a_plaintext_server_is_refused(
@@ -162,6 +169,7 @@ async def test_a_reconnect_to_a_plaintext_server_is_refused(
         assert b"CONNECT" not in proxy.seen_upstream
         assert SECRET.encode() not in proxy.seen_upstream
         await client.close()
+        await settle(proxy)
 
 
 # -- no secret anywhere ---------------------------------------------------------------------
@@ -237,6 +245,7 @@ async def test_no_secret_in_errors_logs_or_reprs(
             "a DEBUG line about a reconnect attempt",
         )
         await client.close()
+        await settle(proxy)
 
     texts += [caplog.text] + [record.getMessage() for record in caplog.records]
     assert any(f"alice:***@127.0.0.1:{proxy.port}" in r.getMessage() for r in caplog.records)
@@ -345,6 +354,7 @@ async def test_a_peer_that_says_nothing_fails_in_time_naming_it(
         assert "is not a NATS server" in str(error)
         assert f"nats://alice:***@127.0.0.1:{proxy.port}" in str(error)
         assert SECRET not in str(error)
+        await settle(proxy)
 
 
 async def test_a_refused_connection_fails_at_once_without_retry_initial_connect() -> None:
@@ -391,6 +401,7 @@ async def test_retry_initial_connect_waits_for_a_server_to_come_up(
 
         assert client.is_connected
         await client.close()
+        await settle(proxy)
 
 
 def test_the_cli_fails_fast_on_a_refused_port_and_names_a_non_nats_port(
