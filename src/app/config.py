@@ -36,6 +36,7 @@ from typing import Any, Literal, get_args, get_origin
 from message_bus.adapters.nats import NatsConfig
 from message_bus.domain.errors import ValidationError
 from message_bus.domain.partition import MAX_PARTITIONS
+from message_bus.domain.redaction import redact_url
 from message_bus.ports.config import DUPLICATE_WINDOW_FACTOR, PublisherConfig, SubscriberConfig
 
 __all__ = [
@@ -80,7 +81,9 @@ _CONFIG_FIELDS: dict[str, tuple[str, str]] = {
     "nats.urls": (
         "DELTRAN_NATS_URLS",
         "Server URLs (`nats://`, `tls://`, `ws://`, `wss://`); comma separated in the "
-        "environment. Used by the `nats` backend.",
+        "environment. Used by the `nats` backend. One `tls://` or `wss://` URL (or a TLS "
+        "option) requires TLS from every server. A URL may carry `user:password@` or "
+        "`token@`; it is redacted wherever it is shown.",
     ),
     "nats.name": ("DELTRAN_NATS_NAME", "Connection name shown by the server."),
     "nats.max_reconnect_attempts": (
@@ -98,6 +101,11 @@ _CONFIG_FIELDS: dict[str, tuple[str, str]] = {
     "nats.connection_timeout": (
         "DELTRAN_NATS_CONNECTION_TIMEOUT",
         "Deadline of the initial connect, all servers and attempts included (s).",
+    ),
+    "nats.retry_initial_connect": (
+        "DELTRAN_NATS_RETRY_INITIAL_CONNECT",
+        "Keep retrying the initial connect until `connection_timeout`; by default each "
+        "server is tried once and a refused connection fails at once.",
     ),
     "nats.api_timeout": (
         "DELTRAN_NATS_API_TIMEOUT",
@@ -372,8 +380,10 @@ class BusSettings:
         return plain
 
     def redacted(self) -> dict[str, Any]:
-        """:meth:`to_dict` with passwords, tokens and seeds replaced by ``***``."""
+        """:meth:`to_dict` with passwords, tokens and seeds replaced by ``***``, and the
+        userinfo of the URLs redacted."""
         values = self.to_dict()
+        values["nats"]["urls"] = [redact_url(url) for url in values["nats"]["urls"]]
         for key in _SECRET_KEYS:
             section, name = key.split(".")
             if values[section][name] is not None:

@@ -11,6 +11,8 @@ import math
 from enum import StrEnum
 from typing import Any
 
+from .redaction import REDACTED, redact
+
 _MAX_SHOWN = 120
 
 
@@ -21,17 +23,21 @@ class MessageBusError(Exception):
 class ValidationError(MessageBusError, ValueError):
     """Input was rejected before any I/O.
 
+    Neither the message nor :attr:`value` carries a secret: the value of a ``secret``
+    field is ``***``, and the userinfo of any URL in a value is redacted
+    (``nats://alice:***@host``).
+
     Attributes:
         field: the name of the offending field (``corridor_id``, ``headers``, ...).
-        value: the offending value, as given.
+        value: the offending value, as given (redacted, see above).
         reason: why it was rejected.
     """
 
-    def __init__(self, field: str, value: Any, reason: str) -> None:
+    def __init__(self, field: str, value: Any, reason: str, *, secret: bool = False) -> None:
         self.field = field
-        self.value = value
+        self.value = REDACTED if secret and value is not None else redact(value)
         self.reason = reason
-        shown = repr(value)
+        shown = repr(self.value)
         if len(shown) > _MAX_SHOWN:  # a payload can be large or sensitive: show its start only
             shown = shown[: _MAX_SHOWN - 3] + "..."
         super().__init__(f"invalid {field} {shown}: {reason}")

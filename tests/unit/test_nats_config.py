@@ -24,7 +24,7 @@ def test_a_single_url_string_becomes_a_one_server_list() -> None:
 
 
 def test_a_cluster_lists_every_server() -> None:
-    urls = ["nats://a:4222", "tls://b:4222", "wss://c:443"]
+    urls = ["nats://a:4222", "tls://b:4222", "nats://c:4222"]
 
     assert NatsConfig(urls=urls).urls == tuple(urls)
 

@@ -18,11 +18,13 @@ from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
 from message_bus.domain.errors import BusConnectionError, ClosedError
+from message_bus.domain.redaction import redact_text, redact_url, redact_urls
 
 from .config import NatsConfig
 from .headers import raw_block_of
 from .internals import (
     Connection,
+    NotNatsServerError,
     RawHandler,
     TlsNotOfferedError,
     UnsupportedClientError,
@@ -80,18 +82,30 @@ def _is_auth_error(error: BaseException) -> bool:
 
 
 def _describe(error: BaseException) -> str:
+    """What went wrong, in a few words (callers redact it, see ``NatsClient._redact``)."""
     if isinstance(error, ssl.SSLError):
         return getattr(error, "verify_message", None) or error.reason or str(error)
     text = str(error).strip()
     return text.removeprefix("nats: ").strip("'") or type(error).__name__
 
 
+def _hostport(netloc: str) -> str:
+    """``host:port`` of a URL's netloc, without its userinfo."""
+    return netloc.rpartition("@")[2]
+
+
 class NatsClient:
     """One NATS connection shared by the publishers and subscribers built on it.
 
     ``connect`` either returns connected or raises :class:`BusConnectionError` with a
-    clear cause (unreachable, credentials rejected, TLS failure) within
-    ``connection_timeout``. Once connected, a lost connection is re-established in the
+    clear cause (unreachable, not a NATS server, credentials rejected, TLS failure or
+    TLS not offered) within ``connection_timeout``; unless
+    ``retry_initial_connect`` is set, it tries each server once and fails as soon as
+    every one refused. When the config requires TLS, nothing (credentials included)
+    is sent to a server before the connection is TLS. No message or log line of the
+    client shows a secret: URLs are redacted, and so are the config's secret values.
+
+    Once connected, a lost connection is re-established in the
     background (forever by default), with exponential backoff and jitter chosen by
     :func:`reconnect_backoff` through nats-py's ``reconnect_to_server_handler``; while
     reconnecting, nats-py buffers up to ``reconnect_buffer_size`` bytes of outgoing
@@ -117,6 +131,7 @@ class NatsClient:
         self._reconnect_attempt = 0
         self._server_netloc: str | None = None
         self._last_error: BaseException | None = None
+        self._connect_failures = 0
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -139,9 +154,10 @@ class NatsClient:
                 check_internals(nc)
             except UnsupportedClientError as exc:
                 raise BusConnectionError(str(exc)) from exc
-            nc.require_tls = self.config.uses_tls
+            nc.require_tls = self.config.requires_tls
             self._connecting = True
             self._last_error = None
+            self._connect_failures = 0
             try:
                 async with asyncio.timeout(self.config.connection_timeout):
                     await nc.connect(**self._connect_options())
@@ -149,11 +165,20 @@ class NatsClient:
                 await _discard(nc)
                 raise BusConnectionError(self._explain(exc.cause)) from exc.cause
             except TimeoutError as exc:
+                cause: BaseException = self._last_error or exc
+                if nc.awaiting_info:  # the deadline expired while a peer said nothing
+                    cause = NotNatsServerError(
+                        nc.server_url,
+                        "it accepted the connection but sent no NATS INFO within "
+                        f"{self.config.connection_timeout:g}s (is it the HTTP monitoring "
+                        "port, or another service?)",
+                    )
                 await _discard(nc)
-                cause = self._last_error or exc
+                if isinstance(cause, NotNatsServerError):
+                    raise BusConnectionError(self._explain(cause)) from exc
                 raise BusConnectionError(
-                    f"NATS unreachable at {', '.join(self.config.urls)} within "
-                    f"{self.config.connection_timeout:g}s: {_describe(cause)}"
+                    f"NATS unreachable at {redact_urls(self.config.urls)} within "
+                    f"{self.config.connection_timeout:g}s: {self._redact(_describe(cause))}"
                 ) from cause
             except ImportError as exc:
                 await _discard(nc)
@@ -172,6 +197,10 @@ class NatsClient:
             self._set_status(ConnectionStatus.CONNECTED)
             log.info("connected to NATS at %s", self._server_netloc)
 
+    def _redact(self, text: str) -> str:
+        """``text`` without any URL userinfo or secret value of the config."""
+        return redact_text(text, self.config.secrets())
+
     async def drain(self) -> None:
         """Lets every subscription finish its buffered messages, flushes, then closes.
 
@@ -185,7 +214,7 @@ class NatsClient:
         try:
             await nc.drain()
         except (nats.errors.Error, OSError) as exc:
-            log.warning("NATS drain failed (%s); closing", _describe(exc))
+            log.warning("NATS drain failed (%s); closing", self._redact(_describe(exc)))
         await self.close()
 
     async def close(self) -> None:
@@ -211,7 +240,9 @@ class NatsClient:
         except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
             raise ClosedError("the NATS connection is closed") from None
         except (nats.errors.Error, TimeoutError) as exc:
-            raise BusConnectionError(f"NATS did not confirm the flush: {_describe(exc)}") from exc
+            raise BusConnectionError(
+                f"NATS did not confirm the flush: {self._redact(_describe(exc))}"
+            ) from exc
 
     async def __aenter__(self) -> NatsClient:
         await self.connect()
@@ -405,11 +436,20 @@ class NatsClient:
 
     async def _on_error(self, error: Exception) -> None:
         self._last_error = error
-        if self._connecting and (
-            _is_auth_error(error) or isinstance(error, ssl.SSLError | TlsNotOfferedError)
-        ):
-            # Raising here makes nats-py's connect() stop retrying and raise it.
-            raise _FatalConnectError(error)
+        if self._connecting:
+            # One call per failed attempt. Raising here makes nats-py's connect() stop
+            # retrying and raise it: at once when retrying cannot help, else once every
+            # server was tried, unless retrying the initial connect was asked for.
+            self._connect_failures += 1
+            if (
+                _is_auth_error(error)
+                or isinstance(error, ssl.SSLError | TlsNotOfferedError)
+                or (
+                    not self.config.retry_initial_connect
+                    and self._connect_failures >= len(self.config.urls)
+                )
+            ):
+                raise _FatalConnectError(error)
         text = str(error)
         match = _PERMISSION_DENIED.search(text)
         if match is not None:
@@ -419,9 +459,9 @@ class NatsClient:
                 listener(subject)
             return
         if self._connecting:
-            log.debug("NATS connect attempt failed: %s", _describe(error))
+            log.debug("NATS connect attempt failed: %s", self._redact(_describe(error)))
         else:
-            log.warning("NATS connection error: %s", _describe(error))
+            log.warning("NATS connection error: %s", self._redact(_describe(error)))
 
     async def _on_disconnected(self) -> None:
         self._connected.clear()
@@ -452,7 +492,9 @@ class NatsClient:
         if attempt == 0:
             # Fail over to another, healthy-looking server at once.
             others = [
-                s for s in servers if s.reconnects == 0 and s.uri.netloc != self._server_netloc
+                s
+                for s in servers
+                if s.reconnects == 0 and _hostport(s.uri.netloc) != self._server_netloc
             ]
             if others:
                 return others[0], 0.0
@@ -460,7 +502,12 @@ class NatsClient:
         delay = reconnect_backoff(
             attempt, self.config.reconnect_delay, self.config.reconnect_max_delay
         )
-        log.debug("reconnect attempt %d to %s in %.3fs", attempt + 1, server.uri.netloc, delay)
+        log.debug(
+            "reconnect attempt %d to %s in %.3fs",
+            attempt + 1,
+            redact_url(server.uri.geturl()),
+            delay,
+        )
         return server, delay
 
     # -- helpers ------------------------------------------------------------------------------
@@ -469,7 +516,7 @@ class NatsClient:
         nc = self._nc
         url = nc.connected_url if nc is not None else None
         if url is not None:
-            self._server_netloc = url.netloc.rpartition("@")[2]
+            self._server_netloc = _hostport(url.netloc)
 
     def _set_status(self, status: ConnectionStatus) -> None:
         if status is ConnectionStatus.CONNECTED or status is ConnectionStatus.CLOSED:
@@ -488,17 +535,24 @@ class NatsClient:
             log.exception("connection status listener failed")
 
     def _explain(self, error: BaseException) -> str:
-        where = ", ".join(self.config.urls)
+        """The message of a failed connect; never holds a secret."""
+        where = redact_urls(self.config.urls)
+        detail = self._redact(_describe(error))
         if _is_auth_error(error):
-            return f"NATS at {where} rejected the credentials: {_describe(error)}"
+            return f"NATS at {where} rejected the credentials: {detail}"
         if isinstance(error, ssl.SSLError):
-            return f"TLS handshake with NATS at {where} failed: {_describe(error)}"
+            return f"TLS handshake with NATS at {where} failed: {detail}"
         if isinstance(error, TlsNotOfferedError):
             return (
-                f"NATS at {where} does not offer TLS, which is configured; refused before "
-                "sending credentials or payments in clear text"
+                f"NATS at {error.url} does not offer TLS, which is required (a tls:// URL "
+                "or a TLS option); refused before sending credentials or payments in "
+                "clear text"
             )
-        return f"cannot connect to NATS at {where}: {_describe(error)}"
+        if isinstance(error, NotNatsServerError):
+            return f"cannot connect to NATS: {self._redact(str(error))}"
+        if isinstance(error, OSError):
+            return f"NATS unreachable at {where}: {detail}"
+        return f"cannot connect to NATS at {where}: {detail}"
 
 
 async def _discard(nc: Client) -> None:
@@ -509,8 +563,10 @@ async def _discard(nc: Client) -> None:
     try:
         async with asyncio.timeout(_DISCARD_TIMEOUT):
             await nc.close()
-    except (nats.errors.Error, OSError, TimeoutError) as exc:
-        log.debug("closing a failed NATS connection: %s", _describe(exc))
+    except (nats.errors.Error, OSError, TimeoutError, AssertionError, _FatalConnectError) as exc:
+        # nats-py asserts when the connection never got far enough to be closed, and
+        # reports a reset socket to the error callback, which stops a connect that way
+        log.debug("closing a failed NATS connection: %s", type(exc).__name__)
 
 
 __all__ = ["ConnectionStatus", "NatsClient", "StatusListener", "reconnect_backoff"]

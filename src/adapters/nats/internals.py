@@ -16,6 +16,9 @@ time, in one place, naming what is missing):
   corrupt the protocol stream; subjects are checked once each.
 * :func:`ordered_flush` is a flush whose PONG proves the server processed everything
   queued before it (nats-py's own ``flush`` writes its PING ahead of the buffer).
+* :class:`Connection` also refuses to send CONNECT (with the credentials) on a socket
+  that is not TLS when TLS is required, and tells a peer that is not a NATS server
+  (no INFO, or something else) from an unreachable one.
 * :func:`unsubscribe_now`, :func:`new_reply_prefix`, :func:`is_live` and
   :func:`route_raw` are the few other places that need a private name.
 
@@ -34,6 +37,7 @@ from typing import Any, Protocol
 import nats.errors
 from nats.aio.client import Client
 from nats.aio.subscription import Subscription
+from nats.aio.transport import TcpTransport
 from nats.protocol.parser import (
     AWAITING_CONTROL_LINE,
     AWAITING_MSG_PAYLOAD,
@@ -42,6 +46,7 @@ from nats.protocol.parser import (
 )
 
 from message_bus.domain.errors import ValidationError
+from message_bus.domain.redaction import redact_url
 
 from .failures import MessageTooLarge
 from .headers import parse_header_lines
@@ -72,8 +77,12 @@ INTERNALS: dict[str, tuple[str, ...]] = {
         "_process_info",
         "_remove_sub",
         "_parse_header_lines",
+        "_current_server",
+        "_process_connect_init",
+        "_connect_command",
         "stats",
     ),
+    "TcpTransport": ("_io_writer",),
     "Parser": ("buf", "state", "msg_arg", "needed", "header_needed", "nc", "parse"),
     "Subscription": ("_id",),
 }
@@ -95,6 +104,8 @@ def missing_internals(nc: Client) -> list[str]:
     missing += [
         f"Subscription.{n}" for n in INTERNALS["Subscription"] if not hasattr(subscription, n)
     ]
+    transport = TcpTransport()  # type: ignore[no-untyped-call]
+    missing += [f"TcpTransport.{n}" for n in INTERNALS["TcpTransport"] if not hasattr(transport, n)]
     return missing
 
 
@@ -117,10 +128,37 @@ route, on the event loop, as nats-py's parser reads it; must not block."""
 
 
 class TlsNotOfferedError(nats.errors.Error):
-    """TLS is configured, but the server's INFO does not require TLS."""
+    """TLS is required, but the server does not offer it (its INFO does not require
+    TLS, or the socket is not TLS when CONNECT is due).
+
+    Attributes:
+        url: the server's URL, redacted.
+    """
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        self.url = url
 
     def __str__(self) -> str:
-        return "the server does not offer TLS"
+        return f"{self.url} does not offer TLS"
+
+
+class NotNatsServerError(nats.errors.Error):
+    """The peer accepted the connection but is not a NATS server: it sent no INFO
+    within the connect timeout (an HTTP port waits for a request), or something else.
+
+    Attributes:
+        url: the server's URL, redacted.
+        detail: what it did instead.
+    """
+
+    def __init__(self, url: str, detail: str) -> None:
+        super().__init__()
+        self.url = url
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return f"{self.url} is not a NATS server: {self.detail}"
 
 
 class Block(Protocol):
@@ -230,8 +268,13 @@ class Connection(Client):
       messages as they are parsed, with no ``Msg``, header dict, queue or task.
     * A faster header parser (:func:`~.headers.parse_header_lines`, the same result
       as ``Client._parse_header_lines``, checked by the unit tests).
-    * With ``require_tls``, a server whose INFO does not require TLS is refused before
-      the client sends CONNECT, so credentials never travel in clear text.
+    * With ``require_tls``, a server whose INFO does not require TLS is refused, and
+      CONNECT is never written on a socket that is not TLS, so credentials never
+      travel in clear text, whatever the URL's scheme (nats-py itself upgrades only
+      when the server asks for it). Reconnects go through the same checks.
+    * A peer that accepts the connection but sends no INFO (an HTTP port, a black
+      hole) or something that is not an INFO raises :class:`NotNatsServerError`;
+      :attr:`awaiting_info` says whether an attempt is waiting for one right now.
     """
 
     require_tls = False
@@ -239,13 +282,75 @@ class Connection(Client):
     def __init__(self) -> None:
         super().__init__()
         self.raw_routes: dict[int, RawHandler] = {}
+        self.awaiting_info = False
         if type(self._ps) is Parser:
             self._ps = FastParser(self)
 
+    @property
+    def server_url(self) -> str:
+        """The URL of the server being connected to (or last tried), redacted."""
+        server = self._current_server
+        return "the server" if server is None else redact_url(server.uri.geturl())
+
+    def _transport_is_tls(self) -> bool:
+        server = self._current_server
+        if server is not None and server.uri.scheme == "wss":
+            return True  # the websocket transport connects with TLS from the start
+        transport = self._transport
+        writer = transport._io_writer if isinstance(transport, TcpTransport) else None
+        return writer is not None and writer.get_extra_info("ssl_object") is not None
+
+    async def _process_connect_init(self) -> None:
+        self.awaiting_info = True  # the socket is open; nats-py now reads the INFO
+        try:
+            await self._connect_init_or_close()
+        except asyncio.CancelledError:
+            raise  # the caller's deadline: awaiting_info tells it what was pending
+        except TimeoutError as exc:
+            if not self.awaiting_info:
+                raise
+            self.awaiting_info = False
+            timeout = self.options["connect_timeout"]
+            raise NotNatsServerError(
+                self.server_url,
+                f"it accepted the connection but sent no NATS INFO within {timeout:g}s "
+                "(is it the HTTP monitoring port, or another service?)",
+            ) from exc
+        except nats.errors.Error as exc:
+            if not self.awaiting_info:
+                raise
+            self.awaiting_info = False
+            raise NotNatsServerError(
+                self.server_url,
+                "it closed the connection or answered something other than a NATS INFO "
+                "(is it the HTTP monitoring port, or another service?)",
+            ) from exc
+        self.awaiting_info = False
+
+    async def _connect_init_or_close(self) -> None:
+        """nats-py's handshake; a failed one closes its socket (nats-py's reconnect loop
+        would open the next one and leave this one to the garbage collector)."""
+        try:
+            await super()._process_connect_init()
+        except Exception:
+            transport = self._transport
+            if transport is not None:
+                transport.close()  # type: ignore[no-untyped-call]
+            raise
+
     async def _process_info(self, info: dict[str, Any], initial_connection: bool = False) -> None:
-        if self.require_tls and not info.get("tls_required"):
-            raise TlsNotOfferedError
+        if initial_connection:
+            self.awaiting_info = False
+            server = self._current_server
+            wss = server is not None and server.uri.scheme == "wss"
+            if self.require_tls and not wss and not info.get("tls_required"):
+                raise TlsNotOfferedError(self.server_url)
         await super()._process_info(info, initial_connection)
+
+    def _connect_command(self) -> bytes:
+        if self.require_tls and not self._transport_is_tls():
+            raise TlsNotOfferedError(self.server_url)  # never credentials in clear text
+        return super()._connect_command()
 
     async def _process_msg(
         self,
@@ -491,6 +596,7 @@ __all__ = [
     "Block",
     "Connection",
     "FastParser",
+    "NotNatsServerError",
     "RawHandler",
     "TlsNotOfferedError",
     "UnsupportedClientError",

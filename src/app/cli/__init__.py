@@ -30,7 +30,8 @@ from ..containers import Container
 from ..embedded import EmbeddedServerError
 from .demo import demo_command
 from .dlq import dlq_command
-from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, CliError
+from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, CliError, error_line
+from .logs import configure_logging
 from .parser import PROG, build_parser
 from .publish import publish_command, request_command
 from .server import server_command
@@ -50,11 +51,6 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, Container | None], Coroutine[
     "dlq": dlq_command,
     "demo": demo_command,
 }
-
-
-def _one_line(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0]
 
 
 async def run_cli(argv: Sequence[str], *, container: Container | None = None) -> int:
@@ -77,20 +73,20 @@ async def run_cli(argv: Sequence[str], *, container: Container | None = None) ->
     try:
         return await _COMMANDS[args.command](args, container)
     except CliError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {error_line(exc)}", file=sys.stderr)
         return exc.code
     except (ValidationError, ValueError) as exc:
-        print(f"{prog}: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"{prog}: error: {error_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except (BusConnectionError, EmbeddedServerError, ConnectionError) as exc:
-        print(f"{prog}: error: cannot reach the server: {_one_line(exc)}", file=sys.stderr)
+        print(f"{prog}: error: cannot reach the server: {error_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except (MessageBusError, TimeoutError) as exc:
-        print(f"{prog}: failed: {_one_line(exc)}", file=sys.stderr)
+        print(f"{prog}: failed: {error_line(exc)}", file=sys.stderr)
         return EXIT_FAILED
     except Exception as exc:  # one line, not a traceback; -v logs it
         log.info("unexpected error", exc_info=True)
-        print(f"{prog}: internal error: {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)
+        print(f"{prog}: internal error: {type(exc).__name__}: {error_line(exc)}", file=sys.stderr)
         return EXIT_FAILED
 
 
@@ -110,14 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: the arguments after the program name (default: ``sys.argv[1:]``).
     """
     arguments = list(sys.argv[1:] if argv is None else argv)
-    verbose = "-v" in arguments or "--verbose" in arguments
-    # Without -v only errors are logged: expected events (a dead letter, a reconnect)
-    # would break the one-line-per-error promise of the CLI.
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.ERROR,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging("-v" in arguments or "--verbose" in arguments)
     try:
         return asyncio.run(_run_until_terminated(arguments))
     except (KeyboardInterrupt, asyncio.CancelledError):

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, start_http_server
 
+from message_bus.domain.redaction import redact_urls
+
 from ..containers import Container, apply_streams, resolve
 from ..demo import (
     AUDIT_GROUP,
@@ -74,7 +76,7 @@ async def demo_command(args: argparse.Namespace, container: Container | None) ->
                 out(f"embedded nats-server at {server.url} (JetStream store {server.store_dir})")
                 header.append(("backend", f"embedded nats-server {server.url} (JetStream)"))
             else:
-                urls = ", ".join(settings.nats.urls)
+                urls = redact_urls(settings.nats.urls)
                 header.append(("backend", f"NATS JetStream at {urls}"))
             foreign = await foreign_messages(bus, options.banks)
             if foreign and not args.force:

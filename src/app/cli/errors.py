@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-__all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "CliError"]
+from message_bus.domain.redaction import redact_text
+
+__all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "CliError", "error_line"]
 
 EXIT_OK = 0
 """The command did what it was asked."""
@@ -23,5 +25,12 @@ class CliError(Exception):
     """
 
     def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
-        super().__init__(message)
+        super().__init__(redact_text(message))
         self.code = code
+
+
+def error_line(error: BaseException) -> str:
+    """The first line of ``error``'s message (its class name if it has none), with the
+    userinfo of any URL in it redacted: what the CLI prints about an error."""
+    text = str(error).strip() or type(error).__name__
+    return redact_text(text.splitlines()[0])
