@@ -67,6 +67,8 @@ class TcpProxy:
             return
         with contextlib.suppress(Exception):
             self._call(self._close_all(listener=True))
+        with contextlib.suppress(Exception):
+            self._call(self._finish_tasks())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
         if not self._thread.is_alive():
@@ -161,6 +163,16 @@ class TcpProxy:
                         socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
                     )
                 writer.close()
+
+    async def _finish_tasks(self) -> None:
+        """Cancels and awaits every task left on the proxy's loop (connections being
+        accepted or piped), so none is destroyed pending when the loop closes."""
+        me = asyncio.current_task()
+        tasks = [t for t in asyncio.all_tasks() if t is not me]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=2)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with self._lock:
