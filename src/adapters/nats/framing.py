@@ -40,7 +40,7 @@ from message_bus.domain.codec import (
     parse_timestamp,
 )
 from message_bus.domain.errors import DecodeError, ValidationError
-from message_bus.domain.message import Message, check_header, check_id
+from message_bus.domain.message import Message, check_header, check_id, check_payload_numbers
 from message_bus.domain.partition import DEFAULT_PARTITIONS, PartitionKey
 
 from .headers import BLOCK_START, header_block, parse_header_lines
@@ -137,7 +137,12 @@ class BlockCodec(WireCodec):
             )
         else:
             block = self._block_with_options(route, message, created)
-        body = encode_payload(message.payload)
+        try:
+            body = JSON_ENCODER.encode(message.payload)
+        except (TypeError, ValueError, OverflowError):
+            body = encode_payload(message.payload)  # raises the ValidationError
+        if b"null" in body:  # a float NaN or infinity would travel as null: look closer
+            check_payload_numbers(message.payload, body)
         return EncodedBlock(route.subject, block, body, route.partition)
 
     def _route(self, message: Message) -> _Route:
