@@ -68,8 +68,9 @@ class JetStreamSubscriber(Subscriber):
     With ``ephemeral=True`` the subscriber is a reader in no group: each
     subscription consumes the stream (from its start, or just the partition key's
     messages) through an ephemeral consumer of its own under a fresh name, deleted
-    when the subscription stops (or by the server after ``inactive_threshold``
-    seconds without pull requests, if the process dies). Its acknowledgements concern
+    once the subscription has closed, by ``stop``, ``drain`` or a failure (or by the
+    server after ``inactive_threshold`` seconds without pull requests, if the process
+    dies). Its acknowledgements concern
     that consumer alone, and it never dead-letters (a TERM is only the reader's). On
     core-only types it subscribes without a queue group, so it takes nothing from any
     group either.
