@@ -208,3 +208,23 @@ async def test_an_acked_delivery_is_counted_once_with_its_duration(
     assert span.attributes[attrs.DELTRAN_DELIVERY_OUTCOME] == "ack"
     assert span.status.status_code is StatusCode.UNSET
     await subscription.stop()
+
+
+async def test_a_stray_cancel_ends_its_span_even_if_the_adapter_settles_nothing(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    inner = DeliveringSubscriber(SubscriberConfig(consumer_group="g", max_deliver=3))
+
+    async def stray(message: Message) -> None:
+        cancelled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        cancelled.cancel()
+        await cancelled
+
+    await TracingSubscriber(inner, provider).subscribe(FunctionHandler(stray))
+    with pytest.raises(asyncio.CancelledError):
+        await inner.deliver(payment("stray"))  # this fake lets it through, unsettled
+
+    (span,) = consumer_spans(exporter)
+    assert span.attributes is not None
+    assert span.attributes[attrs.DELTRAN_DELIVERY_OUTCOME] == "nak"
+    assert span.attributes[attrs.ERROR_TYPE] == "CancelledError"

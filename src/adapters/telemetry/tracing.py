@@ -326,9 +326,9 @@ class _TracedHandler:
             if isinstance(exc, asyncio.CancelledError) and task is not None and task.cancelling():
                 run.cancelled = True
             else:
-                # Raised while nothing cancelled this task: the adapter settles it as a
-                # failure (settle_failure), and that outcome ends the span.
-                run.stray = isinstance(exc, asyncio.CancelledError) and delivery is not None
+                # Raised while nothing cancelled this task: a failure, which the
+                # adapter settles after run_handler reported nothing (None).
+                run.stray = handler_outcome(delivery, self._config, exc)
                 run.failed(exc)
             if delivery is None:
                 run.settled(None)
@@ -351,7 +351,8 @@ class _Run:
         self.max_handler_time = max_handler_time
         self.error = False
         self.cancelled = False
-        self.stray = False
+        self.stray: Outcome | None = None
+        """The outcome the policy gives a stray ``CancelledError`` the handler raised."""
         self.ended = False
 
     def failed(self, error: BaseException) -> None:
@@ -360,9 +361,11 @@ class _Run:
             _fail(self.span, error)
 
     def settled(self, outcome: Outcome | None) -> None:
-        if self.ended or (outcome is None and self.stray):
-            return  # a stray CancelledError: its outcome is reported next
+        if self.ended:
+            return
         self.ended = True
+        if outcome is None:
+            outcome = self.stray  # run_handler let it through; the adapter settles it
         span = self.span
         if outcome is not None and span.is_recording():
             span.set_attribute(DELTRAN_DELIVERY_OUTCOME, outcome)
