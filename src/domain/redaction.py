@@ -21,9 +21,11 @@ __all__ = ["REDACTED", "redact", "redact_text", "redact_url", "redact_urls"]
 REDACTED = "***"
 """What a secret is replaced with."""
 
-# In free text: scheme:// then a userinfo up to the last '@' before a blank, a quote
-# or a comma (URLs in a sentence or a comma separated list).
-_URL_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^\s'\",]*)@")
+# In free text: scheme:// then a userinfo up to the last '@' before a blank. A password
+# may hold any printable character ('@', quotes and commas too), so only a blank ends
+# a URL: URLs listed without a blank between them are redacted as one.
+_SCHEME = re.compile(r"\b[A-Za-z][A-Za-z0-9+.\-]*://")
+_BLANK = re.compile(r"\s")
 
 
 def _redact_userinfo(userinfo: str) -> str:
@@ -65,10 +67,32 @@ def redact_text(text: str, secrets: Iterable[str | None] = ()) -> str:
         secrets: values that must not be shown wherever they appear (``None`` and
             empty values are skipped).
     """
-    redacted = _URL_USERINFO.sub(lambda m: f"{m['scheme']}{_redact_userinfo(m['userinfo'])}@", text)
+    redacted = _redact_userinfos(text)
     for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
         redacted = redacted.replace(secret, REDACTED)
     return redacted
+
+
+def _redact_userinfos(text: str) -> str:
+    """``text`` with the userinfo of every ``scheme://userinfo@`` replaced (one pass)."""
+    parts: list[str] = []
+    done = 0  # text[:done] is in parts
+    start = 0
+    while (scheme := _SCHEME.search(text, start)) is not None:
+        begin = scheme.end()
+        blank = _BLANK.search(text, begin)
+        end = len(text) if blank is None else blank.start()
+        at = text.rfind("@", begin, end)
+        if at < 0:
+            start = end  # no '@' left in this word: no URL in it has a userinfo
+            continue
+        parts.append(text[done:begin])
+        parts.append(_redact_userinfo(text[begin:at]))
+        done = start = at
+    if not parts:
+        return text
+    parts.append(text[done:])
+    return "".join(parts)
 
 
 def redact(value: Any) -> Any:

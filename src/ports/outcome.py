@@ -2,9 +2,10 @@
 
 This is the one place the rule is written. :func:`~message_bus.ports.subscriber.run_handler`
 applies it to every delivery of every adapter, an adapter applies it to a failure it
-catches outside ``run_handler`` (a stray ``CancelledError``), and telemetry decorators
-use it to report the outcome ``run_handler`` settles with. :func:`decide` is pure: it
-reads facts and returns a :class:`Decision`, it settles nothing.
+catches outside ``run_handler`` (a stray ``CancelledError``), and both report the
+outcome they settled with to the delivery's ``on_outcome`` listeners (telemetry
+decorators record it). :func:`decide` is pure: it reads facts and returns a
+:class:`Decision`, it settles nothing.
 
 =====================================  ===========  ======================================
 handler                                outcome      settlement

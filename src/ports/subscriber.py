@@ -123,6 +123,35 @@ class Delivery(ABC):
         """Answer the request this delivery carries (no-op if it is not a request)."""
         return None
 
+    _outcome_listeners: list[Callable[[Outcome | None], None]] | None = None
+    _outcome_reported = False
+
+    def on_outcome(self, listener: Callable[[Outcome | None], None]) -> None:
+        """Have ``listener(outcome)`` called when :func:`run_handler` (or
+        :func:`settle_failure`) is done with this delivery: with the :class:`Outcome`
+        it settled the delivery with, once settled (for an ACK with ``confirm_acks``:
+        once the broker confirmed it or not); or with None when ``run_handler`` settled
+        nothing (a ``CancelledError`` passed through, or settling failed). After None,
+        the listener hears the outcome once more if the adapter then settles a stray
+        ``CancelledError`` with :func:`settle_failure`; otherwise the message will be
+        delivered again. Decorators of a handler learn the outcome this way, as they
+        run inside ``run_handler``."""
+        if self._outcome_listeners is None:
+            self._outcome_listeners = []
+        self._outcome_listeners.append(listener)
+
+    def report_outcome(self, outcome: Outcome | None) -> None:
+        """Tell the :meth:`on_outcome` listeners; nothing once an outcome was reported.
+        :func:`run_handler` and :func:`settle_failure` call it; adapters need not."""
+        if self._outcome_reported:
+            return
+        self._outcome_reported = outcome is not None
+        for listener in self._outcome_listeners or ():
+            try:
+                listener(outcome)
+            except Exception:
+                log.exception("a delivery outcome listener failed")
+
     def on_ack_result(self, callback: Callable[[bool], None]) -> bool:
         """Have ``callback(confirmed)`` called once the broker confirmed (True) or did
         not confirm (False) this delivery's ACK.
@@ -274,9 +303,12 @@ async def run_handler(
     """Run ``handler`` on ``delivery`` and settle it by the outcome; return the outcome.
 
     The outcome is decided by :func:`~message_bus.ports.outcome.decide` (see its
-    table). Adapters call this for every delivery so every adapter acks the same way.
-    A ``CancelledError`` (a ``BaseException``) passes through: the adapter knows whether
-    its task was cancelled, and settles a stray one with :func:`settle_failure`.
+    table). Adapters call this for every delivery so every adapter acks the same way,
+    and it reports the outcome to the delivery's :meth:`~Delivery.on_outcome`
+    listeners. A ``CancelledError`` (a ``BaseException``) passes through, settling
+    nothing (the listeners hear None): the adapter knows whether its task was
+    cancelled, and settles a stray one with :func:`settle_failure`, which reports the
+    outcome then.
 
     The handler runs under ``limit``, which the adapter arms at the delivery's
     ``max_handler_time`` (e.g. an ``asyncio.timeout(None)`` it reschedules when its
@@ -285,6 +317,20 @@ async def run_handler(
     last allowed delivery). An ACK the broker did not confirm (``confirm_acks``) makes
     the outcome ``unconfirmed``.
     """
+    outcome: Outcome | None = None
+    try:
+        outcome = await _run_and_settle(handler, delivery, config, limit)
+        return outcome
+    finally:
+        delivery.report_outcome(outcome)
+
+
+async def _run_and_settle(
+    handler: MessageHandler,
+    delivery: Delivery,
+    config: SubscriberConfig,
+    limit: HandlerLimit | None,
+) -> Outcome:
     token = _current.set(delivery)
     try:
         if limit is None:
@@ -325,8 +371,9 @@ async def settle_failure(
     """Settle a delivery whose handler raised ``error``, by the one outcome policy.
 
     :func:`run_handler` calls it for every failure; an adapter calls it for a failure
-    it catches itself (a stray ``CancelledError``). Failures that are not the bus's own
-    errors are logged, as the handler did not say what went wrong.
+    it catches itself (a stray ``CancelledError``). Either way it reports the outcome
+    to the delivery's :meth:`~Delivery.on_outcome` listeners. Failures that are not the
+    bus's own errors are logged, as the handler did not say what went wrong.
     """
     decision = decide(
         error,
@@ -337,6 +384,7 @@ async def settle_failure(
     )
     outcome = decision.outcome
     if outcome is Outcome.EXPLICIT:
+        delivery.report_outcome(outcome)
         return outcome
     if not isinstance(error, MessageBusError):
         log.warning(
@@ -349,6 +397,7 @@ async def settle_failure(
         await delivery.nak(decision.delay)
     else:
         await delivery.term(decision.reason)
+    delivery.report_outcome(outcome)
     return outcome
 
 

@@ -32,6 +32,7 @@ from message_bus.domain.message import Message
 from message_bus.domain.partition import PartitionKey
 from message_bus.domain.payloads import PaymentInstruction
 from message_bus.ports.config import PublisherConfig, SubscriberConfig
+from message_bus.ports.outcome import Outcome
 from message_bus.ports.publisher import PublishReceipt
 from message_bus.ports.subscriber import FunctionHandler, MessageHandler, current_delivery
 
@@ -1147,6 +1148,52 @@ async def hung_last_delivery_is_dead_lettered_when_max_handler_time_expires(
     assert dead.deliveries == 2
     await h.settle()
     assert inbox.attempts(sent.id) == [1, 2]
+
+
+@scenario()
+async def every_outcome_is_reported_to_the_deliverys_listeners_a_cut_off_too(
+    h: BusHarness,
+) -> None:
+    """Decorators learn what became of a delivery from ``on_outcome``: a return is
+    ``ack``, a stray ``CancelledError`` ``nak`` (after None), and a handler cut off at
+    ``max_handler_time`` ``nak``, then ``dead`` on its last allowed delivery."""
+    ctx = Context(h)
+    inbox = ctx.inbox()
+    release = ctx.gate()
+    heard: dict[tuple[str, int], list[Outcome | None]] = {}
+
+    async def vary(message: Message) -> None:
+        received = inbox.record(message)
+        if received is None:
+            return
+        current_delivery().on_outcome(heard.setdefault((message.id, received.attempt), []).append)
+        kind = message.payload.get("kind")
+        if kind == "stray":
+            cancelled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            cancelled.cancel()
+            await cancelled  # raises CancelledError: nothing cancelled this task
+        if kind == "hang":
+            await release.wait()
+
+    limit = ctx.ack_wait * 1.5
+    config = ctx.config(
+        max_deliver=2, max_concurrent=4, max_handler_time=limit, nak_initial_delay=0.0
+    )
+    await h.subscriber(MessageType.PAYMENT_INSTRUCTION, config).subscribe(FunctionHandler(vary))
+    fine, stray, hang = (ctx.message({"kind": kind}) for kind in ("fine", "stray", "hang"))
+    try:
+        await h.publisher().publish_many([fine, stray, hang])
+        await ctx.eventually(lambda: heard.get((fine.id, 1)) == [Outcome.ACK], "the ack")
+        await ctx.eventually(lambda: heard.get((stray.id, 1)) == [None, Outcome.NAK], "stray")
+        await ctx.eventually(lambda: inbox.attempts(hang.id) == [1], "the hung delivery")
+        await h.advance(ctx.beyond(limit))
+        await ctx.eventually(lambda: heard.get((hang.id, 1)) == [Outcome.NAK], "the cut-off")
+        await ctx.eventually(lambda: inbox.attempts(hang.id) == [1, 2], "the last delivery")
+        await h.advance(ctx.beyond(limit))
+        await ctx.eventually(lambda: heard.get((hang.id, 2)) == [Outcome.DEAD], "the dead letter")
+    finally:
+        release.open()
+    await h.settle()
 
 
 @scenario()

@@ -462,7 +462,7 @@ class MetricsPublisher(Publisher):
 
 
 class _MeteredHandler:
-    """Runs a handler and records the outcome ``run_handler`` will settle it with."""
+    """Runs a handler and records the outcome ``run_handler`` settles its delivery with."""
 
     __slots__ = ("_config", "_handler", "_series")
 
@@ -478,29 +478,37 @@ class _MeteredHandler:
         delivery = delivery_or_none()
         if delivery is not None and delivery.attempt > 1:
             series.redeliveries.inc()
+        ran = _Ran()
+        if delivery is not None:
+            # run_handler reports the outcome once it has settled the delivery: after
+            # this handler returned or raised (a cut-off at max_handler_time too), and
+            # for an ACK with confirm_acks, once the broker confirmed it or not.
+            delivery.on_outcome(lambda outcome: self._record(delivery, outcome, ran.seconds))
         series.in_flight.inc()
         start = perf_counter()
+        returned, error = False, None
         try:
             reply = await self._handler.handle(message)
+            returned = True
         except Exception as exc:
-            self._settled(delivery, exc, perf_counter() - start)
+            error = exc
             raise
         finally:
             series.in_flight.dec()
-        self._settled(delivery, None, perf_counter() - start)
+            ran.seconds = perf_counter() - start
+            if delivery is None and (returned or error is not None):
+                self._record(None, handler_outcome(None, self._config, error), ran.seconds)
         return reply
 
-    def _settled(self, delivery: Delivery | None, error: Exception | None, seconds: float) -> None:
+    def _record(
+        self, delivery: Delivery | None, outcome: Outcome | None, seconds: float | None
+    ) -> None:
+        if outcome is None:
+            return  # nothing settled (e.g. the subscription stopped): it is redelivered
         series = self._series
-        outcome = handler_outcome(delivery, self._config, error)
-        series.duration.observe(seconds)
-        by_status = series.by_status
-        if outcome is Outcome.ACK and delivery is not None:
-            counted = by_status[Outcome.ACK].inc
-            unconfirmed = by_status[Outcome.UNCONFIRMED].inc
-            if delivery.on_ack_result(lambda ok: counted() if ok else unconfirmed()):
-                return  # counted once the broker confirmed the ACK, or did not
-        by_status[outcome].inc()
+        if seconds is not None:
+            series.duration.observe(seconds)
+        series.by_status[outcome].inc()
         dead_letter = series.dead_letters.get(outcome)
         if (
             dead_letter is not None
@@ -511,16 +519,27 @@ class _MeteredHandler:
             dead_letter.inc()
 
 
+class _Ran:
+    """How long a handler ran, once it is done."""
+
+    __slots__ = ("seconds",)
+
+    def __init__(self) -> None:
+        self.seconds: float | None = None
+
+
 class MetricsSubscriber(Subscriber):
     """A :class:`Subscriber` whose handlers are measured.
 
     Each delivery the handler runs on is counted once in
-    ``message_bus_receive_total`` with the outcome ``run_handler`` settles it with
-    (see :func:`~message_bus.adapters.telemetry.outcome.handler_outcome`): a handler
-    that settles the delivery itself counts as ``explicit``, whichever call it made.
-    A handler cancelled mid-run (subscription stopped) is not counted; its delivery
-    is redelivered. Dead letters are counted for stream deliveries when the
-    subscriber's ``dead_letter`` setting is on.
+    ``message_bus_receive_total`` with the outcome ``run_handler`` settles it with,
+    as it reports it (:meth:`Delivery.on_outcome`): a handler cut off at
+    ``max_handler_time`` counts as ``nak`` (``dead`` on its last allowed delivery), an
+    ACK the broker did not confirm as ``unconfirmed``, and a handler that settles the
+    delivery itself as ``explicit``, whichever call it made. A handler cancelled
+    mid-run (subscription stopped) is not counted; its delivery is redelivered. Dead
+    letters are counted for stream deliveries when the subscriber's ``dead_letter``
+    setting is on.
 
     Args:
         inner: the subscriber to measure.

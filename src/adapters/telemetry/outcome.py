@@ -1,11 +1,12 @@
 """The outcome a handler's result leads to, as seen from a decorator around the handler.
 
 A decorator wraps the :class:`MessageHandler`, so it runs *inside* ``run_handler`` and
-never sees the outcome that function returns. It sees the facts the outcome is decided
-on, though: the delivery (via :func:`current_delivery`), whether the handler settled it
-itself, and what the handler returned or raised. :func:`handler_outcome` hands those
-facts to the ports' one policy, :func:`~message_bus.ports.outcome.decide`, so decorators
-report the outcome ``run_handler`` acts on.
+never sees the outcome that function returns. ``run_handler`` reports it to the
+delivery's :meth:`~message_bus.ports.Delivery.on_outcome` listeners once the delivery
+is settled (a cut-off at ``max_handler_time`` and an unconfirmed ACK included), and
+the decorators record that. A handler called outside a subscriber has no delivery:
+:func:`handler_outcome` then hands what it returned or raised to the ports' one
+policy, :func:`~message_bus.ports.outcome.decide`.
 """
 
 from __future__ import annotations

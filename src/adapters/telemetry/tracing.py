@@ -15,7 +15,12 @@ Spans follow the OpenTelemetry messaging semantic conventions:
 (``messaging.destination.template``); the concrete subject is
 ``messaging.destination.name``. A failure records the exception, sets ``error.type``
 and the ERROR status. Consumer spans also carry the delivery attempt and the outcome
-the delivery is settled with (``deltran.delivery.outcome``).
+the delivery is settled with (``deltran.delivery.outcome``), as ``run_handler``
+reports it, and end once it is settled: a handler cut off at ``max_handler_time`` is a
+failure (``error.type`` ``TimeoutError``, outcome ``nak`` or ``dead``), and so is an ACK
+the broker did not confirm (``AckNotConfirmed``, outcome ``unconfirmed``). A handler
+cancelled because its subscription stopped settles nothing: its span ends without an
+outcome.
 
 Propagation uses the W3C TraceContext propagator directly, not the globally
 configured one, so the wire format does not depend on process-wide settings.
@@ -27,6 +32,7 @@ operation, and the per-message ones are set only on spans that are recorded.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from contextvars import Token
 from typing import Final
@@ -44,12 +50,14 @@ from message_bus.domain.message import Message
 from message_bus.ports import (
     Delivery,
     MessageHandler,
+    Outcome,
     Publisher,
     PublishReceipt,
     Subscriber,
     SubscriberConfig,
     Subscription,
 )
+from message_bus.ports.outcome import handler_time_reason
 from message_bus.ports.subscriber import check_handler
 
 from .outcome import delivery_or_none, handler_outcome
@@ -92,7 +100,7 @@ def destination_template(message_type: MessageType) -> str:
     return f"{message_type.subject_prefix}.{{partition_key}}"
 
 
-def _fail(span: Span, error: Exception) -> None:
+def _fail(span: Span, error: BaseException) -> None:
     span.record_exception(error)
     span.set_attribute(ERROR_TYPE, type(error).__qualname__)
     span.set_status(Status(StatusCode.ERROR, type(error).__qualname__))
@@ -300,24 +308,81 @@ class _TracedHandler:
         recording = span.is_recording()
         if recording:
             span.set_attributes(_delivery_attributes(message, delivery))
+        run = _Run(span, self._config.max_handler_time)
+        if delivery is not None:
+            # The span ends once run_handler reports the outcome it settled with: after
+            # a cut-off at max_handler_time, or the broker's answer to a confirmed ACK.
+            delivery.on_outcome(run.settled)
         token = otel_context.attach(trace.set_span_in_context(span))
         try:
             reply = await self._handler.handle(message)
         except Exception as exc:
-            if recording:
-                span.set_attribute(
-                    DELTRAN_DELIVERY_OUTCOME, handler_outcome(delivery, self._config, exc)
-                )
-                _fail(span, exc)
+            run.failed(exc)
+            if delivery is None:
+                run.settled(handler_outcome(None, self._config, exc))
+            raise
+        except BaseException as exc:  # cancelled: a cut-off, a stop, or a stray one
+            task = asyncio.current_task()
+            if isinstance(exc, asyncio.CancelledError) and task is not None and task.cancelling():
+                run.cancelled = True
+            else:
+                # Raised while nothing cancelled this task: a failure, which the
+                # adapter settles after run_handler reported nothing (None).
+                run.stray = handler_outcome(delivery, self._config, exc)
+                run.failed(exc)
+            if delivery is None:
+                run.settled(None)
             raise
         else:
-            if recording:
-                span.set_attribute(
-                    DELTRAN_DELIVERY_OUTCOME, handler_outcome(delivery, self._config, None)
-                )
+            if delivery is None:
+                run.settled(handler_outcome(None, self._config, None))
             return reply
         finally:
-            _ended(span, token)
+            otel_context.detach(token)
+
+
+class _Run:
+    """The CONSUMER span of one handler run, ended with the outcome of its delivery."""
+
+    __slots__ = ("cancelled", "ended", "error", "max_handler_time", "span", "stray")
+
+    def __init__(self, span: Span, max_handler_time: float) -> None:
+        self.span = span
+        self.max_handler_time = max_handler_time
+        self.error = False
+        self.cancelled = False
+        self.stray: Outcome | None = None
+        """The outcome the policy gives a stray ``CancelledError`` the handler raised."""
+        self.ended = False
+
+    def failed(self, error: BaseException) -> None:
+        self.error = True
+        if self.span.is_recording():
+            _fail(self.span, error)
+
+    def settled(self, outcome: Outcome | None) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        if outcome is None:
+            outcome = self.stray  # run_handler let it through; the adapter settles it
+        span = self.span
+        if outcome is not None and span.is_recording():
+            span.set_attribute(DELTRAN_DELIVERY_OUTCOME, outcome)
+            if outcome is Outcome.UNCONFIRMED:
+                _failed_as(span, "AckNotConfirmed", "the broker did not confirm the ACK")
+            elif self.cancelled and outcome in _FAILURES and not self.error:
+                _failed_as(span, "TimeoutError", handler_time_reason(self.max_handler_time))
+        span.end()
+
+
+_FAILURES: Final = frozenset({Outcome.NAK, Outcome.TERM, Outcome.DEAD})
+
+
+def _failed_as(span: Span, error_type: str, description: str) -> None:
+    span.add_event("exception", {"exception.type": error_type, "exception.message": description})
+    span.set_attribute(ERROR_TYPE, error_type)
+    span.set_status(Status(StatusCode.ERROR, description))
 
 
 def _delivery_attributes(message: Message, delivery: Delivery | None) -> _Attributes:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from message_bus.domain.redaction import redact_text
+from .secrets import redact_shown
 
 __all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "CliError", "error_line"]
 
@@ -25,12 +25,13 @@ class CliError(Exception):
     """
 
     def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
-        super().__init__(redact_text(message))
+        super().__init__(redact_shown(message))
         self.code = code
 
 
 def error_line(error: BaseException) -> str:
     """The first line of ``error``'s message (its class name if it has none), with the
-    userinfo of any URL in it redacted: what the CLI prints about an error."""
+    userinfo of any URL and every secret of the settings in it redacted: what the CLI
+    prints about an error."""
     text = str(error).strip() or type(error).__name__
-    return redact_text(text.splitlines()[0])
+    return redact_shown(text.splitlines()[0])

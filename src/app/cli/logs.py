@@ -1,11 +1,12 @@
-"""How the CLI logs: one format on stderr, every line with its URL userinfo redacted."""
+"""How the CLI logs: one format on stderr, every line with its URL userinfo and secrets redacted."""
 
 from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterable
 
-from message_bus.domain.redaction import redact_text
+from .secrets import redact_shown
 
 __all__ = ["LOG_FORMAT", "RedactingFormatter", "configure_logging"]
 
@@ -14,10 +15,21 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 class RedactingFormatter(logging.Formatter):
     """A formatter whose output (message, arguments and traceback alike) never shows
-    the userinfo of a URL, whichever library logged it (nats-py's own lines too)."""
+    the userinfo of a URL nor a secret of the settings, whichever library logged it
+    (nats-py's own lines too).
+
+    Args:
+        fmt: the log format.
+        secrets: values never shown, besides those the CLI's settings registered
+            (see :func:`~message_bus.app.cli.secrets.hide`).
+    """
+
+    def __init__(self, fmt: str | None = None, *, secrets: Iterable[str | None] = ()) -> None:
+        super().__init__(fmt)
+        self.secrets = tuple(s for s in secrets if s)
 
     def format(self, record: logging.LogRecord) -> str:
-        return redact_text(super().format(record))
+        return redact_shown(super().format(record), self.secrets)
 
 
 def configure_logging(verbose: bool) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 from ..config import BusSettings, load_settings
 from ..containers import Container, build_container, shutdown_container, start_container
 from .arguments import comma_list
+from .secrets import hide
 
 __all__ = ["backend_of", "load_command_settings", "running_bus"]
 
@@ -33,7 +34,9 @@ def load_command_settings(
         overrides["--url=backend"] = "nats"
     if backend is not None:
         overrides["--backend=backend"] = backend
-    return load_settings(args.config, overrides=overrides, defaults=defaults)
+    settings = load_settings(args.config, overrides=overrides, defaults=defaults)
+    hide(settings.nats.secrets())  # from now on, never shown in a line or a log
+    return settings
 
 
 @contextlib.asynccontextmanager

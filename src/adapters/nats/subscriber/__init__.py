@@ -10,6 +10,7 @@ confirmed acknowledgements of :mod:`.confirm`), :mod:`.core` core subscriptions,
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import nats.errors
 
@@ -67,8 +68,9 @@ class JetStreamSubscriber(Subscriber):
     With ``ephemeral=True`` the subscriber is a reader in no group: each
     subscription consumes the stream (from its start, or just the partition key's
     messages) through an ephemeral consumer of its own under a fresh name, deleted
-    when the subscription stops (or by the server after ``inactive_threshold``
-    seconds without pull requests, if the process dies). Its acknowledgements concern
+    once the subscription has closed, by ``stop``, ``drain`` or a failure (or by the
+    server after ``inactive_threshold`` seconds without pull requests, if the process
+    dies). Its acknowledgements concern
     that consumer alone, and it never dead-letters (a TERM is only the reader's). On
     core-only types it subscribes without a queue group, so it takes nothing from any
     group either.
@@ -159,40 +161,58 @@ class JetStreamSubscriber(Subscriber):
                 ephemeral=self.ephemeral,
                 inactive_threshold=self.inactive_threshold,
             )
-            subscription = PullSubscription(
-                self.client,
-                handler,
-                binding,
-                self.config,
-                codec=self._codec,
-                dead_letter_sender=self._dead_letter_sender,
-                pull_expires=self.pull_expires,
-                idle_heartbeat=self.idle_heartbeat,
-                on_closed=self._forget,
+
+            def pull(on_closed: Callable[[Subscription], None]) -> PullSubscription:
+                return PullSubscription(
+                    self.client,
+                    handler,
+                    binding,
+                    self.config,
+                    codec=self._codec,
+                    dead_letter_sender=self._dead_letter_sender,
+                    pull_expires=self.pull_expires,
+                    idle_heartbeat=self.idle_heartbeat,
+                    on_closed=on_closed,
+                )
+
+            subscription = (
+                EphemeralSubscription(binding, pull, self._forget)
+                if self.ephemeral
+                else pull(self._forget)
             )
         try:
             await subscription.start()
         except nats.errors.Error as exc:
             raise BusConnectionError(f"could not subscribe: {exc}") from exc
-        if isinstance(subscription, PullSubscription) and self.ephemeral:
-            wrapped = EphemeralSubscription(subscription, binding)
-            self._subscriptions.append(wrapped)
-            return wrapped
         self._subscriptions.append(subscription)
         return subscription
 
     def _forget(self, subscription: Subscription) -> None:
         """Told by a subscription that it closed: :meth:`close` need not stop it.
 
-        An ephemeral one stays listed: :meth:`close` still deletes its consumer.
+        An ephemeral one tells once its consumer is deleted, so until then
+        :meth:`close` still waits for that deletion.
         """
         if subscription in self._subscriptions:
             self._subscriptions.remove(subscription)
 
     async def close(self) -> None:
+        """Stop every subscription, even when one of them raises (it had failed).
+
+        Raises:
+            SubscriptionError: the first failure a subscription's ``stop`` raised,
+                once every subscription is stopped.
+        """
         self._closed = True
+        first: Exception | None = None
         for subscription in list(self._subscriptions):
-            await subscription.stop()
+            try:
+                await subscription.stop()
+            except Exception as exc:  # noqa: BLE001  # the others are stopped first
+                if first is None:
+                    first = exc
+        if first is not None:
+            raise first
 
 
 __all__ = ["JetStreamSubscriber"]

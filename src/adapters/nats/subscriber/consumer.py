@@ -118,8 +118,13 @@ class ConsumerBinding:
             # the NAK after a failed dead-letter store final, abandoning the message.
             max_deliver=-1,
             max_ack_pending=config.max_ack_pending,
-            # The group's own replay subject: dead letters replayed to this group only.
-            filter_subjects=[filter_subject, replay_subject(stream, self.name)],
+            # The group's own replay subject: dead letters replayed to this group only
+            # (a reader in no group never dead-letters, so nothing is replayed to it).
+            filter_subjects=(
+                [filter_subject]
+                if ephemeral
+                else [filter_subject, replay_subject(stream, self.name)]
+            ),
             replay_policy=ReplayPolicy.INSTANT,
             inactive_threshold=inactive_threshold if ephemeral else None,
         )
