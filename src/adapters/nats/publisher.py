@@ -42,15 +42,22 @@ class JetStreamPublisher(Publisher):
     * A core publish returns once the message is queued on a live connection; while
       the connection is down it waits for it (within the deadline) rather than
       buffering, so "published" never means "sitting in a reconnect buffer".
-    * Retries: up to ``max_retry_attempts`` attempts within ``publish_timeout`` (each
-      attempt gets an equal share of the remaining time), with exponential backoff
-      and full jitter, only for failures that may pass: timeout, disconnected, no
-      responders while the stream's leader is elected (503). Not retried, raised at
-      once: stream full, message too large, permission denied, no stream for the
-      subject (``PublishError.reason``: ``stream_full``, ``message_too_large``,
+    * Retries, within ``publish_timeout``, only for failures that may pass: timeout,
+      disconnected, no responders while the stream's leader is elected (503). Up to
+      ``max_retry_attempts`` attempts wait for an answer (each gets an equal share of
+      the remaining time), with exponential backoff and full jitter between them. A
+      refusal that comes back at once (no responders, JetStream unavailable, a write
+      on a lost connection) does not use up an attempt: it is asked again every
+      ``initial_retry_delay`` (jittered) until the deadline, so a publish follows the
+      cluster's recovery. A publish whose connection is lost before its ack is sent
+      again on the next connection at once. Not retried, raised at once: stream full,
+      message too large, permission denied, no stream for the subject
+      (``PublishError.reason``: ``stream_full``, ``message_too_large``,
       ``permission_denied``, ``no_stream``).
     * A :class:`CircuitBreaker` fails fast (:class:`CircuitOpenError`) after
-      ``circuit_breaker_threshold`` consecutive failed publishes.
+      ``circuit_breaker_threshold`` consecutive publishes that failed for an outage
+      (timeout, no connection); no responders and "unavailable" come from a server
+      that is up, while a cluster recovers, and do not count.
     * ``publish_many`` pipelines up to ``max_in_flight`` unacknowledged publishes on one
       reply inbox; every publish has a deadline and every reply, error or not,
       resolves it, so a batch never hangs. Failed positions are retried on their own.

@@ -29,9 +29,17 @@ from message_bus.domain.errors import (
 from message_bus.ports.config import PublisherConfig
 from message_bus.ports.publisher import PublishReceipt
 
-from .acks import NO_RESPONDERS, PERMISSION_DENIED, TIMED_OUT, AckMux, PubAckWire, shared_ack_mux
+from .acks import (
+    CONNECTION_LOST,
+    NO_RESPONDERS,
+    PERMISSION_DENIED,
+    TIMED_OUT,
+    AckMux,
+    PubAckWire,
+    shared_ack_mux,
+)
 from .client import NatsClient
-from .failures import WRITE_ERRORS, publish_failure
+from .failures import WRITE_ERRORS, answered, publish_failure
 from .framing import EncodedBlock
 from .internals import Writer
 
@@ -40,6 +48,11 @@ log = logging.getLogger("message_bus.nats.publisher")
 _STREAM_FULL = 10077
 _MESSAGE_TOO_LARGE = 10054
 _LOOKUP_TIMEOUT = 1.0
+_MIN_REFUSED_DELAY = 0.005
+"""Seconds at least between two attempts that were refused at once (a bound on the loop)."""
+_WAITED_OUT = 0.95
+"""Share of its time an attempt must have used to count as one that waited (a timer may
+fire a hair early)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,9 +144,11 @@ class Sender:
         config = self.config
         attempts = config.max_retry_attempts
         deadline = loop.time() + config.publish_timeout
-        attempt = 1
+        attempt = 1  # every attempt, as reported to on_retry
+        waited = 0  # attempts that waited their share of the deadline out
         while True:
-            timeout = (deadline - loop.time()) / (attempts - attempt + 1)
+            timeout = (deadline - loop.time()) / (attempts - waited)
+            began = loop.time()
             if jetstream:
                 outcome = await self._attempt_jetstream(message_id, block, timeout)
             else:
@@ -141,10 +156,19 @@ class Sender:
             if isinstance(outcome, PublishReceipt):
                 return outcome
             error = outcome
-            remaining = deadline - loop.time()
-            if not error.retryable or attempt >= attempts or remaining <= 0:
+            now = loop.time()
+            remaining = deadline - now
+            if not error.retryable or remaining <= 0:
                 raise error
-            delay = min(random.uniform(0.0, config.retry_delay(attempt)), remaining * 0.5)
+            if isinstance(error, PublishTimeout) or now - began >= timeout * _WAITED_OUT:
+                waited += 1
+                if waited >= attempts:
+                    raise error
+                delay = random.uniform(0.0, config.retry_delay(waited))
+            else:  # refused at once while the cluster recovers: keep the attempt, and
+                # ask again at the first delay's pace, to follow the recovery closely
+                delay = max(_MIN_REFUSED_DELAY, random.uniform(0.0, config.initial_retry_delay))
+            delay = min(delay, remaining * 0.5)
             if self.on_retry is not None:
                 self._report_retry(message_id, block.subject, message_type, attempt, delay, error)
             await asyncio.sleep(delay)
@@ -228,6 +252,11 @@ class Sender:
         """The bus error for a publish outcome that is not a PubAck."""
         if ack is TIMED_OUT:
             return PublishTimeout(message_id, subject, "no acknowledgement from JetStream")
+        if ack is CONNECTION_LOST:
+            return PublishError(
+                message_id, subject, PublishFailure.DISCONNECTED, retryable=True,
+                detail="the connection was lost before JetStream acknowledged the publish",
+            )  # fmt: skip
         if ack is PERMISSION_DENIED:
             return PublishError(
                 message_id, subject, PublishFailure.PERMISSION_DENIED, retryable=False,
@@ -294,31 +323,49 @@ class Sender:
         """Publishes a batch, pipelined; returns a receipt or error per input position."""
         count = len(blocks)
         results: list[PublishReceipt | PublishError | None] = [None] * count
+        loop = asyncio.get_running_loop()
         config = self.config
         attempts = config.max_retry_attempts
-        attempt_timeout = config.publish_timeout / attempts
+        deadline = loop.time() + config.publish_timeout
+        attempt = 1
+        waited = 0  # rounds in which a publish waited (timed out or found no connection)
         todo = list(range(count))
-        for attempt in range(1, attempts + 1):
+        while True:
+            timeout = (deadline - loop.time()) / (attempts - waited)
             js_todo = [i for i in todo if jetstream[i]]
             core_todo = [i for i in todo if not jetstream[i]]
             for i in core_todo:
-                results[i] = await self._attempt_core(ids[i], blocks[i], attempt_timeout)
+                results[i] = await self._attempt_core(ids[i], blocks[i], timeout)
             if js_todo:
-                await self._pipeline(js_todo, ids, blocks, results, attempt_timeout)
-            todo = [
-                i
-                for i in todo
-                if isinstance(results[i], PublishError) and results[i].retryable  # type: ignore[union-attr]
-            ]
-            if not todo or attempt == attempts:
+                await self._pipeline(js_todo, ids, blocks, results, timeout)
+            failed: list[PublishError] = []
+            retry: list[int] = []
+            for i in todo:
+                result = results[i]
+                if isinstance(result, PublishError) and result.retryable:
+                    failed.append(result)
+                    retry.append(i)
+            todo = retry
+            if attempt == 1:  # a large batch's first round may outlast the deadline:
+                # its retries still get their share of the time
+                share = config.publish_timeout * (attempts - 1) / attempts
+                deadline = max(deadline, loop.time() + share)
+            remaining = deadline - loop.time()
+            if not todo or remaining <= 0:
                 break
-            delay = random.uniform(0.0, config.retry_delay(attempt))
+            if all(answered(error) for error in failed):  # refused at once: keep the attempt
+                delay = max(_MIN_REFUSED_DELAY, random.uniform(0.0, config.initial_retry_delay))
+            else:
+                waited += 1
+                if waited >= attempts:
+                    break
+                delay = random.uniform(0.0, config.retry_delay(waited))
+            delay = min(delay, remaining * 0.5)
             if self.on_retry is not None:
-                for i in todo:
-                    error = results[i]
-                    assert isinstance(error, PublishError)
+                for i, error in zip(todo, failed, strict=True):
                     self._report_retry(ids[i], blocks[i].subject, types[i], attempt, delay, error)
             await asyncio.sleep(delay)
+            attempt += 1
         return results  # type: ignore[return-value]  # every position was set
 
     async def _pipeline(
