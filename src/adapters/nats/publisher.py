@@ -127,6 +127,7 @@ class JetStreamPublisher(Publisher):
                     return PublishReceipt(
                         message.id, block.subject, None, None, False, block.partition
                     )
+        started = breaker.now()
         try:
             receipt = await self._sender.send(
                 message.id, block, jetstream=jetstream, message_type=message.message_type
@@ -134,7 +135,7 @@ class JetStreamPublisher(Publisher):
         except PublishError as exc:
             if breaker.threshold:
                 if counts_as_outage(exc):
-                    breaker.failure()
+                    breaker.failure(started)
                 else:
                     breaker.success()
             raise
@@ -162,6 +163,7 @@ class JetStreamPublisher(Publisher):
                 )
         types = [message.message_type for message in messages]
         jetstream = self._jetstream
+        started = breaker.now()
         try:
             results = await self._sender.send_many(
                 ids, blocks, [jetstream[t] for t in types], types
@@ -173,9 +175,8 @@ class JetStreamPublisher(Publisher):
         if breaker.threshold:
             if len(errors) < len(results) or not all(counts_as_outage(e) for e in errors):
                 breaker.success()
-            else:
-                for _ in errors:
-                    breaker.failure()
+            else:  # one batch, one outage seen
+                breaker.failure(started)
         if errors:
             raise PublishBatchError(list(results))
         return results  # type: ignore[return-value]  # no errors in it
