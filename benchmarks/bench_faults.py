@@ -5,27 +5,33 @@ always``, every acknowledged write is on disk), R3 streams, and runs for ``--sec
 
 * the bus: one :class:`JetStreamPublisher` with its default configuration, sending
   sequential payments with unique ids; the caller loop is what an app would write:
-  ``publish()``, and on :class:`PublishError` retry the same message after a short sleep;
-* raw nats-py, at the same time, on its own connection and stream: ``js.publish`` with a
-  ``Nats-Msg-Id``, retrying the same id on any error after the same short sleep;
-* a consumer group (a :class:`JetStreamSubscriber` on its own connection) handling the
-  bus's payments while they are published;
+  ``publish()``, and on :class:`PublishError` the same message again after a short sleep;
+* raw nats-py, at the same time, on its own connection and its own subject
+  (``raw.payment``, added to the same R3 stream, so both sides meet the same stream
+  leader and the same elections): ``js.publish`` with a ``Nats-Msg-Id``, the same id
+  again on any error after the same short sleep;
+* one consumer group per side, each on its own connection, handling the payments while
+  they are published: a :class:`JetStreamSubscriber` for the bus, a durable pull
+  consumer with a ``fetch`` + ``ack`` loop for nats-py;
 * a nemesis that, from a seeded schedule, SIGKILLs (``kill``) or SIGSTOPs (``stop``) a
   random node, or either (``both``), for 0.5-2 s (then restarts it / SIGCONTs it), and
   starts the next fault 1.5-3 s after the previous one healed: one node at a time, so a
   quorum always exists and publishing can always go on.
 
-Both publishers run concurrently on one event loop, so they meet the same faults at the
-same moments. Afterwards every node is healed and both streams are read back: every
-acknowledged id must be stored exactly once (``lost``: acknowledged, not stored;
-``duplicates``: stored more than once; the stream's message count must equal its number
-of distinct ids), and every acknowledged payment must have been handled by the group
-(duplicates handled are counted: at-least-once delivery allows them, so they are
-reported, not failed).
+Both sides run concurrently on one event loop, for the same ``--seconds``, so they meet
+the same faults at the same moments (which node each connection lands on is still
+chance: one run is noisy, compare several). Afterwards every node is healed and the
+stream is read back: every acknowledged id must be stored exactly once (``lost``:
+acknowledged, not stored; ``dup``: stored more than once; ``stored``: messages on the
+side's subjects, which must all be distinct), and every acknowledged payment must have
+been handled by the side's group (``twice``: handled again, which at-least-once delivery
+allows, so it is reported, not failed).
 
 ``failures`` counts ``publish()`` calls that raised (the bus) and ``js.publish`` calls
-that raised (nats-py): what the caller saw. Exit code 1 when anything acknowledged was
-lost or stored twice, or a payment was never handled.
+that raised (nats-py): what the caller saw. ``gap s`` is the longest time without an
+acknowledgement. Exit code 1 when anything acknowledged was lost or stored twice, or a
+payment was never handled. ``-v`` prints the faults, each side's failures over time and
+its acknowledgements per second.
 
 Run: ``python benchmarks/bench_faults.py --seconds 35 --seed 7 --nemesis both``.
 """
@@ -46,7 +52,7 @@ from dataclasses import dataclass, field
 import nats
 import nats.errors
 from nats.aio.client import Client
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from message_bus import (
     Message,
@@ -67,8 +73,8 @@ from message_bus.app.embedded import NatsCluster
 from message_bus.domain.catalog import StreamCatalog
 
 CORRIDORS = ["USD-EUR", "GBP-USD", "EUR-JPY", "AED-INR", "USD-CHF", "CAD-USD", "EUR-GBP", "SGD-HKD"]
-BUS_STREAM = "PAYMENT_INSTRUCTIONS"
-RAW_STREAM = "RAW_PAYMENTS"
+STREAM = "PAYMENT_INSTRUCTIONS"
+BUS_SUBJECTS = "deltran.payment.instruction.>"
 RAW_SUBJECT = "raw.payment"
 RAW_GROUP = "raw-group"
 RETRY_SLEEP = 0.05
@@ -236,7 +242,7 @@ async def raw_consumer(nc: Client, side: Side, consuming: asyncio.Event) -> None
     while consuming.is_set():
         try:
             if sub is None:
-                sub = await js.pull_subscribe_bind(RAW_GROUP, stream=RAW_STREAM)
+                sub = await js.pull_subscribe_bind(RAW_GROUP, stream=STREAM)
             msgs = await sub.fetch(64, timeout=1.0)
         except nats.errors.TimeoutError:
             continue
@@ -249,31 +255,31 @@ async def raw_consumer(nc: Client, side: Side, consuming: asyncio.Event) -> None
                 await msg.ack()
 
 
-async def read_ids(nc: Client, stream: str) -> list[str]:
-    """Every ``Nats-Msg-Id`` stored in ``stream``, in stream order (read with an
-    ephemeral consumer, within ``READ_TIMEOUT``)."""
+async def read_ids(nc: Client, stream: str, subjects: str) -> list[str]:
+    """Every ``Nats-Msg-Id`` stored in ``stream`` on ``subjects``, in stream order (read
+    with an ephemeral consumer, within ``READ_TIMEOUT``)."""
     js = nc.jetstream(timeout=5.0)
     deadline = time.monotonic() + READ_TIMEOUT
     while True:  # the cluster may still be electing leaders after the last fault
         try:
-            info = await js.stream_info(stream)
             sub = await js.pull_subscribe(
-                "",
+                subjects,
                 stream=stream,
                 config=ConsumerConfig(
                     ack_policy=AckPolicy.NONE,
                     deliver_policy=DeliverPolicy.ALL,
+                    filter_subject=subjects,
                     inactive_threshold=30.0,
                     num_replicas=1,
                     mem_storage=True,
                 ),
             )
+            total = (await sub.consumer_info()).num_pending or 0
             break
         except nats.errors.Error as exc:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"reading {stream} not possible in time: {exc!r}") from exc
             await asyncio.sleep(0.2)
-    total = info.state.messages
     ids: list[str] = []
     try:
         while len(ids) < total:
@@ -337,17 +343,18 @@ async def run(args: argparse.Namespace) -> int:
         raw = await nats.connect(servers=urls, max_reconnect_attempts=-1, error_cb=quiet)
         raw_sub = await nats.connect(servers=urls, max_reconnect_attempts=-1, error_cb=quiet)
         raw_js = raw.jetstream()
-        await raw_js.add_stream(
-            StreamConfig(
-                name=RAW_STREAM,
-                subjects=[f"{RAW_SUBJECT}.>", RAW_SUBJECT],
-                num_replicas=3,
-                duplicate_window=120.0,
-            )
-        )
+        # nats-py's subject in the bus's stream: one leader, so both meet the same elections
+        stream = (await raw_js.stream_info(STREAM)).config
+        stream.subjects = [*(stream.subjects or []), RAW_SUBJECT]
+        await raw_js.update_stream(stream)
         await raw_js.add_consumer(
-            RAW_STREAM,
-            ConsumerConfig(durable_name=RAW_GROUP, ack_wait=5.0, max_ack_pending=1000),
+            STREAM,
+            ConsumerConfig(
+                durable_name=RAW_GROUP,
+                filter_subject=RAW_SUBJECT,
+                ack_wait=5.0,
+                max_ack_pending=1000,
+            ),
         )
         bus, rawside = Side("bus"), Side("nats-py")
 
@@ -392,8 +399,8 @@ async def run(args: argparse.Namespace) -> int:
         consuming.clear()
         await subscription.stop()
         await raw_consumer_task
-        check(bus, await read_ids(raw, BUS_STREAM))
-        check(rawside, await read_ids(raw, RAW_STREAM))
+        check(bus, await read_ids(raw, STREAM, BUS_SUBJECTS))
+        check(rawside, await read_ids(raw, STREAM, RAW_SUBJECT))
         await subscriber.close()
         await publisher.close()
         await pub_client.close()
