@@ -16,7 +16,8 @@ always``, every acknowledged write is on disk), R3 streams, and runs for ``--sec
 * a nemesis that, from a seeded schedule, SIGKILLs (``kill``) or SIGSTOPs (``stop``) a
   random node, or either (``both``), for 0.5-2 s (then restarts it / SIGCONTs it), and
   starts the next fault 1.5-3 s after the previous one healed: one node at a time, so a
-  quorum always exists and publishing can always go on.
+  quorum always exists and publishing can always go on (``none``: no faults, a
+  baseline).
 
 Both sides run concurrently on one event loop, for the same ``--seconds``, so they meet
 the same faults at the same moments (which node each connection lands on is still
@@ -98,6 +99,8 @@ def schedule(seed: int, mode: str, seconds: float, nodes: int) -> list[Fault]:
     """The nemesis's faults for a run of ``seconds``, the same for the same seed."""
     rng = random.Random(seed)
     faults: list[Fault] = []
+    if mode == "none":  # a baseline: the same run without faults
+        return faults
     elapsed = 0.0
     while True:
         gap = rng.uniform(1.5, 3.0)
@@ -441,7 +444,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=35.0, help="publishing time per side")
     parser.add_argument("--seed", type=int, default=1, help="seed of the fault schedule")
-    parser.add_argument("--nemesis", choices=("kill", "stop", "both"), default="both")
+    parser.add_argument(
+        "--nemesis",
+        choices=("kill", "stop", "both", "none"),
+        default="both",
+        help="SIGKILL, SIGSTOP, either, or no faults (a baseline)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="print the faults")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR, format="%(name)s: %(message)s")

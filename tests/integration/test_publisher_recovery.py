@@ -80,10 +80,19 @@ async def test_a_publish_while_the_stream_elects_a_leader_waits_for_the_new_lead
         publish_timeout=30.0, max_retry_attempts=3, circuit_breaker_threshold=0
     )
     publisher = JetStreamPublisher(client, config, on_retry=retries.append)
+    lookups = 0  # "does a stream capture this subject?", asked on no responders
+
+    async def count(_msg: object) -> None:
+        nonlocal lookups
+        lookups += 1
+
+    await client.connection.subscribe("$JS.API.STREAM.NAMES", cb=count)
+    await client.flush()
     await asyncio.to_thread(nats_cluster.kill_node, leader)
     message = payment(1)
     try:
         receipt = await publisher.publish(message)
+        await client.flush()
     finally:
         await client.close()
 
@@ -92,6 +101,7 @@ async def test_a_publish_while_the_stream_elects_a_leader_waits_for_the_new_lead
     reasons = {event.error.reason for event in retries}
     assert "no_responders" in reasons, f"no election was met: {reasons}"
     assert {event.message_id for event in retries} == {message.id}
+    assert lookups == 1, "the stream lookup is asked once per publish, not once per attempt"
 
 
 async def test_a_publish_whose_connection_is_lost_is_sent_again_at_once_with_its_id(

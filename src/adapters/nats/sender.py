@@ -146,11 +146,12 @@ class Sender:
         deadline = loop.time() + config.publish_timeout
         attempt = 1  # every attempt, as reported to on_retry
         waited = 0  # attempts that waited their share of the deadline out
+        lookups: dict[str, bool | None] = {}  # asked once per publish, not per attempt
         while True:
             timeout = (deadline - loop.time()) / (attempts - waited)
             began = loop.time()
             if jetstream:
-                outcome = await self._attempt_jetstream(message_id, block, timeout)
+                outcome = await self._attempt_jetstream(message_id, block, timeout, lookups)
             else:
                 outcome = await self._attempt_core(message_id, block, timeout)
             if isinstance(outcome, PublishReceipt):
@@ -190,7 +191,11 @@ class Sender:
             log.exception("on_retry hook failed")
 
     async def _attempt_jetstream(
-        self, message_id: str, block: EncodedBlock, timeout: float
+        self,
+        message_id: str,
+        block: EncodedBlock,
+        timeout: float,
+        lookups: dict[str, bool | None],
     ) -> PublishReceipt | PublishError:
         subject = block.subject
         client = self.client
@@ -209,7 +214,7 @@ class Sender:
                     message_id, subject, ack.stream, ack.seq, ack.duplicate, block.partition
                 )
             return _not_a_puback(message_id, subject, ack)
-        return await self._classify(message_id, subject, ack, {})
+        return await self._classify(message_id, subject, ack, lookups)
 
     async def _attempt_core(
         self, message_id: str, block: EncodedBlock, timeout: float
@@ -329,6 +334,7 @@ class Sender:
         deadline = loop.time() + config.publish_timeout
         attempt = 1
         waited = 0  # rounds in which a publish waited (timed out or found no connection)
+        lookups: dict[str, bool | None] = {}  # asked once per subject and batch
         todo = list(range(count))
         while True:
             timeout = (deadline - loop.time()) / (attempts - waited)
@@ -337,7 +343,7 @@ class Sender:
             for i in core_todo:
                 results[i] = await self._attempt_core(ids[i], blocks[i], timeout)
             if js_todo:
-                await self._pipeline(js_todo, ids, blocks, results, timeout)
+                await self._pipeline(js_todo, ids, blocks, results, timeout, lookups)
             failed: list[PublishError] = []
             retry: list[int] = []
             for i in todo:
@@ -375,6 +381,7 @@ class Sender:
         blocks: Sequence[EncodedBlock],
         results: list[PublishReceipt | PublishError | None],
         timeout: float,
+        lookups: dict[str, bool | None],
     ) -> None:
         loop = asyncio.get_running_loop()
         client = self.client
@@ -416,7 +423,6 @@ class Sender:
             batch.abandon()
             raise
         outcomes = batch.outcomes
-        lookups: dict[str, bool | None] = {}
         for i in batch.sent:
             ack = outcomes[i]
             assert ack is not None
