@@ -152,3 +152,43 @@ async def test_a_publish_whose_connection_is_lost_is_sent_again_at_once_with_its
     assert receipt.sequence == 2
     assert receipt.duplicate, "the retry was not deduplicated against the stored message"
     assert ids[1:] == [message.id]
+
+
+async def test_a_retry_of_a_publish_the_stream_still_processes_waits_for_its_outcome(
+    nats_cluster: NatsCluster, cluster_client: NatsClient
+) -> None:
+    await JetStreamPublisher(cluster_client).publish(payment(0))
+    info = await cluster_client.jetstream.stream_info(STREAM)
+    assert info.cluster is not None
+    names = [node.server_name for node in nats_cluster.nodes]
+    leader = names.index(str(info.cluster.leader))
+    followers = [i for i in range(3) if i != leader]
+    client = NatsClient(NatsConfig(urls=[nats_cluster.urls[leader]]))
+    await client.connect()
+    retries: list[RetryEvent] = []
+    # 1 s per attempt: the first one times out while the leader cannot reach a quorum,
+    # and its retry (same id) finds the first copy still in process (409, 10158).
+    config = PublisherConfig(
+        publish_timeout=20.0, max_retry_attempts=20, circuit_breaker_threshold=0
+    )
+    publisher = JetStreamPublisher(client, config, on_retry=retries.append)
+    message = payment(1)
+    for node in followers:
+        await asyncio.to_thread(nats_cluster.freeze_node, node)
+    try:
+        publishing = asyncio.create_task(publisher.publish(message))
+        await eventually(
+            lambda: publishing.done() or any("10158" in e.error.detail for e in retries),
+            "a retry finding its first copy in process",
+        )
+    finally:
+        for node in followers:
+            nats_cluster.thaw_node(node)
+    try:
+        receipt = await publishing
+        ids = await stored_ids(client)
+    finally:
+        await client.close()
+
+    assert receipt.sequence == 2
+    assert ids[1:] == [message.id]

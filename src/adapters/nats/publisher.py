@@ -46,8 +46,9 @@ class JetStreamPublisher(Publisher):
       disconnected, no responders while the stream's leader is elected (503). Up to
       ``max_retry_attempts`` attempts wait for an answer (each gets an equal share of
       the remaining time), with exponential backoff and full jitter between them. A
-      refusal that comes back at once (no responders, JetStream unavailable, a write
-      on a lost connection) does not use up an attempt: it is asked again every
+      refusal that comes back at once (no responders, JetStream unavailable, a retry
+      whose first copy is still being stored, a write on a lost connection) does not
+      use up an attempt: it is asked again every
       ``initial_retry_delay`` (jittered) until the deadline, so a publish follows the
       cluster's recovery. A publish whose connection is lost before its ack is sent
       again on the next connection at once. Not retried, raised at once: stream full,

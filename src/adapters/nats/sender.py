@@ -47,6 +47,8 @@ log = logging.getLogger("message_bus.nats.publisher")
 
 _STREAM_FULL = 10077
 _MESSAGE_TOO_LARGE = 10054
+_IN_PROCESS = 10158
+"""A retry found the first copy of its id still being stored (not yet committed)."""
 _LOOKUP_TIMEOUT = 1.0
 _MIN_REFUSED_DELAY = 0.005
 """Seconds at least between two attempts that were refused at once (a bound on the loop)."""
@@ -293,6 +295,10 @@ class Sender:
                 PublishFailure.MESSAGE_TOO_LARGE,
                 retryable=False,
                 detail=detail,
+            )
+        if error.err_code == _IN_PROCESS:  # its outcome is coming: ask again
+            return PublishError(
+                message_id, subject, PublishFailure.UNAVAILABLE, retryable=True, detail=detail
             )
         if error.code in (503, 408, 500) or error.code == 0:
             return PublishError(
