@@ -62,7 +62,8 @@ _ANSWERED = frozenset({PublishFailure.NO_RESPONDERS, PublishFailure.UNAVAILABLE}
 
 def answered(error: PublishError) -> bool:
     """Whether a reachable server refused the publish for now (no responders while a
-    stream's leader is elected, JetStream unavailable): a transient, refused at once."""
+    stream's leader is elected, JetStream unavailable, a retry whose first copy is
+    still being stored): a transient, refused at once."""
     return error.reason in _ANSWERED
 
 

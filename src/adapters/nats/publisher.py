@@ -48,10 +48,10 @@ class JetStreamPublisher(Publisher):
       the remaining time), with exponential backoff and full jitter between them. A
       refusal that comes back at once (no responders, JetStream unavailable, a retry
       whose first copy is still being stored, a write on a lost connection) does not
-      use up an attempt: it is asked again every
-      ``initial_retry_delay`` (jittered) until the deadline, so a publish follows the
-      cluster's recovery. A publish whose connection is lost before its ack is sent
-      again on the next connection at once. Not retried, raised at once: stream full,
+      use up an attempt: it is asked again every ``initial_retry_delay`` (jittered)
+      until the deadline, so a publish follows the cluster's recovery. A publish
+      whose connection is lost before its ack is sent again on the next connection at
+      once. Not retried, raised at once: stream full,
       message too large, permission denied, no stream for the subject
       (``PublishError.reason``: ``stream_full``, ``message_too_large``,
       ``permission_denied``, ``no_stream``).
