@@ -50,11 +50,10 @@ class JetStreamPublisher(Publisher):
       whose first copy is still being stored, a write on a lost connection) does not
       use up an attempt: it is asked again every ``initial_retry_delay`` (jittered)
       until the deadline, so a publish follows the cluster's recovery. A publish
-      whose connection is lost before its ack is sent again on the next connection at
-      once. Not retried, raised at once: stream full,
-      message too large, permission denied, no stream for the subject
-      (``PublishError.reason``: ``stream_full``, ``message_too_large``,
-      ``permission_denied``, ``no_stream``).
+      whose connection is lost while it awaits its ack goes out again on the next
+      connection at once. Not retried, raised at once: stream full, message too
+      large, permission denied, no stream for the subject (``PublishError.reason``:
+      ``stream_full``, ``message_too_large``, ``permission_denied``, ``no_stream``).
     * A :class:`CircuitBreaker` fails fast (:class:`CircuitOpenError`) after
       ``circuit_breaker_threshold`` consecutive publishes that failed for an outage
       (timeout, no connection); no responders and "unavailable" come from a server
