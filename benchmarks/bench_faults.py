@@ -298,6 +298,15 @@ async def read_ids(nc: Client, stream: str, subjects: str) -> list[str]:
     return ids
 
 
+async def stream_leader(nc: Client) -> str | None:
+    """The server leading the stream now, if JetStream says."""
+    try:
+        info = await nc.jetstream(timeout=5.0).stream_info(STREAM)
+    except nats.errors.Error:
+        return None
+    return info.cluster.leader if info.cluster else None
+
+
 def check(side: Side, stored: list[str]) -> None:
     counts = collections.Counter(stored)
     side.stored = len(stored)
@@ -399,6 +408,9 @@ async def run(args: argparse.Namespace) -> int:
             nemesis.run(started),
         )
         elapsed = time.monotonic() - started
+        ports = {node.port: node.server_name for node in cluster.nodes}
+        bus_node = ports.get(int((pub_client.connected_url or ":0").rpartition(":")[2]))
+        raw_node = ports.get((raw.connected_url.port if raw.connected_url else 0) or 0)
         for i, node in enumerate(cluster.nodes):  # every node up and in the cluster
             if not node.is_running:
                 await asyncio.to_thread(cluster.restart_node, i, wait_healthy=False)
@@ -417,6 +429,7 @@ async def run(args: argparse.Namespace) -> int:
         consuming.clear()
         await subscription.stop()
         await raw_consumer_task
+        leader = await stream_leader(raw)
         check(bus, await read_ids(raw, STREAM, BUS_SUBJECTS))
         check(rawside, await read_ids(raw, STREAM, RAW_SUBJECT))
         await subscriber.close()
@@ -427,6 +440,7 @@ async def run(args: argparse.Namespace) -> int:
         await raw_sub.close()
 
     print(f"nemesis {args.nemesis}, seed {args.seed}, {len(faults)} faults, {elapsed:.1f}s")
+    print(f"  at the end: bus on {bus_node}, nats-py on {raw_node}, stream leader {leader}")
     if args.verbose:
         print("  nodes: " + ", ".join(f"nats-{i + 1} {url}" for i, url in enumerate(urls)))
         for line in nemesis.log:
