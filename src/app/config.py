@@ -147,7 +147,11 @@ _CONFIG_FIELDS: dict[str, tuple[str, str]] = {
     ),
     "publisher.max_retry_attempts": (
         "DELTRAN_PUBLISH_MAX_RETRY_ATTEMPTS",
-        "Attempts per message, the first included.",
+        (
+            "Attempts per message that wait for an answer, the first included; instant "
+            "refusals while a cluster recovers (no responders) are asked again until the "
+            "deadline."
+        ),
     ),
     "publisher.initial_retry_delay": (
         "DELTRAN_PUBLISH_INITIAL_RETRY_DELAY",

@@ -28,6 +28,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -745,6 +746,36 @@ class NatsCluster:
         """Kills node ``index`` (0-based) with SIGKILL, as a crash would."""
         self.node(index).kill()
 
+    def freeze_node(self, index: int, *, timeout: float = 5.0) -> None:
+        """Stops node ``index`` with SIGSTOP, as a hung process: its sockets stay open.
+
+        Returns once every thread of the process is stopped (``kill`` returns before
+        they are, and a thread still running could answer a request sent right after).
+
+        Raises:
+            EmbeddedServerError: If the node is not running, or its threads are not all
+                stopped within ``timeout`` seconds.
+        """
+        node = self.node(index)
+        pid = node.pid
+        if pid is None or not node.is_running:
+            raise EmbeddedServerError(f"{node.server_name} is not running")
+        os.kill(pid, signal.SIGSTOP)
+        deadline = time.monotonic() + timeout
+        while not _all_threads_stopped(pid):
+            if time.monotonic() > deadline:
+                raise EmbeddedServerError(
+                    f"{node.server_name}: not every thread stopped within {timeout:g}s of SIGSTOP"
+                )
+            time.sleep(0.001)
+
+    def thaw_node(self, index: int) -> None:
+        """Resumes node ``index`` after :meth:`freeze_node` (SIGCONT); a no-op if it is gone."""
+        pid = self.node(index).pid
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
     def restart_node(self, index: int, *, wait_healthy: bool = True) -> None:
         """(Re)starts node ``index`` on its ports and store directory.
 
@@ -889,6 +920,21 @@ def _free_ports(host: str, count: int) -> list[int]:
         for sock in sockets:
             sock.bind((host, 0))
         return [int(sock.getsockname()[1]) for sock in sockets]
+
+
+def _all_threads_stopped(pid: int) -> bool:
+    """Whether every thread of ``pid`` is stopped; True where ``/proc`` cannot tell."""
+    tasks = Path(f"/proc/{pid}/task")
+    if not tasks.is_dir():
+        return True
+    for task in tasks.iterdir():
+        try:
+            state = (task / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue  # the thread exited meanwhile
+        if state not in ("T", "t"):
+            return False
+    return True
 
 
 def _get_json(url: str) -> tuple[int, dict[str, Any]]:

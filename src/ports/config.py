@@ -85,7 +85,9 @@ class PublisherConfig:
     Attributes:
         use_jetstream: persist stream-backed types in JetStream (core publish if False).
         publish_timeout: overall deadline of one publish, retries included (seconds).
-        max_retry_attempts: attempts per message, the first one included.
+        max_retry_attempts: attempts per message that wait for an answer, the first one
+            included; refusals that come back at once while a cluster recovers (no
+            responders) are asked again until the deadline without using one up.
         initial_retry_delay: backoff before the second attempt (seconds); doubles each time.
         max_retry_delay: backoff cap (seconds); each delay gets full jitter.
         partitions: partition count written to headers (1..4096).

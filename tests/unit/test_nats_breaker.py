@@ -116,3 +116,41 @@ def test_clean_says_whether_a_success_would_change_anything() -> None:
 
     breaker.success()
     assert breaker.clean
+
+
+def test_calls_in_flight_together_that_fail_with_one_outage_count_once() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker(3, 10.0, clock)
+    started = breaker.now()  # ten concurrent calls begin
+    clock.now += 5.0  # and all fail when their deadline passes
+    for _ in range(10):
+        breaker.failure(started)
+
+    assert breaker.state == "closed"
+
+
+def test_calls_that_fail_one_after_the_other_open_it() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker(3, 10.0, clock)
+    for _ in range(3):
+        started = breaker.now()
+        clock.now += 5.0
+        breaker.failure(started)
+
+    assert breaker.state == "open"
+
+
+def test_a_stale_call_failing_while_half_open_does_not_spoil_the_probe() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker(1, 10.0, clock)
+    stale = breaker.now()
+    clock.now += 1.0
+    breaker.failure(breaker.now())
+    clock.now += 10.0
+    assert breaker.before() is None  # the probe goes out
+
+    breaker.failure(stale)  # began before the outage was seen
+
+    assert breaker.state == "half_open"
+    breaker.success()
+    assert breaker.state == "closed"

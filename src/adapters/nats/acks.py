@@ -19,7 +19,7 @@ import nats.errors
 
 from message_bus.domain.errors import ValidationError
 
-from .client import NatsClient
+from .client import ConnectionStatus, NatsClient
 from .failures import MessageTooLarge
 from .headers import headers_of
 from .internals import Block, Writer, new_reply_prefix
@@ -54,6 +54,9 @@ TIMED_OUT = PubAckWire(error=ApiErrorWire(code=408, description="no acknowledgem
 """Outcome: the deadline passed without a reply."""
 PERMISSION_DENIED = PubAckWire(error=ApiErrorWire(code=403, description="permission denied"))
 """Outcome: the server refused the publish (permissions violation)."""
+CONNECTION_LOST = PubAckWire(error=ApiErrorWire(description="connection lost"))
+"""Outcome: the connection the publish went out on was lost before its reply came; the
+reply cannot come on it any more (a retry with the same id is deduplicated)."""
 
 
 def parse_ack(data: bytes, block: bytes | None) -> PubAckWire:
@@ -165,6 +168,7 @@ class AckMux:
         """Outstanding publishes: reply token -> (AckBatch, position) or (future, subject)."""
         self._counter = 0
         self._remove_listener = client.on_permission_denied(self._on_permission_denied)
+        self._remove_status = client.on_status(self._on_status)
 
     async def start(self) -> None:
         await self._client.subscribe_raw(
@@ -202,6 +206,20 @@ class AckMux:
                     target.resolve(key, PERMISSION_DENIED)
                 elif not target.done():
                     target.set_result(PERMISSION_DENIED)
+
+    def _on_status(self, status: ConnectionStatus) -> None:
+        """On a lost connection, resolves every outstanding publish as
+        :data:`CONNECTION_LOST` at once, so it is retried on the next connection instead
+        of waiting out its deadline for a reply that left with the old one."""
+        if status is ConnectionStatus.CONNECTED or not self.pending:
+            return
+        entries = list(self.pending.values())
+        self.pending.clear()
+        for target, key in entries:
+            if target.__class__ is AckBatch:
+                target.resolve(key, CONNECTION_LOST)
+            elif not target.done():
+                target.set_result(CONNECTION_LOST)
 
     async def request(self, block: Block, timeout: float) -> PubAckWire:
         """Publishes one message to JetStream and waits for its outcome.
@@ -291,6 +309,7 @@ async def shared_ack_mux(client: NatsClient) -> AckMux:
 
 
 __all__ = [
+    "CONNECTION_LOST",
     "NO_RESPONDERS",
     "PERMISSION_DENIED",
     "TIMED_OUT",

@@ -21,6 +21,9 @@ class BreakerState(enum.StrEnum):
 class CircuitBreaker:
     """Fails fast after ``threshold`` consecutive failed publishes, for ``cooldown`` s.
 
+    Consecutive means one after the other in time: publishes that were in flight
+    together and failed with one outage count once (see :meth:`failure`).
+
     Closed: everything passes. Open: everything fails with the remaining cooldown.
     After the cooldown it is half-open: one probe passes, every other call still fails
     fast; the probe's success closes it, its failure opens it again. Only failures
@@ -46,6 +49,7 @@ class CircuitBreaker:
         self._clock = clock
         self._failures = 0
         self._opened_at = 0.0
+        self._last_failure = float("-inf")
         self._state = BreakerState.CLOSED
         self._probing = False
 
@@ -77,8 +81,24 @@ class CircuitBreaker:
         self._state = BreakerState.CLOSED
         self.clean = True
 
-    def failure(self) -> None:
-        """A call failed because the broker is unavailable."""
+    def now(self) -> float:
+        """The breaker's clock: what a call passes to :meth:`failure` as its start."""
+        return self._clock()
+
+    def failure(self, started: float | None = None) -> None:
+        """A call failed because the broker is unavailable.
+
+        Args:
+            started: When the failed call began (:meth:`now`). Calls in flight together
+                when an outage begins all fail with it: a call that began before the
+                last counted failure was seen reports that outage again and is not
+                counted again, so many concurrent callers do not open the breaker on
+                one outage that a single caller would have ridden out. ``None``
+                counts every failure.
+        """
+        if started is not None and started < self._last_failure:
+            return
+        self._last_failure = self._clock()
         self._failures += 1
         self.clean = False
         probe_failed = self._state is BreakerState.HALF_OPEN

@@ -56,9 +56,34 @@ def publish_failure(message_id: str, subject: str, error: Exception) -> PublishE
     return PublishError(message_id, subject, reason, retryable=retryable, detail=detail)
 
 
+_ANSWERED = frozenset({PublishFailure.NO_RESPONDERS, PublishFailure.UNAVAILABLE})
+"""Failures a reachable server reported: a stream between leaders, JetStream busy."""
+
+
+def answered(error: PublishError) -> bool:
+    """Whether a reachable server refused the publish for now (no responders while a
+    stream's leader is elected, JetStream unavailable, a retry whose first copy is
+    still being stored): a transient, refused at once."""
+    return error.reason in _ANSWERED
+
+
 def counts_as_outage(error: PublishError) -> bool:
-    """Whether a failed publish says the broker is unavailable (a breaker failure)."""
+    """Whether a failed publish says the broker is unavailable (a breaker failure).
+
+    Timeouts, a lost or closed connection say so. No responders (a stream's leader
+    being elected) and "unavailable" were answered by a server that is up: a cluster
+    that lost one node answers them until it recovers, which is a transient to retry,
+    not an outage to fail fast on.
+    """
+    if answered(error):
+        return False
     return error.retryable or error.reason is PublishFailure.CONNECTION_CLOSED
 
 
-__all__ = ["WRITE_ERRORS", "MessageTooLarge", "counts_as_outage", "publish_failure"]
+__all__ = [
+    "WRITE_ERRORS",
+    "MessageTooLarge",
+    "answered",
+    "counts_as_outage",
+    "publish_failure",
+]

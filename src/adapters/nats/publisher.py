@@ -44,15 +44,22 @@ class JetStreamPublisher(Publisher):
     * A core publish returns once the message is queued on a live connection; while
       the connection is down it waits for it (within the deadline) rather than
       buffering, so "published" never means "sitting in a reconnect buffer".
-    * Retries: up to ``max_retry_attempts`` attempts within ``publish_timeout`` (each
-      attempt gets an equal share of the remaining time), with exponential backoff
-      and full jitter, only for failures that may pass: timeout, disconnected, no
-      responders while the stream's leader is elected (503). Not retried, raised at
-      once: stream full, message too large, permission denied, no stream for the
-      subject (``PublishError.reason``: ``stream_full``, ``message_too_large``,
-      ``permission_denied``, ``no_stream``).
+    * Retries, within ``publish_timeout``, only for failures that may pass: timeout,
+      disconnected, no responders while the stream's leader is elected (503). Up to
+      ``max_retry_attempts`` attempts wait for an answer (each gets an equal share of
+      the remaining time), with exponential backoff and full jitter between them. A
+      refusal that comes back at once (no responders, JetStream unavailable, a retry
+      whose first copy is still being stored, a write on a lost connection) does not
+      use up an attempt: it is asked again every ``initial_retry_delay`` (jittered)
+      until the deadline, so a publish follows the cluster's recovery. A publish
+      whose connection is lost while it awaits its ack goes out again on the next
+      connection at once. Not retried, raised at once: stream full, message too
+      large, permission denied, no stream for the subject (``PublishError.reason``:
+      ``stream_full``, ``message_too_large``, ``permission_denied``, ``no_stream``).
     * A :class:`CircuitBreaker` fails fast (:class:`CircuitOpenError`) after
-      ``circuit_breaker_threshold`` consecutive failed publishes.
+      ``circuit_breaker_threshold`` consecutive publishes that failed for an outage
+      (timeout, no connection); no responders and "unavailable" come from a server
+      that is up, while a cluster recovers, and do not count.
     * The first publish to each stream looks up the stream's duplicate window and
       refuses (:class:`DuplicateWindowError`, for that and every later publish to it)
       a window shorter than ``PublisherConfig.min_duplicate_window`` (twice
@@ -128,6 +135,7 @@ class JetStreamPublisher(Publisher):
                     return PublishReceipt(
                         message.id, block.subject, None, None, False, block.partition
                     )
+        started = breaker.now()
         try:
             deadline = None
             if id(message.message_type) in self._windows.pending:  # once per stream
@@ -142,7 +150,7 @@ class JetStreamPublisher(Publisher):
         except PublishError as exc:
             if breaker.threshold:
                 if counts_as_outage(exc):
-                    breaker.failure()
+                    breaker.failure(started)
                 else:
                     breaker.success()
             raise
@@ -189,6 +197,7 @@ class JetStreamPublisher(Publisher):
                 )
         types = [message.message_type for message in messages]
         jetstream = self._jetstream
+        started = breaker.now()
         try:
             results = await self._sender.send_many(
                 ids, blocks, [jetstream[t] for t in types], types
@@ -200,9 +209,8 @@ class JetStreamPublisher(Publisher):
         if breaker.threshold:
             if len(errors) < len(results) or not all(counts_as_outage(e) for e in errors):
                 breaker.success()
-            else:
-                for _ in errors:
-                    breaker.failure()
+            else:  # one batch, one outage seen
+                breaker.failure(started)
         if errors:
             raise PublishBatchError(list(results))
         return results  # type: ignore[return-value]  # no errors in it

@@ -29,9 +29,17 @@ from message_bus.domain.errors import (
 from message_bus.ports.config import PublisherConfig
 from message_bus.ports.publisher import PublishReceipt
 
-from .acks import NO_RESPONDERS, PERMISSION_DENIED, TIMED_OUT, AckMux, PubAckWire, shared_ack_mux
+from .acks import (
+    CONNECTION_LOST,
+    NO_RESPONDERS,
+    PERMISSION_DENIED,
+    TIMED_OUT,
+    AckMux,
+    PubAckWire,
+    shared_ack_mux,
+)
 from .client import NatsClient
-from .failures import WRITE_ERRORS, publish_failure
+from .failures import WRITE_ERRORS, answered, publish_failure
 from .framing import EncodedBlock
 from .internals import Writer
 
@@ -39,7 +47,14 @@ log = logging.getLogger("message_bus.nats.publisher")
 
 _STREAM_FULL = 10077
 _MESSAGE_TOO_LARGE = 10054
+_IN_PROCESS = 10158
+"""A retry found the first copy of its id still being stored (not yet committed)."""
 _LOOKUP_TIMEOUT = 1.0
+_MIN_REFUSED_DELAY = 0.005
+"""Seconds at least between two attempts that were refused at once (a bound on the loop)."""
+_WAITED_OUT = 0.95
+"""Share of its time an attempt must have used to count as one that waited (a timer may
+fire a hair early)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,20 +150,32 @@ class Sender:
         attempts = config.max_retry_attempts
         if deadline is None:
             deadline = loop.time() + config.publish_timeout
-        attempt = 1
+        attempt = 1  # every attempt, as reported to on_retry
+        waited = 0  # attempts that waited their share of the deadline out
+        lookups: dict[str, bool | None] = {}  # asked once per publish, not per attempt
         while True:
-            timeout = (deadline - loop.time()) / (attempts - attempt + 1)
+            timeout = (deadline - loop.time()) / (attempts - waited)
+            began = loop.time()
             if jetstream:
-                outcome = await self._attempt_jetstream(message_id, block, timeout)
+                outcome = await self._attempt_jetstream(message_id, block, timeout, lookups)
             else:
                 outcome = await self._attempt_core(message_id, block, timeout)
             if isinstance(outcome, PublishReceipt):
                 return outcome
             error = outcome
-            remaining = deadline - loop.time()
-            if not error.retryable or attempt >= attempts or remaining <= 0:
+            now = loop.time()
+            remaining = deadline - now
+            if not error.retryable or remaining <= 0:
                 raise error
-            delay = min(random.uniform(0.0, config.retry_delay(attempt)), remaining * 0.5)
+            if isinstance(error, PublishTimeout) or now - began >= timeout * _WAITED_OUT:
+                waited += 1
+                if waited >= attempts:
+                    raise error
+                delay = random.uniform(0.0, config.retry_delay(waited))
+            else:  # refused at once while the cluster recovers: keep the attempt, and
+                # ask again at the first delay's pace, to follow the recovery closely
+                delay = max(_MIN_REFUSED_DELAY, random.uniform(0.0, config.initial_retry_delay))
+            delay = min(delay, remaining * 0.5)
             if self.on_retry is not None:
                 self._report_retry(message_id, block.subject, message_type, attempt, delay, error)
             await asyncio.sleep(delay)
@@ -170,7 +197,11 @@ class Sender:
             log.exception("on_retry hook failed")
 
     async def _attempt_jetstream(
-        self, message_id: str, block: EncodedBlock, timeout: float
+        self,
+        message_id: str,
+        block: EncodedBlock,
+        timeout: float,
+        lookups: dict[str, bool | None],
     ) -> PublishReceipt | PublishError:
         subject = block.subject
         client = self.client
@@ -189,7 +220,7 @@ class Sender:
                     message_id, subject, ack.stream, ack.seq, ack.duplicate, block.partition
                 )
             return _not_a_puback(message_id, subject, ack)
-        return await self._classify(message_id, subject, ack, {})
+        return await self._classify(message_id, subject, ack, lookups)
 
     async def _attempt_core(
         self, message_id: str, block: EncodedBlock, timeout: float
@@ -232,6 +263,11 @@ class Sender:
         """The bus error for a publish outcome that is not a PubAck."""
         if ack is TIMED_OUT:
             return PublishTimeout(message_id, subject, "no acknowledgement from JetStream")
+        if ack is CONNECTION_LOST:
+            return PublishError(
+                message_id, subject, PublishFailure.DISCONNECTED, retryable=True,
+                detail="the connection was lost before JetStream acknowledged the publish",
+            )  # fmt: skip
         if ack is PERMISSION_DENIED:
             return PublishError(
                 message_id, subject, PublishFailure.PERMISSION_DENIED, retryable=False,
@@ -263,6 +299,10 @@ class Sender:
                 PublishFailure.MESSAGE_TOO_LARGE,
                 retryable=False,
                 detail=detail,
+            )
+        if error.err_code == _IN_PROCESS:  # its outcome is coming: ask again
+            return PublishError(
+                message_id, subject, PublishFailure.UNAVAILABLE, retryable=True, detail=detail
             )
         if error.code in (503, 408, 500) or error.code == 0:
             return PublishError(
@@ -298,31 +338,50 @@ class Sender:
         """Publishes a batch, pipelined; returns a receipt or error per input position."""
         count = len(blocks)
         results: list[PublishReceipt | PublishError | None] = [None] * count
+        loop = asyncio.get_running_loop()
         config = self.config
         attempts = config.max_retry_attempts
-        attempt_timeout = config.publish_timeout / attempts
+        deadline = loop.time() + config.publish_timeout
+        attempt = 1
+        waited = 0  # rounds in which a publish waited (timed out or found no connection)
+        lookups: dict[str, bool | None] = {}  # asked once per subject and batch
         todo = list(range(count))
-        for attempt in range(1, attempts + 1):
+        while True:
+            timeout = (deadline - loop.time()) / (attempts - waited)
             js_todo = [i for i in todo if jetstream[i]]
             core_todo = [i for i in todo if not jetstream[i]]
             for i in core_todo:
-                results[i] = await self._attempt_core(ids[i], blocks[i], attempt_timeout)
+                results[i] = await self._attempt_core(ids[i], blocks[i], timeout)
             if js_todo:
-                await self._pipeline(js_todo, ids, blocks, results, attempt_timeout)
-            todo = [
-                i
-                for i in todo
-                if isinstance(results[i], PublishError) and results[i].retryable  # type: ignore[union-attr]
-            ]
-            if not todo or attempt == attempts:
+                await self._pipeline(js_todo, ids, blocks, results, timeout, lookups)
+            failed: list[PublishError] = []
+            retry: list[int] = []
+            for i in todo:
+                result = results[i]
+                if isinstance(result, PublishError) and result.retryable:
+                    failed.append(result)
+                    retry.append(i)
+            todo = retry
+            if attempt == 1:  # a large batch's first round may outlast the deadline:
+                # its retries still get their share of the time
+                share = config.publish_timeout * (attempts - 1) / attempts
+                deadline = max(deadline, loop.time() + share)
+            remaining = deadline - loop.time()
+            if not todo or remaining <= 0:
                 break
-            delay = random.uniform(0.0, config.retry_delay(attempt))
+            if all(answered(error) for error in failed):  # refused at once: keep the attempt
+                delay = max(_MIN_REFUSED_DELAY, random.uniform(0.0, config.initial_retry_delay))
+            else:
+                waited += 1
+                if waited >= attempts:
+                    break
+                delay = random.uniform(0.0, config.retry_delay(waited))
+            delay = min(delay, remaining * 0.5)
             if self.on_retry is not None:
-                for i in todo:
-                    error = results[i]
-                    assert isinstance(error, PublishError)
+                for i, error in zip(todo, failed, strict=True):
                     self._report_retry(ids[i], blocks[i].subject, types[i], attempt, delay, error)
             await asyncio.sleep(delay)
+            attempt += 1
         return results  # type: ignore[return-value]  # every position was set
 
     async def _pipeline(
@@ -332,6 +391,7 @@ class Sender:
         blocks: Sequence[EncodedBlock],
         results: list[PublishReceipt | PublishError | None],
         timeout: float,
+        lookups: dict[str, bool | None],
     ) -> None:
         loop = asyncio.get_running_loop()
         client = self.client
@@ -373,7 +433,6 @@ class Sender:
             batch.abandon()
             raise
         outcomes = batch.outcomes
-        lookups: dict[str, bool | None] = {}
         for i in batch.sent:
             ack = outcomes[i]
             assert ack is not None
