@@ -717,6 +717,7 @@ class NatsCluster:
                 for node in self._nodes:
                     node._wait_ready(deadline)
                 self._wait_healthy(range(self._size), deadline)
+                self._wait_peers_current(deadline)
             except EmbeddedServerError as exc:
                 self._stop_nodes()
                 if attempt == attempts or "address already in use" not in str(exc):
@@ -881,6 +882,32 @@ class NatsCluster:
             )
             for i in range(self._size)
         ]
+
+    def _wait_peers_current(self, deadline: float) -> None:
+        """Polls ``/jsz`` until the meta leader sees every other node as a current peer.
+
+        A node's ``/healthz`` turns 200 once it is in contact with a meta leader, which
+        may not yet know every peer: a stream with as many replicas as the cluster has
+        nodes is then refused ("no suitable peers"). So :meth:`start` waits for this too.
+        """
+        want = self._size - 1
+        while True:
+            for node in self._nodes:
+                if not node.is_running:
+                    continue
+                meta = node.monitor("jsz")[1].get("meta_cluster", {})
+                if meta.get("leader") != node.server_name:
+                    continue
+                peers = meta.get("replicas") or []
+                current = [p for p in peers if p.get("current") and not p.get("offline")]
+                if len(current) >= want:
+                    return
+            if time.monotonic() > deadline:
+                raise EmbeddedServerError(
+                    f"cluster {self._cluster_name}: the meta leader did not see all "
+                    f"{self._size} nodes as current within the ready timeout"
+                )
+            time.sleep(_POLL_INTERVAL)
 
     def _wait_healthy(self, indexes: Sequence[int], deadline: float) -> None:
         """Polls full ``/healthz`` (JetStream in contact with a meta leader) on the nodes."""
