@@ -19,12 +19,11 @@ from typing import TypeVar
 
 import nats.errors
 import pytest
+from waits import apply_r3
 
 from message_bus import Message, MessageType, PartitionKey, PublisherConfig, PublishError
-from message_bus.adapters.nats import JetStreamPublisher, NatsClient, NatsConfig, StreamManager
+from message_bus.adapters.nats import JetStreamPublisher, NatsClient, NatsConfig
 from message_bus.app.embedded import NatsCluster
-from message_bus.domain.catalog import StreamCatalog
-from message_bus.domain.errors import StreamError
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -44,20 +43,6 @@ def payment(i: int) -> Message:
         PartitionKey.corridor(CORRIDORS[i % len(CORRIDORS)]),
         {"payment_id": f"pay_{i:06d}", "amount": "10.00", "currency": "USD"},
     )
-
-
-async def apply_r3(client: NatsClient) -> None:
-    """Applies the catalog with 3 replicas, again while a fresh cluster still counts a
-    peer as offline (within 30 s)."""
-    deadline = time.monotonic() + 30.0
-    while True:
-        try:
-            await StreamManager(client).apply(StreamCatalog.default(), replicas=3)
-            return
-        except StreamError:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.5)
 
 
 async def nemesis(cluster: NatsCluster, rng: random.Random, until: float, log: list[str]) -> None:

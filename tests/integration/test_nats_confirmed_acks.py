@@ -4,12 +4,13 @@ server refuses, on real nats-server processes (faults through the loopback proxy
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
 from proxy import TcpProxy
+from waits import eventually
 
 from message_bus import (
     FunctionHandler,
@@ -62,19 +63,6 @@ def received(registry: CollectorRegistry, status: str) -> float:
     return value or 0.0
 
 
-async def until(predicate: Callable[[], Awaitable[bool] | bool], what: str, timeout: float) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        result = predicate()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        assert loop.time() < deadline, f"timed out after {timeout} s waiting for {what}"
-        await asyncio.sleep(0.02)
-
-
 async def ack_floor(client: NatsClient) -> int:
     name = SubscriberConfig(consumer_group=GROUP).consumer_name
     info = await client.jetstream.consumer_info(STREAM, name)
@@ -102,9 +90,9 @@ async def test_an_ack_lost_with_the_connection_is_never_rerun_and_confirmed_acks
                 client, registry, ack_wait=2.0, confirm_acks=confirm_acks, ack_confirm_timeout=1.0
             ).subscribe(FunctionHandler(handle))
             await JetStreamPublisher(direct).publish(payment())
-            await until(lambda: b"+ACK" in proxy.seen_upstream, "the ACK on the wire", 10.0)
+            await eventually(lambda: b"+ACK" in proxy.seen_upstream, "the ACK on the wire", 10.0)
             if confirm_acks:
-                await until(
+                await eventually(
                     lambda: received(registry, "unconfirmed") == 1, "the unconfirmed outcome", 10.0
                 )
             proxy.drop(upstream=False)
@@ -113,7 +101,7 @@ async def test_an_ack_lost_with_the_connection_is_never_rerun_and_confirmed_acks
             async def acked() -> bool:
                 return await ack_floor(direct) == 1
 
-            await until(acked, "the redelivered message to be acked", 20.0)
+            await eventually(acked, "the redelivered message to be acked", 20.0)
             await subscription.drain()
         finally:
             await client.close()
@@ -145,8 +133,8 @@ async def test_a_confirmed_ack_is_counted_as_ack_once_the_server_confirms_it(
         async def all_acked() -> bool:
             return await ack_floor(client) == 20
 
-        await until(all_acked, "20 acked messages", 20.0)
-        await until(lambda: received(registry, "ack") == 20, "20 confirmed acks", 10.0)
+        await eventually(all_acked, "20 acked messages", 20.0)
+        await eventually(lambda: received(registry, "ack") == 20, "20 confirmed acks", 10.0)
         await subscription.drain()
     finally:
         await client.close()
@@ -188,7 +176,7 @@ async def test_a_subscription_denied_its_acks_fails_with_permission_denied(
             worker, registry, ack_wait=1.0, max_deliver=2, confirm_acks=confirm_acks
         ).subscribe(FunctionHandler(handle))
         await JetStreamPublisher(admin).publish(payment())
-        await until(lambda: not subscription.active, "the subscription to fail", 10.0)
+        await eventually(lambda: not subscription.active, "the subscription to fail", 10.0)
 
         assert isinstance(subscription.error, PermissionDenied)
         assert subscription.error.subject.startswith("$js.ack.")

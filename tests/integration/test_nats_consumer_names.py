@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig
+from waits import eventually
 
 from message_bus import (
     FunctionHandler,
@@ -47,14 +47,6 @@ async def client(nats_server: EmbeddedNatsServer) -> AsyncIterator[NatsClient]:
 
 def payment(n: int, key: PartitionKey) -> Message:
     return Message.new(PAYMENT, key, {"payment_id": f"pay_{n}", "amount": "10.00"})
-
-
-async def eventually(predicate: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        assert loop.time() < deadline, f"timed out after {timeout}s waiting for {what}"
-        await asyncio.sleep(0.02)
 
 
 async def test_a_group_never_rewrites_the_filter_of_an_existing_consumer(

@@ -9,12 +9,13 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig
+from waits import eventually
 
 from message_bus import (
     AlreadyReplayedError,
@@ -73,16 +74,6 @@ async def client(nats_server: EmbeddedNatsServer) -> AsyncIterator[NatsClient]:
 def subscriber(client: NatsClient, group: str, **config: object) -> JetStreamSubscriber:
     settings = SubscriberConfig(consumer_group=group, **config)  # type: ignore[arg-type]
     return JetStreamSubscriber(client, PAYMENT, settings, **FAST)  # type: ignore[arg-type]
-
-
-async def eventually(
-    predicate: Callable[[], Awaitable[bool]], what: str, timeout: float = 30.0
-) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await predicate():
-        assert loop.time() < deadline, f"timed out after {timeout} s waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 async def letters_at_least(client: NatsClient, count: int) -> list[DeadLetter]:

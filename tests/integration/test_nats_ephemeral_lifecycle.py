@@ -7,11 +7,12 @@ from __future__ import annotations
 import asyncio
 import gc
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
+from waits import eventually
 
 from message_bus import FunctionHandler, Message, MessageType, PartitionKey, SubscriberConfig
 from message_bus.adapters.nats import (
@@ -44,19 +45,6 @@ async def connect(url: str, **options: object) -> NatsClient:
     client = NatsClient(config)
     await client.connect()
     return client
-
-
-async def until(predicate: Callable[[], Awaitable[bool] | bool], what: str, timeout: float) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        result = predicate()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        assert loop.time() < deadline, f"timed out after {timeout} s waiting for {what}"
-        await asyncio.sleep(0.02)
 
 
 async def consumers(client: NatsClient) -> list[str]:
@@ -114,7 +102,7 @@ async def test_an_ephemeral_reader_denied_its_acks_fails_visibly_and_its_consume
     subscription = await subscriber.subscribe(FunctionHandler(record))
     assert len(await consumers(admin)) == 1
     await JetStreamPublisher(admin).publish(payment(0))
-    await until(lambda: not subscription.active, "the reader to fail", 10.0)
+    await eventually(lambda: not subscription.active, "the reader to fail", 10.0)
 
     assert isinstance(subscription.error, PermissionDenied)
     with pytest.raises(PermissionDenied):
@@ -145,7 +133,7 @@ async def test_close_stops_every_subscription_and_deletes_every_consumer_after_a
     publisher = JetStreamPublisher(admin)
     await publisher.publish(payment(0))  # held: the failed reader cannot finish closing
     await publisher.publish(payment(1))  # its ack is refused: the reader fails
-    await until(lambda: not failing.active, "the first reader to fail", 10.0)
+    await eventually(lambda: not failing.active, "the first reader to fail", 10.0)
     await admin.jetstream.purge_stream(STREAM)
     healthy = await subscriber.subscribe(FunctionHandler(hold_one))
     assert len(await consumers(admin)) == 2
@@ -208,6 +196,6 @@ async def test_an_ephemeral_consumer_filters_only_its_own_subject(
     (info,) = await client.jetstream.consumers_info(STREAM)
     want = f"{PAYMENT.subject_prefix}.{key.suffix if key else '>'}"
     assert (info.config.filter_subjects or [info.config.filter_subject]) == [want]
-    await until(lambda: seen == ["pay_0"], "the reader to read the stored payment", 10.0)
+    await eventually(lambda: seen == ["pay_0"], "the reader to read the stored payment", 10.0)
     await subscription.stop()
     await subscriber.close()

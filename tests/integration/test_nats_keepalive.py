@@ -4,10 +4,11 @@ past ``ack_wait`` is never run twice, and ``max_handler_time`` bounds a hung one
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 from proxy import TcpProxy
+from waits import eventually
 
 from message_bus import (
     FunctionHandler,
@@ -51,19 +52,6 @@ def subscriber(client: NatsClient, **settings: object) -> JetStreamSubscriber:
     return JetStreamSubscriber(client, PAYMENT, config, pull_expires=2.0, idle_heartbeat=0.5)
 
 
-async def until(predicate: Callable[[], Awaitable[bool] | bool], what: str, timeout: float) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        result = predicate()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        assert loop.time() < deadline, f"timed out after {timeout} s waiting for {what}"
-        await asyncio.sleep(0.05)
-
-
 async def consumer_counts(client: NatsClient) -> tuple[int, int, int]:
     """(ack floor, redelivered, pending acks) of the test group's consumer."""
     name = SubscriberConfig(consumer_group="keepalive").consumer_name
@@ -89,7 +77,7 @@ async def test_a_handler_running_past_ack_wait_runs_once_and_is_never_redelivere
     async def acked() -> bool:
         return (await consumer_counts(client))[0] == 1
 
-    await until(acked, "the message to be acked", 20.0)
+    await eventually(acked, "the message to be acked", 20.0)
     await subscription.drain()
     floor, redelivered, pending = await consumer_counts(client)
     assert runs == [1], f"the handler ran {len(runs)} times"
@@ -113,7 +101,7 @@ async def test_a_slow_message_with_max_deliver_2_is_acked_and_never_dead_lettere
     async def acked() -> bool:
         return (await consumer_counts(client))[0] == 1
 
-    await until(acked, "the message to be acked", 20.0)
+    await eventually(acked, "the message to be acked", 20.0)
     await subscription.drain()
     assert runs == [1]
     assert await JetStreamDeadLetters(client).list() == []
@@ -143,7 +131,7 @@ async def test_a_handler_past_max_handler_time_is_cancelled_and_its_message_nack
     async def acked() -> bool:
         return (await consumer_counts(client))[0] == 1
 
-    await until(acked, "the second delivery to be acked", 20.0)
+    await eventually(acked, "the second delivery to be acked", 20.0)
     await subscription.drain()
     assert runs == [1, 2]
     assert cancelled == [1]
@@ -166,7 +154,7 @@ async def test_a_hung_last_delivery_is_dead_lettered_once_max_handler_time_passe
     async def dead() -> bool:
         return len(await reader.list()) == 1
 
-    await until(dead, "the dead letter", 20.0)
+    await eventually(dead, "the dead letter", 20.0)
     await subscription.drain()
     [letter] = await reader.list()
     assert letter.message.id == sent.id
@@ -195,10 +183,10 @@ async def test_a_redelivery_of_a_message_in_flight_is_superseded_not_run_again(
             )
             assert isinstance(subscription, PullSubscription)
             await JetStreamPublisher(direct).publish(payment())
-            await until(lambda: runs == [1], "the first run", 10.0)
+            await eventually(lambda: runs == [1], "the first run", 10.0)
             proxy.drop(upstream=True)  # the keep-alive does not reach the server
 
-            await until(
+            await eventually(
                 lambda: subscription.superseded >= 1 or len(runs) > 1,
                 "a redelivery while it runs",
                 15.0,
@@ -210,7 +198,7 @@ async def test_a_redelivery_of_a_message_in_flight_is_superseded_not_run_again(
             async def acked() -> bool:
                 return (await consumer_counts(direct))[0] == 1
 
-            await until(acked, "the ack of the newest delivery", 20.0)
+            await eventually(acked, "the ack of the newest delivery", 20.0)
             await subscription.drain()
         finally:
             resumed.set()
@@ -240,6 +228,6 @@ async def test_a_core_handler_past_max_handler_time_is_cancelled(client: NatsCli
     key = PartitionKey.broadcast()
     for n in range(2):
         await publisher.publish(Message.new(MessageType.SYSTEM_EVENT, key, {"event": f"e{n}"}))
-    await until(cancelled.is_set, "the hung core handler to be cancelled", 10.0)
-    await until(lambda: len(handled) == 2, "the next core message on the freed worker", 10.0)
+    await eventually(cancelled.is_set, "the hung core handler to be cancelled", 10.0)
+    await eventually(lambda: len(handled) == 2, "the next core message on the freed worker", 10.0)
     await subscription.stop()

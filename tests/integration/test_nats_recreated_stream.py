@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import pytest
+from waits import eventually
 
 from message_bus import FunctionHandler, Message, MessageType, PartitionKey, SubscriberConfig
 from message_bus.adapters.nats import (
@@ -39,14 +40,6 @@ async def client(nats_server: EmbeddedNatsServer) -> AsyncIterator[NatsClient]:
 
 def payment(n: int) -> Message:
     return Message.new(PAYMENT, USD_EUR, {"payment_id": f"pay_{n}", "amount": "10.00"})
-
-
-async def eventually(predicate: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        assert loop.time() < deadline, f"timed out after {timeout}s waiting for {what}"
-        await asyncio.sleep(0.02)
 
 
 async def server_ack_floor(client: NatsClient) -> int:

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import trustme
 from proxy import TcpProxy
+from waits import eventually
 
 from message_bus import BusConnectionError, ValidationError
 from message_bus.adapters.nats import NatsClient, NatsConfig
@@ -50,14 +51,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-async def eventually(predicate: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        assert loop.time() < deadline, f"timed out after {timeout}s waiting for {what}"
-        await asyncio.sleep(0.02)
 
 
 async def settle(proxy: TcpProxy) -> None:

@@ -4,7 +4,7 @@ with: a handler cut off at ``max_handler_time``, and an ACK the server refused."
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +13,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 from prometheus_client import CollectorRegistry
+from waits import eventually
 
 from message_bus import FunctionHandler, Message, MessageType, PartitionKey, SubscriberConfig
 from message_bus.adapters.nats import (
@@ -41,19 +42,6 @@ async def connect(url: str, **options: object) -> NatsClient:
     client = NatsClient(config)
     await client.connect()
     return client
-
-
-async def until(predicate: Callable[[], Awaitable[bool] | bool], what: str, timeout: float) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        result = predicate()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        assert loop.time() < deadline, f"timed out after {timeout} s waiting for {what}"
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture
@@ -102,7 +90,7 @@ async def test_a_hung_last_delivery_cut_off_is_counted_dead_and_its_span_fails(
     try:
         await JetStreamPublisher(client).publish(payment())
         total = "message_bus_receive_total"
-        await until(lambda: sample(registry, total, status="dead") == 1, "a dead count", 20.0)
+        await eventually(lambda: sample(registry, total, status="dead") == 1, "a dead count", 20.0)
         reason = {"reason": "max_deliver"}
         assert sample(registry, "message_bus_dead_letters_total", **reason) == 1
         assert len(await JetStreamDeadLetters(client).list()) == 1
@@ -153,7 +141,7 @@ async def test_an_ack_the_server_did_not_confirm_ends_the_span_as_unconfirmed(
         subscriber = MetricsSubscriber(TracingSubscriber(inner, provider), registry)
         subscription = await subscriber.subscribe(FunctionHandler(handle))
         await JetStreamPublisher(admin).publish(payment())
-        await until(lambda: consumer_spans(exporter) != [], "the consumer span to end", 20.0)
+        await eventually(lambda: consumer_spans(exporter) != [], "the consumer span to end", 20.0)
 
         (span,) = consumer_spans(exporter)
         assert span.attributes is not None
@@ -162,7 +150,7 @@ async def test_an_ack_the_server_did_not_confirm_ends_the_span_as_unconfirmed(
         assert span.status.status_code is StatusCode.ERROR
         assert sample(registry, "message_bus_receive_total", status="unconfirmed") == 1
         assert sample(registry, "message_bus_receive_total", status="ack") == 0
-        await until(lambda: not subscription.active, "the subscription to fail", 10.0)
+        await eventually(lambda: not subscription.active, "the subscription to fail", 10.0)
     finally:
         await worker.close()
         await admin.close()

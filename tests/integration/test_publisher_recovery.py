@@ -9,11 +9,11 @@ once, with the same id, instead of waiting out its share of the deadline.
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 from proxy import TcpProxy
+from waits import apply_r3, eventually
 
 from message_bus import Message, MessageType, PartitionKey, PublisherConfig
 from message_bus.adapters.nats import (
@@ -25,7 +25,6 @@ from message_bus.adapters.nats import (
 )
 from message_bus.app.embedded import EmbeddedNatsServer, NatsCluster
 from message_bus.domain.catalog import StreamCatalog
-from message_bus.domain.errors import StreamError
 
 STREAM = "PAYMENT_INSTRUCTIONS"
 
@@ -36,27 +35,6 @@ def payment(n: int) -> Message:
         PartitionKey.corridor("USD-EUR"),
         {"payment_id": f"pay_{n}", "amount": "10.00"},
     )
-
-
-async def apply_r3(client: NatsClient) -> None:
-    """Applies the catalog with 3 replicas, again while a fresh cluster still counts a
-    peer as offline (within 30 s)."""
-    deadline = time.monotonic() + 30.0
-    while True:
-        try:
-            await StreamManager(client).apply(StreamCatalog.default(), replicas=3)
-            return
-        except StreamError:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.5)
-
-
-async def eventually(predicate: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"{what}: not within {timeout:g}s"
-        await asyncio.sleep(0.01)
 
 
 async def stored_ids(client: NatsClient) -> list[str]:
