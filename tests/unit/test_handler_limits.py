@@ -12,9 +12,15 @@ import pytest
 from message_bus.adapters.nats.subscriber.limits import HandlerLimit, HandlerLimits
 
 
-async def run_under(limit: HandlerLimit, seconds: float) -> str:
+def started(limits: HandlerLimits) -> tuple[HandlerLimit, asyncio.Timeout]:
+    limit = HandlerLimit()
+    return limit, limits.start(limit)
+
+
+async def run_under(started: tuple[HandlerLimit, asyncio.Timeout], seconds: float) -> str:
+    limit, timeout = started
     try:
-        async with limit.timeout:
+        async with timeout:
             await asyncio.sleep(seconds)
     except TimeoutError:
         return "cut"
@@ -25,8 +31,8 @@ async def run_under(limit: HandlerLimit, seconds: float) -> str:
 
 async def test_a_handler_past_its_deadline_is_cut_off_and_one_within_it_returns() -> None:
     limits = HandlerLimits(0.2, capacity=4)
-    slow = asyncio.create_task(run_under(limits.start(), 30.0))
-    quick = asyncio.create_task(run_under(limits.start(), 0.01))
+    slow = asyncio.create_task(run_under(started(limits), 30.0))
+    quick = asyncio.create_task(run_under(started(limits), 0.01))
     loop = asyncio.get_running_loop()
     began = loop.time()
     assert await asyncio.wait_for(quick, 10.0) == "returned"
@@ -40,14 +46,14 @@ async def test_handlers_starting_one_after_another_are_each_cut_at_their_own_dea
     loop = asyncio.get_running_loop()
     ended: list[float] = []
 
-    async def hang(limit: HandlerLimit) -> None:
+    async def hang(limit: tuple[HandlerLimit, asyncio.Timeout]) -> None:
         began = loop.time()
         assert await run_under(limit, 30.0) == "cut"
         ended.append(loop.time() - began)
 
-    first = asyncio.create_task(hang(limits.start()))
+    first = asyncio.create_task(hang(started(limits)))
     await asyncio.sleep(0.15)
-    second = asyncio.create_task(hang(limits.start()))
+    second = asyncio.create_task(hang(started(limits)))
     await asyncio.wait_for(asyncio.gather(first, second), 10.0)
     assert all(0.25 <= took < 5.0 for took in ended), ended
     limits.close()
@@ -66,7 +72,7 @@ async def test_many_handlers_schedule_one_timer_not_one_each(
 
     monkeypatch.setattr(loop, "call_at", counting)
     limits = HandlerLimits(60.0, capacity=8)
-    results = await asyncio.gather(*(run_under(limits.start(), 0) for _ in range(1000)))
+    results = await asyncio.gather(*(run_under(started(limits), 0) for _ in range(1000)))
     assert results == ["returned"] * 1000
     assert len(scheduled) == 1
     limits.close()
@@ -74,8 +80,8 @@ async def test_many_handlers_schedule_one_timer_not_one_each(
 
 async def test_a_handler_that_returned_is_never_cut_off_later() -> None:
     limits = HandlerLimits(0.05, capacity=2)
-    limit = limits.start()
+    limit = started(limits)
     assert await run_under(limit, 0) == "returned"
     await asyncio.sleep(0.2)  # past its deadline: the timer fires and finds it done
-    assert not limit.timeout.expired()
+    assert not limit[1].expired()
     limits.close()

@@ -27,7 +27,7 @@ from message_bus.ports.subscriber import (
 from ..client import ConnectionStatus, NatsClient
 from ..internals import ordered_flush
 from .closing import close_inbox, flush_acks
-from .limits import HandlerLimits
+from .limits import HandlerLimit, HandlerLimits
 from .workers import Workers
 
 log = logging.getLogger("message_bus.nats.subscriber")
@@ -115,10 +115,11 @@ class CoreSubscription(Subscription):
         except DecodeError as exc:
             log.warning("dropped an undecodable core message on %s: %s", msg.subject, exc)
             return
-        limit = self._limits.start()
+        limit = HandlerLimit()
+        timeout = self._limits.start(limit)
         delivery = NatsCoreDelivery(self, msg, message)
         try:
-            await run_handler(self._handler, delivery, self._config, limit=limit.timeout)
+            await run_handler(self._handler, delivery, self._config, limit=timeout)
         finally:
             limit.done = True
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .limits import HandlerLimit
+
 if TYPE_CHECKING:
     from .delivery import JetStreamDelivery
 
@@ -20,8 +22,9 @@ SETTLED_KEPT = 10_000
 """Acknowledged sequences a subscription remembers (the oldest are forgotten first)."""
 
 
-class InFlight:
-    """One stream sequence queued for or running in a handler on this subscription.
+class InFlight(HandlerLimit):
+    """One stream sequence queued for or running in a handler on this subscription, and
+    the time limit of that handler (a :class:`HandlerLimit`).
 
     Attributes:
         reply: the ack subject of its newest delivery.
@@ -38,6 +41,9 @@ class InFlight:
     __slots__ = ("attempt", "delivery", "detached", "reply", "started", "superseded", "touched")
 
     def __init__(self, reply: bytes, attempt: int, now: float) -> None:
+        self.deadline = 0.0
+        self.done = False
+        self.timeout = None
         self.reply = reply
         self.attempt = attempt
         self.touched = now

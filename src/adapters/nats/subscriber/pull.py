@@ -562,11 +562,10 @@ class PullSubscription(Subscription):
         if now - entry.touched > self._refresh_after:
             entry.touched = now
             self._touch(raw.reply)  # it waited for a worker: give the handler its ack_wait
-        limit = self._limits.start()
         try:
-            await self._run(raw, entry, limit.timeout)
+            await self._run(raw, entry, self._limits.start(entry))
         finally:
-            limit.done = True
+            entry.done = True
             if entry.detached:  # its sequence is another delivery's now
                 if self._stale and entry.delivery is not None:
                     self._stale.discard(entry.delivery.reply)
