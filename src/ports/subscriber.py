@@ -18,7 +18,9 @@ Contract, for every adapter:
 * A running handler keeps its delivery alive: while it runs, the subscriber tells the
   broker it is in progress, so ``ack_wait`` does not expire for it and the message is
   not redelivered while it runs or right after it acked; no delivery of a message
-  already in flight (or already settled) on this subscription starts a second handler.
+  already in flight (or already acked) on this subscription starts a second handler.
+  A delivery its handler NAKed is settled: it is no longer kept alive, and it is
+  redelivered after the NAK's delay as a new delivery, even while that handler goes on.
   A handler that runs past ``max_handler_time`` is cancelled and its message NAKed
   (dead-lettered on its last allowed delivery). ``ack_wait`` therefore only expires
   for deliveries nobody works on (a member that died, a connection that dropped).

@@ -1056,6 +1056,49 @@ async def explicit_nak_with_delay_and_term_via_current_delivery(h: BusHarness) -
 
 
 @scenario()
+async def explicit_nak_while_the_handler_goes_on_is_redelivered_after_its_delay(
+    h: BusHarness,
+) -> None:
+    """A handler that NAKs (with a delay) and then keeps working: its delivery is settled,
+    so it is no longer kept alive; the redelivery is a new delivery (attempt 2) after the
+    NAK's delay, handled while the first handler still runs, and nothing else follows."""
+    ctx = Context(h)
+    inbox = ctx.inbox()
+    delay = ctx.ack_wait
+    release = ctx.gate()
+
+    async def nak_and_go_on(message: Message) -> None:
+        received = inbox.record(message)
+        if received is None or received.attempt > 1:
+            return
+        await current_delivery().nak(delay)
+        await release.wait()  # post-processing after the NAK
+
+    config = ctx.config(max_concurrent=2, ack_wait=max(ctx.ack_wait, delay * 4))
+    await h.subscriber(MessageType.PAYMENT_INSTRUCTION, config).subscribe(
+        FunctionHandler(nak_and_go_on)
+    )
+    sent = ctx.message()
+    try:
+        await h.publisher().publish(sent)
+        await ctx.eventually(lambda: inbox.attempts(sent.id) == [1], "the first delivery")
+        await h.advance(delay * 0.5)
+        assert inbox.attempts(sent.id) == [1], "redelivered before its NAK delay"
+        await h.advance(ctx.beyond(delay * 0.5))
+        await ctx.eventually(
+            lambda: inbox.attempts(sent.id) == [1, 2],
+            "the redelivery after the NAK delay while the first handler runs",
+        )
+    finally:
+        release.open()
+    await h.settle()
+    await h.advance(ctx.beyond(config.ack_wait))
+    await h.settle()
+    assert inbox.attempts(sent.id) == [1, 2]
+    assert not await ctx.has_dead_letter(sent.id)
+
+
+@scenario()
 async def publish_many_returns_receipts_in_input_order(h: BusHarness) -> None:
     ctx = Context(h)
     inbox = ctx.inbox()

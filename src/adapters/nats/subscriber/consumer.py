@@ -81,6 +81,12 @@ class ConsumerBinding:
     acknowledgements are nobody else's. The server deletes it after
     ``inactive_threshold`` seconds without pull requests; :meth:`delete` deletes it
     at once.
+
+    ``generation`` counts the streams and consumers this binding has been bound to: it
+    changes when the stream or the consumer turns out to be another one than before
+    (re-created under the same name). Stream sequences and acknowledgements of one
+    generation mean nothing in the next: a subscription forgets what it tracked by
+    sequence when the generation changes.
     """
 
     def __init__(
@@ -132,9 +138,11 @@ class ConsumerBinding:
         self.stream_created: datetime | None = None
         """Creation time of the stream whose sequences ``ack_floor`` counts."""
         self._consumer_created: datetime | None = None
+        self.generation = 0
+        """Bumped whenever the stream or the consumer is found re-created."""
 
     def _note(self, info: ConsumerInfo) -> None:
-        self._consumer_created = info.created
+        self._bound_to(info.created)
         floor = info.ack_floor.stream_seq if info.ack_floor is not None else None
         if floor and floor > self.ack_floor:
             self.ack_floor = floor
@@ -158,12 +166,21 @@ class ConsumerBinding:
         self._note(info)
         return True
 
+    def _bound_to(self, created: datetime | None) -> None:
+        """Records the consumer's creation time; another one than before is a new generation."""
+        known = self._consumer_created
+        if known is not None and created != known:
+            self.generation += 1
+        self._consumer_created = created
+
     def _check_stream(self, info: StreamInfo) -> None:
         """Forgets the ack floor if ``info`` is of a new stream (see the class doc)."""
         created, last = info.created, info.state.last_seq
         known = self.stream_created
         self.stream_created = created
         renewed = known is not None and created is not None and created != known
+        if renewed:
+            self.generation += 1
         if not (renewed or last < self.ack_floor) or not self.ack_floor:
             return
         log.warning(
@@ -284,7 +301,7 @@ class ConsumerBinding:
                 self.stream,
                 self.ack_floor + 1,
             )
-        self._consumer_created = info.created
+        self._bound_to(info.created)
         log.info("consumer %s on %s created", self.name, self.stream)
 
     async def _add_new(self, config: ConsumerConfig, timeout: float | None) -> ConsumerInfo:

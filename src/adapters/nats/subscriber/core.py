@@ -27,6 +27,7 @@ from message_bus.ports.subscriber import (
 from ..client import ConnectionStatus, NatsClient
 from ..internals import ordered_flush
 from .closing import close_inbox, flush_acks
+from .limits import HandlerLimit, HandlerLimits
 from .workers import Workers
 
 log = logging.getLogger("message_bus.nats.subscriber")
@@ -69,6 +70,7 @@ class CoreSubscription(Subscription):
         key = config.partition_key
         self._subject = f"{message_type.subject_prefix}.{key.suffix if key else '>'}"
         self._capacity = config.max_concurrent
+        self._limits = HandlerLimits(config.max_handler_time, config.max_concurrent)
         self._sub: NatsSubscription | None = None
         self._workers: Workers[Msg] | None = None
         self._stopping = False
@@ -113,9 +115,13 @@ class CoreSubscription(Subscription):
         except DecodeError as exc:
             log.warning("dropped an undecodable core message on %s: %s", msg.subject, exc)
             return
-        limit = asyncio.timeout(self._config.max_handler_time)
+        limit = HandlerLimit()
+        timeout = self._limits.start(limit)
         delivery = NatsCoreDelivery(self, msg, message)
-        await run_handler(self._handler, delivery, self._config, limit=limit)
+        try:
+            await run_handler(self._handler, delivery, self._config, limit=timeout)
+        finally:
+            limit.done = True
 
     async def respond(self, reply_subject: str, reply: Message) -> None:
         encoded = self._reply_codec.encode(reply)
@@ -161,6 +167,7 @@ class CoreSubscription(Subscription):
         await close_inbox(self._client, self._sub)
         if self._workers is not None:
             await self._workers.finish(self._config.ack_wait)
+        self._limits.close()
         await flush_acks(self._client)
         self._on_closed(self)
 

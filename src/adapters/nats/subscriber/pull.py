@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -55,6 +54,7 @@ from .delivery import (
     redirected,
 )
 from .inflight import InFlight, Settled
+from .limits import HandlerLimits
 from .workers import Workers
 
 log = logging.getLogger("message_bus.nats.subscriber")
@@ -103,11 +103,19 @@ class PullSubscription(Subscription):
     entry; one timer, every quarter of ``ack_wait``, walks them and sends ``+WPI`` for
     each not refreshed for an eighth of ``ack_wait`` (and once more when a handler
     starts late), so neither a waiting delivery nor a running handler's is redelivered,
-    however long the handler runs; the same walk cuts off handlers past
-    ``max_handler_time`` (they are cancelled and their message NAKed). A redelivery of a
-    sequence in flight here supersedes the delivery (acks go to the newest ack
-    subject) instead of starting a second handler; a redelivery of a sequence this
-    subscription acked (the ACK was lost) is acked again. ``max_concurrent`` long-lived
+    however long the handler runs. Handlers past ``max_handler_time`` are cut off
+    (cancelled, their message NAKed) by one more timer (:class:`HandlerLimits`), at
+    their deadline. A redelivery of a sequence in flight here supersedes the delivery
+    (acks go to the newest ack subject) instead of starting a second handler; a
+    redelivery of a sequence this subscription acked (the ACK was lost) is acked again,
+    also while the handler that acked it still runs. A delivery NAKed (by its handler,
+    or for it) leaves the in-flight table at once: it is no longer kept alive (the NAK
+    and its delay take effect), and its redelivery is a new delivery, handled when a
+    worker is free, even while the handler that NAKed it still runs. Sequences count
+    within one stream and consumer: when the binding reports a new generation (the
+    stream or the consumer was re-created), the subscription forgets the sequences it
+    acked and tracked, and drops the deliveries of the old consumer that wait for a
+    worker (the new consumer delivers what is left). ``max_concurrent`` long-lived
     worker tasks run the handlers; deliveries past ``max_deliver`` skip them and go to
     a dead-letter lane (one more task). Pull requests linger on the
     server for ``pull_expires`` seconds with idle heartbeats, so new messages are
@@ -166,6 +174,13 @@ class PullSubscription(Subscription):
         self._heartbeat = idle_heartbeat
         self._refresh_after = config.ack_wait / 4
         self._refresh_timer: asyncio.TimerHandle | None = None
+        self._limits = HandlerLimits(config.max_handler_time, self._capacity)
+        self._generation = consumer.generation
+        self._stream_created = consumer.stream_created
+        # Ack subjects of handlers still running on a deleted stream: the re-created
+        # stream's consumer has the same name and sequences, so an acknowledgement sent
+        # there would settle another message.
+        self._stale: set[bytes] = set()
         self._outstanding = 0
         self._last_seen = time.monotonic()
         self._pause_until = 0.0
@@ -207,6 +222,8 @@ class PullSubscription(Subscription):
 
     async def start(self) -> None:
         await self._consumer.ensure()
+        self._generation = self._consumer.generation
+        self._stream_created = self._consumer.stream_created
         nc = self._client.connection
         self._writer = Writer(nc)
         self._inbox = nc.new_inbox()
@@ -255,17 +272,14 @@ class PullSubscription(Subscription):
     def _wanted(self) -> int:
         """How many messages to ask for now (0: none); see the class doc.
 
-        A handler that has run longer than ``ack_wait`` no longer holds its slot for
-        fetching: its message is being redelivered, and that redelivery must be fetched
-        so that a message past ``max_deliver`` is dead-lettered while the handler hangs.
-        The handler itself keeps its worker, so no more than ``max_concurrent`` run.
+        Only free slots are asked for, however long a handler runs: its delivery is
+        kept alive, not redelivered, and a message fetched for a busy slot would wait
+        (kept alive too) behind it while other members of the group could handle it.
         """
         free = self._free()
         if free >= self._threshold:
             return min(free, self._config.fetch_batch)
-        assert self._workers is not None
-        overdue = self._workers.overdue(self._config.ack_wait)
-        return max(0, free + overdue) if overdue else 0
+        return 0
 
     def _on_idle_slot(self) -> None:
         """After every handled delivery: ask for more as soon as half the slots are free.
@@ -318,6 +332,11 @@ class PullSubscription(Subscription):
             # known sequence is a new message of a stream that was re-created.
             entry = self._in_flight.get(sequence) if attempt > 1 else None
             if entry is not None:  # a redelivery of a message in flight here
+                delivery = entry.delivery
+                if delivery is not None and delivery.acked:  # its ACK was lost
+                    self.reacked += 1
+                    self._touch(reply, ACK)
+                    return
                 entry.supersede(reply, attempt)
                 self.superseded += 1
                 if entry.started:
@@ -399,6 +418,7 @@ class PullSubscription(Subscription):
         if self._outstanding > 0 and now - self._last_seen > self._heartbeat * 2.5:
             log.info("consumer %s: pull requests went silent; asking again", self._consumer.name)
             self._outstanding = 0
+        self._check_generation()
         if not self._need_bind and now - self._floor_checked >= self._heartbeat:
             self._floor_checked = now
             if not await self._consumer.refresh(_REBIND_TIMEOUT):
@@ -409,10 +429,51 @@ class PullSubscription(Subscription):
             await self._consumer.ensure(timeout=_REBIND_TIMEOUT)
             self._need_bind = False
             self._floor_checked = time.monotonic()
+            self._check_generation()
         if now < self._pause_until:
             await asyncio.sleep(self._pause_until - now)
         if not self._stopping:
             self._ask()
+
+    def _check_generation(self) -> None:
+        """Forgets what is tracked by stream sequence once the consumer or its stream
+        was re-created (see the class doc): the new one's sequences are other messages."""
+        generation = self._consumer.generation
+        if generation == self._generation:
+            return
+        self._generation = generation
+        stream_created, self._stream_created = self._stream_created, self._consumer.stream_created
+        new_stream = stream_created != self._stream_created
+        self._acked = Settled()
+        self._kept.clear()
+        for entry in self._in_flight.values():
+            entry.detached = True  # its handler may go on
+            delivery = entry.delivery
+            if new_stream and delivery is not None:
+                self._stale.add(delivery.reply)  # its acks would settle another message
+        self._in_flight = {}
+        dropped = 0
+        workers = self._workers
+        if workers is not None:
+            items = workers.items
+            dropped = sum(1 for raw in items if raw is not None)
+            kept = [raw for raw in items if raw is None]
+            items.clear()
+            items.extend(kept)
+        lane = self._dead_lane
+        for _ in range(lane.qsize()):  # only None (the close) is kept
+            raw = lane.get_nowait()
+            if raw is None:
+                lane.put_nowait(raw)
+            else:
+                dropped += 1
+        log.warning(
+            "consumer %s on %s was re-created (or its stream was): %d queued deliveries of "
+            "the old one dropped, acknowledged sequences forgotten",
+            self._consumer.name,
+            self._consumer.stream,
+            dropped,
+        )
 
     def _ask(self) -> None:
         """Sends the pull requests :meth:`_wanted` says, and writes them out now.
@@ -444,8 +505,8 @@ class PullSubscription(Subscription):
         delivery goes much more than a quarter of ``ack_wait`` without one (a late walk
         on a busy event loop has margin) while it waits for a worker or its handler
         runs: the server would otherwise redeliver it (possibly to another member) while
-        this one still works on it. Handlers whose ``max_handler_time`` falls before the
-        next walk have their timeout set to it.
+        this one still works on it. An acked delivery needs none (a NAKed one has left
+        the table).
         """
         loop = asyncio.get_running_loop()
         period = self._refresh_after
@@ -455,17 +516,13 @@ class PullSubscription(Subscription):
             return
         now = time.monotonic()
         stale = now - period / 2
-        max_time = self._config.max_handler_time
         for entry in in_flight.values():
             if entry.touched < stale:
+                delivery = entry.delivery
+                if delivery is not None and delivery.acked:
+                    continue
                 entry.touched = now
                 self._touch(entry.reply)
-            limit = entry.limit
-            if limit is not None and entry.started and limit.when() is None:
-                left = entry.started + max_time - now
-                if left <= period:
-                    with contextlib.suppress(RuntimeError):  # the handler has just returned
-                        limit.reschedule(loop.time() + max(0.0, left))
 
     def _touch(self, reply: bytes, payload: bytes = IN_PROGRESS) -> None:
         """Sends ``+WPI`` (or ``payload``) to ``reply`` (best effort)."""
@@ -506,15 +563,20 @@ class PullSubscription(Subscription):
             entry.touched = now
             self._touch(raw.reply)  # it waited for a worker: give the handler its ack_wait
         try:
-            await self._run(raw, entry)
+            await self._run(raw, entry, self._limits.start(entry))
         finally:
-            if self._in_flight.get(raw.sequence) is entry:
-                del self._in_flight[raw.sequence]
-            delivery = entry.delivery
-            if delivery is not None and delivery.acked:
-                self._acked.add(raw.sequence)
+            entry.done = True
+            if entry.detached:  # its sequence is another delivery's now
+                if self._stale and entry.delivery is not None:
+                    self._stale.discard(entry.delivery.reply)
+            else:
+                if self._in_flight.get(raw.sequence) is entry:
+                    del self._in_flight[raw.sequence]
+                delivery = entry.delivery
+                if delivery is not None and delivery.acked:
+                    self._acked.add(raw.sequence)
 
-    async def _run(self, raw: Raw, entry: InFlight) -> None:
+    async def _run(self, raw: Raw, entry: InFlight, limit: asyncio.Timeout) -> None:
         subject = raw.subject.decode("utf-8", "replace")
         block, body = raw.header_block, raw.body
         codec = self._codec
@@ -530,7 +592,6 @@ class PullSubscription(Subscription):
             subject = original.subject
         delivery = entry.delivery = JetStreamDelivery(self, raw, message, subject)
         delivery.reply = entry.reply
-        limit = entry.limit = asyncio.timeout(None)
         try:
             await run_handler(self._handler, delivery, self._config, limit=limit)
         except asyncio.CancelledError as exc:
@@ -552,11 +613,28 @@ class PullSubscription(Subscription):
         """
         writer = self._writer
         assert writer is not None
+        if self._stale and reply in self._stale:
+            log.info("acknowledgement of a message of a deleted stream dropped (%r)", payload)
+            return
+        if payload[0] == 45:  # b"-": a NAK
+            self._naked(reply)
         try:
             if writer.write_reply(reply, payload):
                 await writer.relieve()
         except nats.errors.Error as exc:
             raise BusConnectionError(f"could not settle the delivery: {exc}") from exc
+
+    def _naked(self, reply: bytes) -> None:
+        """The delivery with ack subject ``reply`` is NAKed: its sequence leaves the
+        in-flight table (no more ``+WPI``; its redelivery is a new delivery)."""
+        try:
+            sequence = ack_fields(reply)[2]
+        except (ValueError, IndexError):
+            return
+        entry = self._in_flight.get(sequence)
+        if entry is not None and entry.reply == reply:
+            del self._in_flight[sequence]
+            entry.detached = True
 
     @property
     def confirms_acks(self) -> bool:
@@ -571,7 +649,7 @@ class PullSubscription(Subscription):
             BusConnectionError: the ACK could not be queued.
         """
         confirmer = self._confirmer
-        if confirmer is None:
+        if confirmer is None or (self._stale and delivery.reply in self._stale):
             await self.settle(delivery.reply, ACK)
             return
         failure = await confirmer.confirm(delivery.reply, ACK, self._config.ack_confirm_timeout)
@@ -749,6 +827,7 @@ class PullSubscription(Subscription):
             await workers.finish(self._config.ack_wait)
         if self._refresh_timer is not None:
             self._refresh_timer.cancel()
+        self._limits.close()
         if self._dead_lane_task is not None:
             self._dead_lane.put_nowait(None)
             await self._dead_lane_task
