@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
@@ -24,8 +23,7 @@ class Workers(Generic[T]):
     the next one before handling it: handlers that suspend run ``size`` at once, while
     handlers that do not are run back to back by one worker, with one or two wake-ups
     per burst instead of one per message. ``maxsize`` bounds the deque for
-    :meth:`put_wait` (0 = unbounded). ``started[i]`` is when worker ``i`` began its
-    current item (0.0 when idle).
+    :meth:`put_wait` (0 = unbounded).
     """
 
     def __init__(
@@ -33,7 +31,6 @@ class Workers(Generic[T]):
     ) -> None:
         self.items: collections.deque[T | None] = collections.deque()
         self.busy = 0
-        self.started = [0.0] * size
         self.on_idle_slot: Callable[[], None] | None = None
         self._handle = handle
         self._name = name
@@ -42,7 +39,7 @@ class Workers(Generic[T]):
         self._space: collections.deque[asyncio.Future[None]] = collections.deque()
         self._waking = False
         self._tasks = [
-            asyncio.create_task(self._run(i), name=f"{name}-worker-{i}") for i in range(size)
+            asyncio.create_task(self._run(), name=f"{name}-worker-{i}") for i in range(size)
         ]
 
     def put(self, item: T) -> None:
@@ -69,8 +66,8 @@ class Workers(Generic[T]):
                 waiter.set_result(None)
                 return
 
-    async def _run(self, index: int) -> None:
-        items, started, space = self.items, self.started, self._space
+    async def _run(self) -> None:
+        items, space = self.items, self._space
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()
         while True:
@@ -94,7 +91,6 @@ class Workers(Generic[T]):
             if items and self._parked and not self._waking:
                 self._wake()
             self.busy += 1
-            started[index] = time.monotonic()
             try:
                 await self._handle(item)
             except Exception:  # never let one delivery kill the worker
@@ -106,15 +102,9 @@ class Workers(Generic[T]):
                     raise
                 log.warning("%s: a handler raised CancelledError", self._name)
             finally:
-                started[index] = 0.0
                 self.busy -= 1
                 if self.on_idle_slot is not None:
                     self.on_idle_slot()
-
-    def overdue(self, limit: float) -> int:
-        """How many workers have been on their current item for over ``limit`` s."""
-        since = time.monotonic() - limit
-        return sum(1 for t in self.started if 0.0 < t < since)
 
     def owns(self, task: asyncio.Task[Any] | None) -> bool:
         """Whether ``task`` is one of the workers (a handler is calling)."""
