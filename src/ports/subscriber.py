@@ -321,50 +321,46 @@ async def run_handler(
     """
     outcome: Outcome | None = None
     try:
-        outcome = await _run_and_settle(handler, delivery, config, limit)
+        token = _current.set(delivery)
+        try:
+            if limit is None:
+                reply = await handler.handle(delivery.message)
+            else:
+                async with limit:
+                    reply = await handler.handle(delivery.message)
+        except TimeoutError as exc:
+            if limit is None or not limit.expired():
+                outcome = await settle_failure(delivery, exc, config)
+                return outcome
+            log.warning(
+                "handler on %s (attempt %d) ran past max_handler_time (%g s): cancelled",
+                delivery.subject,
+                delivery.attempt,
+                config.max_handler_time,
+            )
+            timed_out = RetryableError(handler_time_reason(config.max_handler_time))
+            outcome = await settle_failure(delivery, timed_out, config)
+            return outcome
+        except Exception as exc:  # noqa: BLE001  # any failure is retryable unless it says otherwise
+            outcome = await settle_failure(delivery, exc, config)
+            return outcome
+        finally:
+            _current.reset(token)
+        if delivery.settled:
+            outcome = Outcome.EXPLICIT
+            return outcome
+        if reply is not None:
+            await delivery.respond(reply)
+        try:
+            await delivery.ack()
+        except AckNotConfirmed as exc:
+            log.warning("%s; the message will be redelivered", exc)
+            outcome = Outcome.UNCONFIRMED
+            return outcome
+        outcome = Outcome.ACK
         return outcome
     finally:
         delivery.report_outcome(outcome)
-
-
-async def _run_and_settle(
-    handler: MessageHandler,
-    delivery: Delivery,
-    config: SubscriberConfig,
-    limit: HandlerLimit | None,
-) -> Outcome:
-    token = _current.set(delivery)
-    try:
-        if limit is None:
-            reply = await handler.handle(delivery.message)
-        else:
-            async with limit:
-                reply = await handler.handle(delivery.message)
-    except TimeoutError as exc:
-        if limit is None or not limit.expired():
-            return await settle_failure(delivery, exc, config)
-        log.warning(
-            "handler on %s (attempt %d) ran past max_handler_time (%g s): cancelled",
-            delivery.subject,
-            delivery.attempt,
-            config.max_handler_time,
-        )
-        timed_out = RetryableError(handler_time_reason(config.max_handler_time))
-        return await settle_failure(delivery, timed_out, config)
-    except Exception as exc:  # noqa: BLE001  # any failure is retryable unless it says otherwise
-        return await settle_failure(delivery, exc, config)
-    finally:
-        _current.reset(token)
-    if delivery.settled:
-        return Outcome.EXPLICIT
-    if reply is not None:
-        await delivery.respond(reply)
-    try:
-        await delivery.ack()
-    except AckNotConfirmed as exc:
-        log.warning("%s; the message will be redelivered", exc)
-        return Outcome.UNCONFIRMED
-    return Outcome.ACK
 
 
 async def settle_failure(

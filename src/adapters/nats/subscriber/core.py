@@ -115,11 +115,10 @@ class CoreSubscription(Subscription):
         except DecodeError as exc:
             log.warning("dropped an undecodable core message on %s: %s", msg.subject, exc)
             return
-        limit = HandlerLimit()
-        timeout = self._limits.start(limit)
+        limit = self._limits.start(HandlerLimit())
         delivery = NatsCoreDelivery(self, msg, message)
         try:
-            await run_handler(self._handler, delivery, self._config, limit=timeout)
+            await run_handler(self._handler, delivery, self._config, limit=limit)
         finally:
             limit.done = True
 

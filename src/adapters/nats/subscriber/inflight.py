@@ -11,6 +11,7 @@ of one (its ACK was lost) is acknowledged again instead of being handled again.
 
 from __future__ import annotations
 
+from collections import deque
 from typing import TYPE_CHECKING
 
 from .limits import HandlerLimit
@@ -43,7 +44,8 @@ class InFlight(HandlerLimit):
     def __init__(self, reply: bytes, attempt: int, now: float) -> None:
         self.deadline = 0.0
         self.done = False
-        self.timeout = None
+        self.cut = False
+        self.task = None
         self.reply = reply
         self.attempt = attempt
         self.touched = now
@@ -65,18 +67,27 @@ class InFlight(HandlerLimit):
 
 
 class Settled:
-    """The last :data:`SETTLED_KEPT` sequences this subscription acknowledged."""
+    """The last :data:`SETTLED_KEPT` sequences this subscription acknowledged.
 
-    __slots__ = ("_seqs",)
+    A ring of sequences with a set beside it: adding and forgetting the oldest are
+    O(1) (a dict popped from its front would scan its deleted slots).
+    """
+
+    __slots__ = ("_order", "_seqs")
 
     def __init__(self) -> None:
-        self._seqs: dict[int, None] = {}
+        self._order: deque[int] = deque()
+        self._seqs: set[int] = set()
 
     def add(self, sequence: int) -> None:
         seqs = self._seqs
-        seqs[sequence] = None
-        if len(seqs) > SETTLED_KEPT:
-            del seqs[next(iter(seqs))]
+        if sequence in seqs:
+            return
+        order = self._order
+        if len(order) >= SETTLED_KEPT:
+            seqs.discard(order.popleft())
+        order.append(sequence)
+        seqs.add(sequence)
 
     def __contains__(self, sequence: object) -> bool:
         return sequence in self._seqs

@@ -3,37 +3,69 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import deque
+from types import TracebackType
 
 
 class HandlerLimit:
-    """The time limit of one running handler: its deadline on the event loop's clock.
+    """The time limit of one running handler, and the context it runs under.
+
+    Entered by the handler's task, it remembers that task; :class:`HandlerLimits` cuts
+    the handler off by cancelling it (as ``asyncio.timeout`` does, without a timer or
+    an ``asyncio.Timeout`` per handler), and leaving turns that cancellation into a
+    ``TimeoutError``. Leaving also marks the limit ``done``.
 
     Attributes:
         deadline: ``loop.time()`` at which the handler is cut off (set by
             :meth:`HandlerLimits.start`).
-        timeout: the ``asyncio.timeout`` the handler runs under (no timer of its own:
-            :class:`HandlerLimits` expires it); None until started.
         done: the handler returned (or was cancelled); nothing to cut off any more.
     """
 
-    __slots__ = ("deadline", "done", "timeout")
+    __slots__ = ("cut", "deadline", "done", "task")
 
     def __init__(self) -> None:
         self.deadline = 0.0
         self.done = False
-        self.timeout: asyncio.Timeout | None = None
+        self.cut = False
+        self.task: asyncio.Task[object] | None = None
+
+    async def __aenter__(self) -> HandlerLimit:
+        self.task = asyncio.current_task()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.done = True
+        task, self.task = self.task, None
+        if not self.cut or exc_type is not asyncio.CancelledError or task is None:
+            return
+        if task.uncancel() == 0:  # cancelled by the cut alone, not also by a stop
+            raise TimeoutError from exc
+
+    def expired(self) -> bool:
+        """Whether the limit cut the handler off."""
+        return self.cut
+
+    def cut_off(self) -> None:
+        """Cancels the handler, if it still runs under this limit."""
+        task = self.task
+        if not self.done and not self.cut and task is not None:
+            self.cut = True
+            task.cancel()
 
 
 class HandlerLimits:
     """Cuts off the handlers of one subscription at ``max_handler_time``, on one timer.
 
-    A handler starting has its :class:`HandlerLimit` started (an ``asyncio.timeout``
-    without a timer, under which it runs) and marks it ``done`` when it returns.
-    Handlers of one subscription share one ``max_handler_time``, so their deadlines come
-    in the order they start: one timer, at the earliest deadline not yet done, cuts off
-    those that are due and re-arms at the next one. No timer is scheduled or cancelled per handler.
+    A handler starting has its :class:`HandlerLimit` started, runs under it, and leaves
+    it (marking it ``done``) when it returns. Handlers of one subscription share one
+    ``max_handler_time``, so their deadlines come in the order they start: one timer,
+    at the earliest deadline not yet done, cuts off those that are due and re-arms at
+    the next one. No timer is scheduled or cancelled per handler.
 
     Args:
         max_time: Seconds a handler may run.
@@ -48,14 +80,13 @@ class HandlerLimits:
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def start(self, entry: HandlerLimit) -> asyncio.Timeout:
-        """Starts the limit of a handler starting now; returns the timeout to run it under."""
+    def start(self, entry: HandlerLimit) -> HandlerLimit:
+        """Starts the limit of a handler starting now; returns it, to run the handler under."""
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
-        timeout = entry.timeout = asyncio.timeout(None)
         entry.deadline = loop.time() + self.max_time
-        entry.done = False
+        entry.done = entry.cut = False
         limits = self._limits
         while limits and limits[0].done:
             limits.popleft()
@@ -64,18 +95,14 @@ class HandlerLimits:
         limits.append(entry)
         if self._timer is None:
             self._timer = loop.call_at(entry.deadline, self._expire)
-        return timeout
+        return entry
 
     def _expire(self) -> None:
         self._timer = None
         loop = asyncio.get_running_loop()
         now, limits = loop.time(), self._limits
         while limits and (limits[0].done or limits[0].deadline <= now):
-            entry = limits.popleft()
-            timeout = entry.timeout
-            if not entry.done and timeout is not None and timeout.when() is None:
-                with contextlib.suppress(RuntimeError):  # not entered, or already left
-                    timeout.reschedule(now)
+            limits.popleft().cut_off()
         if limits:
             self._timer = loop.call_at(limits[0].deadline, self._expire)
 

@@ -54,7 +54,7 @@ from .delivery import (
     redirected,
 )
 from .inflight import InFlight, Settled
-from .limits import HandlerLimits
+from .limits import HandlerLimit, HandlerLimits
 from .workers import Workers
 
 log = logging.getLogger("message_bus.nats.subscriber")
@@ -576,7 +576,7 @@ class PullSubscription(Subscription):
                 if delivery is not None and delivery.acked:
                     self._acked.add(raw.sequence)
 
-    async def _run(self, raw: Raw, entry: InFlight, limit: asyncio.Timeout) -> None:
+    async def _run(self, raw: Raw, entry: InFlight, limit: HandlerLimit) -> None:
         subject = raw.subject.decode("utf-8", "replace")
         block, body = raw.header_block, raw.body
         codec = self._codec
