@@ -17,10 +17,10 @@ delivery alive (see :class:`~message_bus.adapters.memory._group.Group`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import deque
 
+from message_bus.adapters.handler_limit import HandlerLimit
 from message_bus.ports.config import SubscriberConfig
 from message_bus.ports.subscriber import (
     Delivery,
@@ -78,24 +78,6 @@ class Waiters:
                 self._wake(item[0])
             else:
                 self.queue.append(item)
-
-
-class HandlerLimit:
-    """The time limit of one running handler: its deadline on the broker's clock."""
-
-    __slots__ = ("deadline", "done", "timeout")
-
-    def __init__(self, deadline: float) -> None:
-        self.deadline = deadline
-        self.timeout = asyncio.timeout(None)
-        self.done = False
-
-
-def _cut(limit: asyncio.Timeout) -> None:
-    """``max_handler_time`` is up (on the broker's clock): cancel the handler now."""
-    if limit.when() is None:
-        with contextlib.suppress(RuntimeError):  # not entered or left: nothing runs under it
-            limit.reschedule(asyncio.get_running_loop().time())
 
 
 class Member(Subscription):
@@ -204,16 +186,14 @@ class Member(Subscription):
         now, limits = clock.now(), self._limits
         while limits and (limits[0].done or limits[0].deadline <= now):
             entry = limits.popleft()
-            if not entry.done:
-                _cut(entry.timeout)
+            entry.cut_off()
         if limits:
             self._limit_timer = clock.call_at(limits[0].deadline, self._on_limit)
 
     async def _handle(self, delivery: Delivery) -> None:
         entry = self._limit()
-        limit = entry.timeout
         try:
-            await run_handler(self._handler, delivery, self.config, limit=limit)
+            await run_handler(self._handler, delivery, self.config, limit=entry)
         except asyncio.CancelledError as exc:
             worker = asyncio.current_task()
             if worker is None or worker.cancelling():  # the worker itself is cancelled
