@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import trustme
+from proxy import TcpProxy
 
 from message_bus import BusConnectionError, ClosedError
 from message_bus.adapters.nats import ConnectionStatus, NatsClient, NatsConfig
@@ -220,3 +221,16 @@ async def test_drain_closes_the_connection(nats_server: EmbeddedNatsServer) -> N
     assert received == [b"last words"]
     assert client.status is ConnectionStatus.CLOSED
     assert client.is_closed
+
+
+async def test_close_succeeds_when_the_connection_dies_as_it_closes(
+    nats_server: EmbeddedNatsServer,
+) -> None:
+    with TcpProxy("127.0.0.1", nats_server.port) as proxy:
+        for _ in range(5):
+            client = NatsClient(NatsConfig(urls=[proxy.url], max_reconnect_attempts=0))
+            await client.connect()
+            await client.connection.publish("close.test", b"x" * 65536)  # pending data
+            proxy.cut()
+            await client.close()  # must not raise: the connection is closed either way
+            assert client.status is ConnectionStatus.CLOSED

@@ -224,7 +224,11 @@ class NatsClient:
         nc, self._nc = self._nc, None
         self._js = None
         if nc is not None and not nc.is_closed:
-            await nc.close()
+            try:
+                await nc.close()
+            except (nats.errors.Error, OSError) as exc:
+                # The connection died as it closed (the server went away): it is closed.
+                log.debug("NATS close: %s", self._redact(_describe(exc)))
         self._set_status(ConnectionStatus.CLOSED)
 
     async def flush(self, timeout: float = 5.0) -> None:
