@@ -61,14 +61,15 @@ async def stream_messages_on(cluster: NatsCluster, index: int) -> int:
 
 
 async def wait_for_replica(cluster: NatsCluster, index: int, messages: int) -> None:
-    """Waits (up to 10 s) until node ``index``'s replica holds ``messages`` messages."""
-    held = -1
-    for _ in range(200):
-        held = await stream_messages_on(cluster, index)
-        if held == messages:
-            return
+    """Waits (up to 30 s) until node ``index``'s replica holds ``messages`` messages."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30.0
+    held = await stream_messages_on(cluster, index)
+    while held != messages:
+        if loop.time() > deadline:
+            pytest.fail(f"node {index} holds {held} messages after 30 s, expected {messages}")
         await asyncio.sleep(0.05)
-    pytest.fail(f"node {index} holds {held} messages, expected {messages}")
+        held = await stream_messages_on(cluster, index)
 
 
 def node_index(cluster: NatsCluster, name: str | None) -> int:
@@ -91,7 +92,7 @@ def test_cluster_forms_with_routes_and_a_meta_leader(nats_cluster: NatsCluster) 
 
 async def test_r3_stream_is_stored_on_every_node(nats_cluster: NatsCluster) -> None:
     async with connected(nats_cluster.urls) as nc:
-        js = nc.jetstream()
+        js = nc.jetstream(timeout=30)
         await create_r3_stream(js)
         await publish(js, 1)
         info = await js.stream_info(STREAM)
@@ -108,14 +109,14 @@ async def test_stream_works_while_a_node_is_down_and_after_it_restarts(
     nats_cluster: NatsCluster,
 ) -> None:
     async with connected(nats_cluster.urls) as setup:
-        js = setup.jetstream()
+        js = setup.jetstream(timeout=30)
         await create_r3_stream(js)
         leader = node_index(nats_cluster, (await js.stream_info(STREAM)).cluster.leader)  # type: ignore[union-attr]
     victim = (leader + 1) % 3
     survivors = [nats_cluster.urls[i] for i in range(3) if i != victim]
 
     async with connected(survivors) as nc:
-        js = nc.jetstream()
+        js = nc.jetstream(timeout=30)
         for n in range(5):
             await publish(js, n)
         nats_cluster.kill_node(victim)
@@ -134,14 +135,14 @@ async def test_stream_works_while_a_node_is_down_and_after_it_restarts(
 @pytest.mark.slow
 async def test_stream_fails_over_when_its_leader_is_killed(nats_cluster: NatsCluster) -> None:
     async with connected(nats_cluster.urls) as setup:
-        js = setup.jetstream()
+        js = setup.jetstream(timeout=30)
         await create_r3_stream(js)
         old_leader = (await js.stream_info(STREAM)).cluster.leader  # type: ignore[union-attr]
     victim = node_index(nats_cluster, old_leader)
     survivors = [nats_cluster.urls[i] for i in range(3) if i != victim]
 
     async with connected(survivors) as nc:
-        js = nc.jetstream()
+        js = nc.jetstream(timeout=30)
         for n in range(5):
             await publish(js, n)
         nats_cluster.kill_node(victim)
