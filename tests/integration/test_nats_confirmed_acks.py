@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 from proxy import TcpProxy
+from servers import acks_denied_config, connect
 from waits import eventually
 
 from message_bus import (
@@ -24,7 +25,6 @@ from message_bus.adapters.nats import (
     JetStreamPublisher,
     JetStreamSubscriber,
     NatsClient,
-    NatsConfig,
     StreamManager,
 )
 from message_bus.adapters.telemetry import MetricsSubscriber
@@ -39,13 +39,6 @@ KEY = PartitionKey.corridor("USD-EUR")
 
 def payment(n: int = 0) -> Message:
     return Message.new(PAYMENT, KEY, {"payment_id": f"pay_{n}", "amount": "10.00"})
-
-
-async def connect(url: str, **options: object) -> NatsClient:
-    config = NatsConfig(urls=[url], reconnect_delay=0.05, reconnect_max_delay=0.2, **options)  # type: ignore[arg-type]
-    client = NatsClient(config)
-    await client.connect()
-    return client
 
 
 def metered(
@@ -142,26 +135,11 @@ async def test_a_confirmed_ack_is_counted_as_ack_once_the_server_confirms_it(
     assert received(registry, "unconfirmed") == 0
 
 
-def _restricted(tmp_path: Path) -> Path:
-    config = tmp_path / "no-acks.conf"
-    config.write_text(
-        "jetstream { sync_interval: always }\n"
-        "authorization {\n"
-        "  users = [\n"
-        "    { user: admin, password: secret }\n"
-        '    { user: worker, password: secret, permissions: { publish: { allow: [">"],'
-        ' deny: ["$JS.ACK.>"] } } }\n'
-        "  ]\n"
-        "}\n"
-    )
-    return config
-
-
 @pytest.mark.parametrize("confirm_acks", [False, True], ids=["fire_and_forget", "confirmed"])
 async def test_a_subscription_denied_its_acks_fails_with_permission_denied(
     nats_server_factory: Callable[..., EmbeddedNatsServer], tmp_path: Path, confirm_acks: bool
 ) -> None:
-    server = nats_server_factory(config_file=_restricted(tmp_path))
+    server = nats_server_factory(config_file=acks_denied_config(tmp_path))
     admin = await connect(server.url, user="admin", password="secret")
     worker = await connect(server.url, user="worker", password="secret")
     registry = CollectorRegistry()

@@ -15,6 +15,7 @@ from urllib.parse import urlparse
 
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig
+from servers import connect
 from waits import eventually
 
 from message_bus import (
@@ -33,7 +34,6 @@ from message_bus.adapters.nats import (
     JetStreamPublisher,
     JetStreamSubscriber,
     NatsClient,
-    NatsConfig,
     StreamManager,
 )
 from message_bus.adapters.nats.framing import BlockCodec
@@ -55,12 +55,6 @@ POISON_LINES = {
 def payment(n: int = 0) -> Message:
     key = PartitionKey.corridor("USD-EUR")
     return Message.new(PAYMENT, key, {"payment_id": f"pay_{n}", "amount": "1.00"})
-
-
-async def connect(url: str) -> NatsClient:
-    client = NatsClient(NatsConfig(urls=[url], reconnect_delay=0.05, reconnect_max_delay=0.2))
-    await client.connect()
-    return client
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
+from servers import acks_denied_config, connect
 from waits import eventually
 
 from message_bus import FunctionHandler, Message, MessageType, PartitionKey, SubscriberConfig
@@ -19,7 +20,6 @@ from message_bus.adapters.nats import (
     JetStreamPublisher,
     JetStreamSubscriber,
     NatsClient,
-    NatsConfig,
     StreamManager,
 )
 from message_bus.adapters.telemetry import MetricsSubscriber
@@ -40,30 +40,8 @@ def reader(client: NatsClient, config: SubscriberConfig | None = None) -> JetStr
     return JetStreamSubscriber(client, PAYMENT, config, ephemeral=True, **FAST)  # type: ignore[arg-type]
 
 
-async def connect(url: str, **options: object) -> NatsClient:
-    config = NatsConfig(urls=[url], reconnect_delay=0.05, reconnect_max_delay=0.2, **options)  # type: ignore[arg-type]
-    client = NatsClient(config)
-    await client.connect()
-    return client
-
-
 async def consumers(client: NatsClient) -> list[str]:
     return sorted(info.name for info in await client.jetstream.consumers_info(STREAM))
-
-
-def _no_acks(tmp_path: Path) -> Path:
-    config = tmp_path / "no-acks.conf"
-    config.write_text(
-        "jetstream { sync_interval: always }\n"
-        "authorization {\n"
-        "  users = [\n"
-        "    { user: admin, password: secret }\n"
-        '    { user: reader, password: secret, permissions: { publish: { allow: [">"],'
-        ' deny: ["$JS.ACK.>"] } } }\n'
-        "  ]\n"
-        "}\n"
-    )
-    return config
 
 
 @pytest.fixture
@@ -79,7 +57,7 @@ async def denied(
     nats_server_factory: Callable[..., EmbeddedNatsServer], tmp_path: Path
 ) -> AsyncIterator[tuple[NatsClient, NatsClient]]:
     """An admin client, and a reader's client the server refuses every acknowledgement."""
-    server = nats_server_factory(config_file=_no_acks(tmp_path))
+    server = nats_server_factory(config_file=acks_denied_config(tmp_path, user="reader"))
     admin = await connect(server.url, user="admin", password="secret")
     worker = await connect(server.url, user="reader", password="secret")
     await StreamManager(admin).apply()

@@ -13,6 +13,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 from prometheus_client import CollectorRegistry
+from servers import acks_denied_config, connect
 from waits import eventually
 
 from message_bus import FunctionHandler, Message, MessageType, PartitionKey, SubscriberConfig
@@ -21,7 +22,6 @@ from message_bus.adapters.nats import (
     JetStreamPublisher,
     JetStreamSubscriber,
     NatsClient,
-    NatsConfig,
     StreamManager,
 )
 from message_bus.adapters.telemetry import MetricsSubscriber, TracingSubscriber
@@ -35,13 +35,6 @@ FAST = {"pull_expires": 2.0, "idle_heartbeat": 0.5}
 
 def payment() -> Message:
     return Message.new(PAYMENT, KEY, {"payment_id": "pay_0", "amount": "10.00"})
-
-
-async def connect(url: str, **options: object) -> NatsClient:
-    config = NatsConfig(urls=[url], reconnect_delay=0.05, reconnect_max_delay=0.2, **options)  # type: ignore[arg-type]
-    client = NatsClient(config)
-    await client.connect()
-    return client
 
 
 @pytest.fixture
@@ -105,28 +98,13 @@ async def test_a_hung_last_delivery_cut_off_is_counted_dead_and_its_span_fails(
         await subscriber.close()
 
 
-def _no_acks(tmp_path: Path) -> Path:
-    config = tmp_path / "no-acks.conf"
-    config.write_text(
-        "jetstream { sync_interval: always }\n"
-        "authorization {\n"
-        "  users = [\n"
-        "    { user: admin, password: secret }\n"
-        '    { user: worker, password: secret, permissions: { publish: { allow: [">"],'
-        ' deny: ["$JS.ACK.>"] } } }\n'
-        "  ]\n"
-        "}\n"
-    )
-    return config
-
-
 async def test_an_ack_the_server_did_not_confirm_ends_the_span_as_unconfirmed(
     nats_server_factory: Callable[..., EmbeddedNatsServer],
     tmp_path: Path,
     provider: TracerProvider,
     exporter: InMemorySpanExporter,
 ) -> None:
-    server = nats_server_factory(config_file=_no_acks(tmp_path))
+    server = nats_server_factory(config_file=acks_denied_config(tmp_path))
     admin = await connect(server.url, user="admin", password="secret")
     worker = await connect(server.url, user="worker", password="secret")
     registry = CollectorRegistry()
