@@ -154,17 +154,6 @@ class Delivery(ABC):
             except Exception:
                 log.exception("a delivery outcome listener failed")
 
-    def on_ack_result(self, callback: Callable[[bool], None]) -> bool:
-        """Have ``callback(confirmed)`` called once the broker confirmed (True) or did
-        not confirm (False) this delivery's ACK.
-
-        Returns:
-            False, and ``callback`` is never called, when acks of this delivery are not
-            confirmed (no ``confirm_acks``, or nothing to confirm): then an ACK counts
-            as done when it is sent.
-        """
-        return False
-
 
 class CoreDelivery(Delivery):
     """A delivery of a core-only message: no stream holds it, so nothing is redelivered.

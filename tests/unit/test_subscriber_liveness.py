@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -91,16 +90,9 @@ class ConfirmingDelivery(FakeDelivery):
     def __init__(self, message: Message, attempt: int = 1, *, confirmed: bool) -> None:
         super().__init__(message, attempt)
         self.confirmed = confirmed
-        self.listeners: list[Callable[[bool], None]] = []
-
-    def on_ack_result(self, callback: Callable[[bool], None]) -> bool:
-        self.listeners.append(callback)
-        return True
 
     async def ack(self) -> None:
         await super().ack()
-        for listener in self.listeners:
-            listener(self.confirmed)
         if not self.confirmed:
             raise AckNotConfirmed(STREAM, 7, "the connection is disconnected")
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import NamedTuple, Protocol
 
 from message_bus.domain.message import Message
@@ -97,8 +96,7 @@ class JetStreamDelivery(Delivery):
 
     ``reply`` is the ack subject its acknowledgements go to: that of the newest delivery
     of the message (a redelivery that arrives while the handler runs supersedes it).
-    ``acked`` tells whether ``ack`` was called; ``ack_listeners`` are told whether the
-    server confirmed the ACK (``confirm_acks`` only).
+    ``acked`` tells whether ``ack`` was called.
     """
 
     def __init__(self, owner: Settler, raw: Raw, message: Message, subject: str) -> None:
@@ -109,7 +107,6 @@ class JetStreamDelivery(Delivery):
         self.sequence = raw.sequence
         self.reply = raw.reply
         self.acked = False
-        self.ack_listeners: list[Callable[[bool], None]] = []
         self._raw = raw
         self._owner = owner
         self._settled = False
@@ -144,18 +141,6 @@ class JetStreamDelivery(Delivery):
     async def in_progress(self) -> None:
         if not self._settled:
             await self._owner.settle(self.reply, IN_PROGRESS)
-
-    def on_ack_result(self, callback: Callable[[bool], None]) -> bool:
-        if not self._owner.confirms_acks:
-            return False
-        self.ack_listeners.append(callback)
-        return True
-
-    def ack_result(self, confirmed: bool) -> None:
-        """Tells the ``ack_listeners`` whether the ACK was confirmed (once)."""
-        listeners, self.ack_listeners = self.ack_listeners, []
-        for listener in listeners:
-            listener(confirmed)
 
 
 __all__ = [

@@ -653,7 +653,6 @@ class PullSubscription(Subscription):
             await self.settle(delivery.reply, ACK)
             return
         failure = await confirmer.confirm(delivery.reply, ACK, self._config.ack_confirm_timeout)
-        delivery.ack_result(failure is None)
         if failure is not None:
             raise AckNotConfirmed(delivery.stream or "", delivery.sequence or 0, failure)
 
