@@ -225,6 +225,17 @@ _CONFIG_FIELDS: dict[str, tuple[str, str]] = {
         "DELTRAN_ACK_CONFIRM_TIMEOUT",
         "Seconds to wait for an ACK's confirmation (with `confirm_acks`).",
     ),
+    "subscriber.ordering": (
+        "DELTRAN_ORDERING",
+        "`none` (a shared group) or `partition` (an ordered group: each partition owned "
+        "by one member and handled in stream order; see docs/ordering.md). An ordered "
+        "group's partition count is the top-level `partitions`.",
+    ),
+    "subscriber.failover_timeout": (
+        "DELTRAN_FAILOVER_TIMEOUT",
+        "Ordered groups: seconds after which a silent member's partitions move "
+        "(unset: `min(ack_wait, 10)`).",
+    ),
 }
 """The environment variable and meaning of every config field that is a setting.
 
@@ -234,7 +245,12 @@ Each config field is here or in ``_NOT_SETTINGS``: a new field cannot go unnotic
 """
 
 _TOP_LEVEL_FIELDS = {"partitions": ("publisher", "partitions")}
-_NOT_SETTINGS = frozenset({("subscriber", "partition_key")})  # chosen per subscription
+_NOT_SETTINGS = frozenset(
+    {
+        ("subscriber", "partition_key"),  # chosen per subscription
+        ("subscriber", "partitions"),  # the top-level ``partitions``, as the publisher's
+    }
+)
 
 
 def _config_field(key: str) -> tuple[str, str]:
@@ -414,6 +430,16 @@ def publisher_config_from(settings: Mapping[str, Any]) -> PublisherConfig:
     return PublisherConfig(**_config_values(settings, "publisher"))
 
 
+def subscriber_config_from(settings: Mapping[str, Any]) -> SubscriberConfig:
+    """The :class:`SubscriberConfig` of plain settings shaped like :meth:`BusSettings.to_dict`:
+    the ``subscriber`` table, and the top-level ``partitions`` as an ordered group's count.
+
+    Raises:
+        ValidationError: a value is invalid (``field`` is the config's field name).
+    """
+    return SubscriberConfig(**_config_values(settings, "subscriber"))
+
+
 def _config_values(settings: Mapping[str, Any], section: str) -> dict[str, Any]:
     """The fields of ``section``'s config that plain, TOML-shaped ``settings`` hold."""
     values: dict[str, Any] = {}
@@ -423,6 +449,8 @@ def _config_values(settings: Mapping[str, Any], section: str) -> dict[str, Any]:
         holder = settings.get(table, {}) if table else settings
         if owner == section and last in holder:
             values[name] = holder[last]
+    if section == "subscriber" and "partitions" in settings:
+        values["partitions"] = settings["partitions"]  # an ordered group's, as published
     return values
 
 

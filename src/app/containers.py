@@ -54,7 +54,7 @@ from message_bus.ports import (
     SubscriberConfig,
 )
 
-from .config import BACKENDS, BusSettings, publisher_config_from
+from .config import BACKENDS, BusSettings, publisher_config_from, subscriber_config_from
 from .embedded import EmbeddedNatsServer
 from .service import BankConfirmer, NettingWorker, PaymentIntake
 
@@ -137,10 +137,6 @@ def _tracer_provider(service_name: str, sample_ratio: float) -> TracerProvider:
         sampler=ParentBased(TraceIdRatioBased(sample_ratio)),
         shutdown_on_exit=False,
     )
-
-
-def _subscriber_config(values: Mapping[str, Any]) -> SubscriberConfig:
-    return SubscriberConfig(**values)
 
 
 def _nats_config(values: Mapping[str, Any], urls: list[str]) -> NatsConfig:
@@ -322,7 +318,7 @@ class Container(containers.DeclarativeContainer):
     )
 
     publisher_config = providers.Factory(publisher_config_from, config)
-    subscriber_config = providers.Factory(_subscriber_config, config.subscriber)
+    subscriber_config = providers.Factory(subscriber_config_from, config)
 
     # -- connections (async resources; only the selected one is ever started) -------
     memory_broker = providers.Resource(

@@ -338,3 +338,26 @@ class AlreadyReplayedError(MessageBusError):
             f"dead letter {dlq_sequence} was already replayed ({replays} time(s)); "
             "replay it again with force"
         )
+
+
+class PartitionCountError(ValidationError):
+    """An ordered group member's partition count differs from the group's.
+
+    The partition count is part of an ordered group (``ordering="partition"``): the
+    first member records it, and a member with another count would put keys in other
+    partitions, so it is refused before it handles anything.
+
+    Attributes:
+        group: the group's consumer name.
+        expected: the count the group was created with.
+    """
+
+    def __init__(self, group: str, partitions: int, expected: int) -> None:
+        self.group = group
+        self.expected = expected
+        super().__init__(
+            "partitions",
+            partitions,
+            f"ordered group {group} has {expected} partitions; a member must use the same "
+            "count (see docs/ordering.md to change it)",
+        )

@@ -6,9 +6,16 @@ import math
 import re
 import secrets
 from dataclasses import dataclass
+from typing import Literal
 
 from message_bus.domain.errors import DuplicateWindowError, ValidationError
 from message_bus.domain.partition import DEFAULT_PARTITIONS, PartitionKey, check_partition_count
+
+Ordering = Literal["none", "partition"]
+"""How a consumer group orders its messages: not at all, or within each partition."""
+ORDERINGS: tuple[Ordering, ...] = ("none", "partition")
+DEFAULT_FAILOVER_CAP = 10.0
+"""The longest default ``failover_timeout`` (seconds), when ``ack_wait`` is longer."""
 
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 CONSUMER_NAME_SEPARATOR = "__"
@@ -174,6 +181,16 @@ class SubscriberConfig:
             ``unconfirmed``) and the message will be redelivered. Off by default: it
             costs a round trip per ACK.
         ack_confirm_timeout: seconds to wait for an ACK's confirmation.
+        ordering: ``"none"`` (a shared group: members share messages, in no order) or
+            ``"partition"`` (an ordered group: each partition is owned by one member and
+            handled one message at a time, in stream order; a failure holds its
+            partition until it succeeds or is dead-lettered; ``max_concurrent`` bounds
+            the partitions handled at once). See ``docs/ordering.md``.
+        partitions: an ordered group's partition count (1..4096); every member of the
+            group must use the same. Publishers with the same count write the same
+            numbers in ``Deltran-Partition``.
+        failover_timeout: an ordered group: seconds after which a member that stopped
+            heartbeating is dead and its partitions move (None: ``min(ack_wait, 10)``).
     """
 
     consumer_group: str = "deltran-workers"
@@ -191,6 +208,9 @@ class SubscriberConfig:
     max_handler_time: float = 300.0
     confirm_acks: bool = False
     ack_confirm_timeout: float = 5.0
+    ordering: Ordering = "none"
+    partitions: int = DEFAULT_PARTITIONS
+    failover_timeout: float | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -215,6 +235,18 @@ class SubscriberConfig:
         _positive("ack_confirm_timeout", self.ack_confirm_timeout)
         if self.partition_key is not None and not isinstance(self.partition_key, PartitionKey):
             raise ValidationError("partition_key", self.partition_key, "must be a PartitionKey")
+        if self.ordering not in ORDERINGS:
+            raise ValidationError("ordering", self.ordering, f"must be one of {ORDERINGS}")
+        check_partition_count(self.partitions)
+        if self.failover_timeout is not None:
+            _positive("failover_timeout", self.failover_timeout)
+        if self.ordered and self.partition_key is not None:
+            raise ValidationError(
+                "partition_key",
+                self.partition_key,
+                "an ordered group (ordering='partition') consumes every partition; "
+                "leave partition_key unset",
+            )
 
     @property
     def consumer_name(self) -> str:
@@ -236,3 +268,16 @@ class SubscriberConfig:
     def nak_delay(self, attempt: int) -> float:
         """Redelivery delay after failed delivery number ``attempt`` (1-based)."""
         return capped_backoff(self.nak_initial_delay, self.nak_max_delay, attempt)
+
+    @property
+    def ordered(self) -> bool:
+        """Whether this is an ordered group (``ordering="partition"``)."""
+        return self.ordering == "partition"
+
+    @property
+    def failover_after(self) -> float:
+        """Seconds after which an ordered group's silent member is dead:
+        ``failover_timeout``, by default ``min(ack_wait, 10)``."""
+        if self.failover_timeout is not None:
+            return self.failover_timeout
+        return min(self.ack_wait, DEFAULT_FAILOVER_CAP)

@@ -1,0 +1,94 @@
+"""What an ordered group reads and where its failures go: the stream-source seam.
+
+Each member reads the stream itself, in order, from a sequence it chooses
+(:class:`StreamSource`), and dead-letters through a :class:`DeadLetterSink`. The NATS
+adapter reads through an ephemeral consumer without acknowledgements, the in-memory
+adapter from its stream's log.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from message_bus.domain.message import Message
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One stored message as an ordered group reads it.
+
+    Attributes:
+        sequence: its stream sequence.
+        subject: the subject it is stored under (a replay copy's: the replay subject).
+        key: the canonical partition key suffix (``corridor.USD-EUR``), None if it
+            cannot be known (a foreign message without ``Deltran-Partition-Key``).
+        message: the decoded message (a replay copy: the message it carries), None if
+            it cannot be decoded.
+        error: why it cannot be decoded, else "".
+        raw: what the adapter needs to dead-letter it (opaque here).
+    """
+
+    sequence: int
+    subject: str
+    key: str | None
+    message: Message | None
+    error: str
+    raw: object
+
+
+class Cursor(Protocol):
+    """Reads a stream forward from one sequence."""
+
+    async def read(self, limit: int) -> list[Record]:
+        """The next records (at most ``limit``, at least one), in sequence order; waits
+        while there are none. Sequences only grow between calls.
+
+        Raises:
+            StoreUnavailable: the stream cannot be read now (the caller reopens later).
+        """
+        ...
+
+    async def close(self) -> None:
+        """Stop reading; idempotent."""
+        ...
+
+
+class StreamSource(Protocol):
+    """One message type's stream, as one ordered group reads it."""
+
+    @property
+    def stream(self) -> str:
+        """The stream's name."""
+        ...
+
+    async def generation(self) -> str:
+        """Identifies the stream's current incarnation (changes if it is re-created).
+
+        Raises:
+            StoreUnavailable: the stream cannot be reached now.
+        """
+        ...
+
+    async def open(self, start: int) -> Cursor:
+        """A cursor at the first record with sequence >= ``start`` of the group's subjects.
+
+        Raises:
+            StoreUnavailable: the stream cannot be read now.
+        """
+        ...
+
+
+class DeadLetterSink(Protocol):
+    """Stores dead letters of an ordered group's records."""
+
+    async def dead_letter(self, record: Record, deliveries: int, reason: str) -> None:
+        """Store the dead letter of ``record`` (idempotent per record).
+
+        Raises:
+            Exception: it was not stored (the partition holds and tries again).
+        """
+        ...
+
+
+__all__ = ["Cursor", "DeadLetterSink", "Record", "StreamSource"]
