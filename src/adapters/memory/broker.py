@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
+from message_bus.adapters.ordered.member import OrderedSubscription
+from message_bus.adapters.ordered.store import group_prefix
 from message_bus.domain.catalog import MessageType, StreamCatalog
 from message_bus.domain.codec import H_MSG_ID, H_PARTITION, Encoded, WireCodec
 from message_bus.domain.dead_letter import (
@@ -51,6 +53,13 @@ from ._core import CoreMember, CoreRoutes
 from ._durable import StreamMember
 from ._group import Group, subject_filter
 from ._host import Activity, ConsumerHost
+from ._ordered import (
+    KeyValues,
+    MemoryDeadLetterSink,
+    MemoryGroupStore,
+    MemorySource,
+    StreamWatch,
+)
 from ._store import Stream
 from .clock import Clock, SystemClock
 
@@ -163,6 +172,9 @@ class InMemoryBroker:
             self.clock, self.codec, self._activity, self._store_dead_letter, self._members.discard
         )
         self._core = CoreRoutes(self._activity)
+        # Ordered groups: their records, and the readers to wake when a stream grows.
+        self._key_values = KeyValues()
+        self._watches: dict[str, StreamWatch] = {}
 
     # -- ports ----------------------------------------------------------------------
 
@@ -304,6 +316,8 @@ class InMemoryBroker:
                 for group in groups:
                     if group.waiters.queue and group.matches(subject):
                         group.kick()
+                if self._watches:
+                    self._stored(stream.name)
         core = self._core
         if core.queues:
             core.route(encoded, message_type, None)
@@ -344,6 +358,48 @@ class InMemoryBroker:
             self._core.add(member)
         self._members.add(member)
         member.start()
+        return member
+
+    def _stored(self, stream: str) -> None:
+        watch = self._watches.get(stream)
+        if watch is not None:
+            watch.stored()
+
+    async def _attach_ordered(
+        self, message_type: MessageType, handler: MessageHandler, config: SubscriberConfig
+    ) -> Subscription:
+        """A member of an ordered group (``ordering="partition"``); see ``docs/ordering.md``."""
+        target = self._targets.get(message_type) if config.use_jetstream else None
+        if target is None:
+            raise ValidationError(
+                "ordering",
+                config.ordering,
+                f"{message_type.value} is not stream-backed: only a stream can be read in order",
+            )
+        stream = target[0]
+        watch = self._watches.setdefault(stream.name, StreamWatch())
+        activity = self._activity
+
+        def on_event() -> None:
+            activity.events += 1
+
+        consumer = config.consumer_name
+        member = OrderedSubscription(
+            handler,
+            config,
+            store=MemoryGroupStore(self._key_values, group_prefix(stream.name, consumer), on_event),
+            source=MemorySource(stream, message_type, consumer, self._host, watch),
+            sink=MemoryDeadLetterSink(self._host, stream.name, config.consumer_group, consumer),
+            clock=self.clock,
+            on_event=on_event,
+            on_closed=self._members.discard,
+        )
+        self._members.add(member)
+        try:
+            await member.start()
+        except BaseException:
+            self._members.discard(member)
+            raise
         return member
 
     def _group(
@@ -421,6 +477,7 @@ class InMemoryBroker:
             for group in groups:
                 if group.waiters.queue and group.matches(copy.subject):
                     group.kick()
+            self._stored(stream.name)
         return PublishReceipt(copy.headers[H_MSG_ID], copy.subject, stream.name, seq, duplicate)
 
 
@@ -522,9 +579,12 @@ class InMemorySubscriber(Subscriber):
             raise ClosedError("subscriber closed")
         self._broker._check_open("subscribe")
         check_handler(handler)
-        member = self._broker._attach(
-            self.message_type, handler, self.config, ephemeral=self.ephemeral
-        )
+        if self.config.ordered and not self.ephemeral:
+            member = await self._broker._attach_ordered(self.message_type, handler, self.config)
+        else:
+            member = self._broker._attach(
+                self.message_type, handler, self.config, ephemeral=self.ephemeral
+            )
         self._subscriptions.append(member)
         return member
 
