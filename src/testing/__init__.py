@@ -14,6 +14,7 @@ entry of :data:`SCENARIOS` is an ``async`` function of a harness that raises
 ``message_bus.testing.memory.MemoryHarness`` is the in-memory adapter's harness.
 """
 
+from . import ordering as _ordering  # noqa: F401  # registers the ordered groups' scenarios
 from .harness import BusHarness, Features, Gate, HarnessFactory, WrappedHarness, eventually
 from .scenarios import (
     RUN_HEADER,

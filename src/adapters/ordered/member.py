@@ -454,6 +454,11 @@ class OrderedSubscription(Subscription):
     def active(self) -> bool:
         return not self._closing
 
+    @property
+    def owned(self) -> frozenset[int]:
+        """The partitions this member owns now."""
+        return frozenset(self.lanes)
+
     async def stop(self) -> None:
         await self._close(drain=False)
         self.raise_failure()
