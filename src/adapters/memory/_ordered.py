@@ -156,6 +156,7 @@ class MemoryCursor:
             if self._next <= stream.last_seq and not records:
                 continue
             if records:
+                self._host.activity.events += 1  # the reader has work: the broker is busy
                 return records
             self._event.clear()
             await self._event.wait()
