@@ -51,7 +51,7 @@ def test_demo_runs_on_the_embedded_server_and_prints_the_summary() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     assert "embedded nats-server at nats://127.0.0.1:" in out
-    assert "streams applied (9)" in out
+    assert "streams applied (10)" in out  # 9 streams and the ordered groups' bucket
     assert "200 published, 200 netted" in out
     assert "lost / doubled   0 / 0" in out
     assert "redeliveries     5 (5 injected handler failures" in out

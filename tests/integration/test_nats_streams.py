@@ -28,7 +28,8 @@ async def test_apply_creates_every_stream_of_the_catalog(client: NatsClient) -> 
     reports = await StreamManager(client).apply(catalog, duplicate_window=90.0)
 
     assert [(r.name, r.action, r.drift) for r in reports] == [
-        (spec.name, "created", ()) for spec in catalog.all_streams()
+        *((spec.name, "created", ()) for spec in catalog.all_streams()),
+        ("KV_DELTRAN_ORDERED", "created", ()),  # the ordered groups' bucket
     ]
     info = await client.jetstream.stream_info("PAYMENT_INSTRUCTIONS")
     assert info.config.subjects == [
@@ -137,7 +138,9 @@ async def test_list_shows_what_exists(client: NatsClient) -> None:
 
     streams = {s.name: s for s in await manager.list()}
 
-    assert sorted(streams) == sorted(s.name for s in StreamCatalog.default().all_streams())
+    assert sorted(streams) == sorted(
+        [*(s.name for s in StreamCatalog.default().all_streams()), "KV_DELTRAN_ORDERED"]
+    )
     netting = streams["NETTING_PROPOSALS"]
     assert (netting.messages, netting.first_sequence, netting.last_sequence) == (1, 1, 1)
     assert netting.subjects == ("deltran.netting.proposal.>", "deltran.replay.NETTING_PROPOSALS.>")

@@ -19,9 +19,12 @@ if TYPE_CHECKING:
     from .breaker import BreakerState, CircuitBreaker
     from .client import ConnectionStatus, NatsClient, StatusListener, reconnect_backoff
     from .config import NatsConfig
+    from .dead_letter_sink import NatsDeadLetterSink
     from .dead_letters import JetStreamDeadLetters
+    from .group_store import KvGroupStore
     from .publisher import JetStreamPublisher
     from .sender import RetryEvent, RetryHook
+    from .stream_source import JetStreamSource
     from .streams import StreamError, StreamManager, StreamReport, StreamSummary
     from .subscriber import JetStreamSubscriber
 
@@ -34,6 +37,9 @@ _HOME = {
     "reconnect_backoff": "client",
     "NatsConfig": "config",
     "JetStreamDeadLetters": "dead_letters",
+    "NatsDeadLetterSink": "dead_letter_sink",
+    "KvGroupStore": "group_store",
+    "JetStreamSource": "stream_source",
     "JetStreamPublisher": "publisher",
     "RetryEvent": "sender",
     "RetryHook": "sender",
@@ -50,9 +56,12 @@ __all__ = [
     "ConnectionStatus",
     "JetStreamDeadLetters",
     "JetStreamPublisher",
+    "JetStreamSource",
     "JetStreamSubscriber",
+    "KvGroupStore",
     "NatsClient",
     "NatsConfig",
+    "NatsDeadLetterSink",
     "RetryEvent",
     "RetryHook",
     "StatusListener",

@@ -28,6 +28,7 @@ from message_bus.domain.errors import (
 from message_bus.ports.config import PublisherConfig
 
 from .client import NatsClient
+from .ordered_bucket import bucket_config
 
 log = logging.getLogger("message_bus.nats.streams")
 
@@ -143,7 +144,8 @@ class StreamManager:
         *,
         publisher: PublisherConfig | None = None,
     ) -> builtins.list[StreamReport]:
-        """Creates or updates every stream of ``catalog`` (dead letters included).
+        """Creates or updates every stream of ``catalog`` (dead letters included) and the
+        ordered groups' KV bucket.
 
         Args:
             catalog: The streams; defaults to the design's table.
@@ -155,7 +157,8 @@ class StreamManager:
                 reported in ``problems`` (such a publisher refuses the stream).
 
         Returns:
-            One report per stream, in catalog order.
+            One report per stream, in catalog order, then one for the KV bucket of the
+            ordered consumer groups (``KV_DELTRAN_ORDERED``, same replicas).
 
         Raises:
             ValidationError: ``replicas`` or ``duplicate_window`` is out of range.
@@ -182,6 +185,7 @@ class StreamManager:
             )
             report = await self._apply_one(want)
             reports.append(_with_problems(report, duplicate_window, publisher))
+        reports.append(await self._apply_one(bucket_config(replicas)))
         return reports
 
     async def _apply_one(self, want: StreamConfig) -> StreamReport:

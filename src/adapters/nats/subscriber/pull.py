@@ -36,8 +36,9 @@ from message_bus.ports.subscriber import (
 
 from ..client import ConnectionStatus, NatsClient
 from ..framing import BlockCodec, EncodedBlock, block_of
-from ..headers import header_block, headers_of
+from ..headers import headers_of
 from ..internals import Writer
+from ..originals import original_of
 from .closing import close_inbox, flush_acks
 from .confirm import AckConfirmer
 from .consumer import ConsumerBinding
@@ -690,7 +691,7 @@ class PullSubscription(Subscription):
         that NAK is never final); past ``max_deliver``, that redelivery is
         dead-lettered again with the same reason. The dead letter never carries the
         original's ``Nats-*`` headers, and a message that cannot be decoded, or whose
-        headers a dead letter cannot carry, is kept raw (see :meth:`_original_of`), so
+        headers a dead letter cannot carry, is kept raw (see :func:`~..originals.original_of`), so
         nothing but the dead-letter stream itself can hold a message back. A dead
         letter too large for the server's ``max_payload`` cannot ever be stored: it is
         logged as an error and NAKed with ``nak_max_delay``, again and again, until an
@@ -699,7 +700,9 @@ class PullSubscription(Subscription):
         reply, stream, attempt, sequence = raw.reply, raw.stream, raw.attempt, raw.sequence
         config = self._config
         if config.dead_letter:
-            original, raw_header_block = self._original_of(raw)
+            original, raw_header_block = original_of(
+                self._codec, raw.subject, raw.header_block, raw.body
+            )
             dead = encode_dead_letter(
                 original,
                 reason=reason,
@@ -740,27 +743,6 @@ class PullSubscription(Subscription):
             "dead-lettered %s #%d after %d deliveries: %s", stream, sequence, deliveries, reason
         )
         await self.settle(reply, TERM)
-
-    def _original_of(self, raw: Raw) -> tuple[Encoded, bytes | None]:
-        """What a dead letter of ``raw`` records: the message (a replay copy's original
-        subject and id), and its header block as received when it must be kept raw.
-
-        It is kept raw unless it decodes and its header block is exactly what its
-        headers give back (nothing that a header dict cannot hold: a NUL, a lone LF,
-        a repeated name...), so nothing of a foreign message is lost.
-        """
-        subject = raw.subject.decode("utf-8", "replace")
-        block = raw.header_block
-        headers = headers_of(block) or {}
-        original = unwrap_replay(Encoded(subject, headers, raw.body))
-        try:
-            self._codec.decode(*original)
-            exact = block is None or header_block(headers) == block
-        except (DecodeError, ValidationError):
-            exact = False
-        if exact:
-            return original, None
-        return original, block or b""
 
     # -- lifecycle --------------------------------------------------------------------------
 
