@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import signal
 import time
 from typing import IO, Any
@@ -44,6 +45,9 @@ class Log:
 
 
 async def run(args: argparse.Namespace) -> None:
+    if args.debug:
+        logging.basicConfig(level=logging.WARNING, format="%(created).6f %(name)s %(message)s")
+        logging.getLogger("message_bus.ordered").setLevel(logging.DEBUG)
     client = NatsClient(NatsConfig(urls=[args.url], name=args.name, reconnect_delay=0.05))
     await client.connect()
     config = SubscriberConfig(
@@ -107,6 +111,7 @@ def main() -> None:
     parser.add_argument("--failover", type=float, default=2.0)
     parser.add_argument("--max-concurrent", type=int, default=10)
     parser.add_argument("--work-ms", type=float, default=1.0)
+    parser.add_argument("--debug", action="store_true", help="log the group's moves to stderr")
     asyncio.run(run(parser.parse_args()))
 
 

@@ -28,7 +28,7 @@ from message_bus import Message, MessageType, PartitionKey, PublisherConfig
 from message_bus.adapters.nats import JetStreamPublisher, NatsClient, NatsConfig, StreamManager
 from message_bus.app.embedded import EmbeddedNatsServer
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 PARTITIONS = 32
 FAILOVER = 2.0
@@ -87,9 +87,10 @@ def start_member(url: str, group: str, name: str, tmp_path: Path) -> Member:
         "-m",
         "message_bus.testing.ordered_member",
         *("--url", url, "--group", group, "--name", name, "--log", str(log)),
-        *("--failover", str(FAILOVER), "--work-ms", "2", "--max-concurrent", "8"),
+        *("--failover", str(FAILOVER), "--work-ms", "2", "--max-concurrent", "8", "--debug"),
     ]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    with (tmp_path / f"{name}.err").open("wb") as errors:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=errors)
     return Member(name, log, process)
 
 
@@ -125,6 +126,8 @@ def overlaps(events: list[dict[str, Any]], killed: dict[str, int]) -> list[str]:
     runs: dict[str, list[tuple[int, int, str]]] = defaultdict(list)
     open_runs: dict[tuple[str, str], int] = {}
     for event in events:
+        if event["ev"] not in ("start", "end"):
+            continue
         slot = (event["member"], event["id"])
         if event["ev"] == "start":
             open_runs[slot] = event["t"]

@@ -351,3 +351,34 @@ async def test_stopping_releases_the_partitions_so_another_member_takes_them_at_
     await rig.advance(T / 4 + 0.25)
     assert len(second.owned) == 32, "partitions waited for failover_timeout after a clean stop"
     await rig.close()
+
+
+async def test_a_partition_taken_over_while_a_read_is_returning_gets_every_message_from_its_position() -> (
+    None
+):
+    rig = Rig()
+    handled: list[int] = []
+    stuck = asyncio.Event()
+
+    async def first_handler(message: Message) -> None:
+        if message.payload["n"] == 1 and not stuck.is_set():
+            await stuck.wait()  # in flight when its member dies
+        handled.append(message.payload["n"])
+
+    members = [await rig.member(first_handler), await rig.member(first_handler)]
+    await rig.advance(T)
+    owner = next(m for m in members if KEY.partition_number(32) in m.owned)
+    for n in range(20):
+        rig.source.add(new(n))
+    await settle()
+    assert handled == [0]
+    await owner.halt()
+    stuck.set()  # the dead member's handler never finishes; the survivor's runs through
+    sent = 20
+    for _ in range(round(3 * T / 0.25)):  # whenever the partition moves, a read returns
+        rig.source.add(new(sent))
+        sent += 1
+        rig.clock.advance(0.25)
+        await settle()
+    assert handled == list(range(sent)), handled
+    await rig.close()

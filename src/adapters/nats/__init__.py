@@ -19,14 +19,14 @@ if TYPE_CHECKING:
     from .breaker import BreakerState, CircuitBreaker
     from .client import ConnectionStatus, NatsClient, StatusListener, reconnect_backoff
     from .config import NatsConfig
-    from .dead_letter_sink import NatsDeadLetterSink
     from .dead_letters import JetStreamDeadLetters
     from .group_store import KvGroupStore
     from .publisher import JetStreamPublisher
     from .sender import RetryEvent, RetryHook
-    from .stream_source import JetStreamSource
     from .streams import StreamError, StreamManager, StreamReport, StreamSummary
     from .subscriber import JetStreamSubscriber
+    from .subscriber.dead_letter_sink import NatsDeadLetterSink
+    from .subscriber.stream_source import JetStreamSource
 
 _HOME = {
     "BreakerState": "breaker",
@@ -37,9 +37,9 @@ _HOME = {
     "reconnect_backoff": "client",
     "NatsConfig": "config",
     "JetStreamDeadLetters": "dead_letters",
-    "NatsDeadLetterSink": "dead_letter_sink",
+    "NatsDeadLetterSink": "subscriber.dead_letter_sink",
     "KvGroupStore": "group_store",
-    "JetStreamSource": "stream_source",
+    "JetStreamSource": "subscriber.stream_source",
     "JetStreamPublisher": "publisher",
     "RetryEvent": "sender",
     "RetryHook": "sender",

@@ -151,8 +151,12 @@ class Lane:
         return self._accepting and not self._finishing and not self.lost
 
     def offer(self, record: Record) -> None:
-        """The reader's next record of this partition (``sequence >= next_sequence``)."""
-        if not self.accepting:
+        """The reader's next record of this partition (``sequence >= next_sequence``).
+
+        A lane that is ``behind`` takes nothing until the reader has gone back to its
+        ``next_sequence``: what lies between was not offered, and taking a later record
+        would skip it."""
+        if self.behind or not self.accepting:
             self.behind = True
             return
         self.queue.append(record)

@@ -13,10 +13,18 @@ import dataclasses
 from collections.abc import Callable
 
 import nats.errors
+import nats.js.errors
 
+from message_bus.adapters.ordered.clock import LoopClock
+from message_bus.adapters.ordered.member import OrderedSubscription
 from message_bus.domain.catalog import MessageType, StreamCatalog
 from message_bus.domain.codec import WireCodec
-from message_bus.domain.errors import BusConnectionError, ClosedError, ValidationError
+from message_bus.domain.errors import (
+    BusConnectionError,
+    ClosedError,
+    StreamError,
+    ValidationError,
+)
 from message_bus.ports.config import PublisherConfig, SubscriberConfig
 from message_bus.ports.subscriber import (
     MessageHandler,
@@ -27,11 +35,14 @@ from message_bus.ports.subscriber import (
 
 from ..client import NatsClient
 from ..framing import BlockCodec
+from ..group_store import KvGroupStore
 from ..sender import Sender
 from .consumer import DEFAULT_INACTIVE_THRESHOLD, ConsumerBinding
 from .core import CoreSubscription
+from .dead_letter_sink import NatsDeadLetterSink
 from .ephemeral import EphemeralSubscription
 from .pull import PullSubscription
+from .stream_source import JetStreamSource
 
 
 class JetStreamSubscriber(Subscriber):
@@ -138,8 +149,18 @@ class JetStreamSubscriber(Subscriber):
         if self._closed:
             raise ClosedError("the subscriber was closed")
         check_handler(handler)
+        ordered = self.config.ordered and not self.ephemeral
+        if ordered and self.stream is None:
+            raise ValidationError(
+                "ordering",
+                self.config.ordering,
+                f"{self.message_type.value} is not stream-backed: only a stream can be read "
+                "in order",
+            )
         if not await self.client.wait_connected(self.client.config.connection_timeout):
             raise BusConnectionError("NATS is unreachable")
+        if ordered:
+            return await self._subscribe_ordered(handler)
         subscription: PullSubscription | CoreSubscription | EphemeralSubscription
         if self.stream is None:
             subscription = CoreSubscription(
@@ -186,6 +207,67 @@ class JetStreamSubscriber(Subscriber):
             raise BusConnectionError(f"could not subscribe: {exc}") from exc
         self._subscriptions.append(subscription)
         return subscription
+
+    async def _subscribe_ordered(self, handler: MessageHandler) -> Subscription:
+        """A member of an ordered group (``ordering="partition"``; ``docs/ordering.md``):
+        its records in the ``DELTRAN_ORDERED`` bucket (created with the stream's replicas
+        if ``streams apply`` has not), the stream read through ephemeral consumers of
+        its own, dead letters stored as a shared group's."""
+        stream = self.stream
+        assert stream is not None
+        consumer = self.config.consumer_name
+        replicas = await self._stream_replicas(stream)
+        subscription = OrderedSubscription(
+            handler,
+            self.config,
+            store=KvGroupStore(
+                self.client,
+                stream,
+                consumer,
+                replicas=replicas,
+                timeout=self.client.config.api_timeout,
+            ),
+            source=JetStreamSource(
+                self.client,
+                stream,
+                self.message_type,
+                consumer,
+                codec=self._codec,
+                batch=self.config.fetch_batch,
+                inactive_threshold=self.inactive_threshold,
+                pull_expires=self.pull_expires,
+                idle_heartbeat=self.idle_heartbeat,
+            ),
+            sink=NatsDeadLetterSink(
+                self.client,
+                self.config.consumer_group,
+                consumer,
+                codec=self._codec,
+                publisher_config=self.publisher_config,
+            ),
+            clock=LoopClock(),
+            on_closed=self._forget,
+        )
+        await subscription.start()
+        self._subscriptions.append(subscription)
+        return subscription
+
+    async def _stream_replicas(self, stream: str) -> int:
+        """The replicas of ``stream`` (the ordered groups' bucket gets as many).
+
+        Raises:
+            StreamError: the stream does not exist.
+            BusConnectionError: the server did not answer.
+        """
+        try:
+            info = await self.client.jetstream.stream_info(stream)
+        except nats.js.errors.NotFoundError as exc:
+            raise StreamError(
+                stream, "not found: apply the stream catalog first (deltran-bus streams apply)"
+            ) from exc
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise BusConnectionError(f"stream {stream}: {exc}") from exc
+        return int(info.config.num_replicas or 1)
 
     def _forget(self, subscription: Subscription) -> None:
         """Told by a subscription that it closed: :meth:`close` need not stop it.

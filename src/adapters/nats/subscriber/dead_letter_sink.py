@@ -10,10 +10,10 @@ from message_bus.domain.dead_letter import encode_dead_letter
 from message_bus.domain.errors import ValidationError
 from message_bus.ports.config import PublisherConfig
 
-from .client import NatsClient
-from .framing import BlockCodec, block_of
-from .originals import original_of
-from .sender import Sender
+from ..client import NatsClient
+from ..framing import BlockCodec, block_of
+from ..originals import original_of
+from ..sender import Sender
 from .stream_source import StoredMessage
 
 log = logging.getLogger("message_bus.nats.ordered")

@@ -26,12 +26,12 @@ from message_bus.domain.errors import (
 )
 from message_bus.ports.config import ephemeral_consumer_name
 
-from .client import ConnectionStatus, NatsClient
-from .framing import BlockCodec
-from .headers import headers_of
-from .internals import Writer
-from .subscriber.closing import close_inbox
-from .subscriber.delivery import ack_fields
+from ..client import ConnectionStatus, NatsClient
+from ..framing import BlockCodec
+from ..headers import headers_of
+from ..internals import Writer
+from .closing import close_inbox
+from .delivery import ack_fields
 
 log = logging.getLogger("message_bus.nats.ordered")
 
