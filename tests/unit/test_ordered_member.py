@@ -353,9 +353,7 @@ async def test_stopping_releases_the_partitions_so_another_member_takes_them_at_
     await rig.close()
 
 
-async def test_a_partition_taken_over_while_a_read_is_returning_gets_every_message_from_its_position() -> (
-    None
-):
+async def test_a_partition_taken_over_during_a_read_gets_every_message_from_its_position() -> None:
     rig = Rig()
     handled: list[int] = []
     stuck = asyncio.Event()
