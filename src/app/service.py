@@ -19,6 +19,15 @@ worker died between storing a proposal and acknowledging the cycle's instruction
 be netted twice: each proposal lists its ``payment_ids`` so the netting engine can
 drop the repeat.
 
+The netting worker's group is an ordered group (:func:`netting_config`): each
+partition (corridor and debtor bank) is handled by one member, one instruction at a
+time, in the order the instructions were stored, so a bank's payments in a corridor
+are netted in the order it sent them. A cycle therefore holds at most one instruction
+per partition: it grows from other partitions, and it closes when it is full or when its
+``cycle_window`` ends, never by waiting for another instruction of a partition it
+already holds (that one only arrives once the cycle's proposal is stored). The window
+is thus also the longest time an instruction holds its partition.
+
 The intake derives an instruction's message id from its ``payment_id``, so submitting
 a payment again (after a publish whose outcome was unknown) is dropped by the
 stream's duplicate window instead of publishing the payment twice.
@@ -27,10 +36,12 @@ stream's duplicate window instead of publishing the payment twice.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Any
 from uuid import NAMESPACE_URL, uuid5
 
 import msgspec
@@ -41,9 +52,16 @@ from message_bus.domain.ids import new_message_id
 from message_bus.domain.message import Message
 from message_bus.domain.partition import PartitionKey, check_corridor
 from message_bus.domain.payloads import BankConfirmation, NettingProposal, PaymentInstruction
-from message_bus.ports import Publisher, PublishReceipt
+from message_bus.ports import Publisher, PublishReceipt, SubscriberConfig
+from message_bus.ports.config import Ordering
 
-__all__ = ["BankConfirmer", "NettingWorker", "PaymentIntake", "validate_instruction"]
+__all__ = [
+    "BankConfirmer",
+    "NettingWorker",
+    "PaymentIntake",
+    "netting_config",
+    "validate_instruction",
+]
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +105,19 @@ _PAYMENT_NAMESPACE = uuid5(NAMESPACE_URL, "urn:deltran:payment-instruction")
 def instruction_message_id(payment_id: str) -> str:
     """The message id of a payment's instruction: the same for every submission of it."""
     return str(uuid5(_PAYMENT_NAMESPACE, payment_id))
+
+
+def netting_config(
+    base: SubscriberConfig, *, ordering: Ordering = "partition", **changes: Any
+) -> SubscriberConfig:
+    """The subscriber config of the netting workers' group: ``base`` as an ordered group.
+
+    ``ordering="partition"`` with ``base.partitions`` (the settings' top-level
+    ``partitions``, the count the intake's publisher writes), so every partition is
+    netted by one member in stream order; ``changes`` override any field (an explicit
+    ``ordering="none"`` gives a shared group back).
+    """
+    return dataclasses.replace(base, ordering=ordering, **changes)
 
 
 class PaymentIntake:
@@ -156,7 +187,9 @@ class NettingWorker:
 
     Instructions of one corridor that arrive within ``cycle_window`` seconds of each
     other (at most ``cycle_size`` of them, and at most the subscriber's
-    ``max_concurrent``, since every member waits in its handler) form one cycle. The
+    ``max_concurrent``, since every member waits in its handler; in an ordered group also
+    at most one per partition the member owns, since a partition's next instruction
+    waits for this one) form one cycle. The
     cycle's proposal is keyed by corridor; its id is the cycle id, its correlation id
     the cycle id, its causation id the instruction that opened the cycle.
 
