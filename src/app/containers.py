@@ -401,8 +401,10 @@ class Container(containers.DeclarativeContainer):
 
     # -- the example service ---------------------------------------------------------------
     payment_intake = providers.Factory(PaymentIntake, publisher=publisher)
-    netting_worker = providers.Factory(NettingWorker, publisher=publisher)
     netting_worker_config = providers.Factory(netting_config, subscriber_config)
+    netting_worker = providers.Factory(
+        NettingWorker, publisher=publisher, ordered=netting_worker_config.provided.ordered
+    )
     bank_confirmer = providers.Factory(BankConfirmer, publisher=publisher)
 
 

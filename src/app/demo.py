@@ -463,6 +463,7 @@ async def run_demo(
                 worker_publisher,
                 cycle_size=options.max_concurrent,
                 cycle_window=options.cycle_window,
+                ordered=worker_config.ordered,
             )
             workers.append(worker)
             injector = _FaultInjector(worker, fail_once, refused, run_id)
