@@ -11,7 +11,9 @@ A dependency-injector container builds everything from :class:`BusSettings`:
 * ports, wrapped in the telemetry decorators (metrics in the container's own
   ``registry``, spans to its ``tracer_provider``): ``publisher()``,
   ``subscriber(message_type, config=None, ephemeral=False)``, ``dead_letters()``;
-* the example service: ``payment_intake()``, ``netting_worker()``, ``bank_confirmer()``.
+* the example service: ``payment_intake()``, ``netting_worker()``, ``bank_confirmer()``,
+  and ``netting_worker_config()``, the netting workers' group config (an ordered group
+  over the settings' ``partitions``).
 
 Ports depend on a connection, so the container hands them out awaited::
 
@@ -56,7 +58,7 @@ from message_bus.ports import (
 
 from .config import BACKENDS, BusSettings, publisher_config_from, subscriber_config_from
 from .embedded import EmbeddedNatsServer
-from .service import BankConfirmer, NettingWorker, PaymentIntake
+from .service import BankConfirmer, NettingWorker, PaymentIntake, netting_config
 
 if TYPE_CHECKING:
     # Imported where used, so the memory backend never loads the NATS client library.
@@ -399,7 +401,10 @@ class Container(containers.DeclarativeContainer):
 
     # -- the example service ---------------------------------------------------------------
     payment_intake = providers.Factory(PaymentIntake, publisher=publisher)
-    netting_worker = providers.Factory(NettingWorker, publisher=publisher)
+    netting_worker_config = providers.Factory(netting_config, subscriber_config)
+    netting_worker = providers.Factory(
+        NettingWorker, publisher=publisher, ordered=netting_worker_config.provided.ordered
+    )
     bank_confirmer = providers.Factory(BankConfirmer, publisher=publisher)
 
 

@@ -6,6 +6,12 @@ every payment was netted exactly once. A few deliveries fail on their first atte
 (they are NAKed and redelivered), and a few malformed instructions (poison messages)
 are dead-lettered, so the summary shows real redeliveries and dead letters.
 
+The workers' group is an ordered group by default (``ordering="partition"``, the
+settings' partition count): every handler run is recorded, and the report counts, per
+partition key, instructions first handled out of stream order (inversions) and runs of
+one key that overlapped (see :mod:`message_bus.app.order_check`); an ordered run is OK
+only with zero of both.
+
 :func:`run_demo` runs the flow on a started container and returns a :class:`DemoReport`;
 :func:`format_report` renders its summary table. The CLI's ``demo`` command adds the
 server, the streams and the ``/metrics`` endpoint around it.
@@ -25,21 +31,25 @@ from typing import Any, TextIO
 
 from prometheus_client import CollectorRegistry
 
+from message_bus.adapters.ordered.member import OrderedSubscription
 from message_bus.domain.catalog import MessageType
 from message_bus.domain.errors import PermanentError, RetryableError, ValidationError
 from message_bus.domain.message import Message
 from message_bus.domain.partition import PartitionKey, check_bic, check_corridor
 from message_bus.domain.payloads import PaymentInstruction
 from message_bus.ports import (
+    Delivery,
     MessageHandler,
     PublishReceipt,
     SubscriberConfig,
     Subscription,
     current_delivery,
 )
+from message_bus.ports.config import ORDERINGS, Ordering
 
 from .containers import Container, resolve
-from .service import NettingWorker, PaymentIntake
+from .order_check import HandlerRun, OrderCheck, check_order
+from .service import NettingWorker, PaymentIntake, netting_config
 
 __all__ = [
     "AUDIT_GROUP",
@@ -92,6 +102,9 @@ class DemoOptions:
         cycle_window: seconds a netting cycle stays open for more payments.
         timeout: seconds to wait for the flow to complete before giving up.
         seed: seed of the random payment generator (None = a fresh one per run).
+        ordering: the netting group's ordering: ``"partition"`` (an ordered group, the
+            default) or ``"none"`` (a shared group: order and overlaps are reported,
+            not required).
     """
 
     payments: int = 1000
@@ -104,6 +117,7 @@ class DemoOptions:
     cycle_window: float = 0.05
     timeout: float = 60.0
     seed: int | None = None
+    ordering: Ordering = "partition"
 
     def __post_init__(self) -> None:
         if not 1 <= self.payments <= 1_000_000:
@@ -128,6 +142,8 @@ class DemoOptions:
             raise ValidationError("--cycle-window", self.cycle_window, "must be in 0..5 seconds")
         if not self.timeout > 0:
             raise ValidationError("--timeout", self.timeout, "must be > 0 seconds")
+        if self.ordering not in ORDERINGS:
+            raise ValidationError("--ordering", self.ordering, f"must be one of {ORDERINGS}")
 
 
 def _quantile(values: Sequence[float], q: float) -> float:
@@ -160,6 +176,12 @@ class DemoReport:
         dead_letters_stored: this run's messages found in the dead-letter stream.
         elapsed: seconds from the first publish to the end of the flow.
         completed: whether the flow completed before the timeout.
+        ordering: the netting group's requested ordering (``DemoOptions.ordering``).
+        ordered: whether the netting group ran as an ordered group (every member an
+            ordered group's member: a backend that does not run ordered groups yet
+            gives shared members, and then order is reported, not required).
+        order: inversions and overlaps among the workers' handler runs of this run's
+            instructions, per partition key.
     """
 
     payments: int
@@ -178,6 +200,9 @@ class DemoReport:
     dead_letters_stored: int = 0
     elapsed: float = 0.0
     completed: bool = False
+    ordering: Ordering = "none"
+    ordered: bool = False
+    order: OrderCheck = field(default_factory=OrderCheck)
 
     @property
     def lost(self) -> int:
@@ -186,12 +211,15 @@ class DemoReport:
 
     @property
     def ok(self) -> bool:
-        """Nothing lost, nothing doubled, every poison message dead-lettered and stored."""
+        """Nothing lost, nothing doubled, every poison message dead-lettered and stored;
+        in an ordered group also no instruction handled out of order and no key handled
+        twice at once."""
         return (
             self.completed
             and self.lost == 0
             and self.doubled == 0
             and self.dead_letters_stored == self.poison
+            and (not self.ordered or self.order.ok)
         )
 
 
@@ -232,6 +260,61 @@ class _FaultInjector:
         except PermanentError:
             self._refused.add(message.id)
             raise
+
+
+class _OrderProbe:
+    """Records every handler run of this run's messages (:class:`HandlerRun`), for the
+    order checks; other messages pass through unrecorded."""
+
+    def __init__(
+        self,
+        inner: MessageHandler,
+        worker: int,
+        partitions: int,
+        run_id: str,
+        runs: list[HandlerRun],
+    ) -> None:
+        self._inner = inner
+        self._worker = worker
+        self._partitions = partitions
+        self._ours = (f"pay-{run_id}-", f"poison-{run_id}-")
+        self._runs = runs
+        self._partition_of: dict[str, int] = {}
+
+    def _partition(self, message: Message) -> tuple[str, int]:
+        key = message.partition_key.suffix
+        partition = self._partition_of.get(key)
+        if partition is None:
+            number = message.partition_key.partition_number(self._partitions)
+            partition = self._partition_of[key] = -1 if number is None else number
+        return key, partition
+
+    async def handle(self, message: Message) -> Message | None:
+        payload = message.payload
+        payment_id = payload.get("payment_id") if isinstance(payload, dict) else None
+        delivery: Delivery = current_delivery()
+        if (
+            not isinstance(payment_id, str)
+            or not payment_id.startswith(self._ours)
+            or delivery.sequence is None
+        ):
+            return await self._inner.handle(message)
+        key, partition = self._partition(message)
+        started = time.perf_counter()
+        try:
+            return await self._inner.handle(message)
+        finally:
+            self._runs.append(
+                HandlerRun(
+                    key=key,
+                    partition=partition,
+                    sequence=delivery.sequence,
+                    worker=self._worker,
+                    attempt=delivery.attempt,
+                    started=started,
+                    ended=time.perf_counter(),
+                )
+            )
 
 
 class _Audit:
@@ -342,13 +425,17 @@ async def run_demo(
         i.payment_id for i in random.Random(options.seed).sample(instructions, options.failures)
     )
     report = DemoReport(
-        payments=len(instructions), poison=len(poison), partitions=settings_partitions
+        payments=len(instructions),
+        poison=len(poison),
+        partitions=settings_partitions,
+        ordering=options.ordering,
     )
     submitted: dict[str, float] = {}
     audit = _Audit(submitted)
     base: SubscriberConfig = container.subscriber_config()
-    worker_config = dataclasses.replace(
+    worker_config = netting_config(
         base,
+        ordering=options.ordering,
         consumer_group=WORKER_GROUP,
         durable_name=DURABLE,
         max_concurrent=options.max_concurrent,
@@ -361,26 +448,32 @@ async def run_demo(
     closers: list[Any] = []
     workers: list[NettingWorker] = []
     injectors: list[_FaultInjector] = []
+    runs: list[HandlerRun] = []
+    members_ordered: list[bool] = []
     refused: set[str] = set()
     poison_ids = {m.id for m in poison}
     try:
         audit_subscriber = await container.subscriber(MessageType.NETTING_PROPOSAL, audit_config)
         closers.append(audit_subscriber)
         subscriptions.append(await audit_subscriber.subscribe(audit))
-        for _ in range(options.workers):
+        for number in range(options.workers):
             worker_publisher = await container.publisher()
             closers.append(worker_publisher)
             worker = NettingWorker(
                 worker_publisher,
                 cycle_size=options.max_concurrent,
                 cycle_window=options.cycle_window,
+                ordered=worker_config.ordered,
             )
             workers.append(worker)
             injector = _FaultInjector(worker, fail_once, refused, run_id)
             injectors.append(injector)
             subscriber = await container.subscriber(MessageType.PAYMENT_INSTRUCTION, worker_config)
             closers.append(subscriber)
-            subscriptions.append(await subscriber.subscribe(injector))
+            probe = _OrderProbe(injector, number, worker_config.partitions, run_id, runs)
+            member = await subscriber.subscribe(probe)
+            subscriptions.append(member)
+            members_ordered.append(isinstance(member, OrderedSubscription))
 
         intake_publisher = await container.publisher()
         closers.append(intake_publisher)
@@ -442,6 +535,8 @@ async def run_demo(
     report.doubled = sum(1 for count in audit.netted.values() if count > 1)
     report.proposals = audit.proposals
     report.end_to_end_latencies = audit.end_to_end
+    report.ordered = worker_config.ordered and all(members_ordered)
+    report.order = check_order(runs)
     report.injected_failures = sum(i.injected for i in injectors)
     report.publish_retries = _metric(registry, "message_bus_publish_retries_total")
     report.redeliveries = _metric(registry, "message_bus_redeliveries_total")
@@ -503,6 +598,29 @@ async def foreign_messages(container: Container, banks: Sequence[str] = ()) -> l
     return found
 
 
+def _order_rows(report: DemoReport) -> list[tuple[str, str]]:
+    order = report.order
+    if report.ordered:
+        mode = "ordered group"
+    elif report.ordering == "partition":
+        mode = "shared group: this backend runs no ordered group yet (order not required)"
+    else:
+        mode = "shared group (order not required)"
+    rows = [
+        ("netting group", f"{mode}, {report.partitions} partitions"),
+        (
+            "order",
+            f"{order.partitions} partitions checked ({order.keys} keys, {order.messages} "
+            f"instructions), {order.inversions} inversions, {order.overlaps} overlaps",
+        ),
+    ]
+    if order.out_of_order_keys:
+        rows.append(("out of order", ", ".join(order.out_of_order_keys)))
+    if order.overlapping_keys:
+        rows.append(("overlapping", ", ".join(order.overlapping_keys)))
+    return rows
+
+
 def _ms(seconds: float) -> str:
     return "-" if seconds != seconds else f"{seconds * 1000:.2f} ms"
 
@@ -530,6 +648,7 @@ def format_report(report: DemoReport, *, header: Sequence[tuple[str, str]] = ())
             f"{report.dead_letters_stored} found in DEAD_LETTERS)",
         ),
     ]
+    rows += _order_rows(report)
     width = max(len(k) for k, _ in rows)
     lines = ["", "Summary", "-------"]
     lines += [f"{k.ljust(width)}  {v}" for k, v in rows]

@@ -19,6 +19,19 @@ worker died between storing a proposal and acknowledging the cycle's instruction
 be netted twice: each proposal lists its ``payment_ids`` so the netting engine can
 drop the repeat.
 
+The netting worker's group is an ordered group (:func:`netting_config`): each
+partition (corridor and debtor bank) is handled by one member, one instruction at a
+time, in the order the instructions were stored, so a bank's payments in a corridor
+are netted in the order it sent them. A cycle therefore holds at most one instruction
+per partition, and the partition's next instruction only arrives once the cycle's
+proposal is stored: a cycle that waited its ``cycle_window`` for more would hold each
+of its partitions for a whole window per instruction (one instruction per window and
+partition), and one waiting for a count it cannot reach would wait forever. So a worker
+of an ordered group (``ordered=True``) commits in groups instead: a cycle closes as
+soon as the instructions ready now have joined it, unless a proposal of its corridor is
+being stored, in which case it gathers instructions until that store ends; it still
+closes when full or when its window ends.
+
 The intake derives an instruction's message id from its ``payment_id``, so submitting
 a payment again (after a publish whose outcome was unknown) is dropped by the
 stream's duplicate window instead of publishing the payment twice.
@@ -27,10 +40,12 @@ stream's duplicate window instead of publishing the payment twice.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Any
 from uuid import NAMESPACE_URL, uuid5
 
 import msgspec
@@ -41,9 +56,16 @@ from message_bus.domain.ids import new_message_id
 from message_bus.domain.message import Message
 from message_bus.domain.partition import PartitionKey, check_corridor
 from message_bus.domain.payloads import BankConfirmation, NettingProposal, PaymentInstruction
-from message_bus.ports import Publisher, PublishReceipt
+from message_bus.ports import Publisher, PublishReceipt, SubscriberConfig
+from message_bus.ports.config import Ordering
 
-__all__ = ["BankConfirmer", "NettingWorker", "PaymentIntake", "validate_instruction"]
+__all__ = [
+    "BankConfirmer",
+    "NettingWorker",
+    "PaymentIntake",
+    "netting_config",
+    "validate_instruction",
+]
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +109,19 @@ _PAYMENT_NAMESPACE = uuid5(NAMESPACE_URL, "urn:deltran:payment-instruction")
 def instruction_message_id(payment_id: str) -> str:
     """The message id of a payment's instruction: the same for every submission of it."""
     return str(uuid5(_PAYMENT_NAMESPACE, payment_id))
+
+
+def netting_config(
+    base: SubscriberConfig, *, ordering: Ordering = "partition", **changes: Any
+) -> SubscriberConfig:
+    """The subscriber config of the netting workers' group: ``base`` as an ordered group.
+
+    ``ordering="partition"`` with ``base.partitions`` (the settings' top-level
+    ``partitions``, the count the intake's publisher writes), so every partition is
+    netted by one member in stream order; ``changes`` override any field (an explicit
+    ``ordering="none"`` gives a shared group back).
+    """
+    return dataclasses.replace(base, ordering=ordering, **changes)
 
 
 class PaymentIntake:
@@ -140,6 +175,12 @@ class _Cycle:
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
     timer: asyncio.TimerHandle | None = None
+    closing_soon: bool = False
+
+
+_READY_PASSES = 2
+"""Event-loop passes an ordered worker's cycle stays open after an instruction joined, so
+that the handlers started by the same read (already scheduled) join it too."""
 
 
 def net_positions(instructions: Iterable[PaymentInstruction]) -> dict[str, Decimal]:
@@ -156,9 +197,16 @@ class NettingWorker:
 
     Instructions of one corridor that arrive within ``cycle_window`` seconds of each
     other (at most ``cycle_size`` of them, and at most the subscriber's
-    ``max_concurrent``, since every member waits in its handler) form one cycle. The
+    ``max_concurrent``, since every member waits in its handler; in an ordered group also
+    at most one per partition the member owns, since a partition's next instruction
+    waits for this one) form one cycle. The
     cycle's proposal is keyed by corridor; its id is the cycle id, its correlation id
     the cycle id, its causation id the instruction that opened the cycle.
+
+    With ``ordered=True`` (the worker of an ordered group) a cycle also closes as soon as
+    the instructions ready now have joined it, unless a proposal of its corridor is
+    being stored: then it gathers instructions until that store ends (group commit), so
+    no instruction holds its partition waiting for others that cannot come.
 
     An instruction that fails validation can never succeed: it is dead-lettered
     (:class:`PermanentError`) with the reason. An instruction whose payment this worker
@@ -173,6 +221,7 @@ class NettingWorker:
         cycle_size: int = 100,
         cycle_window: float = 0.02,
         remember: int = 100_000,
+        ordered: bool = False,
     ) -> None:
         if cycle_size < 1:
             raise ValidationError("cycle_size", cycle_size, "must be >= 1")
@@ -188,6 +237,8 @@ class NettingWorker:
         self._pending: dict[str, _Cycle] = {}  # payment id -> the cycle netting it
         self._proposed: dict[str, None] = {}  # payment ids proposed, oldest first
         self._remember = remember
+        self.ordered = ordered
+        self._storing: dict[str, int] = {}  # corridor -> proposals being stored
         self.proposals_published = 0
 
     async def handle(self, message: Message) -> None:
@@ -213,10 +264,25 @@ class NettingWorker:
             self._pending[payment_id] = cycle
             if len(cycle.members) >= self._cycle_size:
                 self._close(cycle)
+            elif self.ordered and not self._storing.get(cycle.corridor):
+                self._close_when_ready(cycle)
         try:
             await asyncio.shield(cycle.done)
         except Exception as exc:  # the proposal was not stored: net this payment again later
             raise RetryableError(f"netting proposal not published: {exc}") from exc
+
+    def _close_when_ready(self, cycle: _Cycle, passes: int = _READY_PASSES) -> None:
+        """Close ``cycle`` after ``passes`` event-loop passes (handlers already scheduled
+        join it first)."""
+        if passes == _READY_PASSES:
+            if cycle.closing_soon:
+                return
+            cycle.closing_soon = True
+        loop = asyncio.get_running_loop()
+        if passes <= 1:
+            loop.call_soon(self._close, cycle)
+        else:
+            loop.call_soon(self._close_when_ready, cycle, passes - 1)
 
     def _close(self, cycle: _Cycle) -> None:
         if self._open.get(cycle.corridor) is not cycle:
@@ -224,6 +290,7 @@ class NettingWorker:
         del self._open[cycle.corridor]
         if cycle.timer is not None:
             cycle.timer.cancel()
+        self._storing[cycle.corridor] = self._storing.get(cycle.corridor, 0) + 1
         task = asyncio.get_running_loop().create_task(self._publish(cycle))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
@@ -257,6 +324,19 @@ class NettingWorker:
         finally:
             for payment_id in cycle.members:
                 self._pending.pop(payment_id, None)
+            self._stored(cycle.corridor)
+
+    def _stored(self, corridor: str) -> None:
+        """A proposal of ``corridor`` is no longer being stored: an ordered worker closes
+        the cycle that gathered instructions meanwhile."""
+        left = self._storing.get(corridor, 0) - 1
+        if left > 0:
+            self._storing[corridor] = left
+            return
+        self._storing.pop(corridor, None)
+        waiting = self._open.get(corridor)
+        if self.ordered and waiting is not None:
+            self._close_when_ready(waiting)
 
     def _remember_proposed(self, payment_ids: Iterable[str]) -> None:
         proposed = self._proposed

@@ -20,6 +20,15 @@ EXPECTED = {
         "Received: {'payment_id': 'pay_0', 'amount': '100.00'} (partition 20)",
         "Received: {'payment_id': 'pay_2', 'amount': '300.00'}",
     ],
+    "ordered_consumer.py": [
+        "ordered group 'ledger': 2 members, 32 partitions",
+        "corridor.USD-EUR.bank.BANKGB2L   partition 23: pay-00 pay-03x pay-03 pay-06 pay-09  "
+        "(in order: True)",
+        "corridor.USD-EUR.bank.BANKUS33   partition 12: pay-01 pay-04 pay-07 pay-10  "
+        "(in order: True)",
+        "corridor.GBP-USD.bank.BANKDEFF   partition  1: pay-02 pay-05 pay-08 pay-11  "
+        "(in order: True)",
+    ],
     "partitioning.py": [
         "corridor.USD-EUR                    partition 20 of 32",
         "broadcast                           partition None",

@@ -58,12 +58,14 @@ async def demo_command(args: argparse.Namespace, container: Container | None) ->
         cycle_window=args.cycle_window,
         timeout=args.timeout,
         seed=args.seed,
+        ordering=args.ordering,
     )
     metrics_port = settings.metrics.port if args.metrics_port is None else args.metrics_port
     out(
         f"{PROG} demo: {options.payments} payments over {len(options.corridors)} corridors "
         f"and {len(options.banks)} banks -> {options.workers} netting workers (group "
-        f"'{WORKER_GROUP}') -> netting proposals (audited by group '{AUDIT_GROUP}')"
+        f"'{WORKER_GROUP}', {_mode(options, settings.partitions)}) -> netting proposals "
+        f"(audited by group '{AUDIT_GROUP}')"
     )
     async with running_bus(settings, container) as bus:
         backend = backend_of(bus)
@@ -102,8 +104,17 @@ async def demo_command(args: argparse.Namespace, container: Container | None) ->
         problems = "; ".join(_problems(report, options))
         print(f"{PROG} demo: FAILED: {problems}", file=sys.stderr)
         return EXIT_FAILED
-    out("demo OK: every payment netted exactly once; poison dead-lettered")
+    done = "every payment netted exactly once; poison dead-lettered"
+    if report.ordered:
+        done += "; every partition handled in stream order, no key handled twice at once"
+    out(f"demo OK: {done}")
     return EXIT_OK
+
+
+def _mode(options: DemoOptions, partitions: int) -> str:
+    if options.ordering == "partition":
+        return f"ordered by partition, {partitions} partitions"
+    return "shared, unordered"
 
 
 def _problems(report: DemoReport, options: DemoOptions) -> list[str]:
@@ -118,6 +129,16 @@ def _problems(report: DemoReport, options: DemoOptions) -> list[str]:
         problems.append(
             f"{report.dead_letters_stored} of {report.poison} poison message(s) stored "
             "in DEAD_LETTERS"
+        )
+    if report.ordered and report.order.inversions:
+        problems.append(
+            f"{report.order.inversions} order inversion(s) in an ordered group "
+            f"(keys {', '.join(report.order.out_of_order_keys)})"
+        )
+    if report.ordered and report.order.overlaps:
+        problems.append(
+            f"{report.order.overlaps} overlapping run(s) of one key in an ordered group "
+            f"(keys {', '.join(report.order.overlapping_keys)})"
         )
     return problems
 

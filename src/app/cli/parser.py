@@ -231,6 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds a netting cycle waits for more payments (0.05)",
     )
     demo.add_argument(
+        "--ordering",
+        choices=("partition", "none"),
+        default="partition",
+        help="the netting group: ordered by partition (default) or shared, unordered (none)",
+    )
+    demo.add_argument(
         "--metrics-port",
         type=port_number,
         metavar="PORT",
