@@ -20,6 +20,7 @@ from message_bus import FunctionHandler, Message, MessageType, PartitionKey, Sub
 from message_bus.adapters.nats import (
     JetStreamPublisher,
     JetStreamSubscriber,
+    KvGroupStore,
     NatsClient,
     NatsConfig,
     StreamManager,
@@ -161,8 +162,12 @@ async def test_the_demo_refuses_a_server_that_services_use_unless_forced(
 
     assert forced.returncode == 0, forced.stdout + forced.stderr
     assert "--force: PAYMENT_INSTRUCTIONS: 1 message(s)" in forced.stdout
-    consumers = await consumers_of(client, STREAM)
-    assert consumers == ["deltran-demo__demo-netting"]  # a group of its own
+    # A group of its own: ordered, so its positions are in the ordered groups' bucket
+    # (and its readers' ephemeral consumers are gone), not in a durable consumer.
+    assert await consumers_of(client, STREAM) == []
+    positions = await KvGroupStore(client, STREAM, "deltran-demo__demo-netting").snapshot()
+    assert positions.partitions
+    assert sum(p.value.floor for p in positions.partitions.values()) > 0
     # The demo's workers acknowledged the service's payment untouched: no dead letter
     # of it, no proposal netting it, and the service's group still gets it.
     letters = await cli("dlq", "ls", "--url", url)
