@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 from proxy import TcpProxy
 from servers import connect
+from waits import eventually
 
 from message_bus.adapters.nats import KvGroupStore, NatsClient, NatsConfig, StreamManager
 from message_bus.adapters.ordered.store import (
@@ -198,6 +199,25 @@ async def test_the_store_is_unavailable_when_the_server_is_stopped(
             await kv.join(SPEC)
     finally:
         await client.close()
+
+
+async def test_the_store_recovers_when_the_bucket_was_deleted(client: NatsClient) -> None:
+    kv = store(client)
+    await kv.write_partition(0, PartitionRecord(owner="m1", floor=50), 0)
+    await kv.heartbeat("m1", MemberRecord(started="t"))
+    await client.jetstream.delete_stream(f"KV_{BUCKET}")
+
+    async def written() -> bool:
+        try:
+            await kv.write_partition(0, PartitionRecord(owner="m2"), 0)
+        except StoreUnavailable:
+            return False
+        return True
+
+    await eventually(written, "a write to the bucket created again")
+    snapshot = await kv.snapshot()
+    assert snapshot.members == {}
+    assert snapshot.partitions[0].value.owner == "m2"
 
 
 async def test_bad_arguments_are_refused_before_any_io(client: NatsClient) -> None:

@@ -307,14 +307,29 @@ class KvGroupStore:
     async def _multi_last(self, subjects: list[str], upto: int) -> tuple[list[_Entry] | None, int]:
         """The last message of every subject matching ``subjects`` (None: too many),
         and the stream sequence the read stopped at."""
-        for _ in range(_CREATE_ATTEMPTS):
+        for attempt in range(_CREATE_ATTEMPTS + 1):
             result = await self._multi_last_once(subjects, upto)
             if result is not None:
                 return result
-            await asyncio.sleep(_BEHIND_PAUSE)  # a lagging replica answered: ask again
-        raise StoreUnavailable(
-            f"{self.prefix}: every replica asked is behind revision {self._seen}"
-        )
+            if attempt + 1 == _CREATE_ATTEMPTS:
+                await self._check_seen()
+            else:
+                await asyncio.sleep(_BEHIND_PAUSE)  # a lagging replica answered: ask again
+        raise StoreUnavailable(f"{self.prefix}: the replicas asked are behind {self._seen}")
+
+    async def _check_seen(self) -> None:
+        """Lowers the revision reads wait for to the bucket's last one, if it is below:
+        the bucket was deleted and created again, its revisions start over."""
+        answer = await self._api(f"$JS.API.STREAM.INFO.{BUCKET_STREAM}", b"")
+        last = int(answer.get("state", {}).get("last_seq", 0))
+        if last < self._seen:
+            log.warning(
+                "bucket %s is a new one (last revision %d, %d seen before)",
+                BUCKET_STREAM,
+                last,
+                self._seen,
+            )
+            self._seen = last
 
     async def _multi_last_once(
         self, subjects: list[str], upto: int
