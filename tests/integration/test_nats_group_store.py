@@ -110,6 +110,10 @@ async def test_forget_at_a_stale_revision_keeps_the_member_and_leave_removes_it(
     assert (await kv.snapshot()).members == {"m-a": new}
     await kv.leave("m-a")
     assert (await kv.snapshot()).members == {}
+    info = await client.jetstream.stream_info(
+        f"KV_{BUCKET}", subjects_filter=f"$KV.{BUCKET}.{STREAM}.{GROUP}.member.>"
+    )
+    assert not info.state.subjects  # no delete marker left behind
     again = await kv.heartbeat("m-a", MemberRecord(started="t2"))  # rejoins
     assert (await kv.snapshot()).members == {"m-a": again}
 
