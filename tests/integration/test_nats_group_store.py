@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 from proxy import TcpProxy
 from servers import connect
+from waits import eventually
 
 from message_bus.adapters.nats import KvGroupStore, NatsClient, NatsConfig, StreamManager
 from message_bus.adapters.ordered.store import (
@@ -109,6 +110,10 @@ async def test_forget_at_a_stale_revision_keeps_the_member_and_leave_removes_it(
     assert (await kv.snapshot()).members == {"m-a": new}
     await kv.leave("m-a")
     assert (await kv.snapshot()).members == {}
+    info = await client.jetstream.stream_info(
+        f"KV_{BUCKET}", subjects_filter=f"$KV.{BUCKET}.{STREAM}.{GROUP}.member.>"
+    )
+    assert not info.state.subjects  # no delete marker left behind
     again = await kv.heartbeat("m-a", MemberRecord(started="t2"))  # rejoins
     assert (await kv.snapshot()).members == {"m-a": again}
 
@@ -198,6 +203,25 @@ async def test_the_store_is_unavailable_when_the_server_is_stopped(
             await kv.join(SPEC)
     finally:
         await client.close()
+
+
+async def test_the_store_recovers_when_the_bucket_was_deleted(client: NatsClient) -> None:
+    kv = store(client)
+    await kv.write_partition(0, PartitionRecord(owner="m1", floor=50), 0)
+    await kv.heartbeat("m1", MemberRecord(started="t"))
+    await client.jetstream.delete_stream(f"KV_{BUCKET}")
+
+    async def written() -> bool:
+        try:
+            await kv.write_partition(0, PartitionRecord(owner="m2"), 0)
+        except StoreUnavailable:
+            return False
+        return True
+
+    await eventually(written, "a write to the bucket created again")
+    snapshot = await kv.snapshot()
+    assert snapshot.members == {}
+    assert snapshot.partitions[0].value.owner == "m2"
 
 
 async def test_bad_arguments_are_refused_before_any_io(client: NatsClient) -> None:

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from nats.js.api import AckPolicy
+from proxy import TcpProxy
 from servers import connect
 from waits import eventually
 
@@ -58,6 +59,13 @@ async def read_all(cursor: Cursor, count: int, limit: int = 100) -> list[Record]
         while len(records) < count:
             records.extend(await cursor.read(limit))
     return records
+
+
+async def read_until_it_fails(cursor: Cursor) -> None:
+    """Reads what the cursor still has buffered until it raises (within 30 s)."""
+    async with asyncio.timeout(30):
+        while True:
+            await cursor.read(100)
 
 
 async def consumer_names(client: NatsClient) -> list[str]:
@@ -313,3 +321,62 @@ async def test_the_sink_keeps_an_undecodable_message_raw(client: NatsClient) -> 
     assert letter.raw.body == b"\x00garbage"
     assert b"X-Odd: 1" in letter.raw.header_block
     assert letter.reason.startswith("undecodable")
+
+
+async def test_a_reader_reopened_after_a_server_restart_goes_on_without_a_gap(
+    nats_server: EmbeddedNatsServer,
+) -> None:
+    client = await connect(nats_server.url)
+    try:
+        await StreamManager(client).apply()
+        async with JetStreamPublisher(client) as publisher:
+            receipts = [await publisher.publish(payment(n)) for n in range(20)]
+        src = source(client)
+        cursor = await src.open(1)
+        first = await read_all(cursor, 8, limit=8)
+        await asyncio.to_thread(nats_server.restart)
+        with pytest.raises(StoreUnavailable):  # its in-memory consumer is gone
+            await read_until_it_fails(cursor)
+        await cursor.close()
+        assert await client.wait_connected(30.0), "the client to reconnect"
+
+        position = first[-1].sequence + 1
+        reopened: list[Cursor] = []
+
+        async def reopen() -> bool:
+            try:
+                reopened.append(await src.open(position))
+            except StoreUnavailable:
+                return False
+            return True
+
+        await eventually(reopen, "the reader to reopen after the restart")
+        rest = await read_all(reopened[0], 20 - len(first))
+        await reopened[0].close()
+    finally:
+        await client.close()
+
+    assert [r.sequence for r in first + rest] == [r.sequence for r in receipts]
+
+
+async def test_a_reader_whose_heartbeats_went_silent_raises(
+    nats_server: EmbeddedNatsServer,
+) -> None:
+    """A black hole between client and server: the connection looks up, nothing arrives."""
+    with TcpProxy("127.0.0.1", nats_server.port) as proxy:
+        client = await connect(proxy.url)
+        try:
+            await StreamManager(client).apply()
+            cursor = await source(client).open(1)
+            proxy.drop(downstream=True)
+            loop = asyncio.get_running_loop()
+            began = loop.time()
+            with pytest.raises(StoreUnavailable, match="heartbeat"):
+                await read_until_it_fails(cursor)
+            silent_for = loop.time() - began
+            proxy.drop()
+            await cursor.close()
+        finally:
+            await client.close()
+
+    assert silent_for < 10.0  # 2.5 idle heartbeats of 0.5 s, with a loaded machine's margin

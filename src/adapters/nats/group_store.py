@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -41,6 +42,8 @@ _KEY_TOKEN = re.compile(r"[A-Za-z0-9_=-]+")
 _WRONG_LAST_SEQUENCE = 10071
 _DIRECT_GET = f"$JS.API.DIRECT.GET.{BUCKET_STREAM}"
 _PURGE = f"$JS.API.STREAM.PURGE.{BUCKET_STREAM}"
+_MSG_GET = f"$JS.API.STREAM.MSG.GET.{BUCKET_STREAM}"
+_NO_MESSAGE = 10037
 _EXPECTED = "Nats-Expected-Last-Subject-Sequence"
 _REMOVED = ("DEL", "PURGE")
 _MULTI_LAST_MAX = 1000
@@ -78,15 +81,19 @@ class KvGroupStore:
     is a JetStream publish with ``Nats-Expected-Last-Subject-Sequence`` (0: the key
     must have no value), so the server decides the compare-and-set; a mismatch raises
     :class:`StoreConflict`. A key that was deleted (a delete or purge marker, as ``nats
-    kv del`` leaves) counts as absent. Member keys are removed with a subject purge, so
-    members that come and go leave nothing behind; :meth:`forget` purges only up to the
-    revision it was given, so a heartbeat written since survives.
+    kv del`` leaves) counts as absent. A member key is removed with a purge marker
+    (compare-and-set for :meth:`forget`, so a heartbeat written since survives), then
+    its subject is purged up to that marker, so members that come and go leave nothing
+    behind.
 
     :meth:`snapshot` is one direct get batch (``multi_last`` on the group's keys), one
     round trip without a consumer; a group with more than about a thousand keys takes
-    one more batch per thousand partitions. Reads ask for ``min_last_seq`` = the
-    highest revision this store wrote or read, so a replica that lags behind it does
-    not answer (read-your-writes on a replicated bucket).
+    one more batch per thousand partitions. Direct gets may be answered by any replica:
+    an answer from one whose stream ends before the highest revision this store wrote
+    or read (``Nats-UpTo-Sequence``) is asked again, so a member always reads its own
+    writes (the request also carries ``min_last_seq``, for servers that check it
+    themselves). The read of a single key (joining, creating over a delete marker) goes
+    to the stream's leader.
 
     The bucket is created on first use if missing (history 1, file storage,
     ``replicas``, direct gets), idempotently. Timeouts, missing responders, a lost
@@ -157,11 +164,11 @@ class KvGroupStore:
         return await self._put(member_key(self.prefix, _token("member", member)), encode(record))
 
     async def leave(self, member: str) -> None:
-        await self._purge(member_key(self.prefix, _token("member", member)), None)
+        await self._remove(member_key(self.prefix, _token("member", member)), None)
 
     async def forget(self, member: str, revision: int) -> None:
         key = member_key(self.prefix, _token("member", member))
-        await self._purge(key, _revision("revision", revision))
+        await self._remove(key, _revision("revision", revision))
 
     async def write_partition(self, partition: int, record: PartitionRecord, revision: int) -> int:
         _revision("partition", partition)
@@ -280,23 +287,47 @@ class KvGroupStore:
                 raise
             return await self._put(key, data, {_EXPECTED: str(entry.revision)})
 
-    async def _purge(self, key: str, revision: int | None) -> None:
-        request: dict[str, Any] = {"filter": BUCKET_SUBJECT_PREFIX + key}
+    async def _remove(self, key: str, revision: int | None) -> None:
+        """Removes ``key`` (only if it is at ``revision``, unless None): a purge marker,
+        compare-and-set and counted in the stream's last sequence (so reads that wait
+        for it see the key gone), then a purge of the subject up to that marker, so
+        nothing of the key is left behind and a value written since survives."""
+        headers = {"KV-Operation": "PURGE", "Nats-Rollup": "sub"}
         if revision is not None:
-            request["seq"] = revision + 1  # up to and including ``revision``
-        await self._api(_PURGE, json.dumps(request).encode())
+            headers[_EXPECTED] = str(revision)
+        try:
+            marker = await self._put(key, b"", headers)
+        except StoreConflict:
+            return  # it changed since (a heartbeat), or is gone already
+        request = {"filter": BUCKET_SUBJECT_PREFIX + key, "seq": marker + 1}
+        try:
+            await self._api(_PURGE, json.dumps(request).encode())
+        except StoreUnavailable as exc:  # removed all the same: only the marker stays
+            log.debug("%s: purge marker %d kept (%s)", key, marker, exc)
 
     async def _get(self, key: str) -> _Entry | None:
-        """The key's last message (a delete marker included), None if it has none."""
+        """The key's last message (a delete marker included), None if it has none; read
+        from the stream's leader, so it is never older than a write it refused."""
         request = {"last_by_subj": BUCKET_SUBJECT_PREFIX + key}
-        reply = await self._request(_DIRECT_GET, json.dumps(request).encode())
-        headers = reply.headers or {}
-        status = headers.get("Status")
-        if status == "404":
-            return None
-        if status is not None:
-            raise StoreUnavailable(f"{key}: {status} {headers.get('Description', '')}")
-        return self._entry(headers, reply.data)
+        reply = await self._request(_MSG_GET, json.dumps(request).encode())
+        try:
+            answer = json.loads(reply.data)
+        except ValueError as exc:
+            raise StoreUnavailable(f"{key}: not a JetStream answer") from exc
+        error = answer.get("error")
+        if error is not None:
+            if error.get("err_code") == _NO_MESSAGE:
+                return None
+            raise StoreUnavailable(
+                f"{key}: {error.get('description')} (code {error.get('err_code')})"
+            )
+        stored = answer["message"]
+        block = base64.b64decode(stored["hdrs"]) if stored.get("hdrs") else None
+        data = base64.b64decode(stored["data"]) if stored.get("data") else b""
+        headers = headers_of(block) or {}
+        removed = headers.get("KV-Operation") in _REMOVED
+        revision = self._saw(int(stored["seq"]))
+        return _Entry(key, revision, data, removed)
 
     def _entry(self, headers: dict[str, str], data: bytes) -> _Entry:
         subject = headers.get("Nats-Subject", "")
@@ -307,14 +338,29 @@ class KvGroupStore:
     async def _multi_last(self, subjects: list[str], upto: int) -> tuple[list[_Entry] | None, int]:
         """The last message of every subject matching ``subjects`` (None: too many),
         and the stream sequence the read stopped at."""
-        for _ in range(_CREATE_ATTEMPTS):
+        for attempt in range(_CREATE_ATTEMPTS + 1):
             result = await self._multi_last_once(subjects, upto)
             if result is not None:
                 return result
-            await asyncio.sleep(_BEHIND_PAUSE)  # a lagging replica answered: ask again
-        raise StoreUnavailable(
-            f"{self.prefix}: every replica asked is behind revision {self._seen}"
-        )
+            if attempt + 1 == _CREATE_ATTEMPTS:
+                await self._check_seen()
+            else:
+                await asyncio.sleep(_BEHIND_PAUSE)  # a lagging replica answered: ask again
+        raise StoreUnavailable(f"{self.prefix}: the replicas asked are behind {self._seen}")
+
+    async def _check_seen(self) -> None:
+        """Lowers the revision reads wait for to the bucket's last one, if it is below:
+        the bucket was deleted and created again, its revisions start over."""
+        answer = await self._api(f"$JS.API.STREAM.INFO.{BUCKET_STREAM}", b"")
+        last = int(answer.get("state", {}).get("last_seq", 0))
+        if last < self._seen:
+            log.warning(
+                "bucket %s is a new one (last revision %d, %d seen before)",
+                BUCKET_STREAM,
+                last,
+                self._seen,
+            )
+            self._seen = last
 
     async def _multi_last_once(
         self, subjects: list[str], upto: int
@@ -353,7 +399,10 @@ class KvGroupStore:
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
         if status == "204":  # end of batch
-            return entries, int(headers.get("Nats-UpTo-Sequence", "0") or 0)
+            upto_read = int(headers.get("Nats-UpTo-Sequence", "0") or 0)
+            if upto_read < self._seen and not upto:
+                return None  # a replica behind this store's own writes and reads answered
+            return entries, upto_read
         if status == "404":
             return [], upto
         if status == "413":

@@ -162,6 +162,8 @@ class JetStreamSource:
         """
         if isinstance(start, bool) or not isinstance(start, int) or start < 1:
             raise ValidationError("start", start, "must be an int >= 1")
+        if not self.client.is_connected:
+            raise StoreUnavailable(f"stream {self._stream}: NATS is not connected")
         name = ephemeral_consumer_name()
         config = {
             "name": name,
@@ -187,7 +189,10 @@ class JetStreamSource:
         return cursor
 
     async def delete_consumer(self, name: str) -> None:
-        """Deletes an ephemeral consumer of this source (best effort, bounded)."""
+        """Deletes an ephemeral consumer of this source (best effort, bounded; without a
+        connection the server deletes it after ``inactive_threshold``)."""
+        if not self.client.is_connected:
+            return
         try:
             nc = self.client.connection
             await nc.request(
