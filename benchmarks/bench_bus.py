@@ -309,11 +309,9 @@ class Work:
 
 
 def ordered_messages(count: int) -> list[Message]:
-    """Messages of 64 keys (banks in 8 corridors), spread over the 32 partitions."""
-    banks = [f"BANK{a}{b}2L" for a in "ABCDEFGH" for b in "AB"]
-    keys = [
-        PartitionKey.corridor_bank(corridor_id=c, bank_id=b) for c in CORRIDORS[:4] for b in banks
-    ]
+    """Messages of 512 keys (64 banks in 8 corridors), spread over the 32 partitions."""
+    banks = [f"BANK{a}{b}2L" for a in "ABCDEFGH" for b in "ABCDEFGH"]
+    keys = [PartitionKey.corridor_bank(corridor_id=c, bank_id=b) for c in CORRIDORS for b in banks]
     return [
         Message.new(MessageType.NETTING_PROPOSAL, keys[i % len(keys)], PAYLOAD)
         for i in range(count)
@@ -431,7 +429,9 @@ async def bench_failover(url: str, failover: float = 2.0) -> tuple[float, float]
                     await publisher.publish_many(ordered_messages(64))
                     survivor = events(logs[1])
                     moved = [
-                        e for e in survivor if e["ev"] == "owned" and victim <= set(e["partitions"])
+                        e
+                        for e in survivor
+                        if e["ev"] == "owned" and e["t"] > killed and victim <= set(e["partitions"])
                     ]
                     if moved:
                         handled_at = moved[0]["t"]
