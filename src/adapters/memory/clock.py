@@ -9,14 +9,14 @@ before it returns.
 
 from __future__ import annotations
 
-import asyncio
 import heapq
 import itertools
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
+
+from message_bus.adapters.ordered.clock import LoopClock
 
 
 class Timer(Protocol):
@@ -42,18 +42,8 @@ class Clock(ABC):
         """Run ``callback`` once ``now()`` reaches ``when`` (at once if already past)."""
 
 
-class SystemClock(Clock):
+class SystemClock(LoopClock, Clock):
     """Real time: ``time.monotonic`` and the running event loop's timers."""
-
-    def now(self) -> float:
-        return time.monotonic()
-
-    def utcnow(self) -> datetime:
-        return datetime.now(UTC)
-
-    def call_at(self, when: float, callback: Callable[[], None]) -> Timer:
-        loop = asyncio.get_running_loop()
-        return loop.call_at(loop.time() + (when - time.monotonic()), callback)
 
 
 _COMPACT_MIN = 1024
