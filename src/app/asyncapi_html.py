@@ -27,7 +27,7 @@ header h1 { margin: 0 0 4px; font-size: 26px; }
 header p { margin: 4px 0; color: #c9d6ea; max-width: 70em; }
 .badge { display: inline-block; padding: 1px 8px; border-radius: 10px; font-size: 12px;
   font-weight: 600; background: #e7eefc; color: var(--accent); margin-right: 6px; }
-header .badge { background: #26446d; color: #fff; }
+header .badge, header code { background: #26446d; color: #fff; }
 main { display: flex; gap: 32px; padding: 24px 40px; }
 nav { flex: 0 0 220px; position: sticky; top: 16px; align-self: flex-start; }
 nav a { display: block; color: var(--accent); text-decoration: none; padding: 2px 0; }
@@ -171,13 +171,14 @@ def _channel(
         parts.append("<h3>Operations</h3>")
         for oid, op in mine:
             action = str(op.get("action", ""))
-            group = op.get("x-deltran-consumer-group")
-            extra = (
-                f" <span class='muted'>group</span> <code>{_e(group)}</code>"
-                f" <span class='muted'>ordering</span> <code>{_e(op.get('x-deltran-ordering'))}"
-                "</code>"
-                if group is not None
-                else ""
+            extra = "".join(
+                f" <span class='muted'>{label}</span> <code>{_e(op[key])}</code>"
+                for label, key in (
+                    ("group", "x-deltran-consumer-group"),
+                    ("ordering", "x-deltran-ordering"),
+                    ("handler", "x-deltran-handler"),
+                )
+                if key in op
             )
             parts.append(
                 f'<div class="op"><span class="badge {_e(action)}">{_e(action)}</span>'

@@ -28,7 +28,7 @@ WINDOW = (1280, 2000)
 def document() -> dict[str, Any]:
     return asyncapi_document(
         operations=[
-            Operation(MessageType.PAYMENT_INSTRUCTION, "netting", "partition"),
+            Operation(MessageType.PAYMENT_INSTRUCTION, "netting", "partition", handler="net"),
             Operation(MessageType.COMPLIANCE_CHECK, "compliance"),
         ],
         settings=load_settings(environ={}),
@@ -47,6 +47,7 @@ def test_the_page_shows_channels_operations_headers_and_payload_fields() -> None
         "payment_id",
         "debtor_bank",
         "receivePaymentInstruction-netting",
+        "<code>net</code>",
         "sendPaymentInstruction",
         "localhost:4222",
     ):
