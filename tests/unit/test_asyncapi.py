@@ -361,3 +361,21 @@ json_like = st.recursive(
 @given(st.dictionaries(st.text(), json_like, max_size=6))
 def test_the_yaml_writer_round_trips_any_json_document(value: dict[str, Any]) -> None:
     assert yaml.safe_load(dump_yaml(value)) == value
+
+
+def test_every_type_with_a_struct_gets_its_schema_and_only_the_others_are_free_form() -> None:
+    document = asyncapi_document()
+    for message_type in MessageType:
+        payload = document["components"]["messages"][message_type.value]["payload"]
+        struct = payload_struct(message_type)
+        if struct is None:
+            assert payload["additionalProperties"] is True
+        else:
+            assert payload == {"$ref": f"#/components/schemas/{struct.__name__}"}
+            assert pointer(document, payload["$ref"])["title"] == struct.__name__
+
+
+def test_the_document_is_the_same_every_time() -> None:
+    assert dump_json(asyncapi_document(operations=HANDLERS)) == dump_json(
+        asyncapi_document(operations=HANDLERS)
+    )
