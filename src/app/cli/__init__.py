@@ -1,16 +1,16 @@
 """The ``deltran-bus`` facade: parse the command line, run one command, return its exit code.
 
 The commands run a server, manage streams, publish, subscribe, send requests, list and
-replay dead letters, and run the demo. Every command reads the settings (defaults <
-``--config`` TOML file < ``DELTRAN_*`` variables < flags). Exit codes: 0 success; 1 the
-operation failed (timeout, no responder, the demo lost or doubled a payment); 2 bad input
-or an unreachable server, reported as one line on stderr; 130 interrupted (Ctrl-C or
-SIGTERM: what the command started is stopped first).
+replay dead letters, run the demo, and write the AsyncAPI document (``docs``). Every
+command reads the settings (defaults < ``--config`` TOML file < ``DELTRAN_*`` variables <
+flags). Exit codes: 0 success; 1 the operation failed (timeout, no responder, the demo
+lost or doubled a payment); 2 bad input or an unreachable server, reported as one line on
+stderr; 130 interrupted (Ctrl-C or SIGTERM: what the command started is stopped first).
 
 Modules: :mod:`.parser` (with :mod:`.arguments`) parses; :mod:`.publish`,
-:mod:`.subscribe`, :mod:`.streams`, :mod:`.dlq`, :mod:`.server` and :mod:`.demo` are the
-commands, on :mod:`.session` and :mod:`.payloads`; :mod:`.output` formats what they
-print; :mod:`.errors` holds :class:`CliError` and the exit codes.
+:mod:`.subscribe`, :mod:`.streams`, :mod:`.dlq`, :mod:`.server`, :mod:`.demo` and
+:mod:`.docs` are the commands, on :mod:`.session` and :mod:`.payloads`; :mod:`.output`
+formats what they print; :mod:`.errors` holds :class:`CliError` and the exit codes.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from ..containers import Container
 from ..embedded import EmbeddedServerError
 from .demo import demo_command
 from .dlq import dlq_command
+from .docs import docs_command
 from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, CliError, error_line
 from .logs import configure_logging
 from .parser import PROG, build_parser
@@ -50,6 +51,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, Container | None], Coroutine[
     "request": request_command,
     "dlq": dlq_command,
     "demo": demo_command,
+    "docs": docs_command,
 }
 
 

@@ -252,4 +252,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="run even if the server's streams hold messages that are not the demo's "
         "(services would receive the demo's payments)",
     )
+
+    docs = command("docs", "write the AsyncAPI 3.0 document of the bus, or an HTML page of it")
+    docs_sub = docs.add_subparsers(dest="action", metavar="ACTION", required=True)
+    docs_parent = _Parser(add_help=False, parents=[settings_only])
+    docs_parent.add_argument(
+        "--app",
+        metavar="MODULE:ATTR",
+        help="add the handlers registered on this object (or list of Operation) as consumer groups",
+    )
+    docs_parent.add_argument(
+        "--url", action="append", metavar="URL", help="NATS server URL to list as a server"
+    )
+    asyncapi = docs_sub.add_parser(
+        "asyncapi", help="write the AsyncAPI 3.0 document", parents=[docs_parent]
+    )
+    asyncapi.add_argument("--out", metavar="FILE", help="write to FILE (default: stdout)")
+    asyncapi.add_argument(
+        "--format",
+        choices=("json", "yaml"),
+        help="json or yaml (default: from the --out suffix, else json)",
+    )
+    docs_html = docs_sub.add_parser(
+        "html",
+        help="write a static page (index.html, with asyncapi.json) that a browser shows",
+        parents=[docs_parent],
+    )
+    docs_html.add_argument("--out", metavar="DIR", required=True, help="directory to write")
     return parser
