@@ -168,7 +168,7 @@ class OrderedSubscription(Subscription):
     # -- heartbeats and fencing ---------------------------------------------------------
 
     def _may_run(self) -> bool:
-        return not self._fenced and not self._closing
+        return not self._fenced  # a closing member's lanes stop themselves (or drain)
 
     async def _beat(self) -> None:
         sent = self._clock.now()
@@ -188,7 +188,7 @@ class OrderedSubscription(Subscription):
         """No heartbeat succeeded for ``0.75 x failover_timeout``: others may soon take
         this member's partitions, so stop handling them now."""
         self._fence_timer = None
-        if self._fenced or self._closing:
+        if self._fenced or self._closed.is_set():
             return
         self._fenced = True
         if self.lanes:
@@ -486,13 +486,18 @@ class OrderedSubscription(Subscription):
         await asyncio.gather(*self._loops, return_exceptions=True)
         timeout = self.config.ack_wait
         lanes = list(self.lanes.values())
-        await asyncio.gather(
-            *(lane.finish(drain=drain, timeout=timeout) for lane in lanes),
-            return_exceptions=True,
-        )
-        for lane in lanes:
-            if not lane.lost:
-                await lane.release()
+        beats = asyncio.create_task(self._beat_while_closing())  # still the owner meanwhile
+        try:
+            await asyncio.gather(
+                *(lane.finish(drain=drain, timeout=timeout) for lane in lanes),
+                return_exceptions=True,
+            )
+            for lane in lanes:
+                if not lane.lost:
+                    await lane.release()
+        finally:
+            beats.cancel()
+            await asyncio.gather(beats, return_exceptions=True)
         self.lanes.clear()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._fence_timer is not None:
@@ -502,6 +507,15 @@ class OrderedSubscription(Subscription):
         self._closed.set()
         self._on_event()
         self._on_closed(self)
+
+    async def _beat_while_closing(self) -> None:
+        """Heartbeat while the lanes finish, so no one takes their partitions meanwhile
+        (the fence still stops them if the heartbeats fail)."""
+        tick = self.failover / TICKS_PER_TIMEOUT
+        while True:
+            await sleep(self._clock, tick)
+            with contextlib.suppress(StoreUnavailable):
+                await self._beat()
 
     async def halt(self) -> None:
         """Stop at once, as if the process died: handlers are cancelled, nothing is
