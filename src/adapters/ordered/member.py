@@ -26,6 +26,7 @@ from .store import (
     Snapshot,
     StoreConflict,
     StoreUnavailable,
+    Versioned,
 )
 
 log = logging.getLogger("message_bus.ordered")
@@ -269,6 +270,10 @@ class OrderedSubscription(Subscription):
             if target.get(partition) != self.member and partition not in self._releasing:
                 self._releasing.add(partition)
                 self._tasks.append(asyncio.create_task(self._release(lane)))
+        for partition, held in snapshot.partitions.items():
+            stale = held.value.owner == self.member and partition not in self.lanes
+            if stale and target.get(partition) != self.member and partition not in self._releasing:
+                await self._disown(partition, held)
         if self._fenced:
             return
         for partition in range(self.partitions):
@@ -305,6 +310,19 @@ class OrderedSubscription(Subscription):
         log.debug("ordered group %s: took partition %d at #%d", self.group, partition, mine.floor)
         self._on_event()
         self._wake_reader()
+
+    async def _disown(self, partition: int, versioned: Versioned[PartitionRecord]) -> None:
+        """Release a partition recorded as this member's that no lane of it handles (its
+        release failed, or its lane stopped), so its new owner may take it."""
+        record = versioned.value
+        free = PartitionRecord(
+            floor=record.floor,
+            generation=record.generation,
+            failing=record.failing,
+            failures=record.failures,
+        )
+        with contextlib.suppress(StoreConflict):
+            await self._store.write_partition(partition, free, versioned.revision)
 
     async def _release(self, lane: Lane) -> None:
         try:
