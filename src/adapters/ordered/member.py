@@ -420,11 +420,12 @@ class OrderedSubscription(Subscription):
                         continue
                     task, read = read, None
                     records = task.result()
-                except StoreUnavailable as exc:
+                except Exception as exc:  # noqa: BLE001  # the reader outlives every error
                     read = None
                     await self._close_cursor()
                     retry = min(_READ_RETRY_MAX, retry * 2 or 0.05)
-                    log.debug("ordered group %s: reading paused (%s)", self.group, exc)
+                    level = logging.DEBUG if isinstance(exc, StoreUnavailable) else logging.WARNING
+                    log.log(level, "ordered group %s: reading paused (%r)", self.group, exc)
                     await sleep(self._clock, retry)
                     await self._check_generation()
                     continue
