@@ -260,8 +260,8 @@ class Lane:
             if self._finishing and not self._draining:
                 return
             record = queue[0]
-            if not await self._handle(record):
-                return
+            if not await self._handle(record) or self.lost:
+                return  # lost: killed, though its handler may have ignored the cancel
             queue.popleft()
             self.floor = record.sequence
             self.failing = self.failures = 0
@@ -288,6 +288,8 @@ class Lane:
                 return True
             while not context.may_run():
                 await sleep(context.clock, config.failover_after / 8)
+            if self.lost:
+                return False
             delivery = OrderedDelivery(record, message, attempt, context.stream)
             async with context.slots:
                 self._in_handler = True
