@@ -224,6 +224,10 @@ class Lane:
             if task is not None:
                 task.cancel()
 
+    def stopped(self) -> bool:
+        """Whether the lane's tasks have ended (a cancelled handler may take a while)."""
+        return all(task is None or task.done() for task in (self._worker, self._committer))
+
     async def wait_killed(self) -> None:
         """Wait until the tasks stopped by :meth:`kill` have ended."""
         tasks = [t for t in (self._worker, self._committer) if t is not None]

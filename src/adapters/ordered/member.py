@@ -91,6 +91,7 @@ class OrderedSubscription(Subscription):
         self._on_closed = on_closed
         self.lanes: dict[int, Lane] = {}
         self._releasing: set[int] = set()
+        self._stopping: dict[int, Lane] = {}
         self._context = LaneContext(
             handler=handler,
             config=config,
@@ -207,7 +208,16 @@ class OrderedSubscription(Subscription):
         if self.lanes.get(lane.partition) is lane:
             del self.lanes[lane.partition]
         lane.kill()
+        if not lane.stopped():
+            self._stopping[lane.partition] = lane  # not taken again before its handler ended
         self._on_event()
+
+    def _still_stopping(self, partition: int) -> bool:
+        lane = self._stopping.get(partition)
+        if lane is not None and lane.stopped():
+            del self._stopping[partition]
+            return False
+        return lane is not None
 
     def _lost(self, lane: Lane) -> None:
         self._drop(lane)
@@ -273,13 +283,15 @@ class OrderedSubscription(Subscription):
         for partition, held in snapshot.partitions.items():
             stale = held.value.owner == self.member and partition not in self.lanes
             if stale and target.get(partition) != self.member and partition not in self._releasing:
+                if self._still_stopping(partition):
+                    continue
                 await self._disown(partition, held)
         if self._fenced:
             return
         for partition in range(self.partitions):
             if target.get(partition) != self.member or partition in self.lanes:
                 continue
-            if partition in self._releasing:
+            if partition in self._releasing or self._still_stopping(partition):
                 continue
             versioned = snapshot.partitions.get(partition)
             record = versioned.value if versioned is not None else PartitionRecord()
