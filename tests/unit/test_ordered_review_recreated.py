@@ -75,3 +75,38 @@ async def test_a_member_reads_a_stream_that_was_deleted_and_created_again_from_i
     assert member.generation == "g2"
     assert handled == [0, 1, 2, 3, 4], "the member never read the re-created stream"
     await rig.close()
+
+
+class UnsureSource(RecreatedSource):
+    """A re-creatable list stream whose next ``unsure`` generation reads fail."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unsure = 0
+
+    async def generation(self) -> str:
+        if self.unsure:
+            self.unsure -= 1
+            raise StoreUnavailable("stream info timed out")
+        return await super().generation()
+
+
+async def test_a_member_reopens_only_once_it_knows_the_stream_was_not_re_created() -> None:
+    rig = Rig()
+    source = UnsureSource()
+    rig.source = source
+    handled: list[int] = []
+    member = await rig.member(lambda m: handled.append(m.payload["n"]))
+    for n in range(3):
+        source.add(new(n))
+    await settle()
+    assert handled == [0, 1, 2]
+    source.delete()
+    source.create()  # at once: the next open succeeds, on the new stream
+    source.unsure = 1  # but the first look at its generation fails
+    for n in range(3, 7):
+        source.add(new(n))
+    await rig.advance(2 * T)
+    assert member.generation == "g2"
+    assert handled == [0, 1, 2, 3, 4, 5, 6], "the new stream was read at the old positions"
+    await rig.close()

@@ -397,8 +397,15 @@ class OrderedSubscription(Subscription):
         retry = 0.0
         read: asyncio.Task[list[Record]] | None = None
         wake: asyncio.Task[bool] | None = None
+        unsure = False  # after a failed read: the stream may have been re-created
         try:
             while not self._closing:
+                if unsure and self._cursor is None:
+                    unsure = not await self._check_generation()
+                    if unsure:
+                        retry = min(_READ_RETRY_MAX, retry * 2 or 0.05)
+                        await sleep(self._clock, retry)
+                        continue
                 lanes = self.lanes
                 if not lanes:
                     if read is not None:
@@ -439,7 +446,7 @@ class OrderedSubscription(Subscription):
                     level = logging.DEBUG if isinstance(exc, StoreUnavailable) else logging.WARNING
                     log.log(level, "ordered group %s: reading paused (%r)", self.group, exc)
                     await sleep(self._clock, retry)
-                    await self._check_generation()
+                    unsure = True
                     continue
                 retry = 0.0
                 self._dispatch(records)
@@ -462,22 +469,24 @@ class OrderedSubscription(Subscription):
         if records:
             self._on_event()
 
-    async def _check_generation(self) -> None:
-        """After the stream could not be read: if it was re-created, start over on it."""
+    async def _check_generation(self) -> bool:
+        """After the stream could not be read: if it was re-created, start over on it.
+        False if the stream's generation could not be known (do not read it yet)."""
         try:
             generation = await self._source.generation()
         except Exception:  # noqa: BLE001  # still unreachable: try again later
-            return
+            return False
         if generation == self.generation:
-            return
+            return True
         for lane in list(self.lanes.values()):
             self._drop(lane)
         try:
             await self._join()
         except (StoreUnavailable, StoreConflict):
-            return
+            return False
         except PartitionCountError as exc:
             log.error("%s", exc)
+        return True
 
     # -- leaving ------------------------------------------------------------------------
 
