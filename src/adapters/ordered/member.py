@@ -316,6 +316,7 @@ class OrderedSubscription(Subscription):
         if self._closing or self._fenced:
             return
         lane = Lane(self._context, partition, mine, revision)
+        lane.suspect = record.owner != ""  # not handed over: a delivery may have died with it
         lane.behind = self._cursor is None or lane.next_sequence < self._position
         self.lanes[partition] = lane
         lane.start()
