@@ -428,3 +428,36 @@ async def ordered_group_refuses_a_member_with_another_partition_count(h: BusHarn
 
 
 __all__ = ["CORRIDORS", "OrderLog", "ordered_config"]
+
+
+@scenario()
+async def ordered_group_drain_handles_the_messages_its_partitions_buffered(h: BusHarness) -> None:
+    """Draining a member handles, in order, every message its partitions had already
+    read (not only the one in flight), then stops."""
+    ctx = Context(h)
+    (key,) = keys_in_distinct_partitions(ctx, 1)
+    log = OrderLog(ctx.inbox())
+    gate = ctx.gate()
+
+    async def first_waits(message: Message) -> None:
+        if message.payload["n"] == 0:
+            await gate.wait()
+
+    subscription = await h.subscriber(
+        MessageType.PAYMENT_INSTRUCTION, ordered_config(ctx)
+    ).subscribe(log.handler(work=first_waits))
+    sent = [ctx.message({"payment_id": f"d{i}", "n": i}, key=key) for i in range(4)]
+    await publish(h, sent)
+    await until(ctx, lambda: log.active == 1, "the first message in flight")
+    lanes = getattr(subscription, "lanes", None)
+    assert lanes is not None, "an ordered subscription shows its partitions' lanes"
+    number = partition(key)
+    await ctx.eventually(
+        lambda: number in lanes and len(lanes[number].queue) == len(sent),
+        "the partition's messages read into its lane",
+    )
+    draining = asyncio.ensure_future(subscription.drain())
+    await h.settle()
+    gate.open()
+    await asyncio.wait_for(draining, ctx.timeout)
+    assert [m.id for m in log.done] == [m.id for m in sent], "drain left buffered messages"

@@ -113,6 +113,9 @@ class Lane:
         next_sequence: the next stream sequence the lane wants from the reader.
         behind: messages after ``next_sequence`` were skipped (or never read): the
             reader must go back to ``next_sequence``.
+        suspect: the partition was taken without a handover (its owner died or was
+            fenced): its first delivery is counted in the record before it runs, so a
+            message that takes its members down still reaches ``max_deliver``.
     """
 
     def __init__(
@@ -133,6 +136,7 @@ class Lane:
         self.behind = True
         self.queue: deque[Record] = deque()
         self.lost = False
+        self.suspect = False
         self._accepting = True
         self._finishing = False
         self._draining = False
@@ -224,6 +228,10 @@ class Lane:
             if task is not None:
                 task.cancel()
 
+    def stopped(self) -> bool:
+        """Whether the lane's tasks have ended (a cancelled handler may take a while)."""
+        return all(task is None or task.done() for task in (self._worker, self._committer))
+
     async def wait_killed(self) -> None:
         """Wait until the tasks stopped by :meth:`kill` have ended."""
         tasks = [t for t in (self._worker, self._committer) if t is not None]
@@ -260,8 +268,8 @@ class Lane:
             if self._finishing and not self._draining:
                 return
             record = queue[0]
-            if not await self._handle(record):
-                return
+            if not await self._handle(record) or self.lost:
+                return  # lost: killed, though its handler may have ignored the cancel
             queue.popleft()
             self.floor = record.sequence
             self.failing = self.failures = 0
@@ -288,6 +296,13 @@ class Lane:
                 return True
             while not context.may_run():
                 await sleep(context.clock, config.failover_after / 8)
+            if self.lost:
+                return False
+            if self.suspect:  # it may be what its last owner died of: count it first
+                self.suspect = False
+                self.failing, self.failures = record.sequence, attempt
+                if not await self._write_now():
+                    return False
             delivery = OrderedDelivery(record, message, attempt, context.stream)
             async with context.slots:
                 self._in_handler = True
@@ -366,6 +381,27 @@ class Lane:
             failing=self.failing,
             failures=self.failures,
         )
+
+    async def _write_now(self) -> bool:
+        """Write the record before going on; False if the partition was taken over."""
+        retry = 0.0
+        while not self.lost:
+            state = (self.floor, self.failing, self.failures)
+            try:
+                self.revision = await self.context.store.write_partition(
+                    self.partition, self._record(), self.revision
+                )
+            except StoreConflict:
+                self.lost = True
+                self.context.on_lost(self)
+                return False
+            except StoreUnavailable:
+                retry = min(_STORE_RETRY_MAX, retry * 2 or 0.05)
+                await sleep(self.context.clock, retry)
+                continue
+            self._written = state
+            return True
+        return False
 
     def _pending_write(self) -> bool:
         return (self.floor, self.failing, self.failures) != self._written

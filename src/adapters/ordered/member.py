@@ -26,6 +26,7 @@ from .store import (
     Snapshot,
     StoreConflict,
     StoreUnavailable,
+    Versioned,
 )
 
 log = logging.getLogger("message_bus.ordered")
@@ -90,6 +91,7 @@ class OrderedSubscription(Subscription):
         self._on_closed = on_closed
         self.lanes: dict[int, Lane] = {}
         self._releasing: set[int] = set()
+        self._stopping: dict[int, Lane] = {}
         self._context = LaneContext(
             handler=handler,
             config=config,
@@ -168,7 +170,7 @@ class OrderedSubscription(Subscription):
     # -- heartbeats and fencing ---------------------------------------------------------
 
     def _may_run(self) -> bool:
-        return not self._fenced and not self._closing
+        return not self._fenced  # a closing member's lanes stop themselves (or drain)
 
     async def _beat(self) -> None:
         sent = self._clock.now()
@@ -188,7 +190,7 @@ class OrderedSubscription(Subscription):
         """No heartbeat succeeded for ``0.75 x failover_timeout``: others may soon take
         this member's partitions, so stop handling them now."""
         self._fence_timer = None
-        if self._fenced or self._closing:
+        if self._fenced or self._closed.is_set():
             return
         self._fenced = True
         if self.lanes:
@@ -206,7 +208,16 @@ class OrderedSubscription(Subscription):
         if self.lanes.get(lane.partition) is lane:
             del self.lanes[lane.partition]
         lane.kill()
+        if not lane.stopped():
+            self._stopping[lane.partition] = lane  # not taken again before its handler ended
         self._on_event()
+
+    def _still_stopping(self, partition: int) -> bool:
+        lane = self._stopping.get(partition)
+        if lane is not None and lane.stopped():
+            del self._stopping[partition]
+            return False
+        return lane is not None
 
     def _lost(self, lane: Lane) -> None:
         self._drop(lane)
@@ -269,12 +280,18 @@ class OrderedSubscription(Subscription):
             if target.get(partition) != self.member and partition not in self._releasing:
                 self._releasing.add(partition)
                 self._tasks.append(asyncio.create_task(self._release(lane)))
+        for partition, held in snapshot.partitions.items():
+            stale = held.value.owner == self.member and partition not in self.lanes
+            if stale and target.get(partition) != self.member and partition not in self._releasing:
+                if self._still_stopping(partition):
+                    continue
+                await self._disown(partition, held)
         if self._fenced:
             return
         for partition in range(self.partitions):
             if target.get(partition) != self.member or partition in self.lanes:
                 continue
-            if partition in self._releasing:
+            if partition in self._releasing or self._still_stopping(partition):
                 continue
             versioned = snapshot.partitions.get(partition)
             record = versioned.value if versioned is not None else PartitionRecord()
@@ -299,12 +316,26 @@ class OrderedSubscription(Subscription):
         if self._closing or self._fenced:
             return
         lane = Lane(self._context, partition, mine, revision)
+        lane.suspect = record.owner != ""  # not handed over: a delivery may have died with it
         lane.behind = self._cursor is None or lane.next_sequence < self._position
         self.lanes[partition] = lane
         lane.start()
         log.debug("ordered group %s: took partition %d at #%d", self.group, partition, mine.floor)
         self._on_event()
         self._wake_reader()
+
+    async def _disown(self, partition: int, versioned: Versioned[PartitionRecord]) -> None:
+        """Release a partition recorded as this member's that no lane of it handles (its
+        release failed, or its lane stopped), so its new owner may take it."""
+        record = versioned.value
+        free = PartitionRecord(
+            floor=record.floor,
+            generation=record.generation,
+            failing=record.failing,
+            failures=record.failures,
+        )
+        with contextlib.suppress(StoreConflict):
+            await self._store.write_partition(partition, free, versioned.revision)
 
     async def _release(self, lane: Lane) -> None:
         try:
@@ -367,8 +398,15 @@ class OrderedSubscription(Subscription):
         retry = 0.0
         read: asyncio.Task[list[Record]] | None = None
         wake: asyncio.Task[bool] | None = None
+        unsure = False  # after a failed read: the stream may have been re-created
         try:
             while not self._closing:
+                if unsure and self._cursor is None:
+                    unsure = not await self._check_generation()
+                    if unsure:
+                        retry = min(_READ_RETRY_MAX, retry * 2 or 0.05)
+                        await sleep(self._clock, retry)
+                        continue
                 lanes = self.lanes
                 if not lanes:
                     if read is not None:
@@ -402,13 +440,14 @@ class OrderedSubscription(Subscription):
                         continue
                     task, read = read, None
                     records = task.result()
-                except StoreUnavailable as exc:
+                except Exception as exc:  # noqa: BLE001  # the reader outlives every error
                     read = None
                     await self._close_cursor()
                     retry = min(_READ_RETRY_MAX, retry * 2 or 0.05)
-                    log.debug("ordered group %s: reading paused (%s)", self.group, exc)
+                    level = logging.DEBUG if isinstance(exc, StoreUnavailable) else logging.WARNING
+                    log.log(level, "ordered group %s: reading paused (%r)", self.group, exc)
                     await sleep(self._clock, retry)
-                    await self._check_generation()
+                    unsure = True
                     continue
                 retry = 0.0
                 self._dispatch(records)
@@ -431,22 +470,24 @@ class OrderedSubscription(Subscription):
         if records:
             self._on_event()
 
-    async def _check_generation(self) -> None:
-        """After the stream could not be read: if it was re-created, start over on it."""
+    async def _check_generation(self) -> bool:
+        """After the stream could not be read: if it was re-created, start over on it.
+        False if the stream's generation could not be known (do not read it yet)."""
         try:
             generation = await self._source.generation()
         except Exception:  # noqa: BLE001  # still unreachable: try again later
-            return
+            return False
         if generation == self.generation:
-            return
+            return True
         for lane in list(self.lanes.values()):
             self._drop(lane)
         try:
             await self._join()
         except (StoreUnavailable, StoreConflict):
-            return
+            return False
         except PartitionCountError as exc:
             log.error("%s", exc)
+        return True
 
     # -- leaving ------------------------------------------------------------------------
 
@@ -486,13 +527,18 @@ class OrderedSubscription(Subscription):
         await asyncio.gather(*self._loops, return_exceptions=True)
         timeout = self.config.ack_wait
         lanes = list(self.lanes.values())
-        await asyncio.gather(
-            *(lane.finish(drain=drain, timeout=timeout) for lane in lanes),
-            return_exceptions=True,
-        )
-        for lane in lanes:
-            if not lane.lost:
-                await lane.release()
+        beats = asyncio.create_task(self._beat_while_closing())  # still the owner meanwhile
+        try:
+            await asyncio.gather(
+                *(lane.finish(drain=drain, timeout=timeout) for lane in lanes),
+                return_exceptions=True,
+            )
+            for lane in lanes:
+                if not lane.lost:
+                    await lane.release()
+        finally:
+            beats.cancel()
+            await asyncio.gather(beats, return_exceptions=True)
         self.lanes.clear()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._fence_timer is not None:
@@ -502,6 +548,15 @@ class OrderedSubscription(Subscription):
         self._closed.set()
         self._on_event()
         self._on_closed(self)
+
+    async def _beat_while_closing(self) -> None:
+        """Heartbeat while the lanes finish, so no one takes their partitions meanwhile
+        (the fence still stops them if the heartbeats fail)."""
+        tick = self.failover / TICKS_PER_TIMEOUT
+        while True:
+            await sleep(self._clock, tick)
+            with contextlib.suppress(StoreUnavailable):
+                await self._beat()
 
     async def halt(self) -> None:
         """Stop at once, as if the process died: handlers are cancelled, nothing is
