@@ -143,6 +143,10 @@ class Bus:
         """Add ``middleware`` inside the ones the bus has (before it starts)."""
         if self._started:
             raise RuntimeError("add middleware before the bus starts")
+        if not callable(middleware):
+            raise TypeError(
+                f"middleware must be an async callable (ctx, call_next), got {middleware!r}"
+            )
         self._added.append(middleware)
 
     @property
