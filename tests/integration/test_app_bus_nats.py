@@ -296,3 +296,31 @@ async def test_deltran_bus_run_drains_the_handler_in_flight_on_sigterm_and_exits
     assert info.num_ack_pending == 0  # the drained handler's ack reached the server
     assert info.num_pending == 0
     assert info.ack_floor.stream_seq == 1
+
+
+async def test_an_ordered_handler_gets_each_keys_messages_in_order_and_publishes_follow_ups(
+    nats_server: EmbeddedNatsServer,
+) -> None:
+    await apply_streams(nats_server.url)
+    bus = Bus(nats_settings(nats_server.url))
+    handled: list[str] = []
+    follow_ups: list[Message] = []
+
+    @bus.handler(
+        MessageType.PAYMENT_INSTRUCTION, group="ledger", ordering="partition", max_concurrent=4
+    )
+    async def book(payload: dict[str, Any], message: Message) -> Message:
+        handled.append(payload["n"])
+        return message.reply(MessageType.ADAPTER_TRANSFER, {"n": payload["n"]})
+
+    @bus.handler(MessageType.ADAPTER_TRANSFER, group="audit")
+    async def audit(message: Message) -> None:
+        follow_ups.append(message)
+
+    sent = [Message.new(MessageType.PAYMENT_INSTRUCTION, KEY, {"n": f"{i:02d}"}) for i in range(8)]
+    async with bus:
+        for message in sent:
+            await bus.publisher.publish(message)
+        await eventually(lambda: len(follow_ups) == 8, "the ordered group's eight follow-ups")
+    assert handled == sorted(handled)  # one key: one partition, handled in stream order
+    assert {m.causation_id for m in follow_ups} == {m.id for m in sent}
