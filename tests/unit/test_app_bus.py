@@ -29,7 +29,7 @@ from message_bus.app.handlers import follow_ups
 from message_bus.app.middleware import Next
 from message_bus.domain.errors import ValidationError
 from message_bus.domain.payloads import PaymentInstruction
-from message_bus.ports import PublisherConfig
+from message_bus.ports import Publisher, PublisherConfig
 
 KEY = PartitionKey.corridor("USD-EUR")
 FOLLOW_UPS = "ADAPTER_TRANSFERS"
@@ -414,3 +414,24 @@ async def http_get(host: str, port: int, path: str) -> tuple[int, str]:
     writer.close()
     head, _, body = data.decode().partition("\r\n\r\n")
     return int(head.split()[1]), body
+
+
+@inject
+async def forward_with_injected_publisher(
+    message: Message, publisher: Publisher = Provide[Container.publisher]
+) -> None:
+    await publisher.publish(message.reply(MessageType.ADAPTER_TRANSFER, {"forwarded": True}))
+
+
+async def test_a_port_of_the_container_is_injected_awaited() -> None:
+    bus = memory_bus()
+    bus.handler(MessageType.PAYMENT_INSTRUCTION, group="forward")(forward_with_injected_publisher)
+    async with bus:
+        await bus.publisher.publish(instruction(1))
+        # The broker's settle() does not wait for a handler suspended on something else,
+        # and resolving an async provider takes more event-loop rounds than it watches.
+        for _ in range(100):
+            await settle(bus)
+            if await stored(bus, FOLLOW_UPS):
+                break
+        assert await stored(bus, FOLLOW_UPS) == 1, "the injected publisher's follow-up"
