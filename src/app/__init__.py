@@ -11,28 +11,39 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .bus import Bus
     from .config import BusSettings, load_settings
     from .containers import (
         Container,
         apply_streams,
         build_container,
         open_container,
+        resolve,
         shutdown_container,
         start_container,
     )
+    from .middleware import Context, Middleware
 
 __all__ = [
+    "Bus",
     "BusSettings",
     "Container",
+    "Context",
+    "Middleware",
     "apply_streams",
     "build_container",
     "load_settings",
     "open_container",
+    "resolve",
     "shutdown_container",
     "start_container",
 ]
 
 _HOME = {
+    "Bus": "bus",
+    "Context": "middleware",
+    "Middleware": "middleware",
+    "resolve": "containers",
     "BusSettings": "config",
     "load_settings": "config",
     "Container": "containers",

@@ -308,9 +308,14 @@ class StreamSettings:
 
 @dataclass(frozen=True, kw_only=True)
 class MetricsSettings:
-    """The Prometheus `/metrics` endpoint served by long-running commands."""
+    """The Prometheus `/metrics` endpoint served by long-running commands (`deltran-bus run`
+    also serves `/healthz` and `/readyz` there)."""
 
-    port: int = _setting(9464, "DELTRAN_METRICS_PORT", "Port of `/metrics` (0 picks a free port).")
+    port: int = _setting(
+        9464,
+        "DELTRAN_METRICS_PORT",
+        "Port of `/metrics` (and `/healthz`, `/readyz`; 0 picks a free port).",
+    )
     host: str = _setting("127.0.0.1", "DELTRAN_METRICS_HOST", "Address `/metrics` listens on.")
 
 

@@ -9,8 +9,10 @@ A dependency-injector container builds everything from :class:`BusSettings`:
   nats-server), ``nats_client`` (connect/close); ``connection`` selects the one the
   backend needs, so only that one is ever started;
 * ports, wrapped in the telemetry decorators (metrics in the container's own
-  ``registry``, spans to its ``tracer_provider``): ``publisher()``,
-  ``subscriber(message_type, config=None, ephemeral=False)``, ``dead_letters()``;
+  ``registry``, spans to its ``tracer_provider``): ``publisher(config=None, **fields)``,
+  ``subscriber(message_type, config=None, ephemeral=False, **fields)``,
+  ``dead_letters()``; the fields given (``max_concurrent=20``, or those where a whole
+  ``config`` differs from the defaults) override the configured ones, the rest are kept;
 * the example service: ``payment_intake()``, ``netting_worker()``, ``bank_confirmer()``,
   and ``netting_worker_config()``, the netting workers' group config (an ordered group
   over the settings' ``partitions``).
@@ -30,7 +32,7 @@ import inspect
 import logging
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
 from dependency_injector import containers, providers
 from opentelemetry.sdk.resources import Resource as OtelResource
@@ -58,6 +60,7 @@ from message_bus.ports import (
 
 from .config import BACKENDS, BusSettings, publisher_config_from, subscriber_config_from
 from .embedded import EmbeddedNatsServer
+from .overrides import merge_config
 from .service import BankConfirmer, NettingWorker, PaymentIntake, netting_config
 
 if TYPE_CHECKING:
@@ -230,17 +233,30 @@ def _server_urls(server: EmbeddedNatsServer) -> list[str]:
 
 
 def _memory_publisher(
-    *, broker: InMemoryBroker, config: PublisherConfig, telemetry: Telemetry
+    config: PublisherConfig | None = None,
+    *,
+    broker: InMemoryBroker,
+    default_config: PublisherConfig,
+    telemetry: Telemetry,
+    **overrides: Any,
 ) -> Publisher:
-    return telemetry.publisher(broker.publisher(config))
+    merged = merge_config(default_config, config, **overrides)
+    return telemetry.publisher(broker.publisher(merged))
 
 
 def _nats_publisher(
-    *, client: NatsClient, config: PublisherConfig, catalog: StreamCatalog, telemetry: Telemetry
+    config: PublisherConfig | None = None,
+    *,
+    client: NatsClient,
+    default_config: PublisherConfig,
+    catalog: StreamCatalog,
+    telemetry: Telemetry,
+    **overrides: Any,
 ) -> Publisher:
     from message_bus.adapters.nats import JetStreamPublisher
 
-    inner = JetStreamPublisher(client, config, catalog=catalog, on_retry=telemetry.retried)
+    merged = merge_config(default_config, config, **overrides)
+    inner = JetStreamPublisher(client, merged, catalog=catalog, on_retry=telemetry.retried)
     return telemetry.publisher(inner)
 
 
@@ -252,8 +268,10 @@ def _memory_subscriber(
     default_config: SubscriberConfig,
     telemetry: Telemetry,
     ephemeral: bool = False,
+    **overrides: Any,
 ) -> Subscriber:
-    inner = broker.subscriber(message_type, config or default_config, ephemeral=ephemeral)
+    merged = merge_config(default_config, config, **overrides)
+    inner = broker.subscriber(message_type, merged, ephemeral=ephemeral)
     return telemetry.subscriber(inner)
 
 
@@ -268,13 +286,14 @@ def _nats_subscriber(
     telemetry: Telemetry,
     opened: weakref.WeakSet[Subscriber],
     ephemeral: bool = False,
+    **overrides: Any,
 ) -> Subscriber:
     from message_bus.adapters.nats import JetStreamSubscriber
 
     inner = JetStreamSubscriber(
         client,
         message_type,
-        config or default_config,
+        merge_config(default_config, config, **overrides),
         catalog=catalog,
         publisher_config=publisher_config,  # for the dead letters it publishes
         ephemeral=ephemeral,
@@ -356,14 +375,17 @@ class Container(containers.DeclarativeContainer):
     _nats_publisher_factory = providers.Factory(
         _nats_publisher,
         client=nats_client,
-        config=publisher_config,
+        default_config=publisher_config,
         catalog=catalog,
         telemetry=telemetry,
     )
     publisher = providers.Selector(
         backend,
         memory=providers.Factory(
-            _memory_publisher, broker=memory_broker, config=publisher_config, telemetry=telemetry
+            _memory_publisher,
+            broker=memory_broker,
+            default_config=publisher_config,
+            telemetry=telemetry,
         ),
         nats=_nats_publisher_factory,
         embedded=_nats_publisher_factory,
@@ -408,9 +430,24 @@ class Container(containers.DeclarativeContainer):
     bank_confirmer = providers.Factory(BankConfirmer, publisher=publisher)
 
 
-def build_container(settings: BusSettings | None = None) -> Container:
-    """A container configured from ``settings`` (defaults if None); nothing started yet."""
-    container = Container()
+C = TypeVar("C", bound=Container)
+
+
+@overload
+def build_container(settings: BusSettings | None = None) -> Container: ...
+@overload
+def build_container(settings: BusSettings | None, container_class: type[C]) -> C: ...
+def build_container(
+    settings: BusSettings | None = None, container_class: type[Container] = Container
+) -> Container:
+    """A container configured from ``settings`` (defaults if None); nothing started yet.
+
+    Args:
+        settings: the configuration.
+        container_class: :class:`Container` or a subclass declaring the application's
+            own providers (``class Services(Container): watchlist = providers.Object(...)``).
+    """
+    container = container_class()
     container.config.from_dict((settings or BusSettings()).to_dict())
     return container
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import time
@@ -48,3 +49,32 @@ new_message_id = UUIDv7Generator()
 def uuid7_timestamp_ms(message_id: str) -> int:
     """The Unix-millisecond timestamp embedded in a UUIDv7 string."""
     return UUID(message_id).int >> 80
+
+
+def derived_message_id(parent_id: str, index: int) -> str:
+    """A UUIDv7 string that is always the same for the same ``(parent_id, index)``.
+
+    The id of the ``index``-th message a handler returned for the message ``parent_id``:
+    a redelivery of the parent that publishes its follow-ups again gives them the same
+    ids, so the stream's duplicate window drops the second copy. The timestamp is the
+    parent's when ``parent_id`` is a UUIDv7 (ids stay time-ordered), and the counter and
+    random bits come from a BLAKE2b hash of ``parent_id`` and ``index``.
+
+    Raises:
+        ValueError: ``index`` is negative.
+    """
+    if index < 0:
+        raise ValueError(f"index must be >= 0, got {index}")
+    try:
+        parent = UUID(parent_id)
+        ms = parent.int >> 80 if parent.version == 7 else None
+    except ValueError:
+        ms = None
+    digest = hashlib.blake2b(f"{parent_id}\x00{index}".encode(), digest_size=16).digest()
+    bits = int.from_bytes(digest, "big")
+    if ms is None:
+        ms = bits >> 80  # not a UUIDv7 parent: the timestamp bits are hashed too
+    counter = (bits >> 64) & 0xFFF
+    rand_b = bits & 0x3FFFFFFFFFFFFFFF
+    value = (ms & 0xFFFFFFFFFFFF) << 80 | 0x7 << 76 | counter << 64 | 0b10 << 62 | rand_b
+    return str(UUID(int=value))

@@ -29,6 +29,10 @@ EXPECTED = {
         "corridor.GBP-USD.bank.BANKDEFF   partition  1: pay-02 pay-05 pay-08 pay-11  "
         "(in order: True)",
     ],
+    "screening_service.py": [
+        "pay-0: clear (caused: True)",
+        "pay-1: hold (caused: True)",
+    ],
     "partitioning.py": [
         "corridor.USD-EUR                    partition 20 of 32",
         "broadcast                           partition None",

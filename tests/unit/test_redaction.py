@@ -160,7 +160,13 @@ def test_a_bad_secret_field_is_named_without_its_value(name: str, secret: str) -
 _WORDS = st.from_regex(r"[A-Za-z0-9_.~!$&*+;=-]{1,16}", fullmatch=True)
 
 
-@given(_WORDS, _SECRETS.map(lambda word: f"S3c{word}"))
+_USERINFO_ENDS = frozenset("#/?@")  # a password holding one of these ends the authority early
+
+
+@given(
+    _WORDS,
+    _SECRETS.filter(lambda word: not _USERINFO_ENDS & set(word)).map(lambda word: f"S3c{word}"),
+)
 def test_a_bad_url_is_named_without_its_password(user: str, password: str) -> None:
     assume(password not in f"nats://{user}:{REDACTED}@host:99999")
     for url in (f"nats://{user}:{password}@host:99999", f"http://{user}:{password}@host"):

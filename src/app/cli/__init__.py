@@ -35,6 +35,7 @@ from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, CliError, error_l
 from .logs import configure_logging
 from .parser import PROG, build_parser
 from .publish import publish_command, request_command
+from .run import run_command
 from .server import server_command
 from .streams import streams_command
 from .subscribe import subscribe_command
@@ -52,6 +53,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, Container | None], Coroutine[
     "dlq": dlq_command,
     "demo": demo_command,
     "docs": docs_command,
+    "run": run_command,
 }
 
 

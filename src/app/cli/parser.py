@@ -279,4 +279,20 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[docs_parent],
     )
     docs_html.add_argument("--out", metavar="DIR", required=True, help="directory to write")
+    run = command(
+        "run",
+        "run a service's handlers (a Bus) with /metrics, /healthz and /readyz until "
+        "SIGINT or SIGTERM, then drain them",
+    )
+    run.add_argument(
+        "target",
+        metavar="MODULE:BUS",
+        help="the Bus to run: package.module:bus, or path/to/file.py:bus",
+    )
+    run.add_argument(
+        "--metrics-port",
+        type=port_number,
+        metavar="PORT",
+        help="port of /metrics, /healthz, /readyz (default: metrics.port, 9464; 0 = free port)",
+    )
     return parser
