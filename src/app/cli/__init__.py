@@ -31,6 +31,7 @@ from ..embedded import EmbeddedServerError
 from .demo import demo_command
 from .dlq import dlq_command
 from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, CliError, error_line
+from .groups import groups_command
 from .logs import configure_logging
 from .parser import PROG, build_parser
 from .publish import publish_command, request_command
@@ -49,6 +50,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, Container | None], Coroutine[
     "subscribe": subscribe_command,
     "request": request_command,
     "dlq": dlq_command,
+    "groups": groups_command,
     "demo": demo_command,
 }
 
