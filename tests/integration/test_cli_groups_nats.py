@@ -206,6 +206,17 @@ async def test_an_ordered_group_shows_two_members_sharing_the_partitions(
     for subscription in subscriptions:
         await subscription.stop()
 
+    receipt = await publisher.publish(payment(99, "USD-EUR"))
+    partition = PartitionKey.corridor("USD-EUR").partition_number(4)
+    assert partition is not None
+    assert receipt.sequence is not None
+    code, out = await groups_ls(nats_server.url, capsys)
+    line = next(x for x in out.splitlines() if x.split()[:2] == [str(partition), "-"])
+
+    assert "0 member(s), 4 unowned" in out
+    assert "no members: each partition resumes after its floor" in out
+    assert line.split()[2:4] == [str(floors[partition]), str(receipt.sequence - floors[partition])]
+
 
 async def test_watch_redraws_the_screen_count_times(
     client: NatsClient, nats_server: EmbeddedNatsServer, capsys: pytest.CaptureFixture[str]

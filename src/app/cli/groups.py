@@ -142,7 +142,10 @@ def _ordered_text(group: OrderedGroupStatus) -> str:
         (member, count, "" if member in group.members else "no heartbeat key (gone)")
         for member, count in sorted(owned.items())
     ]
-    lines.append(table(member_rows, ("MEMBER", "PARTITIONS", "NOTE")))
+    if member_rows:
+        lines.append(table(member_rows, ("MEMBER", "PARTITIONS", "NOTE")))
+    else:
+        lines.append("no members: each partition resumes after its floor when one joins")
     partition_rows = [
         (
             r.partition,
