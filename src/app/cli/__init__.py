@@ -1,17 +1,17 @@
 """The ``deltran-bus`` facade: parse the command line, run one command, return its exit code.
 
 The commands run a server, manage streams, publish, subscribe, send requests, list and
-replay dead letters, show the consumer groups, and run the demo. Every command reads the
-settings (defaults < ``--config`` TOML file < ``DELTRAN_*`` variables < flags). Exit
-codes: 0 success; 1 the operation failed (timeout, no responder, the demo lost or doubled
-a payment); 2 bad input or an unreachable server, reported as one line on stderr; 130
-interrupted (Ctrl-C or SIGTERM: what the command started is stopped first).
+replay dead letters, and run the demo. Every command reads the settings (defaults <
+``--config`` TOML file < ``DELTRAN_*`` variables < flags). Exit codes: 0 success; 1 the
+operation failed (timeout, no responder, the demo lost or doubled a payment); 2 bad input
+or an unreachable server, reported as one line on stderr; 130 interrupted (Ctrl-C or
+SIGTERM: what the command started is stopped first).
 
 Modules: :mod:`.parser` (with :mod:`.arguments`) parses; :mod:`.publish`,
-:mod:`.subscribe`, :mod:`.streams`, :mod:`.dlq`, :mod:`.groups`, :mod:`.server` and
-:mod:`.demo` are the commands, on :mod:`.session` and :mod:`.payloads`; :mod:`.output`
-formats what they print (:mod:`.progress`, the demo's progress bar); :mod:`.errors`
-holds :class:`CliError` and the exit codes.
+:mod:`.subscribe`, :mod:`.streams`, :mod:`.dlq`, :mod:`.server` and :mod:`.demo` are the
+commands, on :mod:`.session` and :mod:`.payloads`; :mod:`.output` formats what they
+print; :mod:`.errors` holds :class:`CliError` and the exit codes. :mod:`.groups` shows the
+consumer groups; :mod:`.progress` draws the demo's progress bar.
 """
 
 from __future__ import annotations
