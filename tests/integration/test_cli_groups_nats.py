@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 
 import pytest
@@ -105,7 +106,7 @@ async def test_a_shared_group_shows_pending_ack_pending_redelivered_and_lag(
     [row] = [r for r in rows if name in r]
     cells = row.split()
     assert cells[:6] == ["PAYMENT_INSTRUCTIONS", name, "5", "3", "1", "8"]
-    assert cells[-1] in {"now", "1s", "2s", "3s", "4s", "5s"}
+    assert re.fullmatch(r"now|\d+s", cells[-1]), row  # it just delivered
 
     release.set()
 
