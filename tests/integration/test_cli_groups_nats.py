@@ -235,3 +235,20 @@ async def test_watch_redraws_the_screen_count_times(
     for frame in frames[1:]:
         assert frame.startswith("every 0.2s, ")
         assert "audit__reports" in frame
+
+
+async def test_watch_with_json_prints_one_document_per_line_without_screen_control(
+    client: NatsClient, nats_server: EmbeddedNatsServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await client.jetstream.add_consumer(
+        "PAYMENT_INSTRUCTIONS", durable_name="audit__reports", inactive_threshold=60.0
+    )
+
+    code, out = await groups_ls(nats_server.url, capsys, "--watch", "0.2", "--count", "2", "--json")
+
+    assert code == 0
+    assert "\x1b" not in out
+    documents = [json.loads(line) for line in out.splitlines()]
+    assert len(documents) == 2
+    for document in documents:
+        assert [c["consumer"] for c in document["consumers"]] == ["audit__reports"]

@@ -40,7 +40,8 @@ async def groups_command(args: argparse.Namespace, container: Container | None) 
 
     Prints one row per consumer of every stream (pending, ack pending, redelivered,
     lag, last activity), then each ordered group's members and partitions. With
-    ``--watch`` it redraws every S seconds until Ctrl-C (or ``--count`` frames).
+    ``--watch`` it redraws the screen every S seconds until Ctrl-C (or ``--count``
+    frames); with ``--json`` too, it prints one JSON document per line instead.
 
     Raises:
         CliError: the backend is the in-memory one (exit 2): its groups live in the
@@ -62,8 +63,11 @@ async def groups_command(args: argparse.Namespace, container: Container | None) 
             if interval is None:
                 out(frame)
                 return EXIT_OK
-            sys.stdout.write(f"{CLEAR_HOME}every {interval:g}s, {_clock(status.at)}\n{frame}\n")
-            sys.stdout.flush()
+            if args.json:  # JSON Lines: one document per refresh, no screen control
+                out(frame)
+            else:
+                sys.stdout.write(f"{CLEAR_HOME}every {interval:g}s, {_clock(status.at)}\n{frame}\n")
+                sys.stdout.flush()
             frames += 1
             if args.count is not None and frames >= args.count:
                 return EXIT_OK
