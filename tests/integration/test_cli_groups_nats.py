@@ -252,3 +252,14 @@ async def test_watch_with_json_prints_one_document_per_line_without_screen_contr
     assert len(documents) == 2
     for document in documents:
         assert [c["consumer"] for c in document["consumers"]] == ["audit__reports"]
+
+
+async def test_on_a_server_without_streams_it_lists_nothing_and_creates_nothing(
+    nats_server: EmbeddedNatsServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out = await groups_ls(nats_server.url, capsys)
+
+    assert code == 0
+    assert out.strip() == "no consumer groups (ordered groups, if any, below)"
+    async with NatsClient(NatsConfig(urls=[nats_server.url])) as client:
+        assert await StreamManager(client).list() == []
