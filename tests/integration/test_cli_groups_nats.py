@@ -4,11 +4,13 @@ group's partition owners, the JSON and the ``--watch`` frames."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 from collections.abc import AsyncIterator
 
 import pytest
+from proxy import TcpProxy
 from waits import eventually
 
 from message_bus import (
@@ -263,3 +265,47 @@ async def test_on_a_server_without_streams_it_lists_nothing_and_creates_nothing(
     assert out.strip() == "no consumer groups (ordered groups, if any, below)"
     async with NatsClient(NatsConfig(urls=[nats_server.url])) as client:
         assert await StreamManager(client).list() == []
+
+
+async def test_a_watch_shows_an_outage_and_recovers_from_it(
+    client: NatsClient,
+    nats_server: EmbeddedNatsServer,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    await client.jetstream.add_consumer(
+        "PAYMENT_INSTRUCTIONS", durable_name="audit__reports", inactive_threshold=60.0
+    )
+    monkeypatch.setenv("DELTRAN_NATS_RECONNECT_DELAY", "0.05")
+    monkeypatch.setenv("DELTRAN_NATS_RECONNECT_MAX_DELAY", "0.2")
+    seen: list[str] = []
+
+    def frames() -> list[str]:
+        seen.append(capsys.readouterr().out)
+        return "".join(seen).split(CLEAR_HOME)[1:]
+
+    with TcpProxy("127.0.0.1", nats_server.port) as proxy:
+        capsys.readouterr()
+        watch = asyncio.create_task(
+            run_cli(["groups", "ls", "--url", proxy.url, "--watch", "0.2", "--count", "1000"])
+        )
+        try:
+            await eventually(
+                lambda: any("audit__reports" in f for f in frames()), "a frame with the group"
+            )
+            proxy.refuse()
+            proxy.cut()
+            await eventually(
+                lambda: any("server unavailable: " in f for f in frames()),
+                "a frame saying the server is unavailable",
+            )
+            proxy.heal()
+            outage_ended = len(frames())
+            await eventually(
+                lambda: any("audit__reports" in f for f in frames()[outage_ended:]),
+                "a frame with the group again after the outage",
+            )
+        finally:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch

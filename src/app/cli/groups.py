@@ -16,9 +16,10 @@ from message_bus.adapters.nats.group_status import (
     OrderedGroupStatus,
     read_groups,
 )
+from message_bus.domain.errors import MessageBusError
 
 from ..containers import Container, resolve
-from .errors import EXIT_OK, CliError
+from .errors import EXIT_OK, CliError, error_line
 from .output import out, table
 from .session import backend_of, load_command_settings, running_bus
 
@@ -41,7 +42,8 @@ async def groups_command(args: argparse.Namespace, container: Container | None) 
     Prints one row per consumer of every stream (pending, ack pending, redelivered,
     lag, last activity), then each ordered group's members and partitions. With
     ``--watch`` it redraws the screen every S seconds until Ctrl-C (or ``--count``
-    frames); with ``--json`` too, it prints one JSON document per line instead.
+    frames); with ``--json`` too, it prints one JSON document per line instead. While
+    the server does not answer, a watch shows that in its frame and keeps trying.
 
     Raises:
         CliError: the backend is the in-memory one (exit 2): its groups live in the
@@ -58,11 +60,16 @@ async def groups_command(args: argparse.Namespace, container: Container | None) 
         interval: float | None = args.watch
         frames = 0
         while True:
-            status = await read_groups(client)
-            frame = _render(status, args)
             if interval is None:
-                out(frame)
+                out(_render(await read_groups(client), args))
                 return EXIT_OK
+            try:
+                status = await read_groups(client)
+            except MessageBusError as exc:  # an outage: say so, and keep watching
+                status, problem = GroupsStatus(dt.datetime.now(dt.UTC)), error_line(exc)
+                frame = _unavailable(status.at, problem, interval, args.json)
+            else:
+                frame = _render(status, args)
             if args.json:  # JSON Lines: one document per refresh, no screen control
                 out(frame)
             else:
@@ -72,6 +79,12 @@ async def groups_command(args: argparse.Namespace, container: Container | None) 
             if args.count is not None and frames >= args.count:
                 return EXIT_OK
             await asyncio.sleep(interval)  # the refresh period, not a wait for a condition
+
+
+def _unavailable(at: dt.datetime, problem: str, interval: float, as_json: bool) -> str:
+    if as_json:
+        return msgspec.json.encode({"at": at.isoformat(), "error": problem}).decode()
+    return f"server unavailable: {problem} (trying again every {interval:g}s)"
 
 
 def _render(status: GroupsStatus, args: argparse.Namespace) -> str:
