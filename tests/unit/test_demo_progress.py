@@ -71,7 +71,7 @@ def test_the_line_shows_the_bar_percentage_and_counters() -> None:
 
 def test_on_a_terminal_the_line_is_redrawn_in_place_and_ended_once() -> None:
     stream = io.StringIO()
-    printer = ProgressPrinter(stream, tty=True)
+    printer = ProgressPrinter(stream, tty=True, columns=200)
 
     for netted in (0, 100, 200):
         printer(progress(netted, done=netted == 200))
@@ -83,6 +83,16 @@ def test_on_a_terminal_the_line_is_redrawn_in_place_and_ended_once() -> None:
     assert written.endswith(" 100%  netted 200/200  published 200/200  proposals 7"
                             "  redelivered 2  dead-lettered 1\n")  # fmt: skip
     assert printer.interval < 1.0
+
+
+def test_on_a_narrow_terminal_the_line_is_cut_so_that_it_never_wraps() -> None:
+    stream = io.StringIO()
+    printer = ProgressPrinter(stream, tty=True, columns=60)
+
+    printer(progress(100, done=True))
+
+    [line] = stream.getvalue().removeprefix("\r\x1b[K").splitlines()
+    assert line == progress_text(progress(100))[:59]
 
 
 def test_a_run_stopped_before_its_last_report_still_ends_the_line() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from typing import TextIO
 
 from ..demo import DemoProgress
@@ -40,18 +41,23 @@ def progress_text(p: DemoProgress, width: int = BAR_WIDTH) -> str:
 class ProgressPrinter:
     """Shows a demo's progress on ``stream``.
 
-    On a terminal each report redraws one line in place (``\\r``, erase line), and the
-    last one (``done``), or :meth:`close`, ends it with a newline. Elsewhere (a pipe, a
-    log file) each report is a line of its own.
+    On a terminal each report redraws one line in place (``\\r``, erase line), cut to
+    the terminal's width so that it never wraps, and the last one (``done``), or
+    :meth:`close`, ends it with a newline. Elsewhere (a pipe, a log file) each report
+    is a line of its own, whole.
 
     Args:
         stream: where to write.
         tty: whether ``stream`` is a terminal (default: ``stream.isatty()``).
+        columns: the terminal's width (default: as the terminal reports it).
     """
 
-    def __init__(self, stream: TextIO, *, tty: bool | None = None) -> None:
+    def __init__(
+        self, stream: TextIO, *, tty: bool | None = None, columns: int | None = None
+    ) -> None:
         self.stream = stream
         self.tty = stream.isatty() if tty is None else tty
+        self.columns = shutil.get_terminal_size().columns if columns is None else columns
         self._open = False
 
     @property
@@ -62,7 +68,7 @@ class ProgressPrinter:
     def __call__(self, p: DemoProgress) -> None:
         text = progress_text(p)
         if self.tty:
-            self.stream.write(f"{_CLEAR_LINE}{text}")
+            self.stream.write(f"{_CLEAR_LINE}{text[: max(self.columns - 1, 1)]}")
             self._open = not p.done
             if p.done:
                 self.stream.write("\n")
