@@ -58,6 +58,7 @@ __all__ = [
     "DURABLE",
     "WORKER_GROUP",
     "DemoOptions",
+    "DemoProgress",
     "DemoReport",
     "foreign_messages",
     "format_report",
@@ -144,6 +145,31 @@ class DemoOptions:
             raise ValidationError("--timeout", self.timeout, "must be > 0 seconds")
         if self.ordering not in ORDERINGS:
             raise ValidationError("--ordering", self.ordering, f"must be one of {ORDERINGS}")
+
+
+@dataclass(frozen=True, slots=True)
+class DemoProgress:
+    """Where a running demo is, as reported to its ``progress`` callback.
+
+    Attributes:
+        elapsed: seconds since the first payment was published.
+        payments: payments the run publishes.
+        published: payments published so far.
+        netted: payments in a netting proposal the audit group received.
+        proposals: netting proposals received.
+        redelivered: redeliveries so far.
+        dead_lettered: messages dead-lettered so far.
+        done: the last report of the run (it completed or timed out).
+    """
+
+    elapsed: float
+    payments: int
+    published: int
+    netted: int
+    proposals: int
+    redelivered: int
+    dead_lettered: int
+    done: bool = False
 
 
 def _quantile(values: Sequence[float], q: float) -> float:
@@ -405,7 +431,7 @@ async def run_demo(
     container: Container,
     options: DemoOptions,
     *,
-    progress: Callable[[str], None] | None = None,
+    progress: Callable[[DemoProgress], None] | None = None,
     progress_interval: float = 1.0,
 ) -> DemoReport:
     """Run the payment flow on a started container and report what happened.
@@ -413,8 +439,9 @@ async def run_demo(
     Args:
         container: a started container (any backend).
         options: what to run.
-        progress: called with one progress line now and then (None = silent).
-        progress_interval: seconds between progress lines.
+        progress: called with where the run is every ``progress_interval`` seconds, and
+            once more at the end with ``done`` set (None = silent).
+        progress_interval: seconds between progress reports.
     """
     settings_partitions = container.config.partitions()
     registry: CollectorRegistry = container.registry()
@@ -485,13 +512,16 @@ async def run_demo(
         def dead_count() -> int:
             return _metric(registry, "message_bus_dead_letters_total")
 
-        def line(elapsed: float) -> str:
-            return (
-                f"[{elapsed:5.1f}s] published {len(submitted):>6}/{len(instructions)}"
-                f"  netted {len(audit.netted):>6}/{len(instructions)}"
-                f"  proposals {audit.proposals:>5}"
-                f"  redelivered {_metric(registry, 'message_bus_redeliveries_total'):>3}"
-                f"  dead-lettered {dead_count():>2}"
+        def line(elapsed: float, done: bool = False) -> DemoProgress:
+            return DemoProgress(
+                elapsed=elapsed,
+                payments=len(instructions),
+                published=len(submitted),
+                netted=len(audit.netted),
+                proposals=audit.proposals,
+                redelivered=_metric(registry, "message_bus_redeliveries_total"),
+                dead_lettered=dead_count(),
+                done=done,
             )
 
         started = time.perf_counter()
@@ -522,7 +552,7 @@ async def run_demo(
             await asyncio.sleep(_POLL)
         report.elapsed = time.perf_counter() - started
         if progress is not None:
-            progress(line(report.elapsed))
+            progress(line(report.elapsed, done=True))
     finally:
         for subscription in subscriptions:
             await subscription.drain()

@@ -24,6 +24,7 @@ from ..demo import (
 from .errors import EXIT_FAILED, EXIT_OK, CliError
 from .output import out
 from .parser import PROG
+from .progress import ProgressPrinter
 from .session import backend_of, load_command_settings, running_bus
 
 __all__ = ["demo_command"]
@@ -92,10 +93,14 @@ async def demo_command(args: argparse.Namespace, container: Container | None) ->
             reports = await apply_streams(bus)
             out(f"streams applied ({len(reports)}), replicas {settings.streams.replicas}")
         endpoint = _serve_metrics(bus.registry(), settings.metrics.host, metrics_port)
+        printer = ProgressPrinter(sys.stdout)
         try:
             out(f"metrics: {endpoint.url}")
-            report = await run_demo(bus, options, progress=out)
+            report = await run_demo(
+                bus, options, progress=printer, progress_interval=printer.interval
+            )
         finally:
+            printer.close()
             endpoint.stop()
     header.append(("metrics", f"{endpoint.url} (served while the demo ran)"))
     write_report(report, sys.stdout, header)

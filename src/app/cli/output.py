@@ -24,6 +24,7 @@ __all__ = [
     "receipt_line",
     "stream_report_table",
     "stream_table",
+    "table",
 ]
 
 
@@ -150,6 +151,11 @@ def stream_report_table(reports: Sequence[StreamReport]) -> str:
 
 def _days(seconds: float) -> str:
     return "forever" if seconds <= 0 else f"{seconds / 86400:g}d"
+
+
+def table(rows: Sequence[Sequence[object]], headers: Sequence[str]) -> str:
+    """``rows`` under ``headers``, each column left-aligned to its widest cell."""
+    return _table(rows, headers)
 
 
 def _table(rows: Sequence[Sequence[object]], headers: Sequence[str]) -> str:

@@ -184,6 +184,30 @@ def build_parser() -> argparse.ArgumentParser:
         "--force", action="store_true", help="replay dead letters that were replayed before"
     )
 
+    groups = command("groups", "show consumer groups: backlog, redeliveries, partition owners")
+    groups_sub = groups.add_subparsers(dest="action", metavar="ACTION", required=True)
+    groups_ls = groups_sub.add_parser(
+        "ls",
+        help="one row per consumer group (pending, ack pending, redelivered, lag, last "
+        "activity), then each ordered group's members and partitions",
+        parents=[common],
+    )
+    groups_ls.add_argument(
+        "--all", action="store_true", help="include ephemeral readers (ephemeral-*)"
+    )
+    groups_ls.add_argument("--json", action="store_true", help="one JSON document per refresh")
+    groups_ls.add_argument(
+        "--watch",
+        type=seconds,
+        nargs="?",
+        const=2.0,
+        metavar="S",
+        help="redraw every S seconds (2) until Ctrl-C, like top",
+    )
+    groups_ls.add_argument(
+        "--count", type=positive_int, metavar="N", help="with --watch: stop after N refreshes"
+    )
+
     demo = command(
         "demo",
         "run the payment flow end to end and print a summary (on an embedded server "
