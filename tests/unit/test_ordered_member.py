@@ -48,6 +48,7 @@ class FlakyStore:
     def __init__(self, inner: MemoryGroupStore) -> None:
         self.inner = inner
         self.down = False
+        self.slow_reads: asyncio.Event | None = None
 
     def _check(self) -> None:
         if self.down:
@@ -75,6 +76,8 @@ class FlakyStore:
 
     async def snapshot(self) -> Snapshot:
         self._check()
+        if self.slow_reads is not None:
+            await self.slow_reads.wait()
         return await self.inner.snapshot()
 
     async def write_partition(self, partition: int, record: PartitionRecord, revision: int) -> int:
@@ -379,4 +382,18 @@ async def test_a_partition_taken_over_during_a_read_gets_every_message_from_its_
         rig.clock.advance(0.25)
         await settle()
     assert handled == list(range(sent)), handled
+    await rig.close()
+
+
+async def test_a_slow_read_of_the_group_never_delays_a_heartbeat_into_a_fence() -> None:
+    rig = Rig()
+    handled: list[int] = []
+    member = await rig.member(lambda m: handled.append(m.payload["n"]))
+    rig.store.slow_reads = asyncio.Event()  # every read of the group's records hangs
+    await rig.advance(2 * T)
+    assert len(member.owned) == 32, "a healthy member fenced itself"
+    rig.source.add(new(0))
+    await settle()
+    assert handled == [0]
+    rig.store.slow_reads.set()
     await rig.close()

@@ -118,8 +118,9 @@ class OrderedSubscription(Subscription):
         self._reader_wake = asyncio.Event()
         self._position = 0
         self._cursor: Cursor | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
         self._loops: list[asyncio.Task[None]] = []
+        self._beating: asyncio.Task[None] | None = None
         self._closing = False
         self._closed = asyncio.Event()
         self._close_task: asyncio.Task[None] | None = None
@@ -140,6 +141,7 @@ class OrderedSubscription(Subscription):
             await self._rebalance()
         except StoreUnavailable as exc:
             raise BusConnectionError(f"ordered group {self.group}: {exc}") from exc
+        self._beating = asyncio.create_task(self._beat_loop(), name=f"ordered-beats-{self.group}")
         self._loops = [
             asyncio.create_task(self._tick_loop(), name=f"ordered-ticks-{self.group}"),
             asyncio.create_task(self._read_loop(), name=f"ordered-reader-{self.group}"),
@@ -231,10 +233,6 @@ class OrderedSubscription(Subscription):
             if not self.active:
                 return
             try:
-                await self._beat()
-            except StoreUnavailable as exc:
-                log.debug("ordered group %s: heartbeat failed: %s", self.group, exc)
-            try:
                 await self._rebalance()
             except StoreUnavailable as exc:
                 log.debug("ordered group %s: rebalance skipped: %s", self.group, exc)
@@ -279,7 +277,9 @@ class OrderedSubscription(Subscription):
         for partition, lane in list(self.lanes.items()):
             if target.get(partition) != self.member and partition not in self._releasing:
                 self._releasing.add(partition)
-                self._tasks.append(asyncio.create_task(self._release(lane)))
+                release = asyncio.create_task(self._release(lane))
+                self._tasks.add(release)
+                release.add_done_callback(self._tasks.discard)
         for partition, held in snapshot.partitions.items():
             stale = held.value.owner == self.member and partition not in self.lanes
             if stale and target.get(partition) != self.member and partition not in self._releasing:
@@ -527,7 +527,7 @@ class OrderedSubscription(Subscription):
         await asyncio.gather(*self._loops, return_exceptions=True)
         timeout = self.config.ack_wait
         lanes = list(self.lanes.values())
-        beats = asyncio.create_task(self._beat_while_closing())  # still the owner meanwhile
+        beats = self._beating  # still the owner while the lanes finish
         try:
             await asyncio.gather(
                 *(lane.finish(drain=drain, timeout=timeout) for lane in lanes),
@@ -537,8 +537,9 @@ class OrderedSubscription(Subscription):
                 if not lane.lost:
                     await lane.release()
         finally:
-            beats.cancel()
-            await asyncio.gather(beats, return_exceptions=True)
+            if beats is not None:
+                beats.cancel()
+                await asyncio.gather(beats, return_exceptions=True)
         self.lanes.clear()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._fence_timer is not None:
@@ -549,14 +550,18 @@ class OrderedSubscription(Subscription):
         self._on_event()
         self._on_closed(self)
 
-    async def _beat_while_closing(self) -> None:
-        """Heartbeat while the lanes finish, so no one takes their partitions meanwhile
-        (the fence still stops them if the heartbeats fail)."""
+    async def _beat_loop(self) -> None:
+        """Heartbeat every tick, on a loop of its own: a slow read of the group's records
+        never delays a heartbeat (which could fence a healthy member). It goes on while
+        a close lets the lanes finish, so no one takes their partitions meanwhile (the
+        fence still stops them if the heartbeats fail)."""
         tick = self.failover / TICKS_PER_TIMEOUT
         while True:
             await sleep(self._clock, tick)
-            with contextlib.suppress(StoreUnavailable):
+            try:
                 await self._beat()
+            except StoreUnavailable as exc:
+                log.debug("ordered group %s: heartbeat failed: %s", self.group, exc)
 
     async def halt(self) -> None:
         """Stop at once, as if the process died: handlers are cancelled, nothing is
@@ -570,10 +575,11 @@ class OrderedSubscription(Subscription):
         self.lanes.clear()
         for lane in lanes:
             lane.kill()
-        for task in (*self._loops, *self._tasks):
+        beats = () if self._beating is None else (self._beating,)
+        for task in (*beats, *self._loops, *self._tasks):
             task.cancel()
         await asyncio.gather(*(lane.wait_killed() for lane in lanes), return_exceptions=True)
-        await asyncio.gather(*self._loops, *self._tasks, return_exceptions=True)
+        await asyncio.gather(*beats, *self._loops, *self._tasks, return_exceptions=True)
         self._closed.set()
         self._on_event()
         self._on_closed(self)
