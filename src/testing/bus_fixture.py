@@ -1,5 +1,4 @@
-"""The ``bus`` test fixture's object: an in-memory bus on a manual clock that records what
-was published.
+"""The ``bus`` test fixture: an in-memory bus on a manual clock that records what it published.
 
 The pytest plugin (:mod:`message_bus.testing.pytest_plugin`) hands a fresh
 :class:`BusFixture` to every test that asks for ``bus``; it works without pytest too::
@@ -205,6 +204,7 @@ class BusFixture:
         predicate on the message or payload fields that must equal the given values.
         Returns the matching messages.
         """
+        __tracebackhide__ = True
         return self.log.assert_published(message_type, count=count, where=where)
 
     async def dead_lettered(self, limit: int = 100) -> list[DeadLetter]:

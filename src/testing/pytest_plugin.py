@@ -1,5 +1,4 @@
-"""The pytest plugin (entry point ``pytest11``): the ``bus`` and ``embedded_nats_server``
-fixtures.
+"""The pytest plugin (entry point ``pytest11``): the ``bus`` and ``embedded_nats_server`` fixtures.
 
 Installed with the package, it is loaded by pytest automatically:
 

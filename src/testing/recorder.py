@@ -69,6 +69,7 @@ class PublishedLog:
                 instead.
             ValueError: ``count`` is negative or not an int.
         """
+        __tracebackhide__ = True  # pytest shows the test's line, not this one
         if count is not None and (
             not isinstance(count, int) or isinstance(count, bool) or count < 0
         ):
