@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Callable
 
-from .harness import Features, HarnessFactory
+from .harness import BusHarness, Features, HarnessFactory
 from .scenarios import SCENARIOS, ScenarioSpec, applicable
 
 __all__ = ["contract_tests"]
 
 
 def contract_tests(
-    factory: HarnessFactory, *, features: Features | None = None
+    factory: HarnessFactory | Callable[[], BusHarness], *, features: Features | None = None
 ) -> Callable[[ScenarioSpec], None]:
     """A pytest test function, parametrized over the contract scenarios, that runs each
     against the harnesses ``factory`` builds.
@@ -28,7 +29,9 @@ def contract_tests(
     harness it builds is closed after the scenario whatever happens.
 
     Args:
-        factory: builds a fresh :class:`~message_bus.testing.BusHarness` per scenario.
+        factory: builds a fresh :class:`~message_bus.testing.BusHarness` per scenario:
+            an ``async`` function (a :data:`HarnessFactory`), or a plain callable such
+            as the harness class itself.
         features: what the adapter can do. Given, only the applicable scenarios become
             tests; otherwise every scenario does, and those needing a feature the
             harness lacks are skipped, naming the flags.
@@ -38,6 +41,8 @@ def contract_tests(
     """
     import pytest
 
+    if not callable(factory):
+        raise TypeError(f"factory must build a harness (a callable), got {factory!r}")
     specs = list(SCENARIOS.values()) if features is None else applicable(features)
 
     @pytest.mark.parametrize("contract_scenario", specs, ids=str)
@@ -49,9 +54,12 @@ def contract_tests(
     return test_contract_scenario
 
 
-async def _run(spec: ScenarioSpec, factory: HarnessFactory) -> list[str]:
+async def _run(spec: ScenarioSpec, factory: HarnessFactory | Callable[[], BusHarness]) -> list[str]:
     """Run ``spec`` on a fresh harness; the feature flags it lacked, if it did not run."""
-    harness = await factory()
+    built = factory()
+    harness = await built if inspect.isawaitable(built) else built
+    if not isinstance(harness, BusHarness):
+        raise TypeError(f"the factory built {harness!r}, which is not a BusHarness")
     try:
         missing = spec.missing(harness.features)
         if not missing:

@@ -67,12 +67,13 @@ else:  # pragma: no cover
 def embedded_nats_server(bus_catalog: StreamCatalog | None) -> Iterator[EmbeddedNatsServer]:
     """A nats-server with JetStream and the catalog's streams, for the whole session.
 
-    The server listens on a free loopback port (``server.url``) and keeps its store in
-    a temporary directory that is deleted when the session ends.
+    The server listens on a free loopback port (``server.url``), serves its monitoring
+    endpoints on another (``server.monitor_url``, ``server.healthz()``) and keeps its
+    store in a temporary directory that is deleted when the session ends.
     """
     from message_bus.app.embedded import EmbeddedNatsServer
 
-    with EmbeddedNatsServer(server_name="pytest-embedded") as server:
+    with EmbeddedNatsServer(server_name="pytest-embedded", monitor_port=0) as server:
         apply_streams_in_thread(server.url, bus_catalog)
         yield server
 

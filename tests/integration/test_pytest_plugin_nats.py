@@ -78,6 +78,8 @@ async def test_a_stream_backed_publish_is_stored_and_consumed(
 def test_the_session_shares_one_server(embedded_nats_server: EmbeddedNatsServer) -> None:
     remember(embedded_nats_server)
     assert embedded_nats_server.is_running
+    status, body = embedded_nats_server.healthz()
+    assert status == 200, body
 """
 
 

@@ -297,6 +297,24 @@ def test_an_adapter_that_breaks_the_contract_fails_the_scenarios_it_breaks(
     result.stdout.fnmatch_lines(["*FAILED*test_lossy[[]round_trip_keeps_every_field[]]*"])
 
 
+def test_a_plain_factory_builds_harnesses_and_one_that_builds_no_harness_fails_naming_it(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makeini(INI.format(mode="strict"))
+    pytester.makepyfile(
+        test_my_adapter="""
+        from message_bus.testing import contract_tests
+        from message_bus.testing.memory import MemoryHarness
+
+        test_the_class = contract_tests(MemoryHarness)
+        test_not_a_harness = contract_tests(dict)
+        """
+    )
+    result = pytester.runpytest("-k", "round_trip_keeps_every_field")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*TypeError: the factory built {}, which is not a BusHarness"])
+
+
 def test_the_plugins_fixtures_do_not_clash_with_the_projects_own() -> None:
     plugin = Path(__file__).parents[2] / "src" / "testing" / "pytest_plugin.py"
     conftests = sorted((Path(__file__).parents[1]).rglob("conftest.py"))
