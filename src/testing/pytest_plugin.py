@@ -4,9 +4,9 @@ Installed with the package, it is loaded by pytest automatically:
 
 * ``bus`` (function scope): a :class:`~message_bus.testing.BusFixture`, an in-memory
   bus with JetStream's semantics on a manual clock that records what was published.
-  Async, so it needs pytest-asyncio (auto mode, or ``@pytest.mark.asyncio`` tests);
-  its event loop is the test's. Override the ``bus_catalog`` fixture to give it a
-  catalog of your own.
+  Async, so it runs under pytest-asyncio, in the test's event loop; an ``async def``
+  test that uses it is marked ``asyncio`` here, so it needs no mark in strict mode.
+  Override the ``bus_catalog`` fixture (session scope) to give it a catalog of your own.
 * ``embedded_nats_server`` (session scope): one nats-server with JetStream, started on
   loopback with a temporary store directory, with the catalog's streams applied
   (overridable through ``bus_catalog`` too), stopped and deleted at the end of the
@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import importlib.util
+import inspect
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING
 
@@ -61,6 +62,26 @@ else:  # pragma: no cover
     def bus() -> BusFixture:
         """Needs pytest-asyncio."""
         pytest.fail("the bus fixture is async: install pytest-asyncio", pytrace=False)
+
+
+@pytest.hookimpl(hookwrapper=True, trylast=True)
+def pytest_pycollect_makeitem(
+    collector: pytest.Module | pytest.Class, name: str, obj: object
+) -> Iterator[None]:
+    """Mark ``async def`` tests that use ``bus`` to run under pytest-asyncio, also in its
+    strict mode: the bus only runs on asyncio. (Inside pytest-asyncio's own wrapper,
+    which turns marked coroutine tests into its items.)"""
+    outcome = yield
+    if not HAS_PYTEST_ASYNCIO or not inspect.iscoroutinefunction(obj):
+        return
+    made = outcome.get_result()  # type: ignore[attr-defined]
+    for item in made if isinstance(made, list) else [made]:
+        if (
+            isinstance(item, pytest.Function)
+            and "bus" in item.fixturenames
+            and item.get_closest_marker("asyncio") is None
+        ):
+            item.add_marker(pytest.mark.asyncio)
 
 
 @pytest.fixture(scope="session")

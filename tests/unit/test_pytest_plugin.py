@@ -163,7 +163,7 @@ def test_advance_moves_the_manual_clock_so_a_retry_delay_passes_at_once(
     pytester.runpytest().assert_outcomes(passed=1)
 
 
-def test_the_bus_fixture_works_in_strict_mode_with_marked_tests(
+def test_in_strict_mode_an_async_test_using_the_bus_needs_no_mark_and_others_are_left_alone(
     pytester: pytest.Pytester,
 ) -> None:
     user_tests(
@@ -173,10 +173,32 @@ def test_the_bus_fixture_works_in_strict_mode_with_marked_tests(
         async def test_marked(bus: BusFixture) -> None:
             await bus.publish(instruction("pay_1"))
             bus.assert_published(MessageType.PAYMENT_INSTRUCTION, count=1)
+
+
+        async def test_unmarked(bus: BusFixture) -> None:
+            await bus.publish(instruction("pay_1"))
+            bus.assert_published(MessageType.PAYMENT_INSTRUCTION, count=1)
+
+
+        @pytest.mark.parametrize("payment_id", ["pay_1", "pay_2"])
+        async def test_unmarked_parametrized(bus: BusFixture, payment_id: str) -> None:
+            await bus.publish(instruction(payment_id))
+            bus.assert_published(MessageType.PAYMENT_INSTRUCTION, where={"payment_id": payment_id})
+
+
+        class TestInAClass:
+            async def test_unmarked_method(self, bus: BusFixture) -> None:
+                assert bus.published() == []
+
+
+        async def test_without_the_bus_is_not_marked() -> None:
+            pass
         """,
         mode="strict",
     )
-    pytester.runpytest().assert_outcomes(passed=1)
+    result = pytester.runpytest("-p", "no:warnings")
+    result.assert_outcomes(passed=5, failed=1)
+    result.stdout.fnmatch_lines(["FAILED *test_without_the_bus_is_not_marked*"])
 
 
 def test_a_container_on_the_bus_records_what_its_publishers_publish(

@@ -17,10 +17,10 @@ def test_the_readme_has_the_crates_examples() -> None:
     assert len(BLOCKS) >= 3
 
 
-# A block defining test functions is a test module: pytest runs it, with the bus's plugin
-# and pytest-asyncio in auto mode, and every test in it must pass.
-PYTEST = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "asyncio_mode=auto"]
-PYTEST += ["-o", "asyncio_default_fixture_loop_scope=function", "-W", "error"]
+# A block defining test functions is a test module: pytest runs it with the bus's plugin
+# (pytest-asyncio in its default, strict mode), and every test in it must pass.
+PYTEST = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "error"]
+PYTEST += ["-o", "asyncio_default_fixture_loop_scope=function"]
 
 
 def _is_test_module(block: str) -> bool:
