@@ -21,7 +21,7 @@ import asyncio
 import concurrent.futures
 import importlib.util
 import inspect
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from typing import TYPE_CHECKING
 
 import pytest
@@ -64,24 +64,23 @@ else:  # pragma: no cover
         pytest.fail("the bus fixture is async: install pytest-asyncio", pytrace=False)
 
 
-@pytest.hookimpl(hookwrapper=True, trylast=True)
+@pytest.hookimpl(wrapper=True, trylast=True)
 def pytest_pycollect_makeitem(
     collector: pytest.Module | pytest.Class, name: str, obj: object
-) -> Iterator[None]:
+) -> Generator[None, object, object]:
     """Mark ``async def`` tests that use ``bus`` to run under pytest-asyncio, also in its
     strict mode: the bus only runs on asyncio. (Inside pytest-asyncio's own wrapper,
     which turns marked coroutine tests into its items.)"""
-    outcome = yield
-    if not HAS_PYTEST_ASYNCIO or not inspect.iscoroutinefunction(obj):
-        return
-    made = outcome.get_result()  # type: ignore[attr-defined]
-    for item in made if isinstance(made, list) else [made]:
-        if (
-            isinstance(item, pytest.Function)
-            and "bus" in item.fixturenames
-            and item.get_closest_marker("asyncio") is None
-        ):
-            item.add_marker(pytest.mark.asyncio)
+    made = yield
+    if HAS_PYTEST_ASYNCIO and inspect.iscoroutinefunction(obj):
+        for item in made if isinstance(made, list) else [made]:
+            if (
+                isinstance(item, pytest.Function)
+                and "bus" in item.fixturenames
+                and item.get_closest_marker("asyncio") is None
+            ):
+                item.add_marker(pytest.mark.asyncio)
+    return made
 
 
 @pytest.fixture(scope="session")

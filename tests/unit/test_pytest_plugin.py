@@ -225,6 +225,32 @@ def test_a_container_on_the_bus_records_what_its_publishers_publish(
     pytester.runpytest().assert_outcomes(passed=1)
 
 
+def test_a_conftest_gives_the_bus_a_catalog_of_its_own(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(
+        """
+        import pytest
+
+        from message_bus import MessageType, StreamCatalog
+
+
+        @pytest.fixture(scope="session")
+        def bus_catalog() -> StreamCatalog:
+            return StreamCatalog.default().with_max_age(MessageType.PAYMENT_INSTRUCTION, 60.0)
+        """
+    )
+    user_tests(
+        pytester,
+        """
+        async def test_instructions_expire_after_a_minute(bus: BusFixture) -> None:
+            await bus.publish(instruction("pay_1"))
+            assert bus.broker.stream_info("PAYMENT_INSTRUCTIONS").messages == 1
+            await bus.advance(61.0)
+            assert bus.broker.stream_info("PAYMENT_INSTRUCTIONS").messages == 0
+        """,
+    )
+    pytester.runpytest().assert_outcomes(passed=1)
+
+
 def test_the_contract_suite_runs_one_test_per_scenario_against_a_users_adapter(
     pytester: pytest.Pytester,
 ) -> None:
