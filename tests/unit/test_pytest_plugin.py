@@ -34,7 +34,13 @@ def instruction(payment_id: str, amount: str = "10.00") -> Message:
     return Message.new(
         MessageType.PAYMENT_INSTRUCTION,
         KEY,
-        {"payment_id": payment_id, "amount": amount, "currency": "USD"},
+        {
+            "payment_id": payment_id,
+            "amount": amount,
+            "currency": "USD",
+            "debtor_bank": "BANKGB2L",
+            "creditor_bank": "DEUTDEFF",
+        },
     )
 """
 
