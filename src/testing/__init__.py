@@ -15,6 +15,8 @@ entry of :data:`SCENARIOS` is an ``async`` function of a harness that raises
 """
 
 from . import ordering as _ordering  # noqa: F401  # registers the ordered groups' scenarios
+from .bus_fixture import BusFixture
+from .contract import contract_tests
 from .harness import BusHarness, Features, Gate, HarnessFactory, WrappedHarness, eventually
 from .scenarios import (
     RUN_HEADER,
@@ -32,6 +34,7 @@ from .scenarios import (
 __all__ = [
     "RUN_HEADER",
     "SCENARIOS",
+    "BusFixture",
     "BusHarness",
     "Context",
     "Features",
@@ -43,6 +46,7 @@ __all__ = [
     "ScenarioSpec",
     "WrappedHarness",
     "applicable",
+    "contract_tests",
     "eventually",
     "run_scenario",
     "scenario",

@@ -17,18 +17,32 @@ def test_the_readme_has_the_crates_examples() -> None:
     assert len(BLOCKS) >= 3
 
 
+# A block defining test functions is a test module: pytest runs it with the bus's plugin
+# (pytest-asyncio in its default, strict mode), and every test in it must pass.
+PYTEST = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "error"]
+PYTEST += ["-o", "asyncio_default_fixture_loop_scope=function"]
+
+
+def _is_test_module(block: str) -> bool:
+    return re.search(r"^(async )?def test_", block, flags=re.MULTILINE) is not None
+
+
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
 def test_readme_example_runs(index: int, tmp_path: Path) -> None:
-    script = tmp_path / f"readme_{index}.py"
+    testing = _is_test_module(BLOCKS[index])
+    script = tmp_path / f"{'test_' if testing else ''}readme_{index}.py"
     script.write_text(BLOCKS[index])
     result = subprocess.run(
-        [sys.executable, "-W", "error", str(script)],
+        [sys.executable, *(PYTEST if testing else ["-W", "error"]), str(script)],
+        cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=30,
         check=False,
     )
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 0, result.stderr + result.stdout
+    if testing:
+        assert re.search(r"\b[1-9]\d* passed", result.stdout), result.stdout
 
 
 def test_readme_quick_start_names_the_demo_and_the_test_command() -> None:

@@ -103,3 +103,15 @@ def test_a_nats_py_without_one_of_them_is_refused_naming_it() -> None:
     assert missing_internals(nc) == ["Client._pongs"]
     with pytest.raises(UnsupportedClientError, match=r"Client\._pongs"):
         check_internals(nc)
+
+
+def test_every_package_of_the_source_tree_ships_in_the_distribution() -> None:
+    import tomllib
+
+    project = tomllib.loads((SRC.parent / "pyproject.toml").read_text(encoding="utf-8"))
+    listed = set(project["tool"]["setuptools"]["packages"])
+    packages = {
+        ".".join(("message_bus", *init.parent.relative_to(SRC).parts))
+        for init in SRC.rglob("__init__.py")
+    }
+    assert packages <= listed, f"not in pyproject's packages: {sorted(packages - listed)}"

@@ -1,0 +1,102 @@
+"""BusFixture records what its publishers accepted, in order and once, as handlers see it."""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from message_bus import ClosedError, Message, MessageType, PartitionKey
+from message_bus.testing import BusFixture
+
+KEY = PartitionKey.corridor("USD-EUR")
+TYPES = [MessageType.PAYMENT_INSTRUCTION, MessageType.CHECKPOINT, MessageType.SYSTEM_EVENT]
+
+
+def message(
+    message_type: MessageType = MessageType.PAYMENT_INSTRUCTION, **payload: object
+) -> Message:
+    return Message.new(message_type, KEY, payload or {"n": 1})
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(TYPES), st.booleans()), max_size=20))
+def test_published_lists_each_accepted_message_once_per_type_in_publish_order(
+    plan: list[tuple[MessageType, bool]],
+) -> None:
+    async def run() -> None:
+        async with BusFixture() as bus:
+            sent: list[Message] = []
+            for i, (message_type, retry) in enumerate(plan):
+                m = message(message_type, n=i)
+                await bus.publish(m)
+                if retry:  # the same id again: deduplicated (SYSTEM_EVENT is core: sent again)
+                    await bus.publish(m)
+                sent.append(m)
+                if retry and not message_type.is_stream_backed:
+                    sent.append(m)
+            assert [m.id for m in bus.published()] == [m.id for m in sent]
+            for message_type in TYPES:
+                wanted = [m.id for m in sent if m.message_type == message_type]
+                assert [m.id for m in bus.published(message_type)] == wanted
+
+    asyncio.run(run())
+
+
+async def test_publish_many_is_recorded_in_input_order_and_a_retried_batch_once(
+    bus: BusFixture,
+) -> None:
+    batch = [message(n=i) for i in range(3)]
+    publisher = bus.publisher()
+    await publisher.publish_many(batch)
+    await publisher.publish_many(batch)
+    assert [m.id for m in bus.published()] == [m.id for m in batch]
+
+
+async def test_a_recorded_message_is_a_copy_as_a_handler_receives_it(bus: BusFixture) -> None:
+    payload = {"amount": Decimal("10.50"), "tags": ["a"]}
+    sent = Message.new(MessageType.PAYMENT_INSTRUCTION, KEY, payload)
+    await bus.publish(sent)
+    payload["tags"].append("changed after publish")
+    [seen] = bus.published()
+    assert seen.payload == {"amount": "10.50", "tags": ["a"]}
+    assert seen.partition == KEY.partition_number(32)
+    assert seen.id == sent.id
+    bus.assert_published(MessageType.PAYMENT_INSTRUCTION, where={"amount": Decimal("10.50")})
+    bus.assert_published(MessageType.PAYMENT_INSTRUCTION, where=lambda m: m.id == sent.id)
+
+
+@pytest.mark.parametrize("count", [-1, True, 1.5, "2"])
+async def test_assert_published_refuses_a_count_that_is_not_an_int_of_zero_or_more(
+    bus: BusFixture, count: object
+) -> None:
+    with pytest.raises(ValueError, match=f"count must be an int >= 0, got {count!r}"):
+        bus.assert_published(MessageType.CHECKPOINT, count=count)  # type: ignore[arg-type]
+
+
+async def test_a_long_listing_is_cut_after_five_messages(bus: BusFixture) -> None:
+    for i in range(8):
+        await bus.publish(message(n=i))
+    with pytest.raises(AssertionError) as failure:
+        bus.assert_published(MessageType.PAYMENT_INSTRUCTION, where={"n": 99})
+    text = str(failure.value)
+    assert "#5: corridor.USD-EUR payload={'n': 4}" in text
+    assert "#6" not in text
+    assert "... and 3 more" in text
+
+
+async def test_a_containers_publishers_record_and_close_ends_them_and_is_idempotent() -> None:
+    bus = BusFixture()
+    container = await bus.container()
+    publisher = await container.publisher()
+    sent = message()
+    await publisher.publish(sent)
+    assert [m.id for m in bus.published()] == [sent.id]
+    await bus.close()
+    assert bus.broker.closed
+    with pytest.raises(ClosedError):
+        await publisher.publish(message())
+    await bus.close()
