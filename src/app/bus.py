@@ -32,6 +32,7 @@ from message_bus.domain.catalog import MessageType
 from message_bus.domain.errors import ValidationError
 from message_bus.ports import Publisher, SubscriberConfig, Subscription
 
+from .asyncapi import Operation
 from .config import BusSettings, load_settings
 from .containers import Container, build_container, resolve, shutdown_container, start_container
 from .handlers import HandlerSpec, RegisteredHandler
@@ -153,6 +154,21 @@ class Bus:
     def handlers(self) -> list[HandlerSpec]:
         """The registered handlers, in registration order."""
         return list(self._specs)
+
+    def asyncapi_operations(self) -> list[Operation]:
+        """The registered handlers as AsyncAPI ``receive`` operations (what
+        ``deltran-bus docs asyncapi --app module:bus`` documents): each handler's type,
+        group and ordering (its own, else the configured subscribers')."""
+        configured: SubscriberConfig = self.container.subscriber_config()
+        return [
+            Operation(
+                spec.message_type,
+                spec.group,
+                spec.overrides.get("ordering", configured.ordering),
+                handler=spec.name,
+            )
+            for spec in self._specs
+        ]
 
     # -- the container ------------------------------------------------------------------
     @property

@@ -138,3 +138,32 @@ async def test_an_unwritable_out_is_one_error_line(
     missing = tmp_path / "missing" / "doc.json"
     assert await run_cli(["docs", "asyncapi", "--out", str(missing)]) == 2
     assert "cannot write" in capsys.readouterr().err
+
+
+async def test_docs_asyncapi_documents_the_handlers_of_a_real_bus(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    name = f"docs_bus_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{name}.py").write_text(
+        "from message_bus import Message, MessageType\n"
+        "from message_bus.app.bus import Bus\n"
+        "from message_bus.app.config import load_settings\n"
+        "bus = Bus(load_settings(environ={'DELTRAN_BACKEND': 'memory'}))\n"
+        "@bus.handler(MessageType.PAYMENT_INSTRUCTION, group='netting', ordering='partition')\n"
+        "async def net(message: Message) -> None:\n"
+        "    return None\n"
+        "@bus.handler(MessageType.BANK_CONFIRMATION, group='settlement')\n"
+        "async def settle(message: Message) -> None:\n"
+        "    return None\n",
+        encoding="utf-8",
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    assert await run_cli(["docs", "asyncapi", "--app", f"{name}:bus"]) == 0
+
+    document = json.loads(capsys.readouterr().out)
+    assert_valid(document)
+    operations = document["operations"]
+    assert operations["receivePaymentInstruction-netting"]["x-deltran-ordering"] == "partition"
+    assert operations["receiveBankConfirmation-settlement"]["x-deltran-ordering"] == "none"
