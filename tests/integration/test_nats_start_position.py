@@ -99,7 +99,10 @@ async def test_a_consumer_without_start_metadata_is_a_group_that_starts_from_the
     await client.jetstream.add_consumer(STREAM, config=config)
     await legacy.close()
 
-    await subscriber(client).subscribe(Recorder())  # joins
+    await subscriber(client).subscribe(Recorder())  # joins, and records "first"
+    recorded = (await client.jetstream.consumer_info(STREAM, name)).config.metadata
+    assert recorded is not None
+    assert recorded[START_METADATA] == "first"
     with pytest.raises(StartPositionConflict) as refused:
         await subscriber(client, start="new").subscribe(Recorder())
     assert (refused.value.value, refused.value.expected) == ("new", "first")

@@ -60,6 +60,13 @@ def start_policy(start: StartPosition) -> dict[str, object]:
     return {"deliver_policy": DeliverPolicy.ALL}
 
 
+def _metadata(have: ConsumerConfig, start: str) -> dict[str, str]:
+    """An existing consumer's metadata with the group's start position; the keys the
+    server maintains itself (``_nats.*``) are left to it."""
+    kept = {k: v for k, v in (have.metadata or {}).items() if not k.startswith("_nats")}
+    return {**kept, START_METADATA: start}
+
+
 def recorded_start(config: ConsumerConfig) -> str:
     """The start position a consumer records in its metadata (``first`` if none)."""
     return (config.metadata or {}).get(START_METADATA, "first")
@@ -254,6 +261,9 @@ class ConsumerBinding:
                 found, wanted = _filters(have), _filters(want)
             if found != wanted:
                 lines.append(f"{field}: {found} -> {wanted}")
+        recorded = (have.metadata or {}).get(START_METADATA)
+        if recorded != self.start:  # a consumer from before start positions: record it
+            lines.append(f"metadata {START_METADATA}: {recorded} -> {self.start}")
         return lines
 
     async def ensure(self, timeout: float | None = None) -> None:
@@ -302,6 +312,7 @@ class ConsumerBinding:
                     deliver_policy=have.deliver_policy,
                     opt_start_seq=have.opt_start_seq,
                     opt_start_time=have.opt_start_time,
+                    metadata=_metadata(have, self.start),
                 )
                 self._note(await js.add_consumer(self.stream, config=update, timeout=timeout))
         except nats.js.errors.ServiceUnavailableError as exc:
