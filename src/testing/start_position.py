@@ -15,7 +15,7 @@ the system clock (a real broker's).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from message_bus.domain.catalog import MessageType
@@ -100,6 +100,20 @@ async def _at_time_starts_with_first_message_at_or_after(h: BusHarness, kind: st
     await _receive(ctx, inbox, since + later)
 
 
+async def _future_time_starts_like_new(h: BusHarness, kind: str) -> None:
+    """A group created with a start time still to come starts like "new": its position
+    is fixed when it is created."""
+    ctx = Context(h)
+    await _publish(h, [ctx.message() for _ in range(2)])
+    when = broker_utcnow(h) + timedelta(days=1)
+    inbox = ctx.inbox()
+    config = _config(ctx, kind, "future", start=when, max_concurrent=1)
+    await h.subscriber(MessageType.PAYMENT_INSTRUCTION, config).subscribe(recording(inbox))
+    new = [ctx.message() for _ in range(2)]
+    await _publish(h, new)
+    await _receive(ctx, inbox, new)
+
+
 async def _first_is_the_default(h: BusHarness, kind: str) -> None:
     """A group created with no start position starts at the first retained message."""
     ctx = Context(h)
@@ -178,6 +192,7 @@ _each_kind(
     "new_group_starting_at_a_time_begins_with_the_first_message_stored_then",
     _at_time_starts_with_first_message_at_or_after,
 )
+_each_kind("new_group_starting_at_a_future_time_starts_like_new", _future_time_starts_like_new)
 _each_kind("new_group_starts_from_the_first_retained_message_by_default", _first_is_the_default)
 _each_kind(
     "restarted_group_keeps_its_start_position_and_resumes_where_it_stopped",

@@ -131,6 +131,25 @@ async def test_a_lost_consumer_of_a_group_that_started_from_new_resumes_after_it
     assert info.config.metadata[START_METADATA] == "new"
 
 
+async def test_a_reader_in_no_group_starting_from_new_skips_the_retained_messages(
+    client: NatsClient,
+) -> None:
+    publisher = JetStreamPublisher(client)
+    await publisher.publish_many([payment(n) for n in range(3)])
+    recorder = Recorder()
+    reader = JetStreamSubscriber(
+        client, PAYMENT, SubscriberConfig(start="new"), ephemeral=True, **FAST
+    )  # type: ignore[arg-type]
+    await reader.subscribe(recorder)
+
+    new = [payment(n) for n in range(3, 5)]
+    await publisher.publish_many(new)
+
+    await eventually(lambda: len(recorder.ids) >= 2, "2 deliveries to the reader")
+    assert recorder.ids == [m.id for m in new]
+    await reader.close()
+
+
 async def test_the_ordered_source_finds_the_floor_of_a_start_position(
     client: NatsClient,
 ) -> None:
