@@ -26,6 +26,7 @@ from message_bus.domain.errors import (
     PublishTimeout,
     RequestTimeout,
     RetryableError,
+    StartPositionConflict,
     StreamError,
     ValidationError,
 )
@@ -80,6 +81,7 @@ __all__ = [
     "PublisherConfig",
     "RequestTimeout",
     "RetryableError",
+    "StartPositionConflict",
     "StreamCatalog",
     "StreamError",
     "StreamSpec",

@@ -29,6 +29,7 @@ import tomllib
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from types import NoneType, UnionType
 from typing import Any, Literal, get_args, get_origin
@@ -235,6 +236,13 @@ _CONFIG_FIELDS: dict[str, tuple[str, str]] = {
         "DELTRAN_FAILOVER_TIMEOUT",
         "Ordered groups: seconds after which a silent member's partitions move "
         "(unset: `min(ack_wait, 10)`).",
+    ),
+    "subscriber.start": (
+        "DELTRAN_START",
+        "Where a NEW consumer group starts: `first` (the first retained message), `new` "
+        "(only messages stored after it was created) or an RFC 3339 time with an offset "
+        "(`2026-11-29T21:00:00Z`: the first message stored at or after it). Recorded by "
+        "the group; a member with another one is refused (see docs/start-position.md).",
     ),
 }
 """The environment variable and meaning of every config field that is a setting.
@@ -460,6 +468,8 @@ def _config_values(settings: Mapping[str, Any], section: str) -> dict[str, Any]:
 
 
 def _plain(value: Any) -> Any:
+    if isinstance(value, datetime):  # a start time: RFC 3339, as TOML and env give it
+        return value.isoformat().replace("+00:00", "Z")
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, tuple | list):
@@ -536,6 +546,8 @@ def _type_name(annotation: Any) -> str:
     base, optional = _split_optional(annotation)
     if get_origin(base) is Literal:
         name = " \\| ".join(f"`{a}`" for a in get_args(base))
+        if datetime in get_args(annotation):  # a start position
+            name += " \\| RFC 3339 time"
     elif _is_list(base):
         name = "list of str"
     else:
@@ -546,7 +558,7 @@ def _type_name(annotation: Any) -> str:
 def _split_optional(annotation: Any) -> tuple[Any, bool]:
     if get_origin(annotation) in (UnionType, typing.Union):
         args = [a for a in get_args(annotation) if a is not NoneType]
-        return args[0], True
+        return args[0], len(args) < len(get_args(annotation))
     return annotation, False
 
 
@@ -583,6 +595,8 @@ def _from_text(setting: Setting, source: str, text: str) -> Any:
 def _from_toml(setting: Setting, source: str, value: Any) -> Any:
     """Check a TOML value against the setting's type (TOML has no null: omit the key)."""
     base, _optional = _split_optional(setting.annotation)
+    if isinstance(value, datetime) and datetime in get_args(setting.annotation):
+        return value  # a TOML offset date-time (a start position)
     if base is bool:
         if not isinstance(value, bool):
             raise ValidationError(source, value, "must be a boolean (true or false)")

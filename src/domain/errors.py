@@ -361,3 +361,28 @@ class PartitionCountError(ValidationError):
             f"ordered group {group} has {expected} partitions; a member must use the same "
             "count (see docs/ordering.md to change it)",
         )
+
+
+class StartPositionConflict(ValidationError):
+    """A member joins an existing consumer group with another start position.
+
+    Where a group starts (``SubscriberConfig.start``) is part of the group: it is
+    recorded when the group is created, and a member (or a restarted service) with
+    another one is refused rather than ignored, so a changed setting never passes
+    unnoticed. Pick another group name to start a new group elsewhere.
+
+    Attributes:
+        group: the group's consumer name.
+        expected: the start position the group was created with (``first``, ``new`` or
+            ``time:<RFC 3339>``).
+    """
+
+    def __init__(self, group: str, start: str, expected: str) -> None:
+        self.group = group
+        self.expected = expected
+        super().__init__(
+            "start",
+            start,
+            f"consumer group {group} exists and was created with start {expected!r}; "
+            "a member must use the same (or use another group name to start elsewhere)",
+        )

@@ -6,6 +6,7 @@ import math
 import re
 import secrets
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Literal
 
 from message_bus.domain.errors import DuplicateWindowError, ValidationError
@@ -14,6 +15,13 @@ from message_bus.domain.partition import DEFAULT_PARTITIONS, PartitionKey, check
 Ordering = Literal["none", "partition"]
 """How a consumer group orders its messages: not at all, or within each partition."""
 ORDERINGS: tuple[Ordering, ...] = ("none", "partition")
+StartPosition = Literal["first", "new"] | datetime
+"""Where a NEW consumer group starts reading its stream: ``"first"`` (the first retained
+message), ``"new"`` (messages stored after the group was created) or a timezone-aware
+``datetime`` (the first message stored at or after it)."""
+START_POSITIONS = ("first", "new")
+START_TIME_PREFIX = "time:"
+"""A start time's token is this prefix and the time in RFC 3339 UTC (microseconds)."""
 DEFAULT_FAILOVER_CAP = 10.0
 """The longest default ``failover_timeout`` (seconds), when ``ack_wait`` is longer."""
 
@@ -36,6 +44,42 @@ def _count(field: str, value: int, low: int = 1) -> None:
 EPHEMERAL_CONSUMER_PREFIX = "ephemeral-"
 """Names of ephemeral consumers start with it and hold no ``__``, so no group's
 consumer name (``{durable}__{group}[__{filter}]``) is ever one."""
+
+
+def start_token(start: StartPosition) -> str:
+    """The canonical text of a start position: ``first``, ``new`` or
+    ``time:2026-11-29T21:00:00.000000Z``. Groups store it, so that a member that joins
+    with another start position can be told apart (see :attr:`SubscriberConfig.start`)."""
+    if isinstance(start, datetime):
+        return START_TIME_PREFIX + start.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return start
+
+
+def check_start_position(value: object) -> StartPosition:
+    """Checks a start position: ``"first"``, ``"new"``, or a timezone-aware datetime
+    (returned in UTC), also as RFC 3339 text with an offset (``2026-11-29T21:00:00Z``,
+    as settings give it).
+
+    Raises:
+        ValidationError: naming ``start`` and ``value``.
+    """
+    if isinstance(value, str) and value not in START_POSITIONS:
+        try:
+            parsed = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise ValidationError(
+                "start", value, 'must be "first", "new" or an RFC 3339 time with an offset'
+            ) from None
+        if parsed.tzinfo is None:
+            raise ValidationError("start", value, "a start time needs an offset (Z for UTC)")
+        value = parsed
+    if isinstance(value, datetime):
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValidationError("start", value, "a start time must be timezone-aware (UTC)")
+        return value.astimezone(UTC)
+    if value == "first" or value == "new":
+        return value
+    raise ValidationError("start", value, 'must be "first", "new" or a timezone-aware datetime')
 
 
 def ephemeral_consumer_name() -> str:
@@ -191,6 +235,16 @@ class SubscriberConfig:
             numbers in ``Deltran-Partition``.
         failover_timeout: an ordered group: seconds after which a member that stopped
             heartbeating is dead and its partitions move (None: ``min(ack_wait, 10)``).
+        start: where the group starts when it is created: ``"first"`` (the first
+            retained message, the default), ``"new"`` (only messages stored after the
+            group was created) or a timezone-aware ``datetime`` (the first message
+            stored at or after it). It matters only when the group is created: a group
+            that exists resumes where it stopped, and a consumer re-created after it
+            was lost resumes from the group's last known position, never from "new".
+            The group records it (a JetStream consumer's metadata, an ordered group's
+            spec); a member that joins an existing group with another ``start`` is
+            refused with :class:`~message_bus.domain.errors.StartPositionConflict`.
+            See ``docs/start-position.md``.
     """
 
     consumer_group: str = "deltran-workers"
@@ -211,9 +265,12 @@ class SubscriberConfig:
     ordering: Ordering = "none"
     partitions: int = DEFAULT_PARTITIONS
     failover_timeout: float | None = None
+    start: StartPosition = "first"
 
     def __post_init__(self) -> None:
         self.validate()
+        # One instant, one representation: a start time is kept in UTC.
+        object.__setattr__(self, "start", check_start_position(self.start))
 
     def validate(self) -> None:
         """Raise :class:`ValidationError` naming the first bad field."""
@@ -240,6 +297,7 @@ class SubscriberConfig:
         check_partition_count(self.partitions)
         if self.failover_timeout is not None:
             _positive("failover_timeout", self.failover_timeout)
+        check_start_position(self.start)
         if self.ordered and self.partition_key is not None:
             raise ValidationError(
                 "partition_key",
@@ -268,6 +326,11 @@ class SubscriberConfig:
     def nak_delay(self, attempt: int) -> float:
         """Redelivery delay after failed delivery number ``attempt`` (1-based)."""
         return capped_backoff(self.nak_initial_delay, self.nak_max_delay, attempt)
+
+    @property
+    def start_token(self) -> str:
+        """The canonical text of ``start`` (see :func:`start_token`)."""
+        return start_token(self.start)
 
     @property
     def ordered(self) -> bool:

@@ -15,6 +15,7 @@ entry of :data:`SCENARIOS` is an ``async`` function of a harness that raises
 """
 
 from . import ordering as _ordering  # noqa: F401  # registers the ordered groups' scenarios
+from . import start_position as _start_position  # noqa: F401  # registers start positions'
 from .bus_fixture import BusFixture
 from .contract import contract_tests
 from .harness import BusHarness, Features, Gate, HarnessFactory, WrappedHarness, eventually

@@ -6,6 +6,7 @@ import asyncio
 import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Protocol, runtime_checkable
 
 from message_bus.domain.catalog import MessageType
@@ -129,8 +130,23 @@ class WrappedHarness:
     async def settle(self) -> None:
         await self.inner.settle()
 
+    def utcnow(self) -> datetime:
+        """The inner harness's broker time (see :func:`broker_utcnow`)."""
+        return broker_utcnow(self.inner)
+
     async def close(self) -> None:
         await self.inner.close()
+
+
+def broker_utcnow(harness: object) -> datetime:
+    """The broker's wall-clock time: the harness's ``utcnow()`` if it has one (a fake
+    clock's), else the system's (a real broker's clock is the machine's)."""
+    utcnow = getattr(harness, "utcnow", None)
+    if callable(utcnow):
+        now = utcnow()
+        assert isinstance(now, datetime), f"utcnow() gave {now!r}, not a datetime"
+        return now
+    return datetime.now(UTC)
 
 
 async def eventually(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 
 from message_bus.adapters.memory import InMemoryBroker, ManualClock
 from message_bus.adapters.memory.clock import Clock
@@ -63,6 +64,10 @@ class MemoryHarness:
 
     async def settle(self) -> None:
         await self.broker.settle()
+
+    def utcnow(self) -> datetime:
+        """The broker's wall-clock time (its clock's ``utcnow()``)."""
+        return self.clock.utcnow()
 
     async def close(self) -> None:
         await self.broker.close()

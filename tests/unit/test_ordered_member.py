@@ -105,6 +105,9 @@ class ListSource:
     async def generation(self) -> str:
         return "g1"
 
+    async def start_floor(self, start: object) -> int:
+        return len(self.records) if start == "new" else 0
+
     async def open(self, start: int) -> ListCursor:
         return ListCursor(self, start)
 

@@ -5,17 +5,18 @@ from __future__ import annotations
 import heapq
 import logging
 from collections.abc import Callable
+from datetime import datetime
 
 from message_bus.domain.catalog import MessageType
 from message_bus.domain.dead_letter import is_replay_subject, replay_subject
 from message_bus.domain.partition import PartitionKey
-from message_bus.ports.config import SubscriberConfig
+from message_bus.ports.config import StartPosition, SubscriberConfig
 from message_bus.ports.outcome import ACK_WAIT_EXPIRED, max_deliveries_reason
 
 from ._host import ConsumerHost
 from ._store import Entry, Stream
 from ._worker import Waiters
-from .clock import Timer
+from .clock import Clock, Timer
 
 log = logging.getLogger("message_bus.memory")
 
@@ -28,6 +29,26 @@ def subject_filter(message_type: MessageType, key: PartitionKey | None) -> tuple
     if key is None:
         return f"{message_type.subject_prefix}.", False
     return f"{message_type.subject_prefix}.{key.suffix}", True
+
+
+START_TIME_RESOLUTION = 1e-6
+"""Start times are compared to store times to the microsecond (a datetime's resolution)."""
+
+
+def start_sequence(clock: Clock, stream: Stream, start: StartPosition) -> int:
+    """The first sequence a group created now at ``start`` may deliver: the first
+    retained message, the one after the last stored, or the first stored at or after a
+    time (wall time, as the clock's ``utcnow()`` tells it)."""
+    if start == "first":
+        return stream.first_seq
+    if start == "new":
+        return stream.last_seq + 1
+    assert isinstance(start, datetime)
+    now = clock.now()
+    when = now - (clock.utcnow() - start).total_seconds()
+    if now >= stream.expires_at:
+        stream.expire(now)
+    return stream.first_stored_at(when - START_TIME_RESOLUTION)
 
 
 class Pending:
@@ -74,7 +95,8 @@ class Group:
         # Dead letters replayed to this group (and no other) arrive on this subject.
         self.replay_subject = replay_subject(stream.name, self.name)
         self.config = config
-        self.next_seq = stream.first_seq  # deliver policy "all": from the first stored
+        self.start = config.start_token
+        self.next_seq = start_sequence(host.clock, stream, config.start)
         self.pending: dict[int, Pending] = {}
         self.ready: list[int] = []  # heap of sequences due for redelivery
         self.waiters = Waiters(host.activity)

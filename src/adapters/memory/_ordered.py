@@ -23,7 +23,9 @@ from message_bus.domain.catalog import MessageType
 from message_bus.domain.codec import H_PARTITION_KEY, Encoded
 from message_bus.domain.dead_letter import is_replay_subject, replay_subject, unwrap_replay
 from message_bus.domain.errors import DecodeError, ValidationError
+from message_bus.ports.config import StartPosition
 
+from ._group import start_sequence
 from ._host import ConsumerHost
 from ._store import Stream
 
@@ -197,6 +199,11 @@ class MemorySource:
 
     async def generation(self) -> str:
         return "memory"  # a broker's streams live as long as it does
+
+    async def start_floor(self, start: StartPosition) -> int:
+        if start == "first":
+            return 0
+        return start_sequence(self._host.clock, self._stream, start) - 1
 
     async def open(self, start: int) -> MemoryCursor:
         return MemoryCursor(

@@ -12,12 +12,14 @@ _NEVER = float("inf")
 
 
 class Entry:
-    """One stored message: the encoded form and when it expires (clock seconds)."""
+    """One stored message: the encoded form, when it was stored and when it expires
+    (clock seconds)."""
 
-    __slots__ = ("encoded", "expires_at")
+    __slots__ = ("encoded", "expires_at", "stored_at")
 
-    def __init__(self, encoded: Encoded, expires_at: float) -> None:
+    def __init__(self, encoded: Encoded, stored_at: float, expires_at: float) -> None:
         self.encoded = encoded
+        self.stored_at = stored_at
         self.expires_at = expires_at
 
 
@@ -81,7 +83,7 @@ class Stream:
         self.last_seq = seq = self.last_seq + 1
         if message_id is not None:
             dedup[message_id] = seq
-        entry = Entry(encoded, now + self.max_age)
+        entry = Entry(encoded, now, now + self.max_age)
         self._entries.append(entry)
         if self.expires_at == _NEVER:
             self.expires_at = entry.expires_at
@@ -118,6 +120,18 @@ class Stream:
         if dropped >= _COMPACT_AFTER and dropped * 2 >= len(entries):
             del entries[:dropped]
             self._base = first
+
+    def first_stored_at(self, when: float) -> int:
+        """The sequence of the first live message stored at or after clock time ``when``
+        (``last_seq + 1`` if none): store times grow with sequences, so a bisection."""
+        low, high = self.first_seq, self.last_seq + 1
+        while low < high:
+            middle = (low + high) // 2
+            if self.entry(middle).stored_at >= when:
+                high = middle
+            else:
+                low = middle + 1
+        return low
 
     def entries_from(self, seq: int, limit: int) -> list[tuple[int, Entry]]:
         """Up to ``limit`` live entries from sequence ``seq`` on, oldest first."""

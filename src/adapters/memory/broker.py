@@ -40,6 +40,7 @@ from message_bus.domain.errors import (
     NoRespondersError,
     NotFoundError,
     RequestTimeout,
+    StartPositionConflict,
     ValidationError,
 )
 from message_bus.domain.message import Message
@@ -422,6 +423,8 @@ class InMemoryBroker:
                 config.consumer_name,
                 f"already consumes {group.subject_filter!r} on {stream.name}",
             )
+        if group.start != config.start_token:
+            raise StartPositionConflict(config.consumer_name, config.start_token, group.start)
         group.config = config
         return group
 

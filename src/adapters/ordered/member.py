@@ -9,7 +9,13 @@ import secrets
 from collections.abc import Callable
 from typing import Any
 
-from message_bus.domain.errors import BusConnectionError, PartitionCountError
+import msgspec
+
+from message_bus.domain.errors import (
+    BusConnectionError,
+    PartitionCountError,
+    StartPositionConflict,
+)
 from message_bus.domain.partition import partition_of
 from message_bus.ports.config import SubscriberConfig
 from message_bus.ports.subscriber import MessageHandler, Subscription
@@ -108,6 +114,8 @@ class OrderedSubscription(Subscription):
             on_room=self._wake_reader,
         )
         self.generation = ""
+        self.start_floor = 0
+        """Where partitions new to the group start (see :class:`GroupSpec`)."""
         self._started = ""
         self._beats = 0
         self._last_beat = -float("inf")
@@ -149,12 +157,21 @@ class OrderedSubscription(Subscription):
 
     async def _join(self) -> None:
         generation = await self._source.generation()
-        wanted = GroupSpec(partitions=self.partitions, generation=generation)
+        start = self.config.start_token
+        wanted = GroupSpec(
+            partitions=self.partitions,
+            generation=generation,
+            start=start,
+            floor=await self._source.start_floor(self.config.start),
+        )
         while True:
             stored = await self._store.join(wanted)
             if stored.value.partitions != self.partitions:
                 raise PartitionCountError(self.group, self.partitions, stored.value.partitions)
+            if stored.value.start != start:
+                raise StartPositionConflict(self.group, start, stored.value.start)
             if stored.value.generation == generation:
+                self.start_floor = stored.value.floor
                 break
             log.warning(
                 "stream %s was re-created since ordered group %s last read it: the group "
@@ -163,7 +180,10 @@ class OrderedSubscription(Subscription):
                 self.group,
             )
             try:
-                await self._store.replace_spec(wanted, stored.revision)
+                await self._store.replace_spec(
+                    msgspec.structs.replace(wanted, floor=0), stored.revision
+                )
+                self.start_floor = 0
                 break
             except StoreConflict:
                 continue
@@ -301,7 +321,8 @@ class OrderedSubscription(Subscription):
 
     async def _acquire(self, partition: int, record: PartitionRecord, revision: int) -> None:
         if record.generation != self.generation:
-            record = PartitionRecord(generation=self.generation)  # a new stream: from its start
+            # New to this stream: from the group's start (a re-created stream: its start).
+            record = PartitionRecord(generation=self.generation, floor=self.start_floor)
         mine = PartitionRecord(
             owner=self.member,
             floor=record.floor,
@@ -485,7 +506,7 @@ class OrderedSubscription(Subscription):
             await self._join()
         except (StoreUnavailable, StoreConflict):
             return False
-        except PartitionCountError as exc:
+        except (PartitionCountError, StartPositionConflict) as exc:
             log.error("%s", exc)
         return True
 

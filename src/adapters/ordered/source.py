@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from message_bus.domain.message import Message
+from message_bus.ports.config import StartPosition
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +76,17 @@ class StreamSource(Protocol):
 
         Raises:
             StoreUnavailable: the stream cannot be read now.
+        """
+        ...
+
+    async def start_floor(self, start: StartPosition) -> int:
+        """The stream sequence just before where a group created now at ``start``
+        begins: 0 for ``"first"``, the last sequence for ``"new"``, and for a time
+        the sequence before the first message stored at or after it (the last
+        sequence if there is none).
+
+        Raises:
+            StoreUnavailable: the stream cannot be reached now.
         """
         ...
 

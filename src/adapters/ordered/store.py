@@ -26,10 +26,17 @@ class GroupSpec(msgspec.Struct, frozen=True, kw_only=True):
     Attributes:
         partitions: the group's partition count.
         generation: the stream incarnation the positions belong to (its creation time).
+        start: where the group started (``SubscriberConfig.start_token``); a spec
+            stored before start positions existed reads as ``first``.
+        floor: the position a partition without a record of this generation starts
+            at (the stream sequence before the group's start position, when the group
+            was created; 0 on a stream re-created since).
     """
 
     partitions: int
     generation: str
+    start: str = "first"
+    floor: int = 0
 
 
 class PartitionRecord(msgspec.Struct, frozen=True, kw_only=True):

@@ -148,6 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="durable name with --group (default: subscriber.durable_name)",
     )
     subscribe.add_argument("--key", type=parse_key, help="only messages with this partition key")
+    subscribe.add_argument(
+        "--start",
+        metavar="WHERE",
+        help="where the reader (or a NEW --group) starts: first, new, or an RFC 3339 time "
+        "(default: subscriber.start, first)",
+    )
     subscribe.add_argument("--count", type=positive_int, metavar="N", help="stop after N messages")
     subscribe.add_argument(
         "--timeout",

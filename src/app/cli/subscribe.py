@@ -26,6 +26,8 @@ async def subscribe_command(args: argparse.Namespace, container: Container | Non
     its start through an ephemeral consumer of its own, deleted when it exits, so it
     takes nothing from any service's group (and never dead-letters). With ``--group``
     it joins that consumer group and takes its share of the group's messages.
+    ``--start`` (``first``, ``new`` or a time) says where the reader, or a group that
+    does not exist yet, starts; an existing group with another start refuses it.
 
     With ``--count`` messages are handled one at a time and fetched one at a time, so
     a group keeps every message after the last one printed. Fewer than ``--count``
@@ -43,6 +45,8 @@ async def subscribe_command(args: argparse.Namespace, container: Container | Non
         changes["consumer_group"] = args.group
     if args.durable:
         changes["durable_name"] = args.durable
+    if args.start is not None:
+        changes["start"] = args.start  # checked by SubscriberConfig: names "start"
     if args.count is not None:
         # One at a time, in order, and fetch no more than the next one.
         changes["max_concurrent"] = 1

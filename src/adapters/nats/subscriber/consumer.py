@@ -23,8 +23,13 @@ from nats.js.api import (
 
 from message_bus.domain.catalog import MessageType
 from message_bus.domain.dead_letter import replay_subject
-from message_bus.domain.errors import BusConnectionError, MessageBusError, ValidationError
-from message_bus.ports.config import SubscriberConfig, ephemeral_consumer_name
+from message_bus.domain.errors import (
+    BusConnectionError,
+    MessageBusError,
+    StartPositionConflict,
+    ValidationError,
+)
+from message_bus.ports.config import StartPosition, SubscriberConfig, ephemeral_consumer_name
 
 from ..client import NatsClient
 from ..streams import StreamError
@@ -39,7 +44,32 @@ _CONSUMER_EXISTS = 10148
 _JS_API = "$JS.API"
 """The JetStream API prefix of :attr:`NatsClient.jetstream` (no domain)."""
 
+START_METADATA = "deltran.start"
+"""The consumer metadata key that records where the group started (``first``, ``new``,
+``time:<RFC 3339>``); a consumer without it predates start positions: ``first``."""
+
 T = TypeVar("T")
+
+
+def start_policy(start: StartPosition) -> dict[str, object]:
+    """The ``ConsumerConfig`` fields of a new group's start position."""
+    if isinstance(start, datetime):
+        return {"deliver_policy": DeliverPolicy.BY_START_TIME, "opt_start_time": start}
+    if start == "new":
+        return {"deliver_policy": DeliverPolicy.NEW}
+    return {"deliver_policy": DeliverPolicy.ALL}
+
+
+def _metadata(have: ConsumerConfig, start: str) -> dict[str, str]:
+    """An existing consumer's metadata with the group's start position; the keys the
+    server maintains itself (``_nats.*``) are left to it."""
+    kept = {k: v for k, v in (have.metadata or {}).items() if not k.startswith("_nats")}
+    return {**kept, START_METADATA: start}
+
+
+def recorded_start(config: ConsumerConfig) -> str:
+    """The start position a consumer records in its metadata (``first`` if none)."""
+    return (config.metadata or {}).get(START_METADATA, "first")
 
 
 def _seconds(value: float | None) -> float:
@@ -63,9 +93,11 @@ class ConsumerBinding:
     everything, as JetStream last reported it (at bind and on every :meth:`refresh`).
     A consumer that disappears under running subscriptions (deleted, or lost by the
     server) is re-created from just after that floor, never from the start of the
-    stream: deliveries acknowledged since the last report may be handled again, none
-    is skipped. Unless the stream itself is a new one (deleted and applied again): its
-    sequences start again at 1, so the floor of the old stream means nothing there.
+    stream nor from the group's start position (a group that started from "new" must
+    not skip what was stored while its consumer was gone): deliveries acknowledged
+    since the last report may be handled again, none is skipped. Unless the stream
+    itself is a new one (deleted and applied again): its sequences start again at 1,
+    so the floor of the old stream means nothing there.
     A stream with another creation time than the one the floor was counted on, or
     whose last sequence is below the floor, is a new stream: the consumer starts at
     its beginning, with one WARNING saying so.
@@ -81,6 +113,11 @@ class ConsumerBinding:
     acknowledgements are nobody else's. The server deletes it after
     ``inactive_threshold`` seconds without pull requests; :meth:`delete` deletes it
     at once.
+
+    A consumer created here starts where ``config.start`` says (deliver policy all,
+    new or by start time) and records it in its metadata (:data:`START_METADATA`);
+    binding to an existing consumer that records another start position raises
+    :class:`StartPositionConflict`.
 
     ``generation`` counts the streams and consumers this binding has been bound to: it
     changes when the stream or the consumer turns out to be another one than before
@@ -112,11 +149,13 @@ class ConsumerBinding:
             if ephemeral
             else f"DelTran {message_type.value} consumer group {config.consumer_group}"
         )
+        self.start = config.start_token
         self.config = ConsumerConfig(
             name=self.name,
             durable_name=None if ephemeral else self.name,
             description=description,
-            deliver_policy=DeliverPolicy.ALL,
+            metadata={START_METADATA: self.start},
+            **start_policy(config.start),  # type: ignore[arg-type]  # ConsumerConfig fields
             ack_policy=AckPolicy.EXPLICIT,
             ack_wait=config.ack_wait,
             # Unlimited on the server: the subscriber counts deliveries itself and
@@ -206,6 +245,11 @@ class ConsumerBinding:
             "consumer or pick another group)",
         )
 
+    def _check_start(self, have: ConsumerConfig) -> None:
+        found = recorded_start(have)
+        if found != self.start:
+            raise StartPositionConflict(self.name, self.start, found)
+
     def _drift(self, have: ConsumerConfig) -> list[str]:
         want = self.config
         lines = []
@@ -217,6 +261,9 @@ class ConsumerBinding:
                 found, wanted = _filters(have), _filters(want)
             if found != wanted:
                 lines.append(f"{field}: {found} -> {wanted}")
+        recorded = (have.metadata or {}).get(START_METADATA)
+        if recorded != self.start:  # a consumer from before start positions: record it
+            lines.append(f"metadata {START_METADATA}: {recorded} -> {self.start}")
         return lines
 
     async def ensure(self, timeout: float | None = None) -> None:
@@ -252,6 +299,7 @@ class ConsumerBinding:
                 await self._create(timeout)
                 return
             self._check_filter(info.config)
+            self._check_start(info.config)
             self._note(info)
             drift = self._drift(info.config)
             if drift:
@@ -264,6 +312,7 @@ class ConsumerBinding:
                     deliver_policy=have.deliver_policy,
                     opt_start_seq=have.opt_start_seq,
                     opt_start_time=have.opt_start_time,
+                    metadata=_metadata(have, self.start),
                 )
                 self._note(await js.add_consumer(self.stream, config=update, timeout=timeout))
         except nats.js.errors.ServiceUnavailableError as exc:
@@ -275,11 +324,14 @@ class ConsumerBinding:
 
     async def _create(self, timeout: float | None) -> None:
         config = self.config
-        if self.ack_floor:
+        # Bound before (a consumer lost under us) or an ack floor known: resume after
+        # the floor. The start position is for a group's first consumer only.
+        if self.ack_floor or self._consumer_created is not None:
             config = dataclasses.replace(
                 config,
                 deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
                 opt_start_seq=self.ack_floor + 1,
+                opt_start_time=None,
             )
         try:
             info = await self._add_new(config, timeout)
@@ -291,6 +343,7 @@ class ConsumerBinding:
                 self.stream, self.name, timeout=timeout
             )
             self._check_filter(existing.config)
+            self._check_start(existing.config)
             self._note(existing)
             return
         if self.ack_floor:
@@ -301,8 +354,10 @@ class ConsumerBinding:
                 self.stream,
                 self.ack_floor + 1,
             )
-        self._bound_to(info.created)
-        log.info("consumer %s on %s created", self.name, self.stream)
+        # A new consumer's ack floor is just before its first delivery: the sequence a
+        # re-created one resumes after (a group that started from "new" stays there).
+        self._note(info)
+        log.info("consumer %s on %s created (start %s)", self.name, self.stream, self.start)
 
     async def _add_new(self, config: ConsumerConfig, timeout: float | None) -> ConsumerInfo:
         """Creates the consumer, failing (10148) if one of that name exists with another
@@ -341,4 +396,10 @@ class ConsumerBinding:
             log.debug("consumer %s on %s not deleted: %s", self.name, self.stream, exc)
 
 
-__all__ = ["DEFAULT_INACTIVE_THRESHOLD", "ConsumerBinding"]
+__all__ = [
+    "DEFAULT_INACTIVE_THRESHOLD",
+    "START_METADATA",
+    "ConsumerBinding",
+    "recorded_start",
+    "start_policy",
+]

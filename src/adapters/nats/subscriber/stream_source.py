@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import time
+from datetime import UTC
 from typing import Any, NamedTuple
 
 import nats.errors
@@ -24,7 +25,7 @@ from message_bus.domain.errors import (
     StreamError,
     ValidationError,
 )
-from message_bus.ports.config import ephemeral_consumer_name
+from message_bus.ports.config import StartPosition, ephemeral_consumer_name
 
 from ..client import ConnectionStatus, NatsClient
 from ..framing import BlockCodec
@@ -151,6 +152,39 @@ class JetStreamSource:
         """
         answer = await self._api(f"{_JS_API}.STREAM.INFO.{self._stream}", None)
         return str(answer["created"])
+
+    async def start_floor(self, start: StartPosition) -> int:
+        """The sequence before a new group's start (see the seam's doc). For a time,
+        JetStream itself finds the first message stored at or after it: a consumer
+        created at that time (and deleted at once, never pulled) has delivered up to
+        just before it.
+
+        Raises:
+            StreamError: The stream does not exist.
+            StoreUnavailable: JetStream did not answer.
+        """
+        if start == "first":
+            return 0
+        if start == "new":
+            answer = await self._api(f"{_JS_API}.STREAM.INFO.{self._stream}", None)
+            return int(answer["state"]["last_seq"])
+        name = ephemeral_consumer_name()
+        config = {
+            "name": name,
+            "description": f"DelTran {self.message_type.value} start of {self.consumer}",
+            "deliver_policy": "by_start_time",
+            "opt_start_time": start.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "ack_policy": "none",
+            "inactive_threshold": int(self.inactive_threshold * 1e9),
+            "num_replicas": 1,
+            "mem_storage": True,
+        }
+        request = {"stream_name": self._stream, "config": config, "action": "create"}
+        try:
+            answer = await self._api(f"{_JS_API}.CONSUMER.CREATE.{self._stream}.{name}", request)
+        finally:
+            await self.delete_consumer(name)
+        return int(answer["delivered"]["stream_seq"])
 
     async def open(self, start: int) -> Cursor:
         """A cursor from ``start`` (>= 1) over the group's subjects.
