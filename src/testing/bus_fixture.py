@@ -37,6 +37,7 @@ from message_bus.ports.subscriber import (
 from .recorder import PublishedLog, RecordingPublisher, Where
 
 if TYPE_CHECKING:
+    from message_bus.app.bus import Bus
     from message_bus.app.config import BusSettings
     from message_bus.app.containers import Container
 
@@ -105,6 +106,7 @@ class BusFixture:
         )
         self._publisher: Publisher | None = None
         self._containers: list[Container] = []
+        self._apps: list[Bus] = []
 
     # -- ports ---------------------------------------------------------------------------
 
@@ -170,6 +172,25 @@ class BusFixture:
         self._containers.append(container)
         return container
 
+    async def start(self, app: Bus) -> Bus:
+        """Start a service's :class:`~message_bus.app.bus.Bus` on this bus: its own
+        container (with the service's providers) switches to the ``memory`` backend on
+        this broker and clock, so its handlers receive what is published here and what
+        they return is recorded. The app is stopped when the bus closes.
+
+        Args:
+            app: a Bus that has not started.
+        """
+        from dependency_injector import providers
+
+        container = app.container
+        container.config.backend.override("memory")
+        container.clock.override(providers.Object(self.clock))
+        container.memory_broker.override(providers.Resource(given_broker, self.broker))
+        await app.start()
+        self._apps.append(app)
+        return app
+
     # -- time ----------------------------------------------------------------------------
 
     async def settle(self) -> None:
@@ -218,6 +239,9 @@ class BusFixture:
         finish). Idempotent."""
         from message_bus.app.containers import shutdown_container
 
+        apps, self._apps = self._apps, []
+        for app in apps:
+            await app.stop()
         containers, self._containers = self._containers, []
         for container in containers:
             await shutdown_container(container)

@@ -100,3 +100,35 @@ async def test_a_containers_publishers_record_and_close_ends_them_and_is_idempot
     with pytest.raises(ClosedError):
         await publisher.publish(message())
     await bus.close()
+
+
+async def test_a_services_bus_runs_on_the_fixture_with_its_own_providers(bus: BusFixture) -> None:
+    from dependency_injector import providers
+    from dependency_injector.wiring import Provide, inject
+
+    from message_bus.app import Bus, BusSettings, Container, build_container
+
+    class Services(Container):
+        suffix = providers.Object("-screened")
+
+    app = Bus(build_container(BusSettings(backend="nats"), Services))
+
+    @app.handler(MessageType.SETTLEMENT_FINALIZE, group="proofs")
+    @inject
+    async def prove(
+        payload: dict[str, str], message: Message, suffix: str = Provide[Services.suffix]
+    ) -> Message:
+        return message.reply(
+            MessageType.SETTLEMENT_PROOF, {"cycle_id": payload["cycle_id"] + suffix}
+        )
+
+    await bus.start(app)
+    await bus.publish(
+        Message.new(
+            MessageType.SETTLEMENT_FINALIZE, PartitionKey.corridor("USD-EUR"), {"cycle_id": "c-1"}
+        )
+    )
+    await bus.settle()
+
+    [proof] = bus.assert_published(MessageType.SETTLEMENT_PROOF, count=1)
+    assert proof.payload == {"cycle_id": "c-1-screened"}
