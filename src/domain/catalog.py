@@ -20,8 +20,8 @@ _DAY = 24 * 60 * 60.0
 _WIRE_NAME = re.compile(r"[A-Z][A-Za-z0-9]{0,63}")
 _SUBJECT_TOKENS = re.compile(r"[a-z][a-z0-9_-]{0,31}(?:\.[a-z][a-z0-9_-]{0,31}){0,3}")
 _STREAM_NAME = re.compile(r"[A-Z][A-Z0-9_-]{0,63}")
-_RESERVED_TOKENS = frozenset({"dlq", "corridor", "bank", "broadcast"})
-"""First subject tokens no type may use: the dead-letter prefix and the partition keys'."""
+_RESERVED_TOKENS = frozenset({"dlq", "replay"})
+"""First subject tokens no type may use: the dead-letter and replay subjects'."""
 
 
 @dataclass(frozen=True, slots=True)

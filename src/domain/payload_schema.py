@@ -33,7 +33,7 @@ def check_payload(message_type: MessageType, payload: Any) -> None:
     schema = message_type.payload_type
     if schema is None or type(payload) is schema:
         return
-    if isinstance(payload, msgspec.Struct) and not isinstance(payload, dict):
+    if isinstance(payload, msgspec.Struct):
         if isinstance(payload, schema):
             return
         raise ValidationError(

@@ -142,6 +142,7 @@ def test_a_collision_with_a_registered_type_names_it(fraud_alert: MessageType) -
         ({"name": "FraudX", "subject": "Fraud.X"}, "subject"),
         ({"name": "FraudX", "subject": "fraud.*"}, "subject"),
         ({"name": "FraudX", "subject": "dlq.fraud"}, "subject"),
+        ({"name": "FraudX", "subject": "replay.fraud"}, "subject"),
         ({"name": "FraudX", "subject": "fraud..x"}, "subject"),
         ({"name": "FraudX", "subject": "fraud.x", "stream": "FRAUD.X"}, "stream"),
         ({"name": "FraudX", "subject": "fraud.x", "stream": "F", "max_age": 0}, "max_age"),
