@@ -255,3 +255,10 @@ def test_any_changed_field_is_accepted_or_refused_as_a_validation_error_naming_p
 @given(bic=st.from_regex(r"\A[A-Z]{6}[A-Z0-9]{2}([A-Z0-9]{3})?\Z"))
 def test_every_bic_the_domain_accepts_the_payload_accepts(bic: str) -> None:
     check_payload(PAYMENT, sample_payload(PAYMENT, debtor_bank=bic))
+
+
+def test_the_switch_is_a_setting_like_every_publisher_field() -> None:
+    environ = {"DELTRAN_BACKEND": "memory", "DELTRAN_PUBLISH_VALIDATE_PAYLOADS": "false"}
+    assert not build_container(load_settings(environ=environ)).publisher_config().validate_payloads
+    default = build_container(load_settings(environ={"DELTRAN_BACKEND": "memory"}))
+    assert default.publisher_config().validate_payloads
