@@ -179,7 +179,7 @@ async def test_a_dead_letter_never_carries_the_original_nats_headers(
         nats_server.url,
         SUBJECT,
         poisoned,
-        b'sample_payload(MessageType.PAYMENT_INSTRUCTION, payment_id="p", amount="1")',
+        b'{"payment_id": "p", "amount": "1"}',
     )
 
     async def reject(message: Message) -> None:
