@@ -73,6 +73,8 @@ from message_bus.app.embedded import EmbeddedNatsServer
 from message_bus.domain.catalog import StreamCatalog
 
 CORRIDORS = ["USD-EUR", "GBP-USD", "EUR-JPY", "AED-INR", "USD-CHF", "CAD-USD", "EUR-GBP", "SGD-HKD"]
+# Free-form payload, the same bytes as the raw baseline: publishers here skip the typed
+# payload check (validate_payloads=False) so both sides do the same work.
 PAYLOAD = {"payment_id": "pay_000001", "amount": "1000.00", "currency": "USD"}
 RAW_BODY = b'{"payment_id":"pay_000001","amount":"1000.00","currency":"USD"}'
 NO_FSYNC_CONFIG = "jetstream {}\n"  # the server's default sync interval (2 minutes)
@@ -142,7 +144,7 @@ async def bench_core(url: str, count: int, repeat: int, profiler: Profiler) -> t
     raw_subject = "deltran.system.event.broadcast"
     raw, ours = Best(), Best()
     async with bus_client(url) as client:
-        publisher = JetStreamPublisher(client, PublisherConfig())
+        publisher = JetStreamPublisher(client, PublisherConfig(validate_payloads=False))
         batch = messages(MessageType.SYSTEM_EVENT, count)
         for _ in range(repeat):
             start = time.perf_counter()
@@ -172,7 +174,9 @@ async def bench_jetstream_publish(
     async with bus_client(url) as client:
         await StreamManager(client).apply(StreamCatalog.default())
         config = (
-            PublisherConfig() if in_flight is None else PublisherConfig(max_in_flight=in_flight)
+            PublisherConfig(validate_payloads=False)
+            if in_flight is None
+            else PublisherConfig(max_in_flight=in_flight, validate_payloads=False)
         )
         publisher = JetStreamPublisher(client, config)
         for _ in range(repeat):
@@ -234,7 +238,7 @@ async def bench_consume(
     stream = "NETTING_PROPOSALS"
     async with bus_client(url) as client:
         await StreamManager(client).apply(StreamCatalog.default())
-        publisher = JetStreamPublisher(client, PublisherConfig())
+        publisher = JetStreamPublisher(client, PublisherConfig(validate_payloads=False))
         for round_ in range(repeat):
             await js.purge_stream("RAW_CONSUME")
             for i in range(count):
@@ -332,7 +336,7 @@ async def bench_ordered(
         await client.connect()
     js = clients[0].jetstream
     await StreamManager(clients[0]).apply(StreamCatalog.default())
-    publisher = JetStreamPublisher(clients[0], PublisherConfig())
+    publisher = JetStreamPublisher(clients[0], PublisherConfig(validate_payloads=False))
     try:
         for round_ in range(repeat):
             for ordering, best in (("none", shared), ("partition", ordered)):
@@ -423,7 +427,7 @@ async def bench_failover(url: str, failover: float = 2.0) -> tuple[float, float]
             killed = time.monotonic_ns()
             os.kill(procs[0].pid, signal.SIGKILL)
             async with bus_client(url) as client:
-                publisher = JetStreamPublisher(client, PublisherConfig())
+                publisher = JetStreamPublisher(client, PublisherConfig(validate_payloads=False))
                 handled_at = None
                 while time.monotonic() < deadline + 60:
                     await publisher.publish_many(ordered_messages(64))
@@ -450,7 +454,7 @@ async def bench_failover(url: str, failover: float = 2.0) -> tuple[float, float]
 
 async def bench_memory(count: int, repeat: int) -> tuple[float, float]:
     broker = InMemoryBroker()
-    publisher = broker.publisher()
+    publisher = broker.publisher(PublisherConfig(validate_payloads=False))
     publish = Best()
     for _ in range(repeat):
         batch = messages(MessageType.PAYMENT_INSTRUCTION, count)
@@ -492,7 +496,7 @@ async def raw_core_once(url: str, count: int) -> None:
 
 async def bus_core_once(url: str, batch: list[Message]) -> None:
     async with bus_client(url) as client:
-        publisher = JetStreamPublisher(client, PublisherConfig())
+        publisher = JetStreamPublisher(client, PublisherConfig(validate_payloads=False))
         for message in batch:
             await publisher.publish(message)
         await client.flush()

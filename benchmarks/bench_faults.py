@@ -362,7 +362,7 @@ async def run(args: argparse.Namespace) -> int:
         await pub_client.connect()
         await sub_client.connect()
         await apply_streams(pub_client)
-        publisher = JetStreamPublisher(pub_client, PublisherConfig())
+        publisher = JetStreamPublisher(pub_client, PublisherConfig(validate_payloads=False))
 
         async def quiet(error: Exception) -> None:  # nats-py prints a traceback by default
             pass

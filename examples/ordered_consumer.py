@@ -82,7 +82,14 @@ async def main() -> None:
     publisher = broker.publisher()
     for n in range(PAYMENTS):
         key = KEYS[n % len(KEYS)]
-        payload = {"payment_id": f"pay-{n:02d}", "amount": f"{10 + n}.00"}
+        payload = {
+            "payment_id": f"pay-{n:02d}",
+            "amount": f"{10 + n}.00",
+            "currency": key.corridor_id[:3],
+            "debtor_bank": key.bank_id,
+            "creditor_bank": "BANKFRPP",
+            "corridor": key.corridor_id,
+        }
         await publisher.publish(Message.new(MessageType.PAYMENT_INSTRUCTION, key, payload))
 
     deadline = time.monotonic() + 10

@@ -17,6 +17,7 @@ from decimal import Decimal
 
 from message_bus import Message, MessageType, PartitionKey
 from message_bus.app import load_settings, open_container
+from message_bus.domain.payloads import PaymentInstruction
 
 
 async def main(url: str | None) -> None:
@@ -26,10 +27,18 @@ async def main(url: str | None) -> None:
         publisher = await bus.publisher()
 
         # Publish a message: keyed by corridor, so it lands on that corridor's partition.
+        # The payload is the type's Struct (a dict of its fields works too); publish
+        # checks it before anything is sent.
+        instruction = PaymentInstruction(
+            payment_id="pay_123",
+            amount=Decimal("1000.00"),
+            currency="USD",
+            debtor_bank="BANKUS33",
+            creditor_bank="BANKDEFF",
+            corridor="USD-EUR",
+        )
         message = Message.new(
-            MessageType.PAYMENT_INSTRUCTION,
-            PartitionKey.corridor("USD-EUR"),
-            {"payment_id": "pay_123", "amount": Decimal("1000.00"), "currency": "USD"},
+            MessageType.PAYMENT_INSTRUCTION, PartitionKey.corridor("USD-EUR"), instruction
         )
         receipt = await publisher.publish(message)  # returns once the stream stored it
 

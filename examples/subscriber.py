@@ -22,8 +22,10 @@ from message_bus import (
     PartitionKey,
     PermanentError,
     SubscriberConfig,
+    ValidationError,
 )
 from message_bus.app import load_settings, open_container
+from message_bus.domain.payloads import PaymentInstruction
 
 
 class MyHandler:
@@ -34,9 +36,12 @@ class MyHandler:
         self.done = asyncio.Event()
 
     async def handle(self, message: Message) -> None:
-        if "amount" not in message.payload:
-            raise PermanentError("no amount")  # TERM: dead-lettered, never redelivered
-        print(f"Received: {message.payload} (partition {message.partition})")
+        try:
+            instruction = message.payload_as(PaymentInstruction)
+        except ValidationError as exc:
+            raise PermanentError(str(exc)) from None  # TERM: dead-lettered, never redelivered
+        amount = f"{instruction.amount} {instruction.currency}"
+        print(f"Received: {instruction.payment_id} {amount} (partition {message.partition})")
         self.remaining -= 1
         if self.remaining == 0:
             self.done.set()
@@ -55,7 +60,14 @@ async def main(url: str | None) -> None:
         publisher = await bus.publisher()
         for n, corridor in enumerate(["USD-EUR", "GBP-USD", "EUR-JPY"]):
             key = PartitionKey.corridor(corridor)
-            payload = {"payment_id": f"pay_{n}", "amount": f"{100 * (n + 1)}.00"}
+            payload = {  # a dict of the type's fields, checked against its Struct at publish
+                "payment_id": f"pay_{n}",
+                "amount": f"{100 * (n + 1)}.00",
+                "currency": corridor[:3],
+                "debtor_bank": "BANKGB2L",
+                "creditor_bank": "BANKDEFF",
+                "corridor": corridor,
+            }
             await publisher.publish(Message.new(MessageType.PAYMENT_INSTRUCTION, key, payload))
 
         await asyncio.wait_for(handler.done.wait(), timeout=10)

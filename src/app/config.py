@@ -174,6 +174,11 @@ _CONFIG_FIELDS: dict[str, tuple[str, str]] = {
         "DELTRAN_PUBLISH_MAX_IN_FLIGHT",
         "Acks awaited at once by a batch publish.",
     ),
+    "publisher.validate_payloads": (
+        "DELTRAN_PUBLISH_VALIDATE_PAYLOADS",
+        "Check every payload against its type's Struct before sending; false publishes "
+        "free-form payloads unchecked.",
+    ),
     "subscriber.consumer_group": (
         "DELTRAN_CONSUMER_GROUP",
         "Consumer group; members share the work.",

@@ -505,6 +505,10 @@ async def run_demo(
         intake_publisher = await container.publisher()
         closers.append(intake_publisher)
         intake = PaymentIntake(intake_publisher)
+        # the poison instructions break the payload schema on purpose: unchecked publisher
+        unchecked = dataclasses.replace(container.publisher_config(), validate_payloads=False)
+        poison_publisher = await container.publisher(config=unchecked)
+        closers.append(poison_publisher)
         poison_at = {
             (k + 1) * len(instructions) // (len(poison) + 1): m for k, m in enumerate(poison)
         }
@@ -530,7 +534,7 @@ async def run_demo(
         for index, instruction in enumerate(instructions):
             bad = poison_at.get(index)
             if bad is not None:
-                await intake_publisher.publish(bad)  # past the intake's checks
+                await poison_publisher.publish(bad)  # past the intake's checks
             t0 = time.perf_counter()
             submitted[instruction.payment_id] = t0
             receipt: PublishReceipt = await intake.submit(instruction)

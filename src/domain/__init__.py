@@ -3,6 +3,7 @@
 from .catalog import (
     DEAD_LETTER_STREAM,
     DEFAULT_STREAMS,
+    CatalogConflictError,
     MessageType,
     StreamCatalog,
     StreamSpec,
@@ -43,6 +44,7 @@ __all__ = [
     "Bank",
     "Broadcast",
     "BusConnectionError",
+    "CatalogConflictError",
     "CircuitOpenError",
     "ClosedError",
     "Corridor",

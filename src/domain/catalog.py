@@ -1,14 +1,27 @@
-"""Message types, their subjects and the JetStream streams that hold them."""
+"""Message types, their subjects and payloads, and the JetStream streams that hold them."""
 
 from __future__ import annotations
 
-import enum
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any, ClassVar, NoReturn
+
+import msgspec
+
+from . import payloads as p
+from .errors import ValidationError
 
 SUBJECT_ROOT = "deltran"
 DEAD_LETTER_SUBJECT_PREFIX = f"{SUBJECT_ROOT}.dlq"
 
 _DAY = 24 * 60 * 60.0
+
+_WIRE_NAME = re.compile(r"[A-Z][A-Za-z0-9]{0,63}")
+_SUBJECT_TOKENS = re.compile(r"[a-z][a-z0-9_-]{0,31}(?:\.[a-z][a-z0-9_-]{0,31}){0,3}")
+_STREAM_NAME = re.compile(r"[A-Z][A-Z0-9_-]{0,63}")
+_RESERVED_TOKENS = frozenset({"dlq", "replay"})
+"""First subject tokens no type may use: the dead-letter and replay subjects'."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,40 +38,137 @@ class StreamSpec:
     """Seconds a message is kept."""
 
 
-class MessageType(enum.Enum):
-    """The eleven DelTran message types; the value is the type's wire name."""
+class CatalogConflictError(ValidationError):
+    """A message type cannot be registered: its name, subject or stream is taken.
 
-    PAYMENT_INSTRUCTION = "PaymentInstruction"
-    NETTING_PROPOSAL = "NettingProposal"
-    BANK_CONFIRMATION = "BankConfirmation"
-    SETTLEMENT_FINALIZE = "SettlementFinalize"
-    SETTLEMENT_PROOF = "SettlementProof"
-    CHECKPOINT = "Checkpoint"
-    ADAPTER_TRANSFER = "AdapterTransfer"
-    ADAPTER_RESPONSE = "AdapterResponse"
-    RISK_ASSESSMENT = "RiskAssessment"
-    COMPLIANCE_CHECK = "ComplianceCheck"
-    SYSTEM_EVENT = "SystemEvent"
+    Attributes (besides :class:`ValidationError`'s ``field``, ``value`` and ``reason``):
+        existing: the wire name of the type that already holds it.
+    """
 
-    @property
-    def type_subject(self) -> str:
-        """The subject tokens of this type, e.g. ``payment.instruction``."""
-        return _TYPE_SUBJECTS[self]
+    def __init__(self, field: str, value: Any, existing: str) -> None:
+        self.existing = existing
+        super().__init__(field, value, f"is already used by message type {existing!r}")
 
-    @property
-    def subject_prefix(self) -> str:
-        """``deltran.{type_subject}``: every subject of this type starts with it."""
-        return _SUBJECT_PREFIXES[self]
+
+class _CatalogMeta(type):
+    """Makes the class itself the catalog: ``for t in MessageType``, ``len``, ``in``
+    and ``MessageType["PAYMENT_INSTRUCTION"]``, like an ``Enum``."""
+
+    def __iter__(cls) -> Iterator[MessageType]:
+        return iter(tuple(_BY_WIRE_NAME.values()))
+
+    def __len__(cls) -> int:
+        return len(_BY_WIRE_NAME)
+
+    def __contains__(cls, item: object) -> bool:
+        return isinstance(item, MessageType) and _BY_WIRE_NAME.get(item.value) is item
+
+    def __getitem__(cls, name: str) -> MessageType:
+        for message_type in _BY_WIRE_NAME.values():
+            if message_type.name == name:
+                return message_type
+        raise KeyError(name)
+
+
+class MessageType(metaclass=_CatalogMeta):
+    """A message type of the catalog; the eleven DelTran types are built in.
+
+    Behaves like an ``Enum`` member (``.name``, ``.value`` = the wire name,
+    ``MessageType("PaymentInstruction")``, iteration over the class in registration
+    order, identity comparison) and is registered with :meth:`register`. Instances are
+    immutable and unique per wire name, so they are hashable and compare by identity.
+    """
+
+    __slots__ = ("_payload", "_stream", "name", "subject_prefix", "type_subject", "value")
+
+    name: str
+    """``PAYMENT_INSTRUCTION``: the upper-case attribute name."""
+    value: str
+    """``PaymentInstruction``: the wire name (the ``Deltran-Type`` header)."""
+    type_subject: str
+    """The subject tokens of this type, e.g. ``payment.instruction``."""
+    subject_prefix: str
+    """``deltran.{type_subject}``: every subject of this type starts with it."""
+    _stream: StreamSpec | None
+    _payload: type[msgspec.Struct] | None
+
+    PAYMENT_INSTRUCTION: ClassVar[MessageType]
+    NETTING_PROPOSAL: ClassVar[MessageType]
+    BANK_CONFIRMATION: ClassVar[MessageType]
+    SETTLEMENT_FINALIZE: ClassVar[MessageType]
+    SETTLEMENT_PROOF: ClassVar[MessageType]
+    CHECKPOINT: ClassVar[MessageType]
+    ADAPTER_TRANSFER: ClassVar[MessageType]
+    ADAPTER_RESPONSE: ClassVar[MessageType]
+    RISK_ASSESSMENT: ClassVar[MessageType]
+    COMPLIANCE_CHECK: ClassVar[MessageType]
+    SYSTEM_EVENT: ClassVar[MessageType]
+
+    def __new__(cls, value: str | MessageType) -> MessageType:
+        """The registered type whose wire name is ``value`` (like ``Enum(value)``).
+
+        Raises:
+            ValueError: no such type.
+        """
+        if isinstance(value, MessageType):
+            return value
+        found = _BY_WIRE_NAME.get(value) if isinstance(value, str) else None
+        if found is None:
+            raise ValueError(f"{value!r} is not a registered MessageType")
+        return found
+
+    @classmethod
+    def _create(
+        cls,
+        name: str,
+        value: str,
+        type_subject: str,
+        stream: StreamSpec | None,
+        payload: type[msgspec.Struct] | None,
+    ) -> MessageType:
+        self = object.__new__(cls)
+        for attribute, item in (
+            ("name", name),
+            ("value", value),
+            ("type_subject", type_subject),
+            ("subject_prefix", f"{SUBJECT_ROOT}.{type_subject}"),
+            ("_stream", stream),
+            ("_payload", payload),
+        ):
+            object.__setattr__(self, attribute, item)
+        return self
+
+    def __setattr__(self, name: str, value: object) -> NoReturn:
+        raise AttributeError(f"MessageType is immutable: cannot set {name!r}")
+
+    def __repr__(self) -> str:
+        return f"<MessageType.{self.name}: {self.value!r}>"
+
+    def __str__(self) -> str:
+        return f"MessageType.{self.name}"
+
+    def __reduce__(self) -> tuple[type[MessageType], tuple[str]]:
+        return MessageType, (self.value,)
 
     @property
     def stream(self) -> StreamSpec | None:
         """The default stream holding this type, or None for core-only types."""
-        return DEFAULT_STREAMS.get(self)
+        return self._stream
 
     @property
     def is_stream_backed(self) -> bool:
         """Whether this type is persisted in a stream by default."""
-        return self in DEFAULT_STREAMS
+        return self._stream is not None
+
+    @property
+    def payload_type(self) -> type[msgspec.Struct] | None:
+        """The Struct its payloads are checked against at publish; None = free-form."""
+        return self._payload
+
+    @property
+    def is_builtin(self) -> bool:
+        """Whether this is one of the eleven DelTran types of the default catalog."""
+        return self.value in _BUILTIN_NAMES
 
     @classmethod
     def from_wire(cls, name: str) -> MessageType:
@@ -69,43 +179,201 @@ class MessageType(enum.Enum):
         """
         return _BY_WIRE_NAME[name]
 
+    @classmethod
+    def register(
+        cls,
+        name: str,
+        subject: str,
+        *,
+        payload: type[msgspec.Struct] | None = None,
+        stream: str | None = None,
+        max_age: float = 7 * _DAY,
+    ) -> MessageType:
+        """Add a message type of one's own to the catalog and return it.
 
-_TYPE_SUBJECTS: dict[MessageType, str] = {
-    MessageType.PAYMENT_INSTRUCTION: "payment.instruction",
-    MessageType.NETTING_PROPOSAL: "netting.proposal",
-    MessageType.BANK_CONFIRMATION: "bank.confirmation",
-    MessageType.SETTLEMENT_FINALIZE: "settlement.finalize",
-    MessageType.SETTLEMENT_PROOF: "settlement.proof",
-    MessageType.CHECKPOINT: "consensus.checkpoint",
-    MessageType.ADAPTER_TRANSFER: "adapter.transfer",
-    MessageType.ADAPTER_RESPONSE: "adapter.response",
-    MessageType.RISK_ASSESSMENT: "risk.assessment",
-    MessageType.COMPLIANCE_CHECK: "compliance.check",
-    MessageType.SYSTEM_EVENT: "system.event",
-}
-_SUBJECT_PREFIXES = {t: f"{SUBJECT_ROOT}.{s}" for t, s in _TYPE_SUBJECTS.items()}
-_BY_WIRE_NAME = {t.value: t for t in MessageType}
+        Register types before building the container or any publisher and subscriber
+        (e.g. at import time of the module that defines the payload Struct): the
+        default :class:`StreamCatalog` and the adapters read the catalog when built.
+
+        Args:
+            name: the wire name, CamelCase (``FraudAlert``); its upper-snake form
+                (``FRAUD_ALERT``) is the type's ``name``.
+            subject: 1-4 lower-case subject tokens (``fraud.alert``); subjects are
+                ``deltran.{subject}.{partition key}``.
+            payload: the msgspec Struct every payload is checked against at publish
+                (None: payloads are free-form JSON).
+            stream: the JetStream stream storing the type (``FRAUD_ALERTS``); None makes
+                it core-only (request-reply and broadcast, nothing stored).
+            max_age: seconds the stream keeps a message (default 7 days).
+
+        Raises:
+            CatalogConflictError: the name, subject or stream is already used (a subject
+                may not equal, contain or be contained in another type's subject).
+            ValidationError: an argument is malformed.
+        """
+        check_wire_name(name)
+        check_type_subject(subject)
+        if payload is not None and not (
+            isinstance(payload, type) and issubclass(payload, msgspec.Struct)
+        ):
+            raise ValidationError("payload", payload, "must be a msgspec.Struct subclass")
+        spec = None
+        if stream is not None:
+            check_stream_name(stream)
+            age_ok = isinstance(max_age, int | float) and not isinstance(max_age, bool)
+            if not age_ok or not 0 < max_age < float("inf"):
+                raise ValidationError("max_age", max_age, "must be a finite number of seconds > 0")
+            spec = StreamSpec(stream, (f"{SUBJECT_ROOT}.{subject}.>",), float(max_age))
+        attribute = _upper_snake(name)
+        for existing in _BY_WIRE_NAME.values():
+            if existing.value == name or existing.name == attribute:
+                raise CatalogConflictError("name", name, existing.value)
+            if _overlaps(existing.type_subject, subject):
+                raise CatalogConflictError("subject", subject, existing.value)
+            taken = existing.stream.name if existing.stream is not None else None
+            if spec is not None and taken == spec.name:
+                raise CatalogConflictError("stream", stream, existing.value)
+        if stream == DEAD_LETTER_STREAM.name:
+            raise CatalogConflictError("stream", stream, "dead letters")
+        message_type = cls._create(attribute, name, subject, spec, payload)
+        _BY_WIRE_NAME[name] = message_type
+        return message_type
+
+    @classmethod
+    def unregister(cls, message_type: MessageType) -> None:
+        """Remove a registered type (for tests); the eleven built-in types stay.
+
+        Raises:
+            ValidationError: ``message_type`` is a built-in type.
+        """
+        if message_type.is_builtin:
+            raise ValidationError("message_type", message_type.value, "is built in")
+        if _BY_WIRE_NAME.get(message_type.value) is message_type:
+            del _BY_WIRE_NAME[message_type.value]
+            _RETIRED.append(message_type)  # kept alive: caches keyed by id() stay right
 
 
-def _stream(name: str, message_type: MessageType, days: int) -> StreamSpec:
-    return StreamSpec(name, (f"{_SUBJECT_PREFIXES[message_type]}.>",), days * _DAY)
+def check_wire_name(name: object) -> str:
+    """Return ``name`` if it can name a message type on the wire (``FraudAlert``)."""
+    if not isinstance(name, str) or _WIRE_NAME.fullmatch(name) is None:
+        raise ValidationError(
+            "name", name, "must be CamelCase: a capital letter, then letters and digits (<= 64)"
+        )
+    return name
 
+
+def check_type_subject(subject: object) -> str:
+    """Return ``subject`` if it can be a type's subject tokens (``fraud.alert``)."""
+    if not isinstance(subject, str) or _SUBJECT_TOKENS.fullmatch(subject) is None:
+        raise ValidationError(
+            "subject",
+            subject,
+            "must be 1-4 dot-separated tokens of lower-case letters, digits, '_' or '-'",
+        )
+    if subject.split(".")[0] in _RESERVED_TOKENS:
+        raise ValidationError(
+            "subject", subject, f"may not start with {sorted(_RESERVED_TOKENS)} (reserved)"
+        )
+    return subject
+
+
+def check_stream_name(name: object) -> str:
+    """Return ``name`` if it can name a JetStream stream (``FRAUD_ALERTS``)."""
+    if not isinstance(name, str) or _STREAM_NAME.fullmatch(name) is None:
+        raise ValidationError(
+            "stream", name, "must be upper-case letters, digits, '_' or '-' (<= 64)"
+        )
+    return name
+
+
+def _overlaps(a: str, b: str) -> bool:
+    """Whether subjects under ``a`` and under ``b`` can be the same or nest."""
+    ta, tb = a.split("."), b.split(".")
+    n = min(len(ta), len(tb))
+    return ta[:n] == tb[:n]
+
+
+def _upper_snake(name: str) -> str:
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).upper()
+
+
+def _stream(name: str, type_subject: str, days: int) -> StreamSpec:
+    return StreamSpec(name, (f"{SUBJECT_ROOT}.{type_subject}.>",), days * _DAY)
+
+
+_BY_WIRE_NAME: dict[str, MessageType] = {}
+_RETIRED: list[MessageType] = []
+
+_BUILTINS: tuple[tuple[str, str, str, StreamSpec | None, type[msgspec.Struct]], ...] = (
+    (
+        "PAYMENT_INSTRUCTION",
+        "PaymentInstruction",
+        "payment.instruction",
+        _stream("PAYMENT_INSTRUCTIONS", "payment.instruction", 7),
+        p.PaymentInstruction,
+    ),
+    (
+        "NETTING_PROPOSAL",
+        "NettingProposal",
+        "netting.proposal",
+        _stream("NETTING_PROPOSALS", "netting.proposal", 7),
+        p.NettingProposal,
+    ),
+    (
+        "BANK_CONFIRMATION",
+        "BankConfirmation",
+        "bank.confirmation",
+        _stream("BANK_CONFIRMATIONS", "bank.confirmation", 7),
+        p.BankConfirmation,
+    ),
+    (
+        "SETTLEMENT_FINALIZE",
+        "SettlementFinalize",
+        "settlement.finalize",
+        _stream("SETTLEMENT_FINALIZATIONS", "settlement.finalize", 7),
+        p.SettlementFinalize,
+    ),
+    (
+        "SETTLEMENT_PROOF",
+        "SettlementProof",
+        "settlement.proof",
+        _stream("SETTLEMENT_PROOFS", "settlement.proof", 30),
+        p.SettlementProof,
+    ),
+    (
+        "CHECKPOINT",
+        "Checkpoint",
+        "consensus.checkpoint",
+        _stream("CHECKPOINTS", "consensus.checkpoint", 30),
+        p.Checkpoint,
+    ),
+    (
+        "ADAPTER_TRANSFER",
+        "AdapterTransfer",
+        "adapter.transfer",
+        _stream("ADAPTER_TRANSFERS", "adapter.transfer", 3),
+        p.AdapterTransfer,
+    ),
+    (
+        "ADAPTER_RESPONSE",
+        "AdapterResponse",
+        "adapter.response",
+        _stream("ADAPTER_RESPONSES", "adapter.response", 3),
+        p.AdapterResponse,
+    ),
+    ("RISK_ASSESSMENT", "RiskAssessment", "risk.assessment", None, p.RiskAssessment),
+    ("COMPLIANCE_CHECK", "ComplianceCheck", "compliance.check", None, p.ComplianceCheck),
+    ("SYSTEM_EVENT", "SystemEvent", "system.event", None, p.SystemEvent),
+)
+for _name, _value, _subject, _spec, _payload in _BUILTINS:
+    _BY_WIRE_NAME[_value] = MessageType._create(_name, _value, _subject, _spec, _payload)
+    type.__setattr__(MessageType, _name, _BY_WIRE_NAME[_value])
+_BUILTIN_NAMES = frozenset(_BY_WIRE_NAME)
 
 DEFAULT_STREAMS: dict[MessageType, StreamSpec] = {
-    MessageType.PAYMENT_INSTRUCTION: _stream(
-        "PAYMENT_INSTRUCTIONS", MessageType.PAYMENT_INSTRUCTION, 7
-    ),
-    MessageType.NETTING_PROPOSAL: _stream("NETTING_PROPOSALS", MessageType.NETTING_PROPOSAL, 7),
-    MessageType.BANK_CONFIRMATION: _stream("BANK_CONFIRMATIONS", MessageType.BANK_CONFIRMATION, 7),
-    MessageType.SETTLEMENT_FINALIZE: _stream(
-        "SETTLEMENT_FINALIZATIONS", MessageType.SETTLEMENT_FINALIZE, 7
-    ),
-    MessageType.SETTLEMENT_PROOF: _stream("SETTLEMENT_PROOFS", MessageType.SETTLEMENT_PROOF, 30),
-    MessageType.CHECKPOINT: _stream("CHECKPOINTS", MessageType.CHECKPOINT, 30),
-    MessageType.ADAPTER_TRANSFER: _stream("ADAPTER_TRANSFERS", MessageType.ADAPTER_TRANSFER, 3),
-    MessageType.ADAPTER_RESPONSE: _stream("ADAPTER_RESPONSES", MessageType.ADAPTER_RESPONSE, 3),
+    t: t.stream for t in MessageType if t.stream is not None
 }
-"""The stream of each stream-backed type; RiskAssessment, ComplianceCheck and
+"""The stream of each stream-backed built-in type; RiskAssessment, ComplianceCheck and
 SystemEvent are core-only (request-reply and broadcast) and have none."""
 
 DEAD_LETTER_STREAM = StreamSpec("DEAD_LETTERS", (f"{DEAD_LETTER_SUBJECT_PREFIX}.>",), 30 * _DAY)
@@ -126,8 +394,8 @@ class StreamCatalog:
 
     @classmethod
     def default(cls) -> StreamCatalog:
-        """The catalog from the design table."""
-        return cls(dict(DEFAULT_STREAMS))
+        """The catalog from the design table plus the streams of registered types."""
+        return cls({t: t.stream for t in MessageType if t.stream is not None})
 
     def stream_for(self, message_type: MessageType) -> StreamSpec | None:
         """The stream holding ``message_type``, or None if it is core-only."""

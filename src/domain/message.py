@@ -157,7 +157,7 @@ class Message(msgspec.Struct, frozen=True, kw_only=True):
 
     Attributes:
         id: UUIDv7 string; the deduplication key on the wire (``Nats-Msg-Id``).
-        message_type: one of the eleven :class:`MessageType` members.
+        message_type: a :class:`MessageType` of the catalog (built in or registered).
         partition_key: routing key; its canonical form is the subject suffix.
         payload: a JSON-compatible value or a msgspec Struct.
         created_at: creation time, UTC.

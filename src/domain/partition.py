@@ -14,8 +14,12 @@ from .errors import ValidationError
 MAX_PARTITIONS = 4096
 DEFAULT_PARTITIONS = 32
 
-_CORRIDOR = re.compile(r"[A-Z]{3}-[A-Z]{3}")
-_BIC = re.compile(r"[A-Z]{4}[A-Z]{2}[A-Z0-9]{2}(?:[A-Z0-9]{3})?")
+CORRIDOR_PATTERN = r"[A-Z]{3}-[A-Z]{3}"
+"""A corridor: a currency pair like ``USD-EUR`` (used for subjects and payload schemas)."""
+BIC_PATTERN = r"[A-Z]{4}[A-Z]{2}[A-Z0-9]{2}(?:[A-Z0-9]{3})?"
+"""A BIC of 8 or 11 characters like ``BANKGB2L`` (used for subjects and payload schemas)."""
+_CORRIDOR = re.compile(CORRIDOR_PATTERN)
+_BIC = re.compile(BIC_PATTERN)
 _U64 = 0xFFFFFFFFFFFFFFFF
 
 

@@ -146,6 +146,10 @@ class PublisherConfig:
             (0 disables it).
         circuit_breaker_cooldown: seconds the open breaker fails fast before one probe.
         max_in_flight: acks awaited at once by ``publish_many``.
+        validate_payloads: check every payload against its type's Struct before any
+            I/O (``MessageType.payload_type``; see
+            :func:`~message_bus.domain.payload_schema.check_payload`); False publishes
+            free-form payloads unchecked (tests, benchmarks, replaying raw data).
     """
 
     use_jetstream: bool = True
@@ -157,6 +161,7 @@ class PublisherConfig:
     circuit_breaker_threshold: int = 5
     circuit_breaker_cooldown: float = 10.0
     max_in_flight: int = 1024
+    validate_payloads: bool = True
 
     def __post_init__(self) -> None:
         self.validate()
@@ -171,6 +176,8 @@ class PublisherConfig:
         _count("circuit_breaker_threshold", self.circuit_breaker_threshold, low=0)
         _positive("circuit_breaker_cooldown", self.circuit_breaker_cooldown, allow_zero=True)
         _count("max_in_flight", self.max_in_flight)
+        if not isinstance(self.validate_payloads, bool):
+            raise ValidationError("validate_payloads", self.validate_payloads, "must be a bool")
 
     def retry_delay(self, attempt: int) -> float:
         """Backoff cap after failed attempt number ``attempt`` (1-based), before jitter."""

@@ -7,7 +7,9 @@ Contract, for every adapter:
   within the duplicate window); for a core-only type, once it was written to the
   connection. It never returns for a message that was not accepted.
 * Input is validated before any I/O: a bad message raises :class:`ValidationError`
-  and nothing is sent.
+  and nothing is sent. That includes the payload, checked against its type's Struct
+  (:func:`~message_bus.domain.payload_schema.check_payload`) unless the publisher's
+  ``PublisherConfig.validate_payloads`` is False.
 * Retries reuse the message id, so a retry of a message the broker already stored
   comes back as a duplicate receipt, never as a second copy.
 * Cancelling a ``publish`` leaves the message either stored once or not at all;

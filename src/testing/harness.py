@@ -50,7 +50,9 @@ class BusHarness(Protocol):
     features: Features
 
     def publisher(self, config: PublisherConfig | None = None) -> Publisher:
-        """A publisher on this harness's broker."""
+        """A publisher on this harness's broker. Scenarios publish free-form payloads
+        (``{"n": 1}``), so without a config it does not check payloads against their
+        types' Structs (``PublisherConfig(validate_payloads=False)``)."""
         ...
 
     def subscriber(

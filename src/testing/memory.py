@@ -41,6 +41,8 @@ class MemoryHarness:
         return cls()
 
     def publisher(self, config: PublisherConfig | None = None) -> Publisher:
+        if config is None:
+            config = PublisherConfig(partitions=self.broker.partitions, validate_payloads=False)
         return self.broker.publisher(config)
 
     def subscriber(

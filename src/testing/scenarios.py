@@ -30,6 +30,7 @@ from message_bus.domain.errors import (
 )
 from message_bus.domain.message import Message
 from message_bus.domain.partition import PartitionKey
+from message_bus.domain.payload_schema import convert_payload
 from message_bus.domain.payloads import PaymentInstruction
 from message_bus.ports.config import PublisherConfig, SubscriberConfig
 from message_bus.ports.outcome import Outcome
@@ -37,6 +38,7 @@ from message_bus.ports.publisher import PublishReceipt
 from message_bus.ports.subscriber import FunctionHandler, MessageHandler, current_delivery
 
 from .harness import BusHarness, Features, Gate, HarnessFactory, eventually
+from .samples import sample_payload
 
 RUN_HEADER = "Contract-Run"
 """User header carrying the scenario run id; consumers ignore messages of other runs."""
@@ -300,7 +302,7 @@ async def round_trip_keeps_every_field(h: BusHarness) -> None:
     ctx = Context(h)
     inbox = ctx.inbox()
     await h.subscriber(MessageType.PAYMENT_INSTRUCTION, ctx.config()).subscribe(recording(inbox))
-    publisher = h.publisher(PublisherConfig(partitions=64))
+    publisher = h.publisher(PublisherConfig(partitions=64, validate_payloads=False))
     payload = {
         "payment_id": "pay-0001",
         "amount": "1000.50",
@@ -1139,6 +1141,38 @@ async def invalid_message_raises_validation_error_and_nothing_is_stored(h: BusHa
     await ctx.eventually(lambda: sentinel.id in inbox.ids, "the valid message")
     await h.settle()
     assert inbox.ids == [sentinel.id], "something of the rejected batch was stored"
+
+
+@scenario()
+async def payload_breaking_its_types_struct_is_refused_naming_the_field_and_nothing_is_stored(
+    h: BusHarness,
+) -> None:
+    """A validating publisher checks every payload against its type's Struct before any
+    I/O; the Struct itself and a dict of its fields both go through."""
+    ctx = Context(h)
+    inbox = ctx.inbox()
+    await h.subscriber(MessageType.PAYMENT_INSTRUCTION, ctx.config()).subscribe(recording(inbox))
+    publisher = h.publisher(PublisherConfig())
+    bad = ctx.message(sample_payload(MessageType.PAYMENT_INSTRUCTION, debtor_bank="not a bic"))
+    caught: ValidationError | None = None
+    try:
+        await publisher.publish(bad)
+    except ValidationError as exc:
+        caught = exc
+    assert caught is not None, "a payload with a malformed BIC was published"
+    assert (caught.field, caught.value) == ("payload.debtor_bank", "not a bic"), str(caught)
+    valid = sample_payload(MessageType.PAYMENT_INSTRUCTION, payment_id=f"pay-{ctx.run}")
+    await refused(
+        ValidationError,
+        [lambda: publisher.publish_many([ctx.message(valid), bad])],
+        "a batch holding a malformed payload was published",
+    )
+    typed = ctx.message(convert_payload(valid, PaymentInstruction))
+    as_dict = ctx.message(valid)
+    await publisher.publish_many([typed, as_dict])
+    await ctx.eventually(lambda: len(inbox.ids) >= 2, "the two valid messages")
+    await h.settle()
+    assert sorted(inbox.ids) == sorted([typed.id, as_dict.id]), "the refused batch was stored"
 
 
 @scenario()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import runpy
 import sys
@@ -33,6 +34,7 @@ from message_bus.app.demo import DemoOptions, run_demo
 from message_bus.app.embedded import EmbeddedNatsServer
 from message_bus.app.service import BankConfirmer
 from message_bus.domain.payloads import PaymentInstruction
+from message_bus.testing.samples import sample_payload
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 WORKERS = SubscriberConfig(
@@ -125,7 +127,8 @@ async def test_the_payment_flow_nets_every_payment_once_on_jetstream(bus: Contai
 async def test_a_poison_instruction_is_dead_lettered_in_the_stream(bus: Container) -> None:
     subscriber = await bus.subscriber(MessageType.PAYMENT_INSTRUCTION, WORKERS)
     subscription = await subscriber.subscribe(await bus.netting_worker())
-    publisher = await bus.publisher()
+    unchecked = dataclasses.replace(bus.publisher_config(), validate_payloads=False)
+    publisher = await bus.publisher(config=unchecked)  # past the schema check on purpose
     poison = Message.new(
         MessageType.PAYMENT_INSTRUCTION, PartitionKey.corridor("USD-EUR"), {"amount": "-1"}
     )
@@ -204,7 +207,11 @@ async def test_the_embedded_backend_starts_its_own_server_with_streams_and_stops
         server = await resolve(container.embedded_server())
         publisher = await container.publisher()  # no apply_streams: the container did it
         receipt = await publisher.publish(
-            Message.new(MessageType.CHECKPOINT, PartitionKey.broadcast(), {"height": 1})
+            Message.new(
+                MessageType.CHECKPOINT,
+                PartitionKey.broadcast(),
+                sample_payload(MessageType.CHECKPOINT),
+            )
         )
         await publisher.close()
         assert server.is_running

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -14,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from message_bus import MessageType
 from message_bus.app.embedded import EmbeddedNatsServer
+from message_bus.testing.samples import sample_payload
 
 SCRIPT = shutil.which("deltran-bus", path=str(Path(sys.executable).parent))
 
@@ -78,7 +81,8 @@ def test_demo_against_a_given_server_leaves_its_dead_letters_there(
 def test_publish_subscribe_and_streams_through_the_cli(nats_server: EmbeddedNatsServer) -> None:
     url = nats_server.url
     applied = deltran_bus("streams", "apply", "--url", url)
-    published = deltran_bus("publish", "Checkpoint", "broadcast", '{"height": 7}', "--url", url)
+    checkpoint = json.dumps(sample_payload(MessageType.CHECKPOINT, height=7))
+    published = deltran_bus("publish", "Checkpoint", "broadcast", checkpoint, "--url", url)
     received = deltran_bus(
         "subscribe", "Checkpoint", "--count", "1", "--timeout", "10", "--url", url
     )
@@ -90,7 +94,7 @@ def test_publish_subscribe_and_streams_through_the_cli(nats_server: EmbeddedNats
     assert published.returncode == 0
     assert "stream CHECKPOINTS seq 1" in published.stdout
     assert received.returncode == 0
-    assert '"payload":{"height":7}' in received.stdout
+    assert json.loads(received.stdout)["payload"]["height"] == 7
     checkpoints = next(
         line for line in listed.stdout.splitlines() if line.startswith("CHECKPOINTS")
     )
@@ -134,7 +138,7 @@ def test_server_runs_until_interrupted_with_the_streams_applied(
     process, url = server_process
 
     published = deltran_bus(
-        "publish", "SettlementProof", "corridor.USD-EUR", '{"proof": "abc"}', "--url", url
+        "publish", "SettlementProof", "corridor.USD-EUR", '{"proof": "abc"}', "--raw", "--url", url
     )
     process.send_signal(signal.SIGINT)
     out, _err = process.communicate(timeout=20)
@@ -222,6 +226,7 @@ def test_an_unreachable_server_exits_2_with_one_line() -> None:
         "Checkpoint",
         "broadcast",
         "{}",
+        "--raw",
         "--url",
         url,
         DELTRAN_NATS_CONNECTION_TIMEOUT="1",

@@ -28,6 +28,7 @@ from message_bus.adapters.nats import (
 )
 from message_bus.app.embedded import NatsCluster
 from message_bus.domain.catalog import StreamCatalog
+from message_bus.testing.samples import sample_payload
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +40,7 @@ def payment(i: int) -> Message:
     return Message.new(
         MessageType.PAYMENT_INSTRUCTION,
         PartitionKey.corridor(CORRIDORS[i % len(CORRIDORS)]),
-        {"payment_id": f"pay_{i:05d}", "amount": "10.00", "currency": "USD"},
+        sample_payload(MessageType.PAYMENT_INSTRUCTION, payment_id=f"pay_{i:05d}", amount="10.00"),
     )
 
 

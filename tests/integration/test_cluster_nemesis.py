@@ -24,6 +24,7 @@ from waits import apply_r3
 from message_bus import Message, MessageType, PartitionKey, PublisherConfig, PublishError
 from message_bus.adapters.nats import JetStreamPublisher, NatsClient, NatsConfig
 from message_bus.app.embedded import NatsCluster
+from message_bus.testing.samples import sample_payload
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -41,7 +42,7 @@ def payment(i: int) -> Message:
     return Message.new(
         MessageType.PAYMENT_INSTRUCTION,
         PartitionKey.corridor(CORRIDORS[i % len(CORRIDORS)]),
-        {"payment_id": f"pay_{i:06d}", "amount": "10.00", "currency": "USD"},
+        sample_payload(MessageType.PAYMENT_INSTRUCTION, payment_id=f"pay_{i:06d}", amount="10.00"),
     )
 
 

@@ -23,6 +23,7 @@ from message_bus.app.containers import (
 )
 from message_bus.app.embedded import EmbeddedNatsServer
 from message_bus.testing import eventually
+from message_bus.testing.samples import sample_payload
 
 PAYMENT = MessageType.PAYMENT_INSTRUCTION
 STREAM = "PAYMENT_INSTRUCTIONS"
@@ -63,7 +64,7 @@ async def test_a_handler_in_flight_at_shutdown_gets_its_ack_through(
         subscriber = await resolve(container.subscriber(PAYMENT, GROUP))
         await subscriber.subscribe(FunctionHandler(handle))  # never stopped by the service
         publisher = await resolve(container.publisher())
-        sent = Message.new(PAYMENT, PartitionKey.corridor("USD-EUR"), {"payment_id": "pay-1"})
+        sent = Message.new(PAYMENT, PartitionKey.corridor("USD-EUR"), sample_payload(PAYMENT))
         await publisher.publish(sent)
         await asyncio.wait_for(started.wait(), 20)
     finally:
@@ -105,7 +106,9 @@ async def test_shutdown_with_a_stuck_handler_ends_within_the_drain_timeout(
         subscriber = await resolve(container.subscriber(PAYMENT, GROUP))
         await subscriber.subscribe(FunctionHandler(stuck))
         publisher = await resolve(container.publisher())
-        await publisher.publish(Message.new(PAYMENT, PartitionKey.bank("BANKGB2L"), {"n": 1}))
+        await publisher.publish(
+            Message.new(PAYMENT, PartitionKey.bank("BANKGB2L"), sample_payload(PAYMENT))
+        )
         await asyncio.wait_for(started.wait(), 20)
     finally:
         loop = asyncio.get_running_loop()

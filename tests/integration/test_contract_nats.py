@@ -55,6 +55,8 @@ class NatsHarness:
         return cls(client)
 
     def publisher(self, config: PublisherConfig | None = None) -> Publisher:
+        if config is None:
+            config = PublisherConfig(validate_payloads=False)
         publisher = JetStreamPublisher(self.client, config)
         self._publishers.append(publisher)
         return publisher

@@ -30,6 +30,7 @@ from message_bus.adapters.nats import (
 from message_bus.adapters.telemetry import MetricsSubscriber
 from message_bus.app.embedded import EmbeddedNatsServer
 from message_bus.domain.errors import PermissionDenied
+from message_bus.testing.samples import sample_payload
 
 PAYMENT = MessageType.PAYMENT_INSTRUCTION
 STREAM = "PAYMENT_INSTRUCTIONS"
@@ -38,7 +39,11 @@ KEY = PartitionKey.corridor("USD-EUR")
 
 
 def payment(n: int = 0) -> Message:
-    return Message.new(PAYMENT, KEY, {"payment_id": f"pay_{n}", "amount": "10.00"})
+    return Message.new(
+        PAYMENT,
+        KEY,
+        sample_payload(MessageType.PAYMENT_INSTRUCTION, payment_id=f"pay_{n}", amount="10.00"),
+    )
 
 
 def metered(

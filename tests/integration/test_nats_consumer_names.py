@@ -26,6 +26,7 @@ from message_bus.adapters.nats import (
 )
 from message_bus.adapters.nats.subscriber.consumer import ConsumerBinding
 from message_bus.app.embedded import EmbeddedNatsServer
+from message_bus.testing.samples import sample_payload
 
 PAYMENT = MessageType.PAYMENT_INSTRUCTION
 STREAM = "PAYMENT_INSTRUCTIONS"
@@ -46,7 +47,11 @@ async def client(nats_server: EmbeddedNatsServer) -> AsyncIterator[NatsClient]:
 
 
 def payment(n: int, key: PartitionKey) -> Message:
-    return Message.new(PAYMENT, key, {"payment_id": f"pay_{n}", "amount": "10.00"})
+    return Message.new(
+        PAYMENT,
+        key,
+        sample_payload(MessageType.PAYMENT_INSTRUCTION, payment_id=f"pay_{n}", amount="10.00"),
+    )
 
 
 async def test_a_group_never_rewrites_the_filter_of_an_existing_consumer(

@@ -38,6 +38,7 @@ from message_bus.adapters.nats import (
 )
 from message_bus.adapters.nats.framing import BlockCodec
 from message_bus.app.embedded import EmbeddedNatsServer
+from message_bus.testing.samples import sample_payload
 
 PAYMENT = MessageType.PAYMENT_INSTRUCTION
 SUBJECT = "deltran.payment.instruction.corridor.USD-EUR"
@@ -54,7 +55,11 @@ POISON_LINES = {
 
 def payment(n: int = 0) -> Message:
     key = PartitionKey.corridor("USD-EUR")
-    return Message.new(PAYMENT, key, {"payment_id": f"pay_{n}", "amount": "1.00"})
+    return Message.new(
+        PAYMENT,
+        key,
+        sample_payload(MessageType.PAYMENT_INSTRUCTION, payment_id=f"pay_{n}", amount="1.00"),
+    )
 
 
 @pytest.fixture
@@ -170,7 +175,12 @@ async def test_a_dead_letter_never_carries_the_original_nats_headers(
     message = payment()
     block = BlockCodec().encode_block(message).header_block
     poisoned = block[:-2] + b"Nats-Expected-Stream: PAYMENT_INSTRUCTIONS\r\n\r\n"
-    await raw_publish(nats_server.url, SUBJECT, poisoned, b'{"payment_id": "p", "amount": "1"}')
+    await raw_publish(
+        nats_server.url,
+        SUBJECT,
+        poisoned,
+        b'{"payment_id": "p", "amount": "1"}',
+    )
 
     async def reject(message: Message) -> None:
         raise PermanentError("rejected")

@@ -31,6 +31,7 @@ from message_bus.app.cli import run_cli
 from message_bus.app.embedded import EmbeddedNatsServer
 from message_bus.domain.catalog import StreamCatalog
 from message_bus.domain.errors import DuplicateWindowError
+from message_bus.testing.samples import sample_payload
 
 PAYMENT = MessageType.PAYMENT_INSTRUCTION
 STREAM = "PAYMENT_INSTRUCTIONS"
@@ -45,7 +46,11 @@ SHORT_WINDOW = 0.5
 
 
 def payment(n: int) -> Message:
-    return Message.new(PAYMENT, KEY, {"payment_id": f"pay_{n}", "amount": "10.00"})
+    return Message.new(
+        PAYMENT,
+        KEY,
+        sample_payload(MessageType.PAYMENT_INSTRUCTION, payment_id=f"pay_{n}", amount="10.00"),
+    )
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ from message_bus.adapters.nats import (
 from message_bus.adapters.telemetry import MetricsSubscriber
 from message_bus.app.embedded import EmbeddedNatsServer
 from message_bus.domain.errors import PermissionDenied
+from message_bus.testing.samples import sample_payload
 
 PAYMENT = MessageType.PAYMENT_INSTRUCTION
 STREAM = "PAYMENT_INSTRUCTIONS"
@@ -33,7 +34,11 @@ FAST = {"pull_expires": 2.0, "idle_heartbeat": 0.5}
 
 
 def payment(n: int) -> Message:
-    return Message.new(PAYMENT, KEY, {"payment_id": f"pay_{n}", "amount": "10.00"})
+    return Message.new(
+        PAYMENT,
+        KEY,
+        sample_payload(MessageType.PAYMENT_INSTRUCTION, payment_id=f"pay_{n}", amount="10.00"),
+    )
 
 
 def reader(client: NatsClient, config: SubscriberConfig | None = None) -> JetStreamSubscriber:

@@ -45,6 +45,7 @@ from message_bus.adapters.nats.framing import BlockCodec
 from message_bus.app.embedded import EmbeddedNatsServer
 from message_bus.domain.codec import WireCodec
 from message_bus.domain.dead_letter import encode_dead_letter
+from message_bus.testing.samples import sample_payload
 
 PAYMENT = MessageType.PAYMENT_INSTRUCTION
 EVENT = MessageType.SYSTEM_EVENT
@@ -53,7 +54,13 @@ FAST = {"pull_expires": 2.0, "idle_heartbeat": 0.5}
 
 
 def payment(n: int = 0, **payload: object) -> Message:
-    return Message.new(PAYMENT, USD_EUR, {"payment_id": f"pay_{n}", "amount": "1.00", **payload})
+    return Message.new(
+        PAYMENT,
+        USD_EUR,
+        sample_payload(
+            MessageType.PAYMENT_INSTRUCTION, payment_id=f"pay_{n}", amount="1.00", **payload
+        ),
+    )
 
 
 def event(n: int = 0) -> Message:

@@ -30,6 +30,7 @@ from message_bus.adapters.nats import (
 )
 from message_bus.adapters.nats.subscriber.pull import PullSubscription
 from message_bus.app.embedded import EmbeddedNatsServer
+from message_bus.testing.samples import sample_payload
 
 PAYMENT = MessageType.PAYMENT_INSTRUCTION
 STREAM = "PAYMENT_INSTRUCTIONS"
@@ -38,7 +39,11 @@ GROUP = "tracking"
 
 
 def payment(name: str) -> Message:
-    return Message.new(PAYMENT, KEY, {"payment_id": name, "amount": "10.00"})
+    return Message.new(
+        PAYMENT,
+        KEY,
+        sample_payload(MessageType.PAYMENT_INSTRUCTION, payment_id=name, amount="10.00"),
+    )
 
 
 @pytest.fixture

@@ -34,6 +34,7 @@ from message_bus.adapters.nats import (
     StreamManager,
 )
 from message_bus.app.embedded import EmbeddedNatsServer
+from message_bus.testing.samples import sample_payload
 
 PAYMENT = MessageType.PAYMENT_INSTRUCTION
 NETTING = MessageType.NETTING_PROPOSAL
@@ -41,11 +42,15 @@ USD_EUR = PartitionKey.corridor("USD-EUR")
 
 
 def payment(n: int = 0, key: PartitionKey = USD_EUR) -> Message:
-    return Message.new(PAYMENT, key, {"payment_id": f"pay_{n}", "amount": "10.00"})
+    return Message.new(
+        PAYMENT,
+        key,
+        sample_payload(MessageType.PAYMENT_INSTRUCTION, payment_id=f"pay_{n}", amount="10.00"),
+    )
 
 
 def netting(n: int = 0) -> Message:
-    return Message.new(NETTING, USD_EUR, {"cycle_id": f"cycle_{n}"})
+    return Message.new(NETTING, USD_EUR, sample_payload(NETTING, cycle_id=f"cycle_{n}"))
 
 
 async def connect(url: str, **options: object) -> NatsClient:
@@ -187,7 +192,7 @@ async def test_a_message_over_the_servers_max_payload_fails_without_breaking_the
 
 
 def _big_payment(size: int) -> Message:
-    return Message.new(PAYMENT, USD_EUR, {"blob": "x" * size})
+    return Message.new(PAYMENT, USD_EUR, sample_payload(PAYMENT, blob="x" * size))
 
 
 async def test_a_message_over_the_streams_size_limit_fails_at_once(client: NatsClient) -> None:

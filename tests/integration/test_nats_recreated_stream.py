@@ -19,6 +19,7 @@ from message_bus.adapters.nats import (
 )
 from message_bus.adapters.nats.subscriber.consumer import ConsumerBinding
 from message_bus.app.embedded import EmbeddedNatsServer
+from message_bus.testing.samples import sample_payload
 
 PAYMENT = MessageType.PAYMENT_INSTRUCTION
 STREAM = "PAYMENT_INSTRUCTIONS"
@@ -39,7 +40,11 @@ async def client(nats_server: EmbeddedNatsServer) -> AsyncIterator[NatsClient]:
 
 
 def payment(n: int) -> Message:
-    return Message.new(PAYMENT, USD_EUR, {"payment_id": f"pay_{n}", "amount": "10.00"})
+    return Message.new(
+        PAYMENT,
+        USD_EUR,
+        sample_payload(MessageType.PAYMENT_INSTRUCTION, payment_id=f"pay_{n}", amount="10.00"),
+    )
 
 
 async def server_ack_floor(client: NatsClient) -> int:

@@ -24,6 +24,7 @@ from message_bus.adapters.nats import (
     StreamManager,
 )
 from message_bus.app.embedded import EmbeddedNatsServer
+from message_bus.testing.samples import sample_payload
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +36,7 @@ def payments(start: int, count: int) -> list[Message]:
         Message.new(
             MessageType.PAYMENT_INSTRUCTION,
             CORRIDORS[n % len(CORRIDORS)],
-            {"payment_id": f"pay_{n}", "amount": "10.00"},
+            sample_payload(MessageType.PAYMENT_INSTRUCTION, payment_id=f"pay_{n}", amount="10.00"),
         )
         for n in range(start, start + count)
     ]

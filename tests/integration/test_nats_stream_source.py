@@ -27,6 +27,7 @@ from message_bus.adapters.ordered.source import Cursor, Record
 from message_bus.adapters.ordered.store import StoreUnavailable
 from message_bus.app.embedded import EmbeddedNatsServer
 from message_bus.domain.errors import StreamError, ValidationError
+from message_bus.testing.samples import sample_payload
 
 PAYMENT = MessageType.PAYMENT_INSTRUCTION
 STREAM = "PAYMENT_INSTRUCTIONS"
@@ -37,7 +38,11 @@ GBP = PartitionKey.bank("BANKGB2L")
 
 
 def payment(n: int, key: PartitionKey = USD_EUR) -> Message:
-    return Message.new(PAYMENT, key, {"payment_id": f"pay_{n}", "amount": "10.00"})
+    return Message.new(
+        PAYMENT,
+        key,
+        sample_payload(MessageType.PAYMENT_INSTRUCTION, payment_id=f"pay_{n}", amount="10.00"),
+    )
 
 
 @pytest.fixture
@@ -119,7 +124,13 @@ async def test_other_groups_replays_are_skipped_and_its_own_are_read_as_the_orig
         await publisher.publish(ours)
         await publisher.publish(theirs)
         # another type of the bus, in its own stream: never read here
-        await publisher.publish(Message.new(MessageType.NETTING_PROPOSAL, USD_EUR, {"cycle": 1}))
+        await publisher.publish(
+            Message.new(
+                MessageType.NETTING_PROPOSAL,
+                USD_EUR,
+                sample_payload(MessageType.NETTING_PROPOSAL, cycle=1),
+            )
+        )
     cursor = await source(client).open(1)
     first = await read_all(cursor, 2)
     await sink.dead_letter(first[0], 3, "handler gave up")

@@ -31,6 +31,7 @@ from message_bus.adapters.nats import (
     StreamManager,
 )
 from message_bus.app.embedded import EmbeddedNatsServer
+from message_bus.testing.samples import sample_payload
 
 PAYMENT = MessageType.PAYMENT_INSTRUCTION
 USD_EUR = PartitionKey.corridor("USD-EUR")
@@ -39,7 +40,11 @@ FAST = {"pull_expires": 2.0, "idle_heartbeat": 0.5}
 
 
 def payment(n: int = 0, key: PartitionKey = USD_EUR) -> Message:
-    return Message.new(PAYMENT, key, {"payment_id": f"pay_{n}", "amount": "10.00"})
+    return Message.new(
+        PAYMENT,
+        key,
+        sample_payload(MessageType.PAYMENT_INSTRUCTION, payment_id=f"pay_{n}", amount="10.00"),
+    )
 
 
 @pytest.fixture

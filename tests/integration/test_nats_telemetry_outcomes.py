@@ -27,6 +27,7 @@ from message_bus.adapters.nats import (
 from message_bus.adapters.telemetry import MetricsSubscriber, TracingSubscriber
 from message_bus.adapters.telemetry import tracing as attrs
 from message_bus.app.embedded import EmbeddedNatsServer
+from message_bus.testing.samples import sample_payload
 
 PAYMENT = MessageType.PAYMENT_INSTRUCTION
 KEY = PartitionKey.corridor("USD-EUR")
@@ -34,7 +35,11 @@ FAST = {"pull_expires": 2.0, "idle_heartbeat": 0.5}
 
 
 def payment() -> Message:
-    return Message.new(PAYMENT, KEY, {"payment_id": "pay_0", "amount": "10.00"})
+    return Message.new(
+        PAYMENT,
+        KEY,
+        sample_payload(MessageType.PAYMENT_INSTRUCTION, payment_id="pay_0", amount="10.00"),
+    )
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ from message_bus.adapters.nats import (
 )
 from message_bus.app.embedded import EmbeddedNatsServer, NatsCluster
 from message_bus.domain.catalog import StreamCatalog
+from message_bus.testing.samples import sample_payload
 
 STREAM = "PAYMENT_INSTRUCTIONS"
 
@@ -33,7 +34,7 @@ def payment(n: int) -> Message:
     return Message.new(
         MessageType.PAYMENT_INSTRUCTION,
         PartitionKey.corridor("USD-EUR"),
-        {"payment_id": f"pay_{n}", "amount": "10.00"},
+        sample_payload(MessageType.PAYMENT_INSTRUCTION, payment_id=f"pay_{n}", amount="10.00"),
     )
 
 

@@ -29,6 +29,7 @@ from message_bus.app.containers import (
     start_container,
 )
 from message_bus.app.service import NettingWorker, PaymentIntake
+from message_bus.testing.samples import sample_payload
 
 NATS_SETTINGS = load_settings(environ={"DELTRAN_NATS_URLS": "nats://127.0.0.1:1"})
 
@@ -61,7 +62,9 @@ async def _receive_one(container: Container, message: Message) -> Message:
 
 def _payment() -> Message:
     return Message.new(
-        MessageType.PAYMENT_INSTRUCTION, PartitionKey.corridor("USD-EUR"), {"payment_id": "p1"}
+        MessageType.PAYMENT_INSTRUCTION,
+        PartitionKey.corridor("USD-EUR"),
+        sample_payload(MessageType.PAYMENT_INSTRUCTION, payment_id="p1"),
     )
 
 
@@ -71,7 +74,7 @@ async def test_overriding_the_backend_runs_everything_in_memory(container: Conta
     got = await _receive_one(container, message)
 
     assert got.id == message.id
-    assert got.payload == {"payment_id": "p1"}
+    assert got.payload == sample_payload(MessageType.PAYMENT_INSTRUCTION, payment_id="p1")
     assert not container.nats_client.initialized
     assert not container.embedded_server.initialized
 

@@ -23,6 +23,7 @@ from message_bus.app.containers import (
     shutdown_container,
     start_container,
 )
+from message_bus.testing.samples import sample_payload
 
 INSTRUCTION = json.dumps(
     {
@@ -90,7 +91,7 @@ async def test_subscribe_prints_messages_as_json_lines_and_stops_at_count(
 ) -> None:
     for n in range(3):
         payload = json.dumps({"payment_id": f"pay-{n}"})
-        argv = ["publish", "SettlementProof", "corridor.USD-EUR", payload]
+        argv = ["publish", "SettlementProof", "corridor.USD-EUR", payload, "--raw"]
         assert await run_cli(argv, container=bus) == 0
     capsys.readouterr()
 
@@ -143,7 +144,7 @@ async def test_request_prints_the_reply(bus: Container, capsys: pytest.CaptureFi
     subscription = await responder.subscribe(FunctionHandler(assess))
 
     code = await run_cli(
-        ["request", "RiskAssessment", "bank.BANKGB2L", '{"exposure": "10"}'], container=bus
+        ["request", "RiskAssessment", "bank.BANKGB2L", '{"payment_id": "pay-1"}'], container=bus
     )
     await subscription.stop()
 
@@ -154,7 +155,9 @@ async def test_request_prints_the_reply(bus: Container, capsys: pytest.CaptureFi
 async def test_a_request_nobody_answers_fails_with_exit_code_1(
     bus: Container, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = await run_cli(["request", "ComplianceCheck", "bank.BANKGB2L", "{}"], container=bus)
+    code = await run_cli(
+        ["request", "ComplianceCheck", "bank.BANKGB2L", '{"payment_id": "pay-1"}'], container=bus
+    )
 
     assert code == 1
     assert "no responders" in one_error_line(capsys.readouterr().err)
@@ -343,7 +346,9 @@ def test_settings_come_from_the_config_file(
     config = tmp_path / "bus.toml"
     config.write_text('backend = "memory"\npartitions = 4\n')
 
-    code = main(["publish", "Checkpoint", "corridor.USD-EUR", "{}", "--config", str(config)])
+    checkpoint = json.dumps(sample_payload(MessageType.CHECKPOINT))
+    argv = ["publish", "Checkpoint", "corridor.USD-EUR", checkpoint, "--config", str(config)]
+    code = main(argv)
 
     out = capsys.readouterr().out
     assert code == 0

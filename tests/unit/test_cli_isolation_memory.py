@@ -17,6 +17,7 @@ from message_bus.app.containers import (
     shutdown_container,
     start_container,
 )
+from message_bus.testing.samples import sample_payload
 
 PROOF = MessageType.SETTLEMENT_PROOF
 
@@ -39,7 +40,11 @@ async def publish_proofs(bus: Container, count: int) -> None:
     publisher = await bus.publisher()
     for n in range(count):
         await publisher.publish(
-            Message.new(PROOF, PartitionKey.corridor("USD-EUR"), {"proof_id": f"proof-{n}"})
+            Message.new(
+                PROOF,
+                PartitionKey.corridor("USD-EUR"),
+                sample_payload(PROOF, proof_id=f"proof-{n}"),
+            )
         )
 
 

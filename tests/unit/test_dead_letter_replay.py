@@ -47,6 +47,7 @@ from message_bus.domain.dead_letter import (
     replay_subject,
     unwrap_replay,
 )
+from message_bus.testing.samples import sample_payload
 
 codec = WireCodec()
 PAYMENT = MessageType.PAYMENT_INSTRUCTION
@@ -55,7 +56,7 @@ FAILED_AT = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
 def payment(n: int = 0) -> Message:
     key = PartitionKey.corridor("USD-EUR")
-    return Message.new(PAYMENT, key, {"payment_id": f"pay_{n}", "amount": "1.00"})
+    return Message.new(PAYMENT, key, sample_payload(PAYMENT, payment_id=f"pay_{n}"))
 
 
 def dead_letter_of(original: Encoded, raw_header_block: bytes | None = None) -> Encoded:

@@ -17,8 +17,8 @@ EXPECTED = {
         "partition 20",
     ],
     "subscriber.py": [
-        "Received: {'payment_id': 'pay_0', 'amount': '100.00'} (partition 20)",
-        "Received: {'payment_id': 'pay_2', 'amount': '300.00'}",
+        "Received: pay_0 100.00 USD (partition 20)",
+        "Received: pay_2 300.00 EUR",
     ],
     "ordered_consumer.py": [
         "ordered group 'ledger': 2 members, 32 partitions",

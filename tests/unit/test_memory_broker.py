@@ -28,6 +28,7 @@ from message_bus import (
 )
 from message_bus.adapters.memory import InMemoryBroker, ManualClock, SystemClock
 from message_bus.testing import Gate, eventually
+from message_bus.testing.samples import sample_payload
 
 PAYMENT = MessageType.PAYMENT_INSTRUCTION
 STREAM = "PAYMENT_INSTRUCTIONS"
@@ -35,7 +36,7 @@ KEY = PartitionKey.corridor_bank(corridor_id="USD-EUR", bank_id="BANKGB2L")
 
 
 def payment(n: int = 0, key: PartitionKey = KEY) -> Message:
-    return Message.new(PAYMENT, key, {"payment_id": f"pay-{n}", "amount": "10.00"})
+    return Message.new(PAYMENT, key, sample_payload(PAYMENT, payment_id=f"pay-{n}"))
 
 
 class Recorder:
@@ -188,7 +189,7 @@ async def test_an_id_is_stored_again_once_the_duplicate_window_has_passed(
 async def test_received_messages_are_copies_not_the_published_objects(
     broker: InMemoryBroker,
 ) -> None:
-    payload: dict[str, Any] = {"payment_id": "pay-1", "lines": [1, 2]}
+    payload: dict[str, Any] = sample_payload(PAYMENT, lines=[1, 2])
     sent = Message.new(PAYMENT, KEY, payload)
     received: list[Message] = []
     seen_lines: list[list[int]] = []
@@ -231,7 +232,7 @@ async def test_a_group_on_a_stream_shared_by_two_types_receives_only_its_own_typ
     )
     catalog = StreamCatalog({PAYMENT: shared, netting: shared})
     async with InMemoryBroker(clock=ManualClock(), catalog=catalog) as broker:
-        proposal = Message.new(netting, KEY, {"cycle_id": "cycle-1"})
+        proposal = Message.new(netting, KEY, sample_payload(netting))
         sent = payment()
         await broker.publisher().publish_many([proposal, sent])
         recorder = Recorder()
@@ -450,14 +451,20 @@ async def test_drain_of_a_core_subscription_handles_what_it_already_received(
     subscription = await subscriber.subscribe(FunctionHandler(recorder.handle))
     publisher = broker.publisher()
     events = [
-        Message.new(MessageType.SYSTEM_EVENT, PartitionKey.broadcast(), {"n": n}) for n in range(3)
+        Message.new(
+            MessageType.SYSTEM_EVENT,
+            PartitionKey.broadcast(),
+            sample_payload(MessageType.SYSTEM_EVENT, event=f"event-{n}"),
+        )
+        for n in range(3)
     ]
     for event in events:
         await publisher.publish(event)
     await broker.settle()
     draining = asyncio.ensure_future(subscription.drain())
     await broker.settle()
-    await publisher.publish(Message.new(MessageType.SYSTEM_EVENT, PartitionKey.broadcast(), {}))
+    late = sample_payload(MessageType.SYSTEM_EVENT, event="late")
+    await publisher.publish(Message.new(MessageType.SYSTEM_EVENT, PartitionKey.broadcast(), late))
     recorder.release.open()
     await draining
     assert [message_id for message_id, _ in recorder.seen] == [e.id for e in events]

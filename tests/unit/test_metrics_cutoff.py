@@ -20,13 +20,15 @@ from message_bus.adapters.memory import InMemoryBroker, ManualClock
 from message_bus.adapters.telemetry import MetricsSubscriber, TracingSubscriber
 from message_bus.adapters.telemetry import tracing as attrs
 from message_bus.ports import Subscriber
+from message_bus.testing.samples import sample_payload
 
 PAYMENT = MessageType.PAYMENT_INSTRUCTION
 LIMIT = 2.0
 
 
 def payment(kind: str) -> Message:
-    return Message.new(PAYMENT, PartitionKey.corridor("USD-EUR"), {"kind": kind})
+    payload = sample_payload(PAYMENT, payment_id=f"pay-{kind}", kind=kind)
+    return Message.new(PAYMENT, PartitionKey.corridor("USD-EUR"), payload)
 
 
 async def until(predicate: object, what: str, timeout: float = 10.0) -> None:

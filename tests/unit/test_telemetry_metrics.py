@@ -33,13 +33,16 @@ from message_bus.ports import (
     FunctionHandler,
     current_delivery,
 )
+from message_bus.testing.samples import sample_payload
 
 PAYMENT = "PaymentInstruction"
 
 
 def payment(corridor: str = "USD-EUR") -> Message:
     return Message.new(
-        MessageType.PAYMENT_INSTRUCTION, PartitionKey.corridor(corridor), {"amount": "10.00"}
+        MessageType.PAYMENT_INSTRUCTION,
+        PartitionKey.corridor(corridor),
+        sample_payload(MessageType.PAYMENT_INSTRUCTION, corridor=corridor, currency=corridor[:3]),
     )
 
 

@@ -34,6 +34,7 @@ from message_bus.ports import (
     FunctionHandler,
     MessageHandler,
 )
+from message_bus.testing.samples import sample_payload
 
 TEMPLATE = "deltran.payment.instruction.{partition_key}"
 
@@ -42,7 +43,7 @@ def payment(corridor: str = "USD-EUR", **kwargs: str) -> Message:
     return Message.new(
         MessageType.PAYMENT_INSTRUCTION,
         PartitionKey.corridor(corridor),
-        {"amount": "10.00"},
+        sample_payload(MessageType.PAYMENT_INSTRUCTION, corridor=corridor, currency=corridor[:3]),
         correlation_id=kwargs.get("correlation_id"),
         headers={k: v for k, v in kwargs.items() if k != "correlation_id"} or None,
     )

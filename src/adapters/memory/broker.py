@@ -45,6 +45,7 @@ from message_bus.domain.errors import (
 )
 from message_bus.domain.message import Message
 from message_bus.domain.partition import DEFAULT_PARTITIONS, check_partition_count
+from message_bus.domain.payload_schema import check_payload
 from message_bus.ports.config import PublisherConfig, SubscriberConfig, ephemeral_consumer_name
 from message_bus.ports.dead_letters import DeadLetters
 from message_bus.ports.publisher import Publisher, PublishReceipt, check_request
@@ -499,6 +500,7 @@ class InMemoryPublisher(Publisher):
             broker.codec if config.partitions == broker.partitions else WireCodec(config.partitions)
         )
         self._jetstream = config.use_jetstream
+        self._validate = config.validate_payloads
         self._closed = False
 
     def _check(self) -> None:
@@ -509,6 +511,8 @@ class InMemoryPublisher(Publisher):
     def _encode(self, message: Message) -> Encoded:
         if not isinstance(message, Message):
             raise ValidationError("message", message, "must be a Message")
+        if self._validate:
+            check_payload(message.message_type, message.payload)
         return self._codec.encode(message)
 
     async def publish(self, message: Message) -> PublishReceipt:

@@ -41,6 +41,7 @@ from .run import run_command
 from .server import server_command
 from .streams import streams_command
 from .subscribe import subscribe_command
+from .type_modules import import_type_modules
 
 __all__ = ["CliError", "build_parser", "main", "run_cli"]
 
@@ -71,6 +72,11 @@ async def run_cli(argv: Sequence[str], *, container: Container | None = None) ->
             running) instead of one built from the settings. Tests use it to run several
             commands against one in-memory broker.
     """
+    try:
+        import_type_modules()  # the application's own message types, before their names
+    except CliError as exc:
+        print(f"{PROG}: error: {error_line(exc)}", file=sys.stderr)
+        return exc.code
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

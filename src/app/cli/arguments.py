@@ -20,6 +20,7 @@ __all__ = [
 
 
 def _type_names() -> dict[str, MessageType]:
+    """Every spelling of every type of the catalog, registered ones included."""
     names: dict[str, MessageType] = {}
     for message_type in MessageType:
         names[message_type.value.lower()] = message_type
@@ -29,13 +30,10 @@ def _type_names() -> dict[str, MessageType]:
     return names
 
 
-_TYPE_NAMES = _type_names()
-
-
 def parse_message_type(text: str) -> MessageType:
     """``PaymentInstruction``, ``PAYMENT_INSTRUCTION``, ``payment-instruction`` or
     ``payment.instruction``."""
-    found = _TYPE_NAMES.get(text.strip().lower())
+    found = _type_names().get(text.strip().lower())
     if found is None:
         names = ", ".join(t.value for t in MessageType)
         raise argparse.ArgumentTypeError(f"unknown message type {text!r} (one of: {names})")

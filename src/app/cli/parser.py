@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument(
         "--raw",
         action="store_true",
-        help="skip the typed payload check (PaymentInstruction, NettingProposal, BankConfirmation)",
+        help="skip the typed payload check against the type's Struct (publish free-form JSON)",
     )
 
     subscribe = command(

@@ -8,23 +8,15 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, NoReturn
 
-import msgspec
-
 from message_bus.domain.catalog import MessageType
-from message_bus.domain.errors import ValidationError
 from message_bus.domain.partition import PartitionKey
-from message_bus.domain.payloads import BankConfirmation, NettingProposal, PaymentInstruction
+from message_bus.domain.payload_schema import convert_payload
+from message_bus.domain.payloads import PaymentInstruction
 
 from ..service import validate_instruction
 from .errors import CliError
 
 __all__ = ["read_payload", "typed_payload"]
-
-_TYPED: dict[MessageType, type[Any]] = {
-    MessageType.PAYMENT_INSTRUCTION: PaymentInstruction,
-    MessageType.NETTING_PROPOSAL: NettingProposal,
-    MessageType.BANK_CONFIRMATION: BankConfirmation,
-}
 
 
 def read_payload(text: str, *, exact_decimals: bool = False) -> Any:
@@ -65,12 +57,13 @@ def _no_constant(name: str) -> NoReturn:
 def typed_payload(
     text: str, message_type: MessageType, key: PartitionKey, *, raw: bool = False
 ) -> Any:
-    """The payload to publish: typed and checked for the types that have a schema.
+    """The payload to publish: typed and checked against the type's Struct with the
+    publishers' own check (:func:`~message_bus.domain.payload_schema.convert_payload`).
 
     Args:
         text: the payload argument (see :func:`read_payload`).
-        message_type: the type published; PaymentInstruction, NettingProposal and
-            BankConfirmation have a schema.
+        message_type: the type published; its ``payload_type`` is the schema (every
+            built-in type has one; a registered type may have none).
         key: the partition key; a payment instruction's corridor defaults to its corridor.
         raw: skip the schema: publish the JSON as read.
 
@@ -78,13 +71,10 @@ def typed_payload(
         CliError: see :func:`read_payload`.
         ValidationError: the payload does not fit its type's schema.
     """
-    schema = None if raw else _TYPED.get(message_type)
+    schema = None if raw else message_type.payload_type
     payload = read_payload(text, exact_decimals=schema is not None)
     if schema is None:
         return payload
     if schema is PaymentInstruction:
         return validate_instruction(payload, getattr(key, "corridor_id", None))
-    try:
-        return msgspec.convert(payload, schema, strict=False)
-    except (msgspec.ValidationError, ValueError) as exc:
-        raise ValidationError("payload", payload, str(exc)) from None
+    return convert_payload(payload, schema)
