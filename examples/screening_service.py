@@ -7,12 +7,21 @@ file to see it work on the in-memory backend.
 import asyncio
 from decimal import Decimal
 
+import msgspec
 from dependency_injector import providers
 from dependency_injector.wiring import Provide, inject
 
 from message_bus import Message, MessageType, PartitionKey
 from message_bus.app import Bus, Container, build_container, load_settings, resolve
 from message_bus.domain.payloads import PaymentInstruction
+
+
+class Verdict(msgspec.Struct, frozen=True, kw_only=True):  # the follow-up: a type of our own
+    payment_id: str
+    hold: bool
+
+
+VERDICT = MessageType.register("ScreeningVerdict", "screening.verdict", payload=Verdict)
 
 
 class Services(Container):
@@ -29,17 +38,15 @@ async def screen(
     message: Message,
     watchlist: frozenset[str] = Provide[Services.watchlist],
 ) -> Message:
-    verdict = "hold" if instruction.creditor_bank in watchlist else "clear"
-    return message.reply(
-        MessageType.ADAPTER_TRANSFER, {"payment_id": instruction.payment_id, "screening": verdict}
-    )
+    held = instruction.creditor_bank in watchlist
+    return message.reply(VERDICT, Verdict(payment_id=instruction.payment_id, hold=held))
 
 
 async def main() -> None:
     bus.container.backend.override("memory")
     screened: list[Message] = []
 
-    @bus.handler(MessageType.ADAPTER_TRANSFER, group="audit")
+    @bus.handler(VERDICT, group="audit")
     async def audit(message: Message) -> None:
         screened.append(message)
 
@@ -58,7 +65,8 @@ async def main() -> None:
         await broker.settle()
     for message in sorted(screened, key=lambda m: m.payload["payment_id"]):
         caused = message.causation_id is not None and message.correlation_id is not None
-        print(f"{message.payload['payment_id']}: {message.payload['screening']} (caused: {caused})")
+        verdict = "hold" if message.payload["hold"] else "clear"
+        print(f"{message.payload['payment_id']}: {verdict} (caused: {caused})")
 
 
 if __name__ == "__main__":

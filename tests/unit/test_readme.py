@@ -23,6 +23,15 @@ PYTEST = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "error"]
 PYTEST += ["-o", "asyncio_default_fixture_loop_scope=function"]
 
 
+# A block that starts with a docstring naming a file (``"""service.py: ..."""``) is also
+# written under that name beside every example, so a later block (its test) imports it.
+MODULES = {
+    match.group(1): block
+    for block in BLOCKS
+    if (match := re.match(r'"""(\w+)\.py:', block)) is not None
+}
+
+
 def _is_test_module(block: str) -> bool:
     return re.search(r"^(async )?def test_", block, flags=re.MULTILINE) is not None
 
@@ -32,6 +41,8 @@ def test_readme_example_runs(index: int, tmp_path: Path) -> None:
     testing = _is_test_module(BLOCKS[index])
     script = tmp_path / f"{'test_' if testing else ''}readme_{index}.py"
     script.write_text(BLOCKS[index])
+    for name, module in MODULES.items():
+        (tmp_path / f"{name}.py").write_text(module)
     result = subprocess.run(
         [sys.executable, *(PYTEST if testing else ["-W", "error"]), str(script)],
         cwd=tmp_path,
