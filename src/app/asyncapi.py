@@ -107,8 +107,12 @@ def channel_id(message_type: MessageType) -> str:
 
 
 def payload_struct(message_type: MessageType) -> type[msgspec.Struct] | None:
-    """The payload Struct of a type: the Struct of :mod:`message_bus.domain.payloads`
-    named as the type's wire name, or None (a free-form payload)."""
+    """The payload Struct of a type: the one the catalog holds for it (a registered
+    type's ``payload``), else the Struct of :mod:`message_bus.domain.payloads` named as
+    the type's wire name, or None (a free-form payload)."""
+    registered = message_type.payload_type
+    if registered is not None:
+        return registered
     found = getattr(payloads, message_type.value, None)
     if isinstance(found, type) and issubclass(found, msgspec.Struct):
         return found

@@ -379,3 +379,21 @@ def test_the_document_is_the_same_every_time() -> None:
     assert dump_json(asyncapi_document(operations=HANDLERS)) == dump_json(
         asyncapi_document(operations=HANDLERS)
     )
+
+
+def test_a_registered_type_gets_its_channel_and_its_payload_schema() -> None:
+    import msgspec
+
+    class Verdict(msgspec.Struct, frozen=True, kw_only=True):
+        payment_id: str
+        hold: bool
+
+    verdict = MessageType.register("AsyncapiVerdict", "asyncapi.verdict", payload=Verdict)
+    try:
+        document = asyncapi_document()
+    finally:
+        MessageType.unregister(verdict)
+    assert schema_errors(document) == []
+    assert "AsyncapiVerdict" in document["channels"]
+    payload = json.dumps(document["components"]["messages"]["AsyncapiVerdict"]["payload"])
+    assert "Verdict" in payload
