@@ -339,6 +339,8 @@ async def run_handler(
             outcome = Outcome.EXPLICIT
             return outcome
         if reply is not None:
+            if delivery.stream is not None:
+                _dropped_reply(handler, delivery)
             await delivery.respond(reply)
         try:
             await delivery.ack()
@@ -350,6 +352,25 @@ async def run_handler(
         return outcome
     finally:
         delivery.report_outcome(outcome)
+
+
+_warned_replies: set[str] = set()
+
+
+def _dropped_reply(handler: MessageHandler, delivery: Delivery) -> None:
+    """Warn (once per handler) that a returned message of a stream delivery goes
+    nowhere: only a request's reply is sent; a follow-up must be published."""
+    name = _name(handler)
+    if name in _warned_replies:
+        return
+    _warned_replies.add(name)
+    log.warning(
+        "handler %s returned a message for %s, which is not a request: it is not sent; "
+        "publish follow-ups with a Publisher, or register the handler on a Bus "
+        "(message_bus.app.Bus), which publishes what its handlers return",
+        name,
+        delivery.subject,
+    )
 
 
 async def settle_failure(

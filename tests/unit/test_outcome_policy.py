@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -67,3 +68,34 @@ def test_the_max_deliveries_reason_names_the_limit_and_the_last_failure() -> Non
     assert max_deliveries_reason(5, "ack wait expired") == (
         "max deliveries (5) exhausted: ack wait expired"
     )
+
+
+async def test_a_message_returned_for_a_stream_delivery_is_not_dropped_silently(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from message_bus import FunctionHandler, Message, MessageType, PartitionKey, SubscriberConfig
+    from message_bus.adapters.memory import InMemoryBroker
+    from message_bus.testing.samples import sample_payload
+
+    broker = InMemoryBroker()
+    key = PartitionKey.corridor("USD-EUR")
+
+    async def returns_a_follow_up(message: Message) -> Message:
+        return message.reply(
+            MessageType.NETTING_PROPOSAL, sample_payload(MessageType.NETTING_PROPOSAL)
+        )
+
+    config = SubscriberConfig(consumer_group="returns")
+    await broker.subscriber(MessageType.PAYMENT_INSTRUCTION, config).subscribe(
+        FunctionHandler(returns_a_follow_up)
+    )
+    for _ in range(2):
+        payload = sample_payload(MessageType.PAYMENT_INSTRUCTION)
+        await broker.publisher().publish(Message.new(MessageType.PAYMENT_INSTRUCTION, key, payload))
+    with caplog.at_level("WARNING", logger="message_bus.subscriber"):
+        await broker.settle()
+    warnings = [r for r in caplog.records if "is not a request" in r.getMessage()]
+    assert len(warnings) == 1  # once per handler, naming what to do instead
+    assert "Bus" in warnings[0].getMessage()
+    assert broker.stream_info("NETTING_PROPOSALS").messages == 0
+    await broker.close()
