@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from message_bus.domain.catalog import MessageType
@@ -68,12 +69,13 @@ _SAMPLES: dict[str, dict[str, Any]] = {
 
 def sample_payload(message_type: MessageType, **changes: Any) -> dict[str, Any]:
     """A valid payload of a built-in type as a JSON-ready dict, with ``changes`` applied
-    (a change to ``None`` removes the field).
+    (a change to ``None`` removes the field). Each call returns a new payload, nested
+    lists and dicts included, so a test may change it in place.
 
     Raises:
         KeyError: ``message_type`` is not one of the eleven built-in types.
     """
-    payload = dict(_SAMPLES[message_type.value])
+    payload = copy.deepcopy(_SAMPLES[message_type.value])
     for name, value in changes.items():
         if value is None:
             payload.pop(name, None)

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Iterator
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
+import msgspec
 import pytest
 from dependency_injector import providers
 from dependency_injector.wiring import Provide, inject
@@ -30,14 +32,52 @@ from message_bus.app.middleware import Next
 from message_bus.domain.errors import ValidationError
 from message_bus.domain.payloads import PaymentInstruction
 from message_bus.ports import Publisher, PublisherConfig
+from message_bus.testing.samples import sample_payload
 
 KEY = PartitionKey.corridor("USD-EUR")
 FOLLOW_UPS = "ADAPTER_TRANSFERS"
+VERDICT = "ScreeningVerdict"
+
+
+class ScreeningVerdict(msgspec.Struct, frozen=True, kw_only=True):
+    """A screening worker's verdict on a payment: clear it or hold it."""
+
+    payment_id: str
+    screening: Literal["clear", "hold"]
+
+
+@pytest.fixture
+def verdicts() -> Iterator[MessageType]:
+    """ScreeningVerdict registered (stored in SCREENING_VERDICTS) for one test, then removed."""
+    registered = MessageType.register(
+        VERDICT,
+        "screening.verdict",
+        payload=ScreeningVerdict,
+        stream="SCREENING_VERDICTS",
+        max_age=3600.0,
+    )
+    yield registered
+    MessageType.unregister(registered)
 
 
 def memory_bus(**subscriber: Any) -> Bus:
     settings = BusSettings(backend="memory", subscriber=SubscriberConfig(**subscriber))
     return Bus(settings)
+
+
+def verdict(payment: PaymentInstruction, message: Message, hold: bool) -> Message:
+    """The follow-up a screening worker returns for ``message`` (a registered type)."""
+    screening = "hold" if hold else "clear"
+    return message.reply(
+        MessageType(VERDICT), {"payment_id": payment.payment_id, "screening": screening}
+    )
+
+
+def transfer(message: Message, **changes: Any) -> Message:
+    """A valid AdapterTransfer follow-up of ``message``."""
+    return message.reply(
+        MessageType.ADAPTER_TRANSFER, sample_payload(MessageType.ADAPTER_TRANSFER, **changes)
+    )
 
 
 def instruction(number: int, creditor: str = "BANKDEFF") -> Message:
@@ -62,20 +102,19 @@ async def stored(bus: Bus, stream: str) -> int:
 
 
 def screening_service(bus: Bus, seen: list[Message]) -> None:
-    """The issue's service: a screening worker returns a follow-up; an audit reads it."""
+    """A screening worker returns a verdict as a follow-up; an audit reads it (needs the
+    ``verdicts`` fixture)."""
 
     @bus.handler(MessageType.PAYMENT_INSTRUCTION, group="screening", payload=PaymentInstruction)
     async def screen(payment: PaymentInstruction, message: Message) -> Message:
-        verdict = "hold" if payment.creditor_bank == "BANKRU2M" else "clear"
-        return message.reply(
-            MessageType.ADAPTER_TRANSFER, {"payment_id": payment.payment_id, "screening": verdict}
-        )
+        return verdict(payment, message, hold=payment.creditor_bank == "BANKRU2M")
 
-    @bus.handler(MessageType.ADAPTER_TRANSFER, group="audit")
+    @bus.handler(MessageType(VERDICT), group="audit")
     async def audit(message: Message) -> None:
         seen.append(message)
 
 
+@pytest.mark.usefixtures("verdicts")
 async def test_a_returned_message_is_published_with_correlation_causation_and_a_derived_id() -> (
     None
 ):
@@ -106,7 +145,9 @@ async def test_a_payload_that_does_not_fit_the_struct_is_dead_lettered_at_once()
 
     async with bus:
         bad = Message.new(MessageType.PAYMENT_INSTRUCTION, KEY, {"payment_id": "pay-1"})
-        await bus.publisher.publish(bad)
+        # A producer that does not check its payloads sends one the Struct refuses.
+        unchecked = await resolve(bus.container.publisher(validate_payloads=False))
+        await unchecked.publish(bad)
         await settle(bus)
         dead = await resolve(bus.container.dead_letters())
         letters = await dead.list()
@@ -126,11 +167,12 @@ async def screen_with_watchlist(
     message: Message,
     watchlist: frozenset[str] = Provide[Services.watchlist],
 ) -> Message:
-    verdict = "hold" if payment.creditor_bank in watchlist else "clear"
-    return message.reply(MessageType.ADAPTER_TRANSFER, {"screening": verdict})
+    return verdict(payment, message, hold=payment.creditor_bank in watchlist)
 
 
-async def test_dependencies_are_injected_from_a_container_with_the_applications_providers() -> None:
+async def test_dependencies_are_injected_from_a_container_with_the_applications_providers(
+    verdicts: MessageType,
+) -> None:
     container = build_container(BusSettings(backend="memory"), Services)
     bus = Bus(container)
     seen: list[Message] = []
@@ -138,14 +180,14 @@ async def test_dependencies_are_injected_from_a_container_with_the_applications_
         screen_with_watchlist
     )
 
-    @bus.handler(MessageType.ADAPTER_TRANSFER, group="audit")
+    @bus.handler(verdicts, group="audit")
     async def audit(message: Message) -> None:
         seen.append(message)
 
     async with bus:
         await bus.publisher.publish(instruction(1, creditor="BANKRU2M"))
         await settle(bus)
-    assert [m.payload for m in seen] == [{"screening": "hold"}]
+    assert [m.payload for m in seen] == [{"payment_id": "pay-1", "screening": "hold"}]
     assert sys.modules[__name__] is not None
 
 
@@ -175,8 +217,8 @@ async def test_a_redelivery_republishes_its_follow_up_under_the_same_id_so_it_is
     async def screen(payment: PaymentInstruction, message: Message) -> list[Message]:
         runs.append(1)
         return [
-            message.reply(MessageType.ADAPTER_TRANSFER, {"leg": 1}),
-            message.reply(MessageType.ADAPTER_TRANSFER, {"leg": 2}),
+            transfer(message, transfer_id=f"{payment.payment_id}-leg-1"),
+            transfer(message, transfer_id=f"{payment.payment_id}-leg-2"),
         ]
 
     async with bus:
@@ -204,7 +246,7 @@ async def test_middleware_runs_around_the_handler_and_each_publish_first_one_out
     @bus.handler(MessageType.PAYMENT_INSTRUCTION, group="screening")
     async def screen(message: Message) -> Message:
         calls.append("handler")
-        return message.reply(MessageType.ADAPTER_TRANSFER, {})
+        return transfer(message)
 
     async with bus:
         await bus.publisher.publish(instruction(1))
@@ -222,6 +264,7 @@ async def test_middleware_runs_around_the_handler_and_each_publish_first_one_out
     ]
 
 
+@pytest.mark.usefixtures("verdicts")
 async def test_one_payment_is_one_trace_across_intake_worker_follow_up_and_audit() -> None:
     bus = memory_bus()
     exporter = InMemorySpanExporter()
@@ -245,6 +288,7 @@ async def test_one_payment_is_one_trace_across_intake_worker_follow_up_and_audit
         assert sum("publish" in name for name in names) == 2  # intake's and the follow-up's
 
 
+@pytest.mark.usefixtures("verdicts")
 async def test_the_handler_metrics_middleware_counts_runs_and_published_follow_ups() -> None:
     bus = memory_bus()
     screening_service(bus, [])
@@ -260,7 +304,7 @@ async def test_the_handler_metrics_middleware_counts_runs_and_published_follow_u
     assert (
         registry.get_sample_value(
             "message_bus_handler_published_total",
-            {"handler": name, "message_type": "AdapterTransfer"},
+            {"handler": name, "message_type": VERDICT},
         )
         == 1.0
     )
@@ -378,6 +422,7 @@ async def test_a_whole_subscriber_config_keeps_the_configured_fields_it_leaves_a
         await shutdown_container(container)
 
 
+@pytest.mark.usefixtures("verdicts")
 async def test_serve_answers_healthz_readyz_and_metrics_then_drains_on_stop() -> None:
     bus = Bus(BusSettings(backend="memory"))
     bus.container.config.metrics.port.from_value(0)
@@ -420,7 +465,7 @@ async def http_get(host: str, port: int, path: str) -> tuple[int, str]:
 async def forward_with_injected_publisher(
     message: Message, publisher: Publisher = Provide[Container.publisher]
 ) -> None:
-    await publisher.publish(message.reply(MessageType.ADAPTER_TRANSFER, {"forwarded": True}))
+    await publisher.publish(transfer(message, payment_id=message.payload["payment_id"]))
 
 
 async def test_a_port_of_the_container_is_injected_awaited() -> None:

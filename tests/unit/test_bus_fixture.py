@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -11,15 +12,20 @@ from hypothesis import strategies as st
 
 from message_bus import ClosedError, Message, MessageType, PartitionKey
 from message_bus.testing import BusFixture
+from message_bus.testing.samples import sample_payload
 
 KEY = PartitionKey.corridor("USD-EUR")
 TYPES = [MessageType.PAYMENT_INSTRUCTION, MessageType.CHECKPOINT, MessageType.SYSTEM_EVENT]
+ID_FIELDS = {
+    MessageType.PAYMENT_INSTRUCTION: "payment_id",
+    MessageType.CHECKPOINT: "checkpoint_id",
+    MessageType.SYSTEM_EVENT: "event",
+}
 
 
-def message(
-    message_type: MessageType = MessageType.PAYMENT_INSTRUCTION, **payload: object
-) -> Message:
-    return Message.new(message_type, KEY, payload or {"n": 1})
+def message(message_type: MessageType = MessageType.PAYMENT_INSTRUCTION, **changes: Any) -> Message:
+    """A message of ``message_type`` with a valid payload, ``changes`` applied."""
+    return Message.new(message_type, KEY, sample_payload(message_type, **changes))
 
 
 @settings(max_examples=40, deadline=None)
@@ -31,7 +37,7 @@ def test_published_lists_each_accepted_message_once_per_type_in_publish_order(
         async with BusFixture() as bus:
             sent: list[Message] = []
             for i, (message_type, retry) in enumerate(plan):
-                m = message(message_type, n=i)
+                m = message(message_type, **{ID_FIELDS[message_type]: f"id-{i}"})
                 await bus.publish(m)
                 if retry:  # the same id again: deduplicated (SYSTEM_EVENT is core: sent again)
                     await bus.publish(m)
@@ -49,7 +55,7 @@ def test_published_lists_each_accepted_message_once_per_type_in_publish_order(
 async def test_publish_many_is_recorded_in_input_order_and_a_retried_batch_once(
     bus: BusFixture,
 ) -> None:
-    batch = [message(n=i) for i in range(3)]
+    batch = [message(payment_id=f"pay-{i}") for i in range(3)]
     publisher = bus.publisher()
     await publisher.publish_many(batch)
     await publisher.publish_many(batch)
@@ -57,16 +63,24 @@ async def test_publish_many_is_recorded_in_input_order_and_a_retried_batch_once(
 
 
 async def test_a_recorded_message_is_a_copy_as_a_handler_receives_it(bus: BusFixture) -> None:
-    payload = {"amount": Decimal("10.50"), "tags": ["a"]}
-    sent = Message.new(MessageType.PAYMENT_INSTRUCTION, KEY, payload)
+    proposal = MessageType.NETTING_PROPOSAL
+    positions = {"BANKUS33": Decimal("-10.50"), "BANKDEFF": Decimal("10.50")}
+    payload = sample_payload(proposal, positions=positions, payment_ids=["pay-1"])
+    sent = Message.new(proposal, KEY, payload)
     await bus.publish(sent)
-    payload["tags"].append("changed after publish")
+    payload["payment_ids"].append("changed after publish")
+    positions["BANKUS33"] = Decimal("-99.00")
     [seen] = bus.published()
-    assert seen.payload == {"amount": "10.50", "tags": ["a"]}
+    assert seen.payload == sample_payload(
+        proposal, positions={"BANKUS33": "-10.50", "BANKDEFF": "10.50"}, payment_ids=["pay-1"]
+    )
     assert seen.partition == KEY.partition_number(32)
     assert seen.id == sent.id
-    bus.assert_published(MessageType.PAYMENT_INSTRUCTION, where={"amount": Decimal("10.50")})
-    bus.assert_published(MessageType.PAYMENT_INSTRUCTION, where=lambda m: m.id == sent.id)
+    bus.assert_published(
+        proposal,
+        where={"positions": {"BANKUS33": Decimal("-10.50"), "BANKDEFF": Decimal("10.50")}},
+    )
+    bus.assert_published(proposal, where=lambda m: m.id == sent.id)
 
 
 @pytest.mark.parametrize("count", [-1, True, 1.5, "2"])
@@ -79,11 +93,12 @@ async def test_assert_published_refuses_a_count_that_is_not_an_int_of_zero_or_mo
 
 async def test_a_long_listing_is_cut_after_five_messages(bus: BusFixture) -> None:
     for i in range(8):
-        await bus.publish(message(n=i))
+        await bus.publish(message(payment_id=f"pay-{i}"))
     with pytest.raises(AssertionError) as failure:
-        bus.assert_published(MessageType.PAYMENT_INSTRUCTION, where={"n": 99})
+        bus.assert_published(MessageType.PAYMENT_INSTRUCTION, where={"payment_id": "pay-99"})
     text = str(failure.value)
-    assert "#5: corridor.USD-EUR payload={'n': 4}" in text
+    fifth = sample_payload(MessageType.PAYMENT_INSTRUCTION, payment_id="pay-4")
+    assert f"#5: corridor.USD-EUR payload={fifth!r}" in text
     assert "#6" not in text
     assert "... and 3 more" in text
 
@@ -113,22 +128,23 @@ async def test_a_services_bus_runs_on_the_fixture_with_its_own_providers(bus: Bu
 
     app = Bus(build_container(BusSettings(backend="nats"), Services))
 
+    proof_type = MessageType.SETTLEMENT_PROOF
+
     @app.handler(MessageType.SETTLEMENT_FINALIZE, group="proofs")
     @inject
     async def prove(
-        payload: dict[str, str], message: Message, suffix: str = Provide[Services.suffix]
+        payload: dict[str, Any], message: Message, suffix: str = Provide[Services.suffix]
     ) -> Message:
         return message.reply(
-            MessageType.SETTLEMENT_PROOF, {"cycle_id": payload["cycle_id"] + suffix}
+            proof_type, sample_payload(proof_type, cycle_id=payload["cycle_id"] + suffix)
         )
 
     await bus.start(app)
+    finalize = sample_payload(MessageType.SETTLEMENT_FINALIZE, cycle_id="c-1")
     await bus.publish(
-        Message.new(
-            MessageType.SETTLEMENT_FINALIZE, PartitionKey.corridor("USD-EUR"), {"cycle_id": "c-1"}
-        )
+        Message.new(MessageType.SETTLEMENT_FINALIZE, PartitionKey.corridor("USD-EUR"), finalize)
     )
     await bus.settle()
 
-    [proof] = bus.assert_published(MessageType.SETTLEMENT_PROOF, count=1)
-    assert proof.payload == {"cycle_id": "c-1-screened"}
+    [proof] = bus.assert_published(proof_type, count=1)
+    assert proof.payload == sample_payload(proof_type, cycle_id="c-1-screened")

@@ -17,6 +17,7 @@ from message_bus.app.containers import (
     shutdown_container,
     start_container,
 )
+from message_bus.testing.samples import sample_payload
 
 PROOF = MessageType.SETTLEMENT_PROOF
 
@@ -38,9 +39,8 @@ async def bus() -> AsyncIterator[Container]:
 async def publish_proofs(bus: Container, count: int) -> None:
     publisher = await bus.publisher()
     for n in range(count):
-        await publisher.publish(
-            Message.new(PROOF, PartitionKey.corridor("USD-EUR"), {"proof_id": f"proof-{n}"})
-        )
+        payload = sample_payload(PROOF, cycle_id=f"cycle-{n}")
+        await publisher.publish(Message.new(PROOF, PartitionKey.corridor("USD-EUR"), payload))
 
 
 async def test_subscribe_from_new_prints_none_of_the_retained_messages(
@@ -63,8 +63,8 @@ async def test_subscribe_from_first_prints_the_retained_messages(
     argv = ["subscribe", "SettlementProof", "--start", "first", "--count", "2", "--timeout", "5"]
     assert await run_cli(argv, container=bus) == 0
 
-    printed = [json.loads(line)["payload"]["proof_id"] for line in capsys.readouterr().out.split()]
-    assert printed == ["proof-0", "proof-1"]
+    printed = [json.loads(line)["payload"]["cycle_id"] for line in capsys.readouterr().out.split()]
+    assert printed == ["cycle-0", "cycle-1"]
 
 
 async def test_a_group_joined_with_another_start_is_refused_naming_the_field(

@@ -58,9 +58,8 @@ def test_a_handlers_follow_up_is_recorded_and_asserted_after_settle(
         """
         async def test_screening_publishes_a_risk_assessment(bus: BusFixture) -> None:
             async def screen(message: Message) -> None:
-                await bus.publish(
-                    message.reply(MessageType.RISK_ASSESSMENT, {"score": 0.2})
-                )
+                risk = {"payment_id": message.payload["payment_id"], "score": 0.2}
+                await bus.publish(message.reply(MessageType.RISK_ASSESSMENT, risk))
 
             await bus.subscribe(MessageType.PAYMENT_INSTRUCTION, screen)
             await bus.publish(instruction("pay_1"))

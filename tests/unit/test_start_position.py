@@ -22,6 +22,7 @@ from message_bus import (
 from message_bus.adapters.memory import InMemoryBroker, ManualClock
 from message_bus.app.config import load_settings
 from message_bus.ports.config import check_start_position, start_token
+from message_bus.testing.samples import sample_payload
 
 PAYMENT = MessageType.PAYMENT_INSTRUCTION
 KEY = PartitionKey.corridor("USD-EUR")
@@ -89,11 +90,11 @@ def test_the_start_is_a_setting_in_toml_and_the_environment(tmp_path: Path) -> N
         load_settings(environ={"DELTRAN_START": "yesterday"})
 
 
-async def _group(broker: InMemoryBroker, start: object, seen: list[int]) -> None:
+async def _group(broker: InMemoryBroker, start: object, seen: list[str]) -> None:
     config = SubscriberConfig(consumer_group="g", partition_key=KEY, start=start)  # type: ignore[arg-type]
 
     async def handle(message: Message) -> None:
-        seen.append(message.payload["n"])  # type: ignore[index]
+        seen.append(message.payload["payment_id"])  # type: ignore[index]
 
     await broker.subscriber(PAYMENT, config).subscribe(FunctionHandler(handle))
 
@@ -103,14 +104,16 @@ async def test_a_memory_group_starting_at_a_time_takes_the_first_message_stored_
     broker = InMemoryBroker(clock=clock)
     publisher = broker.publisher()
     for n in range(3):
-        await publisher.publish(Message.new(PAYMENT, KEY, {"n": n}))
+        await publisher.publish(
+            Message.new(PAYMENT, KEY, sample_payload(PAYMENT, payment_id=f"pay-{n}"))
+        )
         clock.advance(60)
-    seen: list[int] = []
+    seen: list[str] = []
 
     await _group(broker, datetime(2026, 11, 29, 12, 1, tzinfo=UTC), seen)
     await broker.settle()
 
-    assert seen == [1, 2]
+    assert seen == ["pay-1", "pay-2"]
     await broker.close()
 
 
