@@ -221,7 +221,10 @@ class RegisteredHandler:
             await run_chain(self._middleware, publish, self._publish)
 
     async def _publish(self, ctx: Context) -> None:
-        await self._publisher.publish(ctx.message)
+        try:
+            await self._publisher.publish(ctx.message)
+        except ValidationError as exc:  # the same follow-up is refused on every delivery
+            raise PermanentError(f"follow-up refused: {exc}") from exc
 
     def _arguments(self, ctx: Context) -> dict[str, Any]:
         binding = self.spec.binding

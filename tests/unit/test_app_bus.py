@@ -157,6 +157,27 @@ async def test_a_payload_that_does_not_fit_the_struct_is_dead_lettered_at_once()
     assert "PaymentInstruction" in letters[0].reason
 
 
+async def test_a_follow_up_its_type_refuses_is_dead_lettered_at_once_naming_the_field() -> None:
+    bus = memory_bus(max_deliver=5)
+    runs: list[str] = []
+
+    @bus.handler(MessageType.PAYMENT_INSTRUCTION, group="screening", payload=PaymentInstruction)
+    async def screen(payment: PaymentInstruction, message: Message) -> Message:
+        runs.append(payment.payment_id)
+        return message.reply(MessageType.ADAPTER_TRANSFER, {"screening": "hold"})
+
+    async with bus:
+        payload = sample_payload(MessageType.PAYMENT_INSTRUCTION, payment_id="pay-9")
+        await bus.publisher.publish(Message.new(MessageType.PAYMENT_INSTRUCTION, KEY, payload))
+        await settle(bus)
+        letters = await (await resolve(bus.container.dead_letters())).list()
+    assert runs == ["pay-9"]  # not retried: the same follow-up would be refused again
+    assert len(letters) == 1
+    assert letters[0].deliveries == 1
+    assert "follow-up refused" in letters[0].reason
+    assert "transfer_id" in letters[0].reason
+
+
 class Services(Container):
     watchlist = providers.Object(frozenset({"BANKRU2M"}))
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from message_bus import MessageType
+
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 EXPECTED = {
@@ -55,7 +57,12 @@ def test_example_runs_and_prints_what_it_promises(
     script = EXAMPLES / name
     monkeypatch.setattr(sys, "argv", [str(script)])
 
-    runpy.run_path(str(script), run_name="__main__")
+    before = set(MessageType)
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    finally:  # an example that registers a type of its own leaves the catalog as it was
+        for registered in set(MessageType) - before:
+            MessageType.unregister(registered)
 
     out = capsys.readouterr().out
     for line in EXPECTED[name]:
