@@ -7,12 +7,13 @@ file to see it work on the in-memory backend.
 import asyncio
 from decimal import Decimal
 
+import msgspec
 from dependency_injector import providers
 from dependency_injector.wiring import Provide, inject
 
 from message_bus import Message, MessageType, PartitionKey
 from message_bus.app import Bus, Container, build_container, load_settings, resolve
-from message_bus.domain.payloads import PaymentInstruction
+from message_bus.domain.payloads import AdapterTransfer, PaymentInstruction
 
 
 class Services(Container):
@@ -30,9 +31,17 @@ async def screen(
     watchlist: frozenset[str] = Provide[Services.watchlist],
 ) -> Message:
     verdict = "hold" if instruction.creditor_bank in watchlist else "clear"
-    return message.reply(
-        MessageType.ADAPTER_TRANSFER, {"payment_id": instruction.payment_id, "screening": verdict}
+    transfer = AdapterTransfer(
+        transfer_id=f"tr-{instruction.payment_id}",
+        payment_id=instruction.payment_id,
+        amount=instruction.amount,
+        currency=instruction.currency,
+        debtor_bank=instruction.debtor_bank,
+        creditor_bank=instruction.creditor_bank,
     )
+    # wire types accept fields they do not declare: the verdict travels beside the transfer
+    payload = {**msgspec.to_builtins(transfer), "screening": verdict}
+    return message.reply(MessageType.ADAPTER_TRANSFER, payload)
 
 
 async def main() -> None:
