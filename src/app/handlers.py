@@ -221,7 +221,12 @@ class RegisteredHandler:
             await run_chain(self._middleware, publish, self._publish)
 
     async def _publish(self, ctx: Context) -> None:
-        await self._publisher.publish(ctx.message)
+        try:
+            await self._publisher.publish(ctx.message)
+        except ValidationError as exc:  # refused before any I/O: the same again on a retry
+            raise PermanentError(
+                f"follow-up {ctx.message.message_type.value} refused: {exc}"
+            ) from exc
 
     def _arguments(self, ctx: Context) -> dict[str, Any]:
         binding = self.spec.binding
