@@ -21,7 +21,9 @@ class Verdict(msgspec.Struct, frozen=True, kw_only=True):  # the follow-up: a ty
     hold: bool
 
 
-VERDICT = MessageType.register("ScreeningVerdict", "screening.verdict", payload=Verdict)
+VERDICT = MessageType.register(
+    "ScreeningVerdict", "screening.verdict", payload=Verdict, stream="SCREENING_VERDICTS"
+)
 
 
 class Services(Container):

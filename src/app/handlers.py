@@ -223,8 +223,10 @@ class RegisteredHandler:
     async def _publish(self, ctx: Context) -> None:
         try:
             await self._publisher.publish(ctx.message)
-        except ValidationError as exc:  # the same follow-up is refused on every delivery
-            raise PermanentError(f"follow-up refused: {exc}") from exc
+        except ValidationError as exc:  # refused before any I/O: the same again on a retry
+            raise PermanentError(
+                f"follow-up {ctx.message.message_type.value} refused: {exc}"
+            ) from exc
 
     def _arguments(self, ctx: Context) -> dict[str, Any]:
         binding = self.spec.binding

@@ -27,6 +27,7 @@ from message_bus.app.embedded import EmbeddedNatsServer
 from message_bus.app.middleware import Next
 from message_bus.domain.catalog import StreamCatalog
 from message_bus.domain.payloads import PaymentInstruction
+from message_bus.testing.samples import sample_payload
 
 pytestmark = pytest.mark.integration
 
@@ -69,11 +70,14 @@ def example(monkeypatch: pytest.MonkeyPatch, nats_server: EmbeddedNatsServer) ->
     assert spec.loader is not None
     module: ModuleType = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
+    before = set(MessageType)
     try:
         spec.loader.exec_module(module)
         yield module
     finally:
         sys.modules.pop(name, None)
+        for registered in set(MessageType) - before:  # the example's own follow-up type
+            MessageType.unregister(registered)
 
 
 def payment(number: int, creditor: str = "BANKDEFF") -> Message:
@@ -96,7 +100,7 @@ async def test_the_screening_service_publishes_follow_ups_in_one_trace_per_payme
     bus.container.tracer_provider().add_span_processor(SimpleSpanProcessor(exporter))
     seen: list[Message] = []
 
-    @bus.handler(MessageType.ADAPTER_TRANSFER, group="audit")
+    @bus.handler(example.VERDICT, group="audit")
     async def audit(message: Message) -> None:
         seen.append(message)
 
@@ -114,7 +118,7 @@ async def test_the_screening_service_publishes_follow_ups_in_one_trace_per_payme
     assert set(by_cause) == {m.id for m in sent}
     for cause in sent:
         assert by_cause[cause.id].correlation_id == cause.id
-    assert by_cause[sent[1].id].payload["screening"] == "hold"
+    assert [by_cause[m.id].payload["hold"] for m in sent] == [False, True, False]
     traces: dict[int, list[str]] = {}
     for span in exporter.get_finished_spans():
         assert span.context is not None
@@ -142,6 +146,14 @@ class CrashAfterPublishing:
         return result
 
 
+def leg(instruction: PaymentInstruction, number: int) -> dict[str, Any]:
+    return sample_payload(
+        MessageType.ADAPTER_TRANSFER,
+        transfer_id=f"{instruction.payment_id}-leg-{number}",
+        payment_id=instruction.payment_id,
+    )
+
+
 async def test_a_redelivery_republishes_its_follow_ups_and_the_stream_stores_them_once(
     nats_server: EmbeddedNatsServer,
 ) -> None:
@@ -153,8 +165,8 @@ async def test_a_redelivery_republishes_its_follow_ups_and_the_stream_stores_the
     @bus.handler(MessageType.PAYMENT_INSTRUCTION, group="screening", payload=PaymentInstruction)
     async def screen(instruction: PaymentInstruction, message: Message) -> list[Message]:
         return [
-            message.reply(MessageType.ADAPTER_TRANSFER, {"leg": 1}),
-            message.reply(MessageType.ADAPTER_TRANSFER, {"leg": 2}),
+            message.reply(MessageType.ADAPTER_TRANSFER, leg(instruction, 1)),
+            message.reply(MessageType.ADAPTER_TRANSFER, leg(instruction, 2)),
         ]
 
     async with bus:
@@ -228,9 +240,9 @@ SLOW_SERVICE = '''
 
     @bus.handler(MessageType.PAYMENT_INSTRUCTION, group="slow")
     async def slow(message: Message) -> None:
-        print("started", message.payload["n"], flush=True)
+        print("started", message.payload["payment_id"], flush=True)
         await asyncio.sleep(1.0)  # the work in flight when SIGTERM arrives
-        print("finished", message.payload["n"], flush=True)
+        print("finished", message.payload["payment_id"], flush=True)
 '''
 
 
@@ -275,8 +287,8 @@ async def test_deltran_bus_run_drains_the_handler_in_flight_on_sigterm_and_exits
         await read_until(process.stdout, "serving /metrics", lines)
         bus = Bus(nats_settings(nats_server.url))
         async with bus:
-            await bus.publisher.publish(Message.new(MessageType.PAYMENT_INSTRUCTION, KEY, {"n": 1}))
-        await read_until(process.stdout, "started 1", lines)
+            await bus.publisher.publish(payment(1))
+        await read_until(process.stdout, "started pay-1", lines)
         process.send_signal(signal.SIGTERM)
         code = await asyncio.wait_for(process.wait(), 60)
         rest = (await process.stdout.read()).decode()
@@ -288,7 +300,7 @@ async def test_deltran_bus_run_drains_the_handler_in_flight_on_sigterm_and_exits
             await process.wait()
     output = "".join(lines) + rest
     assert code == 0, errors
-    assert "finished 1" in output
+    assert "finished pay-1" in output
     assert "stopped: handlers drained" in output
     name = SubscriberConfig(consumer_group="slow").consumer_name
     async with NatsClient(NatsConfig(urls=[nats_server.url])) as client:
@@ -310,14 +322,26 @@ async def test_an_ordered_handler_gets_each_keys_messages_in_order_and_publishes
         MessageType.PAYMENT_INSTRUCTION, group="ledger", ordering="partition", max_concurrent=4
     )
     async def book(payload: dict[str, Any], message: Message) -> Message:
-        handled.append(payload["n"])
-        return message.reply(MessageType.ADAPTER_TRANSFER, {"n": payload["n"]})
+        handled.append(payload["payment_id"])
+        transfer = sample_payload(
+            MessageType.ADAPTER_TRANSFER,
+            transfer_id=f"tr-{payload['payment_id']}",
+            payment_id=payload["payment_id"],
+        )
+        return message.reply(MessageType.ADAPTER_TRANSFER, transfer)
 
     @bus.handler(MessageType.ADAPTER_TRANSFER, group="audit")
     async def audit(message: Message) -> None:
         follow_ups.append(message)
 
-    sent = [Message.new(MessageType.PAYMENT_INSTRUCTION, KEY, {"n": f"{i:02d}"}) for i in range(8)]
+    sent = [
+        Message.new(
+            MessageType.PAYMENT_INSTRUCTION,
+            KEY,
+            sample_payload(MessageType.PAYMENT_INSTRUCTION, payment_id=f"pay-{i:02d}"),
+        )
+        for i in range(8)
+    ]
     async with bus:
         for message in sent:
             await bus.publisher.publish(message)

@@ -33,6 +33,7 @@ from message_bus.adapters.nats.group_status import GroupsStatus, read_groups
 from message_bus.app.cli import run_cli
 from message_bus.app.cli.groups import CLEAR_HOME
 from message_bus.app.embedded import EmbeddedNatsServer
+from message_bus.testing.samples import sample_payload
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -43,7 +44,8 @@ CORRIDORS = ["USD-EUR", "GBP-USD", "EUR-JPY", "CHF-USD", "AUD-NZD", "CAD-USD"]
 
 def payment(n: int, corridor: str = "USD-EUR") -> Message:
     key = PartitionKey.corridor(corridor)
-    return Message.new(PAYMENT, key, {"payment_id": f"pay_{n}", "amount": "10.00"})
+    payload = sample_payload(PAYMENT, payment_id=f"pay_{n}", amount="10.00", corridor=corridor)
+    return Message.new(PAYMENT, key, payload)
 
 
 @pytest.fixture

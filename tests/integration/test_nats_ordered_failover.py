@@ -24,9 +24,10 @@ from typing import Any
 import pytest
 from waits import eventually
 
-from message_bus import Message, MessageType, PartitionKey, PublisherConfig
+from message_bus import Message, MessageType, PartitionKey
 from message_bus.adapters.nats import JetStreamPublisher, NatsClient, NatsConfig, StreamManager
 from message_bus.app.embedded import EmbeddedNatsServer
+from message_bus.testing.samples import sample_payload
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -167,11 +168,15 @@ async def test_three_members_with_one_killed_mid_stream_lose_nothing_and_keep_ke
     await eventually(balanced, "three members owning 10, 11 and 11 partitions", timeout=60)
 
     all_keys = keys()
-    sent = [
-        Message.new(MessageType.PAYMENT_INSTRUCTION, all_keys[i % KEYS], {"n": i})
+    sent = [  # "n", a field PaymentInstruction does not declare, is the member log's order
+        Message.new(
+            MessageType.PAYMENT_INSTRUCTION,
+            all_keys[i % KEYS],
+            sample_payload(MessageType.PAYMENT_INSTRUCTION, payment_id=f"pay-{i}", n=i),
+        )
         for i in range(MESSAGES)
     ]
-    publisher = JetStreamPublisher(client, PublisherConfig(validate_payloads=False))  # {"n": i}
+    publisher = JetStreamPublisher(client)
     await publisher.publish_many(sent[: MESSAGES // 3])
     await eventually(
         lambda: len(members.ended()) >= MESSAGES // 5, "a fifth of the messages handled", timeout=60

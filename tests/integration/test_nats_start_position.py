@@ -28,6 +28,7 @@ from message_bus.adapters.nats import (
 from message_bus.adapters.nats.subscriber.consumer import START_METADATA
 from message_bus.adapters.nats.subscriber.stream_source import JetStreamSource
 from message_bus.app.embedded import EmbeddedNatsServer
+from message_bus.testing.samples import sample_payload
 
 PAYMENT = MessageType.PAYMENT_INSTRUCTION
 STREAM = "PAYMENT_INSTRUCTIONS"
@@ -36,7 +37,9 @@ FAST = {"pull_expires": 2.0, "idle_heartbeat": 0.5}
 
 
 def payment(n: int) -> Message:
-    return Message.new(PAYMENT, USD_EUR, {"payment_id": f"pay_{n}", "amount": "10.00"})
+    return Message.new(
+        PAYMENT, USD_EUR, sample_payload(PAYMENT, payment_id=f"pay_{n}", amount="10.00")
+    )
 
 
 @pytest.fixture

@@ -34,6 +34,7 @@ from message_bus.adapters.nats import (
 from message_bus.app.embedded import EmbeddedNatsServer
 from message_bus.ports.subscriber import FunctionHandler
 from message_bus.testing import eventually
+from message_bus.testing.samples import sample_payload
 
 SEEN = Path(os.environ["PLUGIN_SEEN_FILE"])
 
@@ -55,7 +56,7 @@ async def test_a_stream_backed_publish_is_stored_and_consumed(
         message = Message.new(
             MessageType.PAYMENT_INSTRUCTION,
             PartitionKey.corridor("USD-EUR"),
-            {"payment_id": "pay_1"},
+            sample_payload(MessageType.PAYMENT_INSTRUCTION, payment_id="pay_1"),
         )
         receipt = await publisher.publish(message)
         assert receipt.stream == "PAYMENT_INSTRUCTIONS" and not receipt.duplicate

@@ -174,7 +174,7 @@ async def test_a_follow_up_its_type_refuses_is_dead_lettered_at_once_naming_the_
     assert runs == ["pay-9"]  # not retried: the same follow-up would be refused again
     assert len(letters) == 1
     assert letters[0].deliveries == 1
-    assert "follow-up refused" in letters[0].reason
+    assert "follow-up AdapterTransfer refused" in letters[0].reason
     assert "transfer_id" in letters[0].reason
 
 
