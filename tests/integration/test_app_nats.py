@@ -12,6 +12,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from waits import eventually
 
 from message_bus import (
     BusConnectionError,
@@ -33,6 +34,7 @@ from message_bus.app.containers import (
 from message_bus.app.demo import DemoOptions, run_demo
 from message_bus.app.embedded import EmbeddedNatsServer
 from message_bus.app.service import BankConfirmer
+from message_bus.domain.dead_letter import DeadLetter
 from message_bus.domain.payloads import PaymentInstruction
 from message_bus.testing.samples import sample_payload
 
@@ -135,11 +137,13 @@ async def test_a_poison_instruction_is_dead_lettered_in_the_stream(bus: Containe
     await publisher.publish(poison)
     dead_letters = await bus.dead_letters()
 
-    for _ in range(200):  # the worker dead-letters it on its first delivery
-        letters = await dead_letters.list()
-        if letters:
-            break
-        await asyncio.sleep(0.05)
+    letters: list[DeadLetter] = []
+
+    async def dead_lettered() -> bool:  # the worker dead-letters it on its first delivery
+        letters[:] = await dead_letters.list()
+        return bool(letters)
+
+    await eventually(dead_lettered, "the poison instruction's dead letter")
     await subscription.stop()
 
     assert [d.message.id for d in letters] == [poison.id]
