@@ -115,8 +115,14 @@ def check_monitor_url(url: str) -> str:
     Raises:
         ValidationError: it is not (naming the field ``monitor_url`` and the value).
     """
-    parsed = urllib.parse.urlsplit(url) if isinstance(url, str) else None
+    try:
+        parsed = urllib.parse.urlsplit(url) if isinstance(url, str) else None
+        port_ok = parsed is not None and (parsed.port is None or parsed.port > 0)
+    except ValueError:  # an unparsable address or port
+        parsed, port_ok = None, False
     if parsed is None or parsed.scheme not in ("http", "https") or not parsed.hostname:
+        port_ok = False
+    if not port_ok:
         raise ValidationError(
             "monitor_url", url, "must be an http:// or https:// URL of a monitoring port"
         )

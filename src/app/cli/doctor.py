@@ -6,6 +6,8 @@ import argparse
 
 import msgspec
 
+from message_bus.adapters.nats.deployment import check_monitor_url
+
 from ..containers import Container, resolve
 from ..doctor import Check, desired_streams, diagnose
 from .errors import EXIT_FAILED, EXIT_OK, CliError
@@ -25,7 +27,9 @@ async def doctor_command(args: argparse.Namespace, container: Container | None) 
         CliError: the backend is the in-memory one (exit 2): it has no deployment.
     """
     settings = load_command_settings(args)
-    monitors = [url for item in args.monitor or [] for url in item.split(",") if url]
+    monitors = [
+        check_monitor_url(url) for item in args.monitor or [] for url in item.split(",") if url
+    ]
     async with running_bus(settings, container) as bus:
         if backend_of(bus) == "memory":
             raise CliError(
