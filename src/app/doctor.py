@@ -141,7 +141,8 @@ def _version(d: Deployment) -> Check:
         name,
         "warn",
         f"nats-server {d.version}: older than {wanted}, which per-message TTL and priority "
-        "groups need (the bus uses neither today, ordered groups keep their own TTL)",
+        "groups need (the bus uses neither today: ordered groups' KV heartbeats need no "
+        "per-message TTL)",
         f"upgrade nats-server to {wanted} or later",
     )
 
@@ -309,7 +310,7 @@ def _ack_pending(d: Deployment) -> Check:
             "warn",
             "consumers at their max_ack_pending (no new deliveries until acks): " + ", ".join(full),
             "find the slow or stuck handlers (`deltran-bus groups ls`), or raise "
-            "subscriber.max_ack_pending",
+            "subscriber.max_ack_pending (DELTRAN_MAX_ACK_PENDING)",
         )
     return Check(name, "pass", f"{len(d.consumers)} consumer(s), none at max_ack_pending")
 
