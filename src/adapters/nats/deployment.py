@@ -185,6 +185,8 @@ async def _read(client: NatsClient, monitor: dict[str, Any], problem: str) -> De
     if js_config:
         sync_always = bool(js_config.get("sync_always", False))
         sync_interval = float(js_config.get("sync_interval", 0)) / 1e9
+    elif not problem:
+        problem = "the monitoring endpoint's /varz shows no jetstream.config"
     storage_max: int | None = int(account.limits.max_storage)
     if storage_max is None or storage_max < 0:
         server_max = (jsz.get("config") or {}).get("max_storage")
