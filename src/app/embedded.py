@@ -652,6 +652,9 @@ class NatsCluster:
         host: str = "127.0.0.1",
         ready_timeout: float = 30.0,
         stop_timeout: float = 10.0,
+        user: str | None = None,
+        password: str | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
         """Configures the cluster; nothing is started until :meth:`start`.
 
@@ -669,12 +672,19 @@ class NatsCluster:
             ready_timeout: Seconds :meth:`start` and :meth:`restart_node` wait for the
                 nodes to be ready and a meta leader to be elected.
             stop_timeout: Seconds each node gets after SIGTERM before SIGKILL.
+            user: Username clients must present on every node; requires ``password``.
+            password: Password for ``user``.
+            tls: Certificate files; when set, every node requires TLS from its clients
+                (routes between the nodes stay as ``cluster.conf`` has them).
 
         Raises:
-            ValueError: If ``size`` is less than 1.
+            ValueError: If ``size`` is less than 1, or the credentials are inconsistent.
         """
         if size < 1:
             raise ValueError("a cluster needs at least one node")
+        if (user is None) != (password is None):
+            raise ValueError("user and password must be given together")
+        self._user, self._password, self._tls = user, password, tls
         self._size = size
         self._cluster_name = cluster_name
         self._given_base_dir = Path(base_dir) if base_dir is not None else None
@@ -869,6 +879,9 @@ class NatsCluster:
                 config_file=config,
                 binary=self._binary,
                 server_name=f"nats-{i + 1}",
+                user=self._user,
+                password=self._password,
+                tls=self._tls,
                 extra_args=[
                     "--cluster_name",
                     self._cluster_name,

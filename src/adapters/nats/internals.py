@@ -283,6 +283,7 @@ class Connection(Client):
         super().__init__()
         self.raw_routes: dict[int, RawHandler] = {}
         self.awaiting_info = False
+        self.server_info: dict[str, Any] = {}
         if type(self._ps) is Parser:
             self._ps = FastParser(self)
 
@@ -291,6 +292,11 @@ class Connection(Client):
         """The URL of the server being connected to (or last tried), redacted."""
         server = self._current_server
         return "the server" if server is None else redact_url(server.uri.geturl())
+
+    @property
+    def uses_tls(self) -> bool:
+        """Whether the connection's transport is TLS right now."""
+        return self._transport_is_tls()
 
     def _transport_is_tls(self) -> bool:
         server = self._current_server
@@ -345,6 +351,7 @@ class Connection(Client):
             wss = server is not None and server.uri.scheme == "wss"
             if self.require_tls and not wss and not info.get("tls_required"):
                 raise TlsNotOfferedError(self.server_url)
+            self.server_info = dict(info)  # the INFO of the server connected to
         await super()._process_info(info, initial_connection)
 
     def _connect_command(self) -> bytes:

@@ -291,6 +291,12 @@ def _with_problems(
     return report
 
 
+def config_drift(have: StreamConfig, want: StreamConfig) -> list[str]:
+    """One line per setting of ``want`` that ``have`` differs in (``"field: found ->
+    wanted"``), as :meth:`StreamManager.apply` reports it; nothing is changed."""
+    return _drift(have, want)
+
+
 def _drift(have: StreamConfig, want: StreamConfig) -> list[str]:
     lines = []
     fields = ("subjects", "retention", "storage", "max_age", "duplicate_window", "num_replicas")
@@ -333,4 +339,11 @@ def _api_failure(name: str, error: BaseException) -> MessageBusError:
     return BusConnectionError(f"JetStream did not answer (stream {name}): {error}")
 
 
-__all__ = ["StreamAction", "StreamError", "StreamManager", "StreamReport", "StreamSummary"]
+__all__ = [
+    "StreamAction",
+    "StreamError",
+    "StreamManager",
+    "StreamReport",
+    "StreamSummary",
+    "config_drift",
+]

@@ -11,7 +11,8 @@ Modules: :mod:`.parser` (with :mod:`.arguments`) parses; :mod:`.publish`,
 :mod:`.subscribe`, :mod:`.streams`, :mod:`.dlq`, :mod:`.server`, :mod:`.demo` and
 :mod:`.docs` are the commands, on :mod:`.session` and :mod:`.payloads`; :mod:`.output`
 formats what they print; :mod:`.errors` holds :class:`CliError` and the exit codes.
-:mod:`.groups` shows the consumer groups; :mod:`.progress` draws the demo's progress bar.
+:mod:`.groups` shows the consumer groups; :mod:`.doctor` checks a deployment;
+:mod:`.progress` draws the demo's progress bar.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from ..embedded import EmbeddedServerError
 from .demo import demo_command
 from .dlq import dlq_command
 from .docs import docs_command
+from .doctor import doctor_command
 from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, CliError, error_line
 from .groups import groups_command
 from .logs import configure_logging
@@ -58,6 +60,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, Container | None], Coroutine[
     "demo": demo_command,
     "docs": docs_command,
     "run": run_command,
+    "doctor": doctor_command,
 }
 
 

@@ -325,4 +325,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PORT",
         help="port of /metrics, /healthz, /readyz (default: metrics.port, 9464; 0 = free port)",
     )
+    doctor = command(
+        "doctor",
+        "check a running deployment against the production checklist: one line per check "
+        "(pass, warn, fail); exit 1 on any fail",
+    )
+    doctor.add_argument(
+        "--monitor",
+        action="append",
+        metavar="URL",
+        help="monitoring endpoint of a server (http://HOST:8222; repeat, or comma separate): "
+        "read for sync_interval, cluster size and the store's limit",
+    )
+    doctor.add_argument("--json", action="store_true", help="print one JSON document")
     return parser
