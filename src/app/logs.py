@@ -101,14 +101,18 @@ class TextFormatter(logging.Formatter):
 
     Args:
         fmt: the ``%``-style format.
-        redact: applied to the formatted line (default: URL userinfo).
+        redact: applied to the formatted line, after URL userinfo is redacted.
     """
 
     def __init__(
         self, fmt: str | None = TEXT_FORMAT, *, redact: Callable[[str], str] = redact_text
     ) -> None:
         super().__init__(fmt)
-        self.redact = redact
+        self._redact = redact
+
+    def redact(self, text: str) -> str:
+        """``text`` with URL userinfo and the secrets of ``redact`` replaced."""
+        return self._redact(redact_text(text))
 
     def format(self, record: logging.LogRecord) -> str:
         return single_line(self.redact(super().format(record)))
@@ -118,12 +122,16 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per record: time, level, logger, message, context, ``extra=``.
 
     Args:
-        redact: applied to every string of the object (default: URL userinfo).
+        redact: applied to every string of the object, after URL userinfo is redacted.
     """
 
     def __init__(self, *, redact: Callable[[str], str] = redact_text) -> None:
         super().__init__()
-        self.redact = redact
+        self._redact = redact
+
+    def redact(self, text: str) -> str:
+        """``text`` with URL userinfo and the secrets of ``redact`` replaced."""
+        return self._redact(redact_text(text))
 
     def format(self, record: logging.LogRecord) -> str:
         created = datetime.fromtimestamp(record.created, UTC)
@@ -306,7 +314,7 @@ def configure_logging(
         level: the root logger's level.
         stream: where lines go (default stderr).
         repeat_window: seconds a repeated warning or error is counted (0: never).
-        redact: applied to every string shown (default: URL userinfo).
+        redact: applied to every string shown, after URL userinfo is redacted.
         secrets: values never shown, besides what ``redact`` hides.
     """
     if logging.getLogger().handlers:
