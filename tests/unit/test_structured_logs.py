@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -25,6 +26,7 @@ from opentelemetry.trace import SpanKind
 from message_bus import Message, MessageType, PartitionKey, PermanentError, SubscriberConfig
 from message_bus.adapters.memory import InMemoryBroker
 from message_bus.adapters.telemetry import TracingPublisher, TracingSubscriber
+from message_bus.app.bus import Bus
 from message_bus.app.cli.logs import log_settings_of
 from message_bus.app.config import load_settings
 from message_bus.app.logs import (
@@ -336,3 +338,36 @@ def test_the_cli_writes_parseable_json_lines(argv: list[str], env: dict[str, str
     assert warning["level"] == "warning"
     assert warning["logger"] == "message_bus.app.config"
     assert "PAYMENT_INSTRUCTIONS" in done.stdout
+
+
+async def test_a_bus_serves_with_the_log_format_of_its_settings(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    settings = load_settings(
+        environ={"DELTRAN_BACKEND": "memory", "DELTRAN_LOG_FORMAT": "json"},
+        overrides={"metrics.port": 0},
+    )
+    bus = Bus(settings)
+    stop = asyncio.Event()
+    root = logging.getLogger()
+    saved, level = root.handlers[:], root.level
+    root.handlers.clear()  # a service that configured no logging of its own
+    try:
+
+        def ready(url: str) -> None:
+            logging.getLogger("test.service").warning("ready on %s", url)
+            stop.set()
+
+        await asyncio.wait_for(bus.serve(stop=stop, on_ready=ready), 60)
+        installed = root.handlers[:]
+    finally:
+        for handler in root.handlers:
+            handler.close()
+        root.handlers[:] = saved
+        root.setLevel(level)
+
+    assert [type(h) for h in installed] == [LineHandler]
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    [ready_line] = [line for line in lines if line["logger"] == "test.service"]
+    assert ready_line["message"].startswith("ready on http://")
+    assert any(line["logger"] == "message_bus.app.runner" for line in lines)  # INFO and up
