@@ -11,8 +11,9 @@ traceback is joined with `` | ``.
 Secrets are redacted from every string shown (URL userinfo, and the values the
 ``redact`` function is given). Under a fault the same error repeats: the
 :class:`RepeatLimiter` lets the first record of a logger, level and message template
-through, counts the others for ``repeat_window`` seconds, then writes one summary
-(``... (repeated N times)``, JSON field ``repeated``).
+(with the same arguments, numbers aside) through, counts the others for
+``repeat_window`` seconds, then writes one summary (``... (repeated N times)``, JSON
+field ``repeated``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO, Any, Literal
@@ -179,7 +180,8 @@ class _Window:
 
 
 class RepeatLimiter:
-    """Rate-limits repeated records: same logger, level and message template.
+    """Rate-limits repeated records: same logger, level, message template and arguments
+    other than numbers (a retry delay, an attempt count).
 
     The first record of a key is written and opens a window of ``window`` seconds; the
     others in it are counted. The first record after the window (of any key, or
@@ -203,7 +205,7 @@ class RepeatLimiter:
         self.window = window
         self.level = level
         self._clock = clock
-        self._windows: dict[tuple[str, int, str], _Window] = {}
+        self._windows: dict[tuple[str, int, str, tuple[str, ...]], _Window] = {}
 
     def admit(self, record: logging.LogRecord) -> list[logging.LogRecord]:
         """The records to write now, in order: summaries of ended windows, then
@@ -213,7 +215,7 @@ class RepeatLimiter:
         if self.window <= 0 or record.levelno < self.level:
             written.append(record)
             return written
-        key = (record.name, record.levelno, str(record.msg))
+        key = (record.name, record.levelno, str(record.msg), _identity(record.args))
         current = self._windows.get(key)
         if current is None:
             self._windows[key] = _Window(now)
@@ -239,11 +241,25 @@ class RepeatLimiter:
         return summaries
 
 
+def _identity(args: object) -> tuple[str, ...]:
+    """What tells repeats apart besides the template: the arguments that are not numbers
+    (a consumer, a subject, an error), so a retry delay or an attempt count that changes
+    does not, and two consumers failing alike are counted apart."""
+    if isinstance(args, Mapping):
+        args = tuple(f"{k}={v}" for k, v in sorted(args.items(), key=lambda kv: str(kv[0])))
+    if not isinstance(args, tuple):
+        return ()
+    return tuple(
+        "" if isinstance(a, int | float) and not isinstance(a, bool) else str(a) for a in args
+    )
+
+
 def _summary(window: _Window) -> logging.LogRecord:
     last = window.last
     assert last is not None
     summary = logging.makeLogRecord(dict(last.__dict__))
-    summary.msg = f"{last.getMessage()} (repeated {window.suppressed} times)"
+    times = "time" if window.suppressed == 1 else "times"
+    summary.msg = f"{last.getMessage()} (repeated {window.suppressed} {times})"
     summary.args = None
     summary.exc_info = None
     summary.exc_text = None

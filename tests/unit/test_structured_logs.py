@@ -371,3 +371,29 @@ async def test_a_bus_serves_with_the_log_format_of_its_settings(
     [ready_line] = [line for line in lines if line["logger"] == "test.service"]
     assert ready_line["message"].startswith("ready on http://")
     assert any(line["logger"] == "message_bus.app.runner" for line in lines)  # INFO and up
+
+
+def test_repeats_are_counted_per_consumer_whatever_their_numbers() -> None:
+    clock = FakeClock()
+    limiter = RepeatLimiter(10.0, clock=clock)
+    template = "consumer %s: %s; retrying in %.2fs"
+
+    def record(consumer: str, delay: float) -> logging.LogRecord:
+        args = (consumer, OSError("stream gone"), delay)
+        return logging.LogRecord("sub", logging.WARNING, __file__, 1, template, args, None)
+
+    written = [
+        r.getMessage()
+        for consumer, delay in [("a", 0.1), ("a", 0.2), ("b", 0.1), ("b", 0.4), ("a", 0.8)]
+        for r in limiter.admit(record(consumer, delay))
+    ]
+    summaries = sorted(r.getMessage() for r in limiter.pending())
+
+    assert written == [
+        "consumer a: stream gone; retrying in 0.10s",
+        "consumer b: stream gone; retrying in 0.10s",
+    ]
+    assert summaries == [
+        "consumer a: stream gone; retrying in 0.80s (repeated 2 times)",
+        "consumer b: stream gone; retrying in 0.40s (repeated 1 time)",
+    ]
