@@ -157,7 +157,7 @@ def test_secrets_are_redacted_from_every_json_value() -> None:
 def test_configured_logging_redacts_the_secrets_it_is_given() -> None:
     stream = io.StringIO()
     root = logging.getLogger()
-    saved = root.handlers[:]
+    saved, level = root.handlers[:], root.level
     root.handlers.clear()
     try:
         handler = configure_logging("json", stream=stream, secrets=["hunter2", None])
@@ -165,7 +165,10 @@ def test_configured_logging_redacts_the_secrets_it_is_given() -> None:
         logging.getLogger("test.secret").error("password is hunter2")
         assert configure_logging("text", stream=stream) is None  # configured already
     finally:
+        for installed in root.handlers:
+            installed.close()
         root.handlers[:] = saved
+        root.setLevel(level)
     assert lines_of(stream)[-1]["message"] == "password is ***"
 
 
