@@ -400,3 +400,13 @@ def test_repeats_are_counted_per_consumer_whatever_their_numbers() -> None:
         "consumer a: stream gone; retrying in 0.80s (repeated 2 times)",
         "consumer b: stream gone; retrying in 0.40s (repeated 1 time)",
     ]
+
+
+@given(st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00")))
+def test_any_other_log_format_is_refused_naming_the_variable_and_value(value: str) -> None:
+    if value in ("text", "json"):
+        assert load_settings(environ={"DELTRAN_LOG_FORMAT": value}).logging.format == value
+        return
+    with pytest.raises(ValidationError) as refused:
+        load_settings(environ={"DELTRAN_LOG_FORMAT": value})
+    assert (refused.value.field, refused.value.value) == ("DELTRAN_LOG_FORMAT", value)
