@@ -36,6 +36,7 @@ from .asyncapi import Operation
 from .config import BusSettings, load_settings
 from .containers import Container, build_container, resolve, shutdown_container, start_container
 from .handlers import HandlerSpec, RegisteredHandler
+from .logs import configure_logging
 from .middleware import MetricsMiddleware, Middleware, TracingMiddleware
 from .overrides import merge_config
 from .readiness import Readiness, check_readiness
@@ -299,8 +300,23 @@ class Bus:
         on_ready: Callable[[str], Awaitable[None] | None] | None = None,
     ) -> int:
         """Run until ``stop`` is set, SIGINT or SIGTERM; serve ``/metrics``, ``/healthz``
-        and ``/readyz`` on ``metrics.host:metrics.port``; drain; return 0."""
+        and ``/readyz`` on ``metrics.host:metrics.port``; drain; return 0.
+
+        Logs as the ``logging`` settings say (text or JSON lines on stderr, repeats
+        rate-limited, the NATS secrets redacted), unless logging is configured already.
+        """
+        self._configure_logging()
         return await serve(self, stop=stop, on_ready=on_ready)
+
+    def _configure_logging(self) -> None:
+        container = self.container
+        settings = container.config.logging
+        secrets: tuple[str, ...] = ()
+        with contextlib.suppress(Exception):  # a bad NATS config is reported by start()
+            secrets = container.nats_config().secrets()
+        configure_logging(
+            settings.format(), repeat_window=float(settings.repeat_window()), secrets=secrets
+        )
 
     def run(self) -> int:
         """:meth:`serve` in a new event loop: the entry point of a service's ``main``."""

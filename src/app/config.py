@@ -40,11 +40,14 @@ from message_bus.domain.partition import MAX_PARTITIONS
 from message_bus.domain.redaction import redact_url
 from message_bus.ports.config import DUPLICATE_WINDOW_FACTOR, PublisherConfig, SubscriberConfig
 
+from .logs import LOG_FORMATS, LogFormat
+
 __all__ = [
     "BACKENDS",
     "Backend",
     "BusSettings",
     "EmbeddedSettings",
+    "LoggingSettings",
     "MetricsSettings",
     "Setting",
     "StreamSettings",
@@ -368,6 +371,24 @@ class EmbeddedSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class LoggingSettings:
+    """How log records are written: one line each, on stderr."""
+
+    format: LogFormat = _setting(  # noqa: RUF009  # a field(), not a default value
+        "text",
+        "DELTRAN_LOG_FORMAT",
+        "`text` or `json` (one JSON object per line: time, level, logger, message, and "
+        "where known message_id, correlation_id, subject, group, trace_id, span_id).",
+    )
+    repeat_window: float = _setting(
+        10.0,
+        "DELTRAN_LOG_REPEAT_WINDOW",
+        "Seconds a repeated warning or error (same logger and template) is counted instead "
+        "of written, then summarized as `(repeated N times)`; 0 writes every one.",
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
 class BusSettings:
     """Everything the composition root needs; build it with :func:`load_settings`.
 
@@ -387,6 +408,7 @@ class BusSettings:
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     tracing: TracingSettings = field(default_factory=TracingSettings)
     embedded: EmbeddedSettings = field(default_factory=EmbeddedSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
 
     @property
     def partitions(self) -> int:
@@ -502,6 +524,7 @@ _APP_SECTIONS: dict[str, type[Any]] = {
     "metrics": MetricsSettings,
     "tracing": TracingSettings,
     "embedded": EmbeddedSettings,
+    "logging": LoggingSettings,
 }
 
 
@@ -667,6 +690,10 @@ _CHECKS: dict[str, Callable[[str, Any], None]] = {
     "embedded.port": lambda s, v: _check_range(s, v, 0, 65535, "a port in 0..65535"),
     "embedded.binary": _check_file,
     "tracing.sample_ratio": lambda s, v: _check_range(s, v, 0, 1, "a number in 0..1"),
+    "logging.format": lambda s, v: (
+        None if v in LOG_FORMATS else _raise(s, v, f"must be one of {', '.join(LOG_FORMATS)}")
+    ),
+    "logging.repeat_window": lambda s, v: _check_range(s, v, 0, None, "a number >= 0"),
     # Files named by the NATS config must exist on this machine; the config checks their
     # form only, this is checked when settings are loaded, before anything connects.
     "nats.creds_file": _check_file,

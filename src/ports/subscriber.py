@@ -55,7 +55,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 from message_bus.domain.catalog import MessageType
 from message_bus.domain.errors import (
@@ -275,6 +275,23 @@ def _name(value: object) -> str:
 _current: contextvars.ContextVar[Delivery] = contextvars.ContextVar("message_bus_delivery")
 
 
+class Handling(NamedTuple):
+    """The delivery :func:`run_handler` is working on, and the consumer group it is for."""
+
+    delivery: Delivery
+    group: str
+
+
+_handling: contextvars.ContextVar[Handling] = contextvars.ContextVar("message_bus_handling")
+
+
+def current_handling() -> Handling | None:
+    """The delivery being handled or settled, with its group; None outside
+    :func:`run_handler`. Unlike :func:`current_delivery` it covers the settlement too
+    (the NAK, the dead letter), so every log record of a delivery can name it."""
+    return _handling.get(None)
+
+
 def current_delivery() -> Delivery:
     """The delivery being handled by the calling handler.
 
@@ -309,6 +326,7 @@ async def run_handler(
     the outcome ``unconfirmed``.
     """
     outcome: Outcome | None = None
+    handling = _handling.set(Handling(delivery, config.consumer_group))
     try:
         token = _current.set(delivery)
         try:
@@ -352,6 +370,7 @@ async def run_handler(
         return outcome
     finally:
         delivery.report_outcome(outcome)
+        _handling.reset(handling)
 
 
 _warned_replies: set[str] = set()

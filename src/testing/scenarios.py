@@ -35,7 +35,12 @@ from message_bus.domain.payloads import PaymentInstruction
 from message_bus.ports.config import PublisherConfig, SubscriberConfig
 from message_bus.ports.outcome import Outcome
 from message_bus.ports.publisher import PublishReceipt
-from message_bus.ports.subscriber import FunctionHandler, MessageHandler, current_delivery
+from message_bus.ports.subscriber import (
+    FunctionHandler,
+    MessageHandler,
+    current_delivery,
+    current_handling,
+)
 
 from .harness import BusHarness, Features, Gate, HarnessFactory, eventually
 from .samples import sample_payload
@@ -1459,3 +1464,44 @@ async def header_values_arrive_exactly_as_sent(h: BusHarness) -> None:
         else:
             raise AssertionError(f"header value {padded!r} was accepted")
         assert refusal.field == "headers['X-Padded']", refusal
+
+
+@scenario()
+async def the_delivery_in_hand_is_named_while_handled_and_while_settled(h: BusHarness) -> None:
+    """What log records name: the delivery and its group, inside the handler and while
+    it is settled (the ACK of a success, the dead letter of a PermanentError), and
+    nothing outside."""
+    ctx = Context(h)
+    config = ctx.config("named")
+    seen: dict[tuple[str, str], tuple[str, str, str] | None] = {}
+
+    def named(where: str, message_id: str) -> None:
+        handling = current_handling()
+        seen[where, message_id] = (
+            None
+            if handling is None
+            else (handling.delivery.message.id, handling.delivery.subject, handling.group)
+        )
+
+    async def handle(message: Message) -> None:
+        if message.headers.get(RUN_HEADER) != ctx.run:
+            return
+        named("handler", message.id)
+        current_delivery().on_outcome(lambda _outcome: named("settled", message.id))
+        if message.headers.get("X-Refuse"):
+            raise PermanentError("refused for the record")
+
+    await h.subscriber(MessageType.PAYMENT_INSTRUCTION, config).subscribe(FunctionHandler(handle))
+    acked, refused = ctx.message(), ctx.message(headers={"X-Refuse": "yes"})
+    publisher = h.publisher()
+    await publisher.publish(acked)
+    await publisher.publish(refused)
+    await ctx.dead_letter(refused.id)
+    await ctx.eventually(lambda: len(seen) == 4, "the outcomes of both deliveries")
+    expected = {
+        (where, sent.id): (sent.id, sent.subject, config.consumer_group)
+        for where in ("handler", "settled")
+        for sent in (acked, refused)
+    }
+    assert seen == expected, seen
+    assert current_handling() is None

@@ -122,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: the arguments after the program name (default: ``sys.argv[1:]``).
     """
     arguments = list(sys.argv[1:] if argv is None else argv)
-    configure_logging("-v" in arguments or "--verbose" in arguments)
+    configure_logging("-v" in arguments or "--verbose" in arguments, arguments)
     try:
         return asyncio.run(_run_until_terminated(arguments))
     except (KeyboardInterrupt, asyncio.CancelledError):

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from ..config import BACKENDS
 from ..demo import DEFAULT_BANKS, DEFAULT_CORRIDORS
+from ..logs import LOG_FORMATS
 from .arguments import (
     comma_list,
     header,
@@ -30,6 +31,13 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
+_LOG_FORMAT_ARGS = ("--log-format",)
+_LOG_FORMAT_OPTIONS: dict[str, Any] = {
+    "choices": LOG_FORMATS,
+    "default": argparse.SUPPRESS,  # read before parsing (see .logs), before or after COMMAND
+    "help": "log lines as text or JSON objects (default: $DELTRAN_LOG_FORMAT, else text)",
+}
+
 _KEY_HELP = (
     "partition key: corridor.USD-EUR, bank.BANKGB2L, corridor.USD-EUR.bank.BANKGB2L, broadcast"
 )
@@ -49,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     basics.add_argument(
         "-v", "--verbose", action="store_true", help="log at INFO level (default: errors only)"
     )
+    basics.add_argument(*_LOG_FORMAT_ARGS, **_LOG_FORMAT_OPTIONS)
     common = _Parser(add_help=False, parents=[settings_only])
     group = common.add_argument_group("connection")
     group.add_argument(
@@ -68,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="DelTran's payment-settlement message bus over NATS JetStream.",
         epilog="Exit codes: 0 ok, 1 operation failed, 2 bad input or unreachable server.",
     )
+    parser.add_argument(*_LOG_FORMAT_ARGS, **_LOG_FORMAT_OPTIONS)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def command(name: str, help_text: str, parent: _Parser = common) -> argparse.ArgumentParser:
