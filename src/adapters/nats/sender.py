@@ -46,6 +46,11 @@ from .internals import Writer
 log = logging.getLogger("message_bus.nats.publisher")
 
 _STREAM_FULL = 10077
+"""JSStreamStoreFailedF: with "maximum messages/bytes exceeded", a stream at its limit
+with discard=new refusing a message (code 503, which alone would read as transient)."""
+_FULL_ELSEWHERE = frozenset({10047, 10002})
+"""JSInsufficientResourcesErr (the server's JetStream storage is used up) and
+JSAccountResourcesExceededErr (the account's): a retry cannot be stored either."""
 _MESSAGE_TOO_LARGE = 10054
 _IN_PROCESS = 10158
 """A retry found the first copy of its id still being stored (not yet committed)."""
@@ -288,7 +293,8 @@ class Sender:
         error = ack.error
         assert error is not None
         detail = f"{error.code}/{error.err_code}: {error.description}"
-        if error.err_code == _STREAM_FULL and "maximum" in error.description:
+        full = error.err_code == _STREAM_FULL and "maximum" in error.description
+        if full or error.err_code in _FULL_ELSEWHERE:
             return PublishError(
                 message_id, subject, PublishFailure.STREAM_FULL, retryable=False, detail=detail
             )
