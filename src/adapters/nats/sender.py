@@ -48,9 +48,11 @@ log = logging.getLogger("message_bus.nats.publisher")
 _STREAM_FULL = 10077
 """JSStreamStoreFailedF: with "maximum messages/bytes exceeded", a stream at its limit
 with discard=new refusing a message (code 503, which alone would read as transient)."""
-_FULL_ELSEWHERE = frozenset({10047, 10002})
-"""JSInsufficientResourcesErr (the server's JetStream storage is used up) and
-JSAccountResourcesExceededErr (the account's): a retry cannot be stored either."""
+_FULL_ELSEWHERE = frozenset({10023, 10047, 10002})
+"""JetStream's storage is used up, not the stream's limit: 10023 "insufficient resources"
+(the server's ``max_file_store``/``max_memory_store``; code 503), 10047 "insufficient
+storage resources available", 10002 "resource limits exceeded for account". A retry
+cannot be stored either, so these are ``stream_full`` too, not a transient to retry."""
 _MESSAGE_TOO_LARGE = 10054
 _IN_PROCESS = 10158
 """A retry found the first copy of its id still being stored (not yet committed)."""
