@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from nats.js.api import DiscardPolicy, StorageType
 
+from message_bus import FunctionHandler, PermanentError, SubscriberConfig
 from message_bus.adapters.memory import InMemoryBroker, ManualClock
 from message_bus.adapters.nats import StreamManager
 from message_bus.app.config import load_settings, stream_catalog_from
@@ -224,3 +226,35 @@ async def test_the_settings_limits_reach_the_memory_backend() -> None:
             await publisher.publish(_message(2))
         assert caught.value.reason == "stream_full"
         assert not caught.value.retryable
+
+
+async def test_memory_keeps_a_message_its_full_dead_letter_stream_refuses(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    catalog = StreamCatalog.default().with_limits(None, {"DEAD_LETTERS": StreamLimits(max_msgs=1)})
+    clock = ManualClock()
+    broker = InMemoryBroker(clock=clock, catalog=catalog)
+    seen: list[str] = []
+
+    async def refuse(message: Message) -> None:
+        seen.append(message.id)
+        raise PermanentError("poison")
+
+    config = SubscriberConfig(consumer_group="limits", ack_wait=5.0)
+    await broker.subscriber(PI, config).subscribe(FunctionHandler(refuse))
+    first, second = _message(0), _message(1)
+    publisher = broker.publisher(PublisherConfig())
+    await publisher.publish(first)
+    await publisher.publish(second)
+    await broker.settle()
+    letters = await broker.dead_letters().list()
+    assert [d.message.id for d in letters if d.message is not None] == [first.id]
+    assert seen.count(second.id) == 1
+    clock.advance(5.0)
+    await broker.settle()
+    assert seen.count(second.id) == 2, "the message DEAD_LETTERS refused was dropped"
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [], "a full DEAD_LETTERS is a warning and a retry, not a failure"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("not dead-lettered (stream_full)" in w for w in warnings), warnings
+    await broker.close()

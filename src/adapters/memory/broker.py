@@ -499,7 +499,10 @@ class InMemoryBroker:
             consumer=consumer,
             failed_at=self.clock.utcnow(),
         )
-        self._dead.store(dead, self.clock.now())
+        try:
+            self._dead.store(dead, self.clock.now())
+        except Refused as exc:  # DEAD_LETTERS is full: the group keeps the message
+            raise _refused(dead, exc) from None
         self._activity.events += 1
 
     def _store_replay(self, copy: Encoded, message_type: MessageType) -> PublishReceipt:
