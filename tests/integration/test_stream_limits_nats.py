@@ -14,6 +14,8 @@ from message_bus.adapters.nats import (
     NatsConfig,
     StreamManager,
 )
+from message_bus.app.config import load_settings
+from message_bus.app.containers import apply_streams, open_container, resolve
 from message_bus.app.embedded import EmbeddedNatsServer, NatsCluster
 from message_bus.domain.catalog import MessageType, StreamCatalog, StreamLimits
 from message_bus.domain.errors import PublishError
@@ -185,3 +187,30 @@ async def test_a_server_out_of_jetstream_storage_refuses_with_stream_full_at_onc
     assert publisher.breaker.clean, "a full store tripped the circuit breaker"
     await publisher.close()
     await client.close()
+
+
+async def test_the_settings_limits_are_applied_and_enforced_on_nats(
+    nats_server: EmbeddedNatsServer, tmp_path: Path
+) -> None:
+    path = tmp_path / "bus.toml"
+    path.write_text(
+        f'[nats]\nurls = ["{nats_server.url}"]\n'
+        "[streams]\nmax_msg_size = 65536\n"
+        "[streams.limits.PAYMENT_INSTRUCTIONS]\nmax_msgs = 2\n"
+    )
+    settings = load_settings(path, environ={})
+    async with open_container(settings) as container:
+        reports = await apply_streams(container)
+        assert {r.name: r.action for r in reports}["PAYMENT_INSTRUCTIONS"] == "created"
+        manager = await resolve(container.stream_manager())
+        summaries = {s.name: s for s in await manager.list()}
+        payments = summaries["PAYMENT_INSTRUCTIONS"]
+        assert (payments.max_msgs, payments.max_msg_size, payments.discard) == (2, 65536, "new")
+        netting = summaries["NETTING_PROPOSALS"]
+        assert (netting.max_msgs, netting.max_msg_size, netting.discard) == (-1, 65536, "old")
+        publisher = await container.publisher()
+        await publisher.publish(_message(0))
+        await publisher.publish(_message(1))
+        with pytest.raises(PublishError) as caught:
+            await publisher.publish(_message(2))
+        assert caught.value.reason == "stream_full"
