@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from nats.js.api import DiscardPolicy, StorageType
 from message_bus import FunctionHandler, PermanentError, SubscriberConfig
 from message_bus.adapters.memory import InMemoryBroker, ManualClock
 from message_bus.adapters.nats import StreamManager
+from message_bus.adapters.nats.streams import StreamSummary
+from message_bus.app.cli.output import catalog_table, stream_table
 from message_bus.app.config import load_settings, stream_catalog_from
 from message_bus.app.containers import open_container
 from message_bus.domain.catalog import MessageType, StreamCatalog, StreamLimits
@@ -258,3 +261,23 @@ async def test_memory_keeps_a_message_its_full_dead_letter_stream_refuses(
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("not dead-lettered (stream_full)" in w for w in warnings), warnings
     await broker.close()
+
+
+def test_the_tables_show_limits_only_when_a_stream_has_some() -> None:
+    plain = catalog_table(StreamCatalog.default().all_streams())
+    assert "LIMITS" not in plain
+    limited = _payments_catalog(StreamLimits(max_msgs=10)).all_streams()
+    lines = catalog_table(limited).splitlines()
+    assert lines[0].endswith("LIMITS")
+    assert lines[1].startswith("PAYMENT_INSTRUCTIONS")
+    assert lines[1].endswith("max_msgs=10, discard=new")
+    summary = StreamSummary("A", ("a.>",), 0, 0, 0, 0, 0, 1, 0.0, 120.0, "file", "limits")
+    assert "DISCARD" not in stream_table([summary])
+    bounded = dataclasses.replace(summary, max_msgs=10, discard="new")
+    lines = stream_table([bounded]).splitlines()
+    assert lines[0].endswith("MAX MSGS  MAX BYTES  MAX MSG SIZE  DISCARD")
+    assert lines[1].split()[-4:] == ["10", "-", "-", "new"]
+
+
+def _payments_catalog(limits: StreamLimits) -> StreamCatalog:
+    return StreamCatalog.default().with_limits(None, {"PAYMENT_INSTRUCTIONS": limits})
