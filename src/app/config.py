@@ -35,6 +35,14 @@ from types import NoneType, UnionType
 from typing import Any, Literal, get_args, get_origin
 
 from message_bus.adapters.nats import NatsConfig
+from message_bus.domain.catalog import (
+    DISCARDS,
+    STORAGES,
+    Discard,
+    Storage,
+    StreamCatalog,
+    StreamLimits,
+)
 from message_bus.domain.errors import ValidationError
 from message_bus.domain.partition import MAX_PARTITIONS
 from message_bus.domain.redaction import redact_url
@@ -56,6 +64,7 @@ __all__ = [
     "publisher_config_from",
     "reference_markdown",
     "settings_reference",
+    "stream_catalog_from",
 ]
 
 Backend = Literal["memory", "nats", "embedded"]
@@ -320,6 +329,49 @@ class StreamSettings:
         "Seconds a message id is remembered for deduplication; at least twice "
         "`publisher.publish_timeout` (else a retry could be stored twice).",
     )
+    max_msgs: int | None = _setting(
+        None,
+        "DELTRAN_STREAM_MAX_MSGS",
+        "Messages each stream may hold (unset: no limit); per stream: "
+        "`[streams.limits.NAME] max_msgs`.",
+    )
+    max_bytes: int | None = _setting(
+        None,
+        "DELTRAN_STREAM_MAX_BYTES",
+        "Bytes each stream may hold (unset: no limit); per stream: "
+        "`[streams.limits.NAME] max_bytes`.",
+    )
+    max_msg_size: int | None = _setting(
+        None,
+        "DELTRAN_STREAM_MAX_MSG_SIZE",
+        "Bytes one message may have in each stream (unset: the server's `max_payload`); "
+        "a bigger one is refused with `message_too_large`.",
+    )
+    storage: Storage = _setting(  # noqa: RUF009  # a field(), not a default value
+        "file",
+        "DELTRAN_STREAM_STORAGE",
+        "`file` or `memory` (memory loses every message when the server stops).",
+    )
+    discard: Discard | None = _setting(  # noqa: RUF009  # a field(), not a default value
+        None,
+        "DELTRAN_STREAM_DISCARD",
+        "What a full stream does: `new` refuses the publish (`stream_full`), `old` deletes "
+        "the oldest messages; unset: `new` when `max_msgs` or `max_bytes` is set.",
+    )
+    limits: Mapping[str, StreamLimits] = field(default_factory=dict)
+    """Per-stream limits by stream name, from ``[streams.limits.NAME]`` TOML tables (keys
+    ``max_msgs``, ``max_bytes``, ``max_msg_size``, ``storage``, ``replicas``,
+    ``discard``); each key it sets wins over the defaults above."""
+
+    def default_limits(self) -> StreamLimits:
+        """The limits every stream gets unless its own table says otherwise."""
+        return StreamLimits(
+            max_msgs=self.max_msgs,
+            max_bytes=self.max_bytes,
+            max_msg_size=self.max_msg_size,
+            storage=self.storage,
+            discard=self.discard,
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -437,6 +489,17 @@ class BusSettings:
             section, _, name = key.rpartition(".")
             table = plain.setdefault(section, {}) if section else plain
             table[name] = _plain(self._value(key))
+        limits = {
+            stream: {
+                key: getattr(stream_limits, key)
+                for key in _LIMIT_KEYS
+                if getattr(stream_limits, key) is not None
+                and (key != "storage" or stream_limits.storage != "file")
+            }
+            for stream, stream_limits in self.streams.limits.items()
+        }
+        if limits:  # as in TOML: no [streams.limits.NAME] table, no key
+            plain["streams"]["limits"] = limits
         return plain
 
     def redacted(self) -> dict[str, Any]:
@@ -468,6 +531,27 @@ def publisher_config_from(settings: Mapping[str, Any]) -> PublisherConfig:
         ValidationError: a value is invalid (``field`` is the config's field name).
     """
     return PublisherConfig(**_config_values(settings, "publisher"))
+
+
+def stream_catalog_from(streams: Mapping[str, Any]) -> StreamCatalog:
+    """The catalog's streams with the limits of the ``streams`` section of plain settings
+    shaped like :meth:`BusSettings.to_dict` (defaults, then ``[streams.limits.NAME]``).
+
+    Raises:
+        ValidationError: a limit is invalid, or ``streams.limits`` names a stream the
+            catalog does not have.
+    """
+    default = StreamLimits(
+        max_msgs=streams.get("max_msgs"),
+        max_bytes=streams.get("max_bytes"),
+        max_msg_size=streams.get("max_msg_size"),
+        storage=streams.get("storage", "file"),
+        discard=streams.get("discard"),
+    )
+    per_stream = {
+        name: StreamLimits(**table) for name, table in (streams.get("limits") or {}).items()
+    }
+    return StreamCatalog.default().with_limits(default, per_stream)
 
 
 def subscriber_config_from(settings: Mapping[str, Any]) -> SubscriberConfig:
@@ -678,6 +762,55 @@ def _raise(source: str, value: Any, reason: str) -> None:
     raise ValidationError(source, value, reason)
 
 
+def _check_limit(source: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise ValidationError(source, value, "must be an integer >= 1 (unset: no limit)")
+
+
+def _check_choice(source: str, value: str | None, choices: Sequence[str]) -> None:
+    if value is not None and value not in choices:
+        raise ValidationError(source, value, f"must be one of {', '.join(choices)}")
+
+
+_LIMIT_KEYS = ("max_msgs", "max_bytes", "max_msg_size", "storage", "replicas", "discard")
+_LIMITS_KEY = "streams.limits"
+"""The TOML tables ``[streams.limits.NAME]``: limits per stream, not a single setting."""
+
+
+def _limits_from_toml(value: Any, path: Path | str) -> dict[str, StreamLimits]:
+    """``{stream name: StreamLimits}`` of the ``[streams.limits.NAME]`` tables.
+
+    Raises:
+        ValidationError: naming the table key (``streams.limits.NAME.max_msgs in FILE``).
+    """
+    where = f"{_LIMITS_KEY} in {path}"
+    if not isinstance(value, dict):
+        raise ValidationError(where, value, "must be a table of tables: [streams.limits.NAME]")
+    limits: dict[str, StreamLimits] = {}
+    for name, table in value.items():
+        label = f"{_LIMITS_KEY}.{name} in {path}"
+        if not isinstance(table, dict):
+            raise ValidationError(label, table, f"must be a table with keys {_LIMIT_KEYS}")
+        for key, item in table.items():
+            if key not in _LIMIT_KEYS:
+                raise ValidationError(f"{_LIMITS_KEY}.{name}.{key} in {path}", item, "unknown key")
+            if key in ("storage", "discard"):
+                ok = isinstance(item, str)
+            else:
+                ok = isinstance(item, int) and not isinstance(item, bool)
+            if not ok:
+                kind = "a string" if key in ("storage", "discard") else "an integer"
+                raise ValidationError(
+                    f"{_LIMITS_KEY}.{name}.{key} in {path}", item, f"must be {kind}"
+                )
+        try:
+            limits[name] = StreamLimits(**table)
+        except ValidationError as exc:
+            field_label = f"{_LIMITS_KEY}.{name}.{exc.field} in {path}"
+            raise ValidationError(field_label, exc.value, exc.reason) from None
+    return limits
+
+
 _CHECKS: dict[str, Callable[[str, Any], None]] = {
     # The app's own settings; the configs check their fields themselves.
     "backend": lambda s, v: (
@@ -685,6 +818,11 @@ _CHECKS: dict[str, Callable[[str, Any], None]] = {
     ),
     "streams.replicas": lambda s, v: _check_range(s, v, 1, 5, "in 1..5"),
     "streams.duplicate_window": lambda s, v: _check_range(s, v, 1e-3, None, "a number > 0"),
+    "streams.max_msgs": lambda s, v: _check_limit(s, v),
+    "streams.max_bytes": lambda s, v: _check_limit(s, v),
+    "streams.max_msg_size": lambda s, v: _check_limit(s, v),
+    "streams.storage": lambda s, v: _check_choice(s, v, STORAGES),
+    "streams.discard": lambda s, v: _check_choice(s, v, DISCARDS),
     "metrics.port": lambda s, v: _check_range(s, v, 0, 65535, "a port in 0..65535"),
     "metrics.host": lambda s, v: None if v.strip() else _raise(s, v, "must not be empty"),
     "embedded.port": lambda s, v: _check_range(s, v, 0, 65535, "a port in 0..65535"),
@@ -715,6 +853,9 @@ def _flatten_toml(data: Mapping[str, Any], path: Path) -> dict[str, tuple[Any, s
                 raise ValidationError(f"{key} in {path}", value, "must be a table")
             for name, inner in value.items():
                 dotted = f"{key}.{name}"
+                if dotted == _LIMITS_KEY:
+                    flat[dotted] = (_limits_from_toml(inner, path), f"{dotted} in {path}")
+                    continue
                 if dotted not in _REFERENCE:
                     raise ValidationError(f"{dotted} in {path}", inner, "unknown setting")
                 flat[dotted] = (inner, f"{dotted} in {path}")
@@ -770,6 +911,9 @@ def load_settings(
     if file is not None:
         path = Path(file)
         for key, (raw, label) in _flatten_toml(_read_toml(path, source), path).items():
+            if key == _LIMITS_KEY:  # already parsed
+                values[key] = (raw, label)
+                continue
             values[key] = (_from_toml(_REFERENCE[key], label, raw), label)
 
     for name, text in env.items():
@@ -790,6 +934,8 @@ def load_settings(
 
 def _overridden(raw_key: str, value: Any) -> dict[str, tuple[Any, str]]:
     label, _, key = raw_key.rpartition("=")
+    if key == _LIMITS_KEY:  # {stream name: {key: value}}, as the TOML tables
+        return {key: (_limits_from_toml(value, "overrides"), label or key)}
     setting = _REFERENCE.get(key)
     if setting is None:
         raise ValueError(f"unknown setting {key!r}")

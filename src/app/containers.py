@@ -58,7 +58,13 @@ from message_bus.ports import (
     SubscriberConfig,
 )
 
-from .config import BACKENDS, BusSettings, publisher_config_from, subscriber_config_from
+from .config import (
+    BACKENDS,
+    BusSettings,
+    publisher_config_from,
+    stream_catalog_from,
+    subscriber_config_from,
+)
 from .embedded import EmbeddedNatsServer
 from .overrides import merge_config
 from .service import BankConfirmer, NettingWorker, PaymentIntake, netting_config
@@ -326,7 +332,7 @@ class Container(containers.DeclarativeContainer):
     config = providers.Configuration(strict=True)
 
     backend = providers.Callable(_backend, config.backend)
-    catalog = providers.Singleton(StreamCatalog.default)
+    catalog = providers.Singleton(stream_catalog_from, config.streams)
     clock = providers.Singleton(SystemClock)
 
     registry = providers.Singleton(CollectorRegistry)

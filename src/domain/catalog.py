@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, NoReturn
+from typing import Any, ClassVar, Literal, NoReturn
 
 import msgspec
 
@@ -24,18 +25,116 @@ _RESERVED_TOKENS = frozenset({"dlq", "replay"})
 """First subject tokens no type may use: the dead-letter and replay subjects'."""
 
 
+Storage = Literal["file", "memory"]
+Discard = Literal["new", "old"]
+STORAGES: tuple[Storage, ...] = ("file", "memory")
+DISCARDS: tuple[Discard, ...] = ("new", "old")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreamLimits:
+    """What a stream may hold, and what it does when it is full.
+
+    ``None`` means no limit (JetStream's ``-1``). When ``max_msgs`` or ``max_bytes`` is
+    set, the stream is *full* once it reaches it, and ``discard`` says what happens to
+    the next message: ``new`` (the default when a limit is set) refuses it, and the
+    publisher raises ``PublishError(reason=stream_full)`` at once; ``old`` stores it and
+    deletes the oldest messages to make room. A payment the bus accepted is never
+    deleted to make room unless ``old`` was chosen.
+
+    Attributes:
+        max_msgs: messages the stream may hold.
+        max_bytes: bytes the stream may hold (JetStream counts subject, headers, body
+            and a small per-message overhead).
+        max_msg_size: bytes one message (headers and body) may have; a bigger one is
+            refused with ``message_too_large`` whatever ``discard`` says.
+        storage: ``file`` or ``memory`` (cannot change on an existing stream).
+        replicas: copies on a cluster; None = the deployment's ``streams.replicas``.
+        discard: ``new`` or ``old``; None = ``new`` if a size or count limit is set,
+            else ``old`` (nothing is ever discarded for lack of room then).
+    """
+
+    max_msgs: int | None = None
+    max_bytes: int | None = None
+    max_msg_size: int | None = None
+    storage: Storage = "file"
+    replicas: int | None = None
+    discard: Discard | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_msgs", "max_bytes", "max_msg_size"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValidationError(name, value, "must be an integer >= 1 (omit: no limit)")
+        if self.storage not in STORAGES:
+            raise ValidationError("storage", self.storage, f"must be one of {', '.join(STORAGES)}")
+        replicas = self.replicas
+        if replicas is not None and (
+            isinstance(replicas, bool) or not isinstance(replicas, int) or not 1 <= replicas <= 5
+        ):
+            raise ValidationError("replicas", replicas, "must be an integer in 1..5")
+        if self.discard is not None and self.discard not in DISCARDS:
+            raise ValidationError("discard", self.discard, f"must be one of {', '.join(DISCARDS)}")
+
+    @property
+    def bounded(self) -> bool:
+        """Whether a count or size limit can fill the stream."""
+        return self.max_msgs is not None or self.max_bytes is not None
+
+    @property
+    def discard_policy(self) -> Discard:
+        """What a full stream does: ``discard`` if given, else ``new`` when bounded."""
+        if self.discard is not None:
+            return self.discard
+        return "new" if self.bounded else "old"
+
+    def merged(self, override: StreamLimits) -> StreamLimits:
+        """These limits with every field ``override`` sets (not None, storage not file)
+        replacing this one's."""
+        changes = {
+            name: getattr(override, name)
+            for name in ("max_msgs", "max_bytes", "max_msg_size", "replicas", "discard")
+            if getattr(override, name) is not None
+        }
+        if override.storage != "file":
+            changes["storage"] = override.storage
+        return dataclasses.replace(self, **changes)
+
+    def describe(self) -> str:
+        """One line for tables and logs: ``max_msgs=1000, discard=new``."""
+        parts = [
+            f"{name}={getattr(self, name)}"
+            for name in ("max_msgs", "max_bytes", "max_msg_size")
+            if getattr(self, name) is not None
+        ]
+        parts.append(f"discard={self.discard_policy}")
+        if self.storage != "file":
+            parts.append(f"storage={self.storage}")
+        return ", ".join(parts)
+
+
+NO_LIMITS = StreamLimits()
+"""No count, size or message-size limit: only the max age removes messages."""
+
+
 @dataclass(frozen=True, slots=True)
 class StreamSpec:
-    """A JetStream stream: its name, the subjects it captures and how long it keeps them.
+    """A JetStream stream: its name, the subjects it captures, how long it keeps them,
+    and its limits.
 
-    Retention is always Limits and storage is always file; replicas and the duplicate
-    window come from configuration because they depend on the deployment.
+    Retention is always Limits; storage, replicas and the count and size limits come
+    from ``limits`` (set by configuration, see ``streams.limits``); the duplicate window
+    comes from configuration because it depends on the deployment.
     """
 
     name: str
     subjects: tuple[str, ...]
     max_age: float
     """Seconds a message is kept."""
+    limits: StreamLimits = NO_LIMITS
+    """Count and size limits, storage, replicas and discard policy."""
 
 
 class CatalogConflictError(ValidationError):
@@ -188,6 +287,7 @@ class MessageType(metaclass=_CatalogMeta):
         payload: type[msgspec.Struct] | None = None,
         stream: str | None = None,
         max_age: float = 7 * _DAY,
+        limits: StreamLimits = NO_LIMITS,
     ) -> MessageType:
         """Add a message type of one's own to the catalog and return it.
 
@@ -205,6 +305,7 @@ class MessageType(metaclass=_CatalogMeta):
             stream: the JetStream stream storing the type (``FRAUD_ALERTS``); None makes
                 it core-only (request-reply and broadcast, nothing stored).
             max_age: seconds the stream keeps a message (default 7 days).
+            limits: the stream's count and size limits and discard policy.
 
         Raises:
             CatalogConflictError: the name, subject or stream is already used (a subject
@@ -223,7 +324,10 @@ class MessageType(metaclass=_CatalogMeta):
             age_ok = isinstance(max_age, int | float) and not isinstance(max_age, bool)
             if not age_ok or not 0 < max_age < float("inf"):
                 raise ValidationError("max_age", max_age, "must be a finite number of seconds > 0")
-            spec = StreamSpec(stream, (f"{SUBJECT_ROOT}.{subject}.>",), float(max_age))
+            if not isinstance(limits, StreamLimits):
+                raise ValidationError("limits", limits, "must be a StreamLimits")
+            subjects = (f"{SUBJECT_ROOT}.{subject}.>",)
+            spec = StreamSpec(stream, subjects, float(max_age), limits)
         attribute = _upper_snake(name)
         for existing in _BY_WIRE_NAME.values():
             if existing.value == name or existing.name == attribute:
@@ -409,5 +513,33 @@ class StreamCatalog:
         """A copy whose stream for ``message_type`` keeps messages ``max_age`` seconds."""
         spec = self.streams[message_type]
         streams = dict(self.streams)
-        streams[message_type] = StreamSpec(spec.name, spec.subjects, max_age)
+        streams[message_type] = dataclasses.replace(spec, max_age=max_age)
         return StreamCatalog(streams, self.dead_letters)
+
+    def with_limits(
+        self,
+        default: StreamLimits | None = None,
+        per_stream: Mapping[str, StreamLimits] | None = None,
+    ) -> StreamCatalog:
+        """A copy whose streams have ``default``'s limits, then each stream named in
+        ``per_stream`` (by stream name) also that entry's (fields it sets win).
+
+        Raises:
+            ValidationError: ``per_stream`` names a stream the catalog does not have.
+        """
+        per_stream = dict(per_stream or {})
+        known = {spec.name for spec in self.all_streams()}
+        for name in per_stream:
+            if name not in known:
+                raise ValidationError(
+                    "streams.limits", name, f"is not a stream of the catalog ({sorted(known)})"
+                )
+
+        def limited(spec: StreamSpec) -> StreamSpec:
+            limits = spec.limits.merged(default) if default is not None else spec.limits
+            if spec.name in per_stream:
+                limits = limits.merged(per_stream[spec.name])
+            return dataclasses.replace(spec, limits=limits)
+
+        streams = {t: limited(spec) for t, spec in self.streams.items()}
+        return StreamCatalog(streams, limited(self.dead_letters))

@@ -14,6 +14,7 @@ entry of :data:`SCENARIOS` is an ``async`` function of a harness that raises
 ``message_bus.testing.memory.MemoryHarness`` is the in-memory adapter's harness.
 """
 
+from . import limits as _limits  # noqa: F401  # registers the stream limits' scenarios
 from . import ordering as _ordering  # noqa: F401  # registers the ordered groups' scenarios
 from . import start_position as _start_position  # noqa: F401  # registers start positions'
 from .bus_fixture import BusFixture

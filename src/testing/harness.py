@@ -29,6 +29,8 @@ class Features:
         dead_letters_on_ack_wait_exhaustion: a message whose last allowed delivery is
             never settled is dead-lettered once its ack wait expires.
         timeout: the bound on every wait for a delivery or a dead letter (seconds).
+        stream_limits: the harness has ``async add_stream(message_type)``, creating the
+            stream (limits included) of a type registered after it was built.
     """
 
     fake_clock: bool = False
@@ -36,6 +38,7 @@ class Features:
     supports_request_reply: bool = True
     dead_letters_on_ack_wait_exhaustion: bool = True
     timeout: float = 10.0
+    stream_limits: bool = False
 
 
 @runtime_checkable
@@ -125,6 +128,10 @@ class WrappedHarness:
 
     def dead_letters(self) -> DeadLetters:
         return self.inner.dead_letters()
+
+    async def add_stream(self, message_type: MessageType) -> None:
+        """The inner harness's ``add_stream`` (see :attr:`Features.stream_limits`)."""
+        await self.inner.add_stream(message_type)  # type: ignore[attr-defined]
 
     async def advance(self, seconds: float) -> None:
         await self.inner.advance(seconds)

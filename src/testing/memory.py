@@ -32,7 +32,10 @@ class MemoryHarness:
         self.broker = InMemoryBroker(clock=self.clock)
         fake = isinstance(self.clock, ManualClock)
         self.features = Features(
-            fake_clock=fake, min_ack_wait=0.0 if fake else 0.05, timeout=timeout
+            fake_clock=fake,
+            min_ack_wait=0.0 if fake else 0.05,
+            timeout=timeout,
+            stream_limits=True,
         )
 
     @classmethod
@@ -56,6 +59,10 @@ class MemoryHarness:
 
     def dead_letters(self) -> DeadLetters:
         return self.broker.dead_letters()
+
+    async def add_stream(self, message_type: MessageType) -> None:
+        """Create the stream of a type registered after the harness was built."""
+        self.broker.add_stream(message_type)
 
     async def advance(self, seconds: float) -> None:
         if isinstance(self.clock, ManualClock):

@@ -33,6 +33,7 @@ FEATURES = Features(
     supports_request_reply=True,
     dead_letters_on_ack_wait_exhaustion=True,
     timeout=15.0,
+    stream_limits=True,
 )
 _SETTLE = 0.3
 
@@ -81,6 +82,10 @@ class NatsHarness:
 
     def dead_letters(self) -> DeadLetters:
         return JetStreamDeadLetters(self.client)
+
+    async def add_stream(self, message_type: MessageType) -> None:
+        assert message_type.stream is not None
+        await StreamManager(self.client).apply_stream(message_type.stream)
 
     async def advance(self, seconds: float) -> None:
         await asyncio.sleep(seconds)

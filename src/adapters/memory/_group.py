@@ -9,6 +9,7 @@ from datetime import datetime
 
 from message_bus.domain.catalog import MessageType
 from message_bus.domain.dead_letter import is_replay_subject, replay_subject
+from message_bus.domain.errors import PublishError
 from message_bus.domain.partition import PartitionKey
 from message_bus.ports.config import StartPosition, SubscriberConfig
 from message_bus.ports.outcome import ACK_WAIT_EXPIRED, max_deliveries_reason
@@ -222,9 +223,21 @@ class Group:
 
     def _give_up(self, seq: int, p: Pending, reason: str, entry: Entry | None) -> None:
         """Dead-letter ``seq`` (unless the group drops them), then stop delivering it:
-        the dead letter is stored before the message stops being pending."""
+        the dead letter is stored before the message stops being pending. If
+        ``DEAD_LETTERS`` refuses it (full), the message stays pending and comes back after
+        the ack wait, as a NAK would on JetStream: it is never dropped."""
         if self.config.dead_letter:
-            self._dead_letter(seq, p.deliveries, reason, entry)
+            try:
+                self._dead_letter(seq, p.deliveries, reason, entry)
+            except PublishError as exc:  # DEAD_LETTERS refused it (full): keep it pending
+                log.warning(
+                    "%s #%d of %s not dead-lettered (%s): tried again after the ack wait",
+                    self.stream.name, seq, self.name, exc.reason,
+                )  # fmt: skip
+                p.gen += 1
+                p.state = IN_FLIGHT
+                self._schedule(self._now() + self.config.ack_wait, seq, p.gen)
+                return
         else:
             log.warning("dropping %s #%d of %s: %s", self.stream.name, seq, self.name, reason)
         del self.pending[seq]

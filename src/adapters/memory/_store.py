@@ -1,4 +1,4 @@
-"""In-memory streams: encoded messages by sequence, max-age expiry, and deduplication."""
+"""In-memory streams: messages by sequence, max-age expiry, deduplication and limits."""
 
 from __future__ import annotations
 
@@ -11,20 +11,56 @@ _COMPACT_AFTER = 4096
 _NEVER = float("inf")
 
 
+_OVERHEAD = 16
+"""Bytes counted per message besides subject, headers and body (JetStream's file store
+counts a record header of about this size): ``max_bytes`` is approximate in both."""
+
+
+class Refused(Exception):
+    """The stream refused a message: it is full (``discard=new``) or the message is
+    bigger than ``max_msg_size``.
+
+    Attributes:
+        too_large: the message alone exceeds ``max_msg_size`` (else the stream is full).
+    """
+
+    def __init__(self, detail: str, *, too_large: bool = False) -> None:
+        self.too_large = too_large
+        super().__init__(detail)
+
+
+def stored_size(encoded: Encoded) -> int:
+    """The bytes a message counts against ``max_bytes``: subject, headers, body and a
+    record overhead."""
+    headers = sum(len(k) + len(v) + 4 for k, v in encoded.headers.items())
+    return len(encoded.subject) + headers + len(encoded.body) + _OVERHEAD
+
+
+def message_size(encoded: Encoded) -> int:
+    """The bytes a message counts against ``max_msg_size``: headers and body."""
+    return sum(len(k) + len(v) + 4 for k, v in encoded.headers.items()) + len(encoded.body)
+
+
 class Entry:
     """One stored message: the encoded form, when it was stored and when it expires
-    (clock seconds)."""
+    (clock seconds), and the bytes it counts against ``max_bytes``."""
 
-    __slots__ = ("encoded", "expires_at", "stored_at")
+    __slots__ = ("encoded", "expires_at", "size", "stored_at")
 
-    def __init__(self, encoded: Encoded, stored_at: float, expires_at: float) -> None:
+    def __init__(
+        self, encoded: Encoded, stored_at: float, expires_at: float, size: int = 0
+    ) -> None:
         self.encoded = encoded
         self.stored_at = stored_at
         self.expires_at = expires_at
+        self.size = size
 
 
 class Stream:
-    """A stream with Limits retention: messages by sequence until ``max_age``.
+    """A stream with Limits retention: messages by sequence until ``max_age``, within
+    the spec's ``max_msgs`` / ``max_bytes`` (``discard=new`` refuses a message that
+    would exceed them, ``discard=old`` drops the oldest to make room) and
+    ``max_msg_size``.
 
     Sequences start at 1 and are never reused. Expired messages are dropped lazily
     (whenever the stream is written or read), so expiry needs no timer and is exact
@@ -37,10 +73,12 @@ class Stream:
         "_dedup",
         "_dedup_expiry",
         "_entries",
+        "bytes",
         "duplicate_window",
         "expires_at",
         "first_seq",
         "last_seq",
+        "limits",
         "max_age",
         "name",
         "spec",
@@ -50,6 +88,8 @@ class Stream:
         self.spec = spec
         self.name = spec.name
         self.max_age = spec.max_age
+        self.limits = spec.limits
+        self.bytes = 0
         self.duplicate_window = duplicate_window
         self.first_seq = 1
         self.last_seq = 0
@@ -67,6 +107,10 @@ class Stream:
 
         Returns:
             (sequence, duplicate): the new sequence, or the original one and True.
+
+        Raises:
+            Refused: the stream is full and refuses new messages, or the message exceeds
+                ``max_msg_size`` (a duplicate is answered first, as JetStream does).
         """
         if now >= self.expires_at:
             self.expire(now)
@@ -79,15 +123,55 @@ class Stream:
             original = dedup.get(message_id)
             if original is not None:
                 return original, True
-            expiry.append((now + self.duplicate_window, message_id))
+        size = stored_size(encoded)
+        self._make_room(encoded, size)
+        if message_id is not None:
+            self._dedup_expiry.append((now + self.duplicate_window, message_id))
         self.last_seq = seq = self.last_seq + 1
         if message_id is not None:
             dedup[message_id] = seq
-        entry = Entry(encoded, now, now + self.max_age)
+        entry = Entry(encoded, now, now + self.max_age, size)
         self._entries.append(entry)
+        self.bytes += size
         if self.expires_at == _NEVER:
             self.expires_at = entry.expires_at
         return seq, False
+
+    def _make_room(self, encoded: Encoded, size: int) -> None:
+        """Refuse ``encoded`` or drop the oldest messages so that it fits the limits."""
+        limits = self.limits
+        if limits.max_msg_size is not None and message_size(encoded) > limits.max_msg_size:
+            raise Refused(
+                f"stream {self.name}: message size exceeds maximum allowed "
+                f"({limits.max_msg_size} bytes)",
+                too_large=True,
+            )
+        max_msgs, max_bytes = limits.max_msgs, limits.max_bytes
+        if max_msgs is None and max_bytes is None:
+            return
+        if limits.discard_policy == "new":
+            if max_msgs is not None and len(self) + 1 > max_msgs:
+                raise Refused(f"stream {self.name}: maximum messages exceeded ({max_msgs})")
+            if max_bytes is not None and self.bytes + size > max_bytes:
+                raise Refused(f"stream {self.name}: maximum bytes exceeded ({max_bytes})")
+            return
+        while len(self) > 0 and (
+            (max_msgs is not None and len(self) + 1 > max_msgs)
+            or (max_bytes is not None and self.bytes + size > max_bytes)
+        ):
+            self._drop_first()
+
+    def _drop_first(self) -> None:
+        """Delete the oldest live message (discard=old)."""
+        entry = self.entry(self.first_seq)
+        self.bytes -= entry.size
+        self._entries[self.first_seq - self._base] = None
+        self.first_seq += 1
+        if len(self) == 0:
+            self.expires_at = _NEVER
+        else:
+            self.expires_at = self.entry(self.first_seq).expires_at
+        self._compact()
 
     def get(self, seq: int) -> Entry | None:
         """The entry with sequence ``seq``, or None if it expired or never existed."""
@@ -112,11 +196,16 @@ class Stream:
                 self.expires_at = entry.expires_at
                 break
             entries[first - base] = None
+            self.bytes -= entry.size
             first += 1
         else:
             self.expires_at = _NEVER
         self.first_seq = first
-        dropped = first - base
+        self._compact()
+
+    def _compact(self) -> None:
+        entries, first = self._entries, self.first_seq
+        dropped = first - self._base
         if dropped >= _COMPACT_AFTER and dropped * 2 >= len(entries):
             del entries[:dropped]
             self._base = first

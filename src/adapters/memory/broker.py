@@ -39,6 +39,9 @@ from message_bus.domain.errors import (
     ClosedError,
     NoRespondersError,
     NotFoundError,
+    PublishBatchError,
+    PublishError,
+    PublishFailure,
     RequestTimeout,
     StartPositionConflict,
     ValidationError,
@@ -62,10 +65,17 @@ from ._ordered import (
     MemorySource,
     StreamWatch,
 )
-from ._store import Stream
+from ._store import Refused, Stream
 from .clock import Clock, SystemClock
 
 log = logging.getLogger("message_bus.memory")
+
+
+def _refused(encoded: Encoded, refused: Refused) -> PublishError:
+    """The publish error of a message its stream refused (as JetStream's 10077 / 10054)."""
+    reason = PublishFailure.MESSAGE_TOO_LARGE if refused.too_large else PublishFailure.STREAM_FULL
+    message_id = encoded.headers.get(H_MSG_ID, "")
+    return PublishError(message_id, encoded.subject, reason, retryable=False, detail=str(refused))
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +163,7 @@ class InMemoryBroker:
         self.catalog = catalog if catalog is not None else StreamCatalog.default()
         self.partitions = check_partition_count(partitions)
         self.codec = WireCodec(self.partitions)
+        self._duplicate_window = float(duplicate_window)
         self._streams: dict[str, Stream] = {}
         for spec in self.catalog.all_streams():
             self._streams.setdefault(spec.name, Stream(spec, float(duplicate_window)))
@@ -298,6 +309,23 @@ class InMemoryBroker:
 
     # -- internals used by the publisher, subscriber and dead letters below ----------
 
+    def add_stream(self, message_type: MessageType) -> None:
+        """Give a type registered after the broker was built its stream (the type's
+        :attr:`~MessageType.stream`, limits included), as ``streams apply`` does on NATS.
+
+        Raises:
+            ValidationError: the type is core-only, or its stream already exists.
+        """
+        spec = message_type.stream
+        if spec is None:
+            raise ValidationError("message_type", message_type.value, "has no stream")
+        if spec.name in self._streams or message_type in self._targets:
+            raise ValidationError("stream", spec.name, "already exists")
+        stream = self._streams[spec.name] = Stream(spec, self._duplicate_window)
+        self._targets[message_type] = (stream, [])
+        streams = {**self.catalog.streams, message_type: spec}
+        self.catalog = StreamCatalog(streams, self.catalog.dead_letters)
+
     def _check_open(self, what: str) -> None:
         if self._closed:
             raise ClosedError(f"{what}: broker closed")
@@ -311,7 +339,10 @@ class InMemoryBroker:
         duplicate = False
         if target is not None:
             stream, groups = target
-            seq, duplicate = stream.store(encoded, self.clock.now())
+            try:
+                seq, duplicate = stream.store(encoded, self.clock.now())
+            except Refused as exc:
+                raise _refused(encoded, exc) from None
             if not duplicate:
                 self._activity.events += 1
                 subject = encoded.subject
@@ -468,14 +499,20 @@ class InMemoryBroker:
             consumer=consumer,
             failed_at=self.clock.utcnow(),
         )
-        self._dead.store(dead, self.clock.now())
+        try:
+            self._dead.store(dead, self.clock.now())
+        except Refused as exc:  # DEAD_LETTERS is full: the group keeps the message
+            raise _refused(dead, exc) from None
         self._activity.events += 1
 
     def _store_replay(self, copy: Encoded, message_type: MessageType) -> PublishReceipt:
         """Stores a replay copy in the stream of ``message_type`` for the one group whose
         replay subject it is on (no core subscriber sees it)."""
         stream, groups = self._targets[message_type]
-        seq, duplicate = stream.store(copy, self.clock.now())
+        try:
+            seq, duplicate = stream.store(copy, self.clock.now())
+        except Refused as exc:
+            raise _refused(copy, exc) from None
         if not duplicate:
             self._activity.events += 1
             for group in groups:
@@ -520,13 +557,21 @@ class InMemoryPublisher(Publisher):
         return self._broker._publish(self._encode(message), message.message_type, self._jetstream)
 
     async def publish_many(self, messages: Sequence[Message]) -> list[PublishReceipt]:
-        """Publish a batch; every message is encoded (validated) before any is stored."""
+        """Publish a batch; every message is encoded (validated) before any is stored.
+        Messages a stream refuses (full) do not stop the others: a
+        :class:`PublishBatchError` then holds each one's receipt or error."""
         self._check()
         encoded = [self._encode(message) for message in messages]
         publish, jetstream = self._broker._publish, self._jetstream
-        return [
-            publish(e, m.message_type, jetstream) for m, e in zip(messages, encoded, strict=True)
-        ]
+        results: list[PublishReceipt | PublishError] = []
+        for m, e in zip(messages, encoded, strict=True):
+            try:
+                results.append(publish(e, m.message_type, jetstream))
+            except PublishError as exc:
+                results.append(exc)
+        if any(isinstance(r, PublishError) for r in results):
+            raise PublishBatchError(results)
+        return results  # type: ignore[return-value]  # no errors: all receipts
 
     async def request(self, message: Message, timeout: float = 5.0) -> Message:
         self._check()

@@ -46,6 +46,13 @@ from .internals import Writer
 log = logging.getLogger("message_bus.nats.publisher")
 
 _STREAM_FULL = 10077
+"""JSStreamStoreFailedF: with "maximum messages/bytes exceeded", a stream at its limit
+with discard=new refusing a message (code 503, which alone would read as transient)."""
+_FULL_ELSEWHERE = frozenset({10023, 10047, 10002})
+"""JetStream's storage is used up, not the stream's limit: 10023 "insufficient resources"
+(the server's ``max_file_store``/``max_memory_store``; code 503), 10047 "insufficient
+storage resources available", 10002 "resource limits exceeded for account". A retry
+cannot be stored either, so these are ``stream_full`` too, not a transient to retry."""
 _MESSAGE_TOO_LARGE = 10054
 _IN_PROCESS = 10158
 """A retry found the first copy of its id still being stored (not yet committed)."""
@@ -288,7 +295,8 @@ class Sender:
         error = ack.error
         assert error is not None
         detail = f"{error.code}/{error.err_code}: {error.description}"
-        if error.err_code == _STREAM_FULL and "maximum" in error.description:
+        full = error.err_code == _STREAM_FULL and "maximum" in error.description
+        if full or error.err_code in _FULL_ELSEWHERE:
             return PublishError(
                 message_id, subject, PublishFailure.STREAM_FULL, retryable=False, detail=detail
             )

@@ -36,6 +36,19 @@ StreamAction = Literal["created", "updated", "unchanged", "conflict"]
 
 _IMMUTABLE = ("storage", "retention")
 """Fields JetStream cannot change on an existing stream."""
+_MUTABLE = (
+    "subjects",
+    "max_age",
+    "duplicate_window",
+    "num_replicas",
+    "discard",
+    "max_msgs",
+    "max_bytes",
+    "max_msg_size",
+)
+"""Fields :meth:`StreamManager.apply` corrects in place when they drifted."""
+_DRIFT_FIELDS = ("subjects", "retention", "storage", *_MUTABLE[1:])
+"""Fields compared with the catalog, in report order."""
 _ATTEMPTS = 3
 _TRANSIENT = (
     nats.js.errors.ServiceUnavailableError,
@@ -82,6 +95,10 @@ class StreamSummary:
         duplicate_window: Seconds a ``Nats-Msg-Id`` is remembered.
         storage: ``file`` or ``memory``.
         retention: ``limits``, ``interest`` or ``workqueue``.
+        max_msgs: Messages it may hold (-1 = no limit).
+        max_bytes: Bytes it may hold (-1 = no limit).
+        max_msg_size: Bytes one message may have (-1 = no limit).
+        discard: ``new`` (a full stream refuses) or ``old`` (it deletes the oldest).
     """
 
     name: str
@@ -96,6 +113,10 @@ class StreamSummary:
     duplicate_window: float
     storage: str
     retention: str
+    max_msgs: int = -1
+    max_bytes: int = -1
+    max_msg_size: int = -1
+    discard: str = "old"
 
 
 def _value(value: Any) -> Any:
@@ -105,8 +126,9 @@ def _value(value: Any) -> Any:
 class StreamManager:
     """Creates and updates the catalog's streams; lists what exists.
 
-    Each catalog stream becomes a JetStream stream with Limits retention, file storage,
-    the spec's subjects and max age, the given duplicate window and replica count.
+    Each catalog stream becomes a JetStream stream with Limits retention, the spec's
+    subjects, max age and limits (count, bytes, message size, storage, discard policy;
+    replicas if the spec sets them, else the given count) and the given duplicate window.
     Applying is idempotent: a missing stream is created, a stream whose settings
     drifted is updated back (and the drift reported), a matching one is left alone.
 
@@ -125,15 +147,19 @@ class StreamManager:
         subjects = list(spec.subjects)
         if replays:
             subjects.append(replay_subjects(spec.name))
+        limits = spec.limits
         return StreamConfig(
             name=spec.name,
             subjects=subjects,
             retention=RetentionPolicy.LIMITS,
-            storage=StorageType.FILE,
-            discard=DiscardPolicy.OLD,
+            storage=StorageType.MEMORY if limits.storage == "memory" else StorageType.FILE,
+            discard=DiscardPolicy.NEW if limits.discard_policy == "new" else DiscardPolicy.OLD,
             max_age=spec.max_age,
+            max_msgs=_unlimited(limits.max_msgs),
+            max_bytes=_unlimited(limits.max_bytes),
+            max_msg_size=_unlimited(limits.max_msg_size),
             duplicate_window=duplicate_window,
-            num_replicas=replicas,
+            num_replicas=limits.replicas if limits.replicas is not None else replicas,
         )
 
     async def apply(
@@ -188,6 +214,18 @@ class StreamManager:
         reports.append(await self._apply_one(bucket_config(replicas)))
         return reports
 
+    async def apply_stream(
+        self, spec: StreamSpec, replicas: int = 1, duplicate_window: float = 120.0
+    ) -> StreamReport:
+        """Creates or updates one stream (e.g. of a type registered after the catalog
+        was applied), as :meth:`apply` does each of the catalog's.
+
+        Raises:
+            StreamError: JetStream refused the stream.
+            BusConnectionError: JetStream did not answer.
+        """
+        return await self._apply_one(self.desired(spec, replicas, duplicate_window))
+
     async def _apply_one(self, want: StreamConfig) -> StreamReport:
         """Creates or updates one stream to ``want``; reports what it did."""
         name = str(want.name)
@@ -207,13 +245,7 @@ class StreamManager:
         if any(line.split(":", 1)[0] in _IMMUTABLE for line in drift):
             log.error("stream %s drifted in settings JetStream cannot change: %s", name, drift)
             return StreamReport(name, "conflict", drift)
-        fields = {
-            "subjects": want.subjects,
-            "max_age": want.max_age,
-            "duplicate_window": want.duplicate_window,
-            "num_replicas": want.num_replicas,
-            "discard": want.discard,
-        }
+        fields = {name: getattr(want, name) for name in _MUTABLE}
         await self._call(name, lambda: js.update_stream(have.evolve(**fields)))
         log.warning("stream %s updated: %s", name, "; ".join(drift))
         return StreamReport(name, "updated", drift)
@@ -297,10 +329,14 @@ def config_drift(have: StreamConfig, want: StreamConfig) -> list[str]:
     return _drift(have, want)
 
 
+def _unlimited(value: int | None) -> int:
+    """JetStream's spelling of a limit: -1 for none."""
+    return -1 if value is None else value
+
+
 def _drift(have: StreamConfig, want: StreamConfig) -> list[str]:
     lines = []
-    fields = ("subjects", "retention", "storage", "max_age", "duplicate_window", "num_replicas")
-    for field in fields:
+    for field in _DRIFT_FIELDS:
         found, wanted = _value(getattr(have, field)), _value(getattr(want, field))
         if field == "subjects":
             found, wanted = sorted(found or []), sorted(wanted or [])
@@ -308,6 +344,12 @@ def _drift(have: StreamConfig, want: StreamConfig) -> list[str]:
             found, wanted = round(float(found or 0), 6), round(float(wanted or 0), 6)
         elif field == "num_replicas":
             found, wanted = found or 1, wanted or 1
+        elif field in ("max_msgs", "max_bytes", "max_msg_size"):
+            # the server answers -1 (or 0 from old servers) for "no limit"
+            found = -1 if found is None or found <= 0 else found
+            wanted = -1 if wanted is None or wanted <= 0 else wanted
+        elif field == "discard":
+            found = found or "old"
         if found != wanted:
             lines.append(f"{field}: {found} -> {wanted}")
     return lines
@@ -328,7 +370,15 @@ def _summary(info: StreamInfo) -> StreamSummary:
         duplicate_window=float(config.duplicate_window or 0.0),
         storage=str(_value(config.storage)),
         retention=str(_value(config.retention)),
+        max_msgs=_limit(config.max_msgs),
+        max_bytes=_limit(config.max_bytes),
+        max_msg_size=_limit(config.max_msg_size),
+        discard=str(_value(config.discard) or "old"),
     )
+
+
+def _limit(value: int | None) -> int:
+    return -1 if value is None or value <= 0 else int(value)
 
 
 def _api_failure(name: str, error: BaseException) -> MessageBusError:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from message_bus.domain.catalog import StreamSpec
+from message_bus.domain.catalog import NO_LIMITS, StreamSpec
 from message_bus.domain.dead_letter import DeadLetter
 from message_bus.domain.message import Message
 from message_bus.ports import PublishReceipt
@@ -114,13 +114,19 @@ def _escaped(data: bytes, limit: int = 2000) -> str:
 
 def catalog_table(streams: Sequence[StreamSpec]) -> str:
     """The catalog's streams: name, subjects and how long they keep messages."""
-    rows = [(s.name, ",".join(s.subjects), _days(s.max_age)) for s in streams]
-    return _table(rows, ("STREAM", "SUBJECTS", "MAX AGE"))
+    rows: list[tuple[str, ...]] = [
+        (s.name, ",".join(s.subjects), _days(s.max_age)) for s in streams
+    ]
+    headers: tuple[str, ...] = ("STREAM", "SUBJECTS", "MAX AGE")
+    if any(s.limits != NO_LIMITS for s in streams):  # a column only when a stream has limits
+        rows = [(*row, s.limits.describe()) for row, s in zip(rows, streams, strict=True)]
+        headers += ("LIMITS",)
+    return _table(rows, headers)
 
 
 def stream_table(summaries: Sequence[StreamSummary]) -> str:
-    """The streams on a server with their state."""
-    rows = [
+    """The streams on a server with their state (and limits, when a stream has any)."""
+    rows: list[tuple[object, ...]] = [
         (
             s.name,
             ",".join(s.subjects),
@@ -134,8 +140,20 @@ def stream_table(summaries: Sequence[StreamSummary]) -> str:
         )
         for s in summaries
     ]
-    headers = ("STREAM", "SUBJECTS", "MESSAGES", "BYTES", "SEQUENCES", "CONSUMERS")
-    return _table(rows, (*headers, "REPLICAS", "MAX AGE", "DEDUP"))
+    headers: tuple[str, ...] = ("STREAM", "SUBJECTS", "MESSAGES", "BYTES", "SEQUENCES")
+    headers += ("CONSUMERS", "REPLICAS", "MAX AGE", "DEDUP")
+    limited = [s for s in summaries if max(s.max_msgs, s.max_bytes, s.max_msg_size) > 0]
+    if limited:  # columns only when a stream has limits
+        rows = [
+            (*row, _limit(s.max_msgs), _limit(s.max_bytes), _limit(s.max_msg_size), s.discard)
+            for row, s in zip(rows, summaries, strict=True)
+        ]
+        headers += ("MAX MSGS", "MAX BYTES", "MAX MSG SIZE", "DISCARD")
+    return _table(rows, headers)
+
+
+def _limit(value: int) -> str:
+    return "-" if value <= 0 else str(value)
 
 
 def stream_report_table(reports: Sequence[StreamReport]) -> str:
