@@ -4,7 +4,11 @@ and an existing stream are refused."""
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import re
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -26,6 +30,7 @@ from message_bus.adapters.nats.snapshots import (
     snapshot_path,
 )
 from message_bus.app.cli import run_cli
+from message_bus.app.cli.transfer_progress import TransferProgress
 from message_bus.app.embedded import EmbeddedNatsServer
 from message_bus.domain.errors import BackupError
 from message_bus.testing.samples import sample_payload
@@ -210,3 +215,36 @@ async def test_backing_up_every_stream_writes_a_manifest_with_a_checksum_each(
         manifest.verify(tmp_path)
         assert json.loads(manifest_path(tmp_path, name).read_text())["sha256"] == manifest.sha256
         assert name in out
+
+
+async def test_a_snapshot_larger_than_the_flow_control_window_moves_whole_with_progress(
+    client: NatsClient, tmp_path: Path
+) -> None:
+    await client.jetstream.add_stream(name="BULK", subjects=["bulk.>"])
+    count = 200  # 12.5 MiB, past the server's 8 MiB window of unacknowledged chunks
+    bodies = [os.urandom(64 * 1024) for _ in range(count)]  # incompressible, all different
+    for n, body in enumerate(bodies):
+        await client.jetstream.publish(f"bulk.{n}", body)
+    lines = io.StringIO()
+    snapshots = StreamSnapshots(client)
+
+    started = time.monotonic()
+    manifest = await snapshots.backup("BULK", tmp_path, TransferProgress("backup", lines))
+    backed_up = time.monotonic() - started
+    await client.jetstream.delete_stream("BULK")
+    started = time.monotonic()
+    state = await snapshots.restore("BULK", tmp_path, progress=TransferProgress("restore", lines))
+    restored = time.monotonic() - started
+
+    print(f"BULK {manifest.size} bytes: backup {backed_up:.2f}s, restore {restored:.2f}s")
+    assert manifest.size > 12 * 1024 * 1024
+    assert manifest.chunks > 64
+    assert state["messages"] == count
+    last = await client.jetstream.get_msg("BULK", count)
+    assert last.data == bodies[-1]
+    shown = [
+        re.fullmatch(r"(\w+) BULK: (\d+)% \(.+iB\)", line) for line in lines.getvalue().splitlines()
+    ]
+    assert [m.groups() if m else None for m in shown] == [
+        (verb, step) for verb in ("backup", "restore") for step in ("25", "50", "75")
+    ]

@@ -63,7 +63,7 @@ CHUNK_SIZE = 128 * 1024
 MANIFEST_FORMAT = "deltran-stream-backup/1"
 _API = "$JS.API.STREAM"
 _STREAM_NOT_FOUND = 10059
-_NAME = re.compile(r"^[^\s.*>/\\\x00]{1,255}$")
+_NAME = re.compile(r"[^\s.*>/\\\x00]{1,255}")
 
 Progress = Callable[[str, int, int], None]
 """Called as ``progress(stream, bytes_done, bytes_total)`` while a snapshot moves; the
@@ -78,7 +78,7 @@ def check_stream_name(name: str) -> str:
     Raises:
         ValidationError: (field ``stream``) it cannot.
     """
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise ValidationError(
             "stream",
             name,
