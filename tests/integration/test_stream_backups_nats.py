@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from waits import eventually
+from waits import apply_r3, eventually
 
 from message_bus import FunctionHandler, Message, MessageType, PartitionKey, SubscriberConfig
 from message_bus.adapters.nats import (
@@ -31,7 +31,7 @@ from message_bus.adapters.nats.snapshots import (
 )
 from message_bus.app.cli import run_cli
 from message_bus.app.cli.transfer_progress import TransferProgress
-from message_bus.app.embedded import EmbeddedNatsServer
+from message_bus.app.embedded import EmbeddedNatsServer, NatsCluster
 from message_bus.domain.errors import BackupError
 from message_bus.testing.samples import sample_payload
 
@@ -123,19 +123,28 @@ async def test_a_group_continues_where_it_was_after_backup_delete_and_restore(
     assert len(after) == HALF  # none twice
 
 
-async def test_the_ordered_groups_bucket_is_backed_up_and_restored(
-    client: NatsClient, tmp_path: Path
+async def test_the_ordered_groups_bucket_is_backed_up_and_restored_by_name(
+    client: NatsClient,
+    nats_server: EmbeddedNatsServer,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     kv = await client.jetstream.key_value("DELTRAN_ORDERED")  # the catalog created it
     await kv.put("netting.0", b"member-a")
     await kv.put("netting.1", b"member-b")
-    snapshots = StreamSnapshots(client)
+    bucket = ["--stream", "KV_DELTRAN_ORDERED", "--url", nats_server.url]
 
-    manifest = await snapshots.backup("KV_DELTRAN_ORDERED", tmp_path)
+    code, out, err = await cli(capsys, "streams", "backup", str(tmp_path), *bucket)
+    assert (code, err) == (0, ""), err
     await client.jetstream.delete_stream("KV_DELTRAN_ORDERED")
-    await snapshots.restore("KV_DELTRAN_ORDERED", tmp_path)
+    code, out, err = await cli(capsys, "streams", "restore", str(tmp_path), *bucket)
+    assert (code, err) == (0, ""), err
 
-    assert manifest.messages == 2
+    assert "KV_DELTRAN_ORDERED: restored 2 messages" in out
+    assert sorted(os.listdir(tmp_path)) == [
+        "KV_DELTRAN_ORDERED.json",
+        "KV_DELTRAN_ORDERED.snapshot",
+    ]
     kv = await client.jetstream.key_value("DELTRAN_ORDERED")
     assert (await kv.get("netting.0")).value == b"member-a"
     assert (await kv.get("netting.1")).value == b"member-b"
@@ -248,3 +257,33 @@ async def test_a_snapshot_larger_than_the_flow_control_window_moves_whole_with_p
     assert [m.groups() if m else None for m in shown] == [
         (verb, step) for verb in ("backup", "restore") for step in ("25", "50", "75")
     ]
+
+
+async def test_a_replicated_stream_is_restored_on_a_cluster_with_its_group(
+    nats_cluster: NatsCluster, tmp_path: Path
+) -> None:
+    client = NatsClient(NatsConfig(urls=nats_cluster.urls, reconnect_delay=0.1))
+    await client.connect()
+    try:
+        await apply_r3(client)
+        config = SubscriberConfig(consumer_group="settlement", ack_wait=30.0)
+        publisher = JetStreamPublisher(client)
+        for n in range(10):
+            await publisher.publish(payment(n))
+        before: list[str] = []
+        await consume(client, config, before, 10)
+        for n in range(10, 15):
+            await publisher.publish(payment(n))
+        snapshots = StreamSnapshots(client)
+
+        await snapshots.backup(STREAM, tmp_path)
+        state = await snapshots.restore(STREAM, tmp_path, force=True)
+        info = await client.jetstream.stream_info(STREAM)
+        after: list[str] = []
+        await consume(client, config, after, 5)
+
+        assert state["messages"] == 15
+        assert info.config.num_replicas == 3
+        assert sorted(after) == sorted(f"pay_{n}" for n in range(10, 15))
+    finally:
+        await client.close()
