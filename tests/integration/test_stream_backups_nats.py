@@ -287,3 +287,18 @@ async def test_a_replicated_stream_is_restored_on_a_cluster_with_its_group(
         assert sorted(after) == sorted(f"pay_{n}" for n in range(10, 15))
     finally:
         await client.close()
+
+
+async def test_backing_up_a_missing_stream_fails_naming_it_and_writes_nothing(
+    client: NatsClient,
+    nats_server: EmbeddedNatsServer,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, _, err = await cli(
+        capsys, "streams", "backup", str(tmp_path), "--stream", "NOPE", "--url", nats_server.url
+    )
+
+    assert code == 1
+    assert "NOPE" in err
+    assert os.listdir(tmp_path) == []
