@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import nats.errors
 import pytest
 from waits import apply_r3, eventually
 
@@ -71,7 +72,10 @@ async def consume(
     subscription = await subscriber.subscribe(FunctionHandler(handle))
 
     async def acked() -> bool:
-        info = await client.jetstream.consumer_info(STREAM, config.consumer_name)
+        try:
+            info = await client.jetstream.consumer_info(STREAM, config.consumer_name, timeout=2)
+        except nats.errors.TimeoutError:  # a replicated consumer electing its leader
+            return False
         return len(handled) >= until and info.num_ack_pending == 0 and info.num_pending == 0
 
     await eventually(acked, f"the settlement group to handle and ack {until} payments")

@@ -63,6 +63,8 @@ CHUNK_SIZE = 128 * 1024
 MANIFEST_FORMAT = "deltran-stream-backup/1"
 _API = "$JS.API.STREAM"
 _STREAM_NOT_FOUND = 10059
+_PROBE = 2.0
+"""Seconds each readiness probe of a restored stream waits for its answer."""
 _NAME = re.compile(r"[^\s.*>/\\\x00]{1,255}")
 
 Progress = Callable[[str, int, int], None]
@@ -367,16 +369,56 @@ class StreamSnapshots:
         end = await self._send(stream, nc.request(deliver, b"", timeout=self.timeout * 4))
         info = _decode(stream, end.data)
         _raise_api_error(stream, info)
+        await self._wait_until_served(stream)
         if progress is not None:
             progress(stream, max(manifest.size, 1), max(manifest.size, 1))
         state = dict(info.get("state") or {})
         log.info("stream %s restored: %s messages", stream, state.get("messages"))
         return state
 
-    async def _api(self, stream: str, subject: str, body: dict[str, Any] | None) -> dict[str, Any]:
+    async def _wait_until_served(self, stream: str) -> None:
+        """Waits until the restored stream and each of its consumers answer for themselves:
+        on a cluster their replica groups elect leaders after the restore is answered, and
+        a group resuming before that would find its consumer unavailable."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout * 4
+        while True:
+            waiting = "the stream"
+            try:
+                info = await self._api(stream, f"{_API}.INFO.{stream}", None, timeout=_PROBE)
+                clustered = bool((info.get("cluster") or {}).get("raft_group"))
+                _require_leader(stream, "the stream", info, clustered)
+                names = await self._api(
+                    stream, f"$JS.API.CONSUMER.NAMES.{stream}", {"offset": 0}, timeout=_PROBE
+                )
+                for name in names.get("consumers") or []:
+                    waiting = f"consumer {name}"
+                    consumer = await self._api(
+                        stream, f"$JS.API.CONSUMER.INFO.{stream}.{name}", None, timeout=_PROBE
+                    )
+                    _require_leader(stream, waiting, consumer, clustered)
+                return
+            except (StreamError, NotFoundError, BusConnectionError) as exc:
+                if loop.time() >= deadline:
+                    raise StreamError(
+                        stream,
+                        f"restored, but {waiting} did not answer within "
+                        f"{self.timeout * 4:g}s: {exc}",
+                    ) from exc
+            await asyncio.sleep(0.1)
+
+    async def _api(
+        self,
+        stream: str,
+        subject: str,
+        body: dict[str, Any] | None,
+        *,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
         payload = b"" if body is None else json.dumps(body).encode()
         nc = self.client.connection
-        msg = await self._send(stream, nc.request(subject, payload, timeout=self.timeout))
+        wait = self.timeout if timeout is None else timeout
+        msg = await self._send(stream, nc.request(subject, payload, timeout=wait))
         answer = _decode(stream, msg.data)
         _raise_api_error(stream, answer)
         return answer
@@ -405,6 +447,13 @@ class StreamSnapshots:
         if status not in ("", "204"):
             description = headers.get("Description", "")
             raise StreamError(stream, f"snapshot cut short by the server: {status} {description}")
+
+
+def _require_leader(stream: str, what: str, info: dict[str, Any], clustered: bool) -> None:
+    """On a cluster, ``what`` is served once its replica group has a leader: a restored
+    consumer first answers from its stream's leader alone, with no replica group yet."""
+    if clustered and not (info.get("cluster") or {}).get("leader"):
+        raise StreamError(stream, f"{what} has no leader yet")
 
 
 def _decode(stream: str, data: bytes) -> dict[str, Any]:
