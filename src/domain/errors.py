@@ -386,3 +386,19 @@ class StartPositionConflict(ValidationError):
             f"consumer group {group} exists and was created with start {expected!r}; "
             "a member must use the same (or use another group name to start elsewhere)",
         )
+
+
+class BackupError(StreamError):
+    """A stream backup could not be written, read or restored: its manifest is missing
+    or unreadable, its snapshot file does not match the manifest's checksum, or the
+    stream it would restore already exists.
+
+    Attributes:
+        stream: the stream's name.
+        path: the backup file concerned (``""`` when none).
+        reason: what is wrong.
+    """
+
+    def __init__(self, stream: str, path: str, reason: str) -> None:
+        self.path = path
+        super().__init__(stream, f"{reason} ({path})" if path else reason)

@@ -12,7 +12,9 @@ Modules: :mod:`.parser` (with :mod:`.arguments`) parses; :mod:`.publish`,
 :mod:`.docs` are the commands, on :mod:`.session` and :mod:`.payloads`; :mod:`.output`
 formats what they print; :mod:`.errors` holds :class:`CliError` and the exit codes.
 :mod:`.groups` shows the consumer groups; :mod:`.doctor` checks a deployment;
-:mod:`.progress` draws the demo's progress bar.
+:mod:`.progress` draws the demo's progress bar. :mod:`.backups` backs streams up and
+restores them (``streams backup``/``restore``), with :mod:`.transfer_progress` drawing
+their progress.
 """
 
 from __future__ import annotations

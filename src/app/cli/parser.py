@@ -109,7 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-streams", action="store_true", help="do not apply the stream catalog on start"
     )
 
-    streams = command("streams", "apply or list the JetStream streams of the catalog")
+    streams = command(
+        "streams",
+        "apply or list the JetStream streams of the catalog; back them up or restore them",
+    )
     streams_sub = streams.add_subparsers(dest="action", metavar="ACTION", required=True)
     streams_sub.add_parser(
         "apply",
@@ -117,6 +120,34 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
     )
     streams_sub.add_parser("ls", help="list the streams with their state", parents=[common])
+    backup = streams_sub.add_parser(
+        "backup",
+        help="snapshot streams (messages and consumer groups' positions) to DIR, "
+        "each with a SHA-256 manifest",
+        parents=[common],
+    )
+    backup.add_argument("directory", metavar="DIR", help="where to write the backups")
+    backup.add_argument(
+        "--stream",
+        action="append",
+        metavar="NAME",
+        help="back up this stream (repeatable; default: every stream on the server)",
+    )
+    restore = streams_sub.add_parser(
+        "restore",
+        help="recreate streams from the backups in DIR (checksums verified first)",
+        parents=[common],
+    )
+    restore.add_argument("directory", metavar="DIR", help="where the backups are")
+    restore.add_argument(
+        "--stream",
+        action="append",
+        metavar="NAME",
+        help="restore this stream (repeatable; default: every backup in DIR)",
+    )
+    restore.add_argument(
+        "--force", action="store_true", help="delete an existing stream first instead of refusing"
+    )
 
     publish = command("publish", "publish one message and print its receipt")
     publish.add_argument("type", type=parse_message_type, help=_TYPE_HELP)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..containers import Container, apply_streams, resolve
+from .backups import backup_command, restore_command
 from .errors import EXIT_FAILED, EXIT_OK, CliError
 from .output import catalog_table, out, stream_report_table, stream_table
 from .session import backend_of, load_command_settings, running_bus
@@ -13,12 +14,17 @@ __all__ = ["streams_command"]
 
 
 async def streams_command(args: argparse.Namespace, container: Container | None) -> int:
-    """``streams apply`` creates or updates every stream; ``streams ls`` lists them.
+    """``streams apply`` creates or updates every stream; ``streams ls`` lists them;
+    ``streams backup`` and ``streams restore`` are :mod:`.backups`.
 
     ``apply`` prints what it did to each stream and the drift it found; it fails (exit
     1) if a stream is left with a duplicate window shorter than the publishers' retry
     budget. ``ls`` prints each stream's state. On the memory backend both print the catalog.
     """
+    if args.action == "backup":
+        return await backup_command(args, container)
+    if args.action == "restore":
+        return await restore_command(args, container)
     settings = load_command_settings(args)
     async with running_bus(settings, container) as bus:
         if backend_of(bus) == "memory":
