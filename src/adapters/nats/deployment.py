@@ -15,23 +15,20 @@ import functools
 import json
 import urllib.parse
 import urllib.request
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import nats.errors
-import nats.js.errors
 from nats.js.api import ConsumerInfo, StreamConfig, StreamInfo
 
 from message_bus.domain.errors import BusConnectionError, ValidationError
 
 from .client import NatsClient
 from .internals import Connection
-from .streams import StreamError
+from .jsapi import call_jetstream, list_consumers
 
 T = TypeVar("T")
 
-_LIST_PAGE = 256
 """Consumers per page of JetStream's consumer list."""
 _HTTP_TIMEOUT = 5.0
 # urllib would send loopback monitoring requests through HTTP_PROXY if one is set.
@@ -159,10 +156,12 @@ async def _read(client: NatsClient, monitor: dict[str, Any], problem: str) -> De
     info = nc.server_info if isinstance(nc, Connection) else {}
     tls = nc.uses_tls if isinstance(nc, Connection) else False
     js = client.jetstream
-    account = await _call("*", js.account_info)
+    account = await call_jetstream("*", js.account_info)
     streams: list[StreamInfo] = []
     while True:
-        page: list[StreamInfo] = await _call("*", functools.partial(js.streams_info, len(streams)))
+        page: list[StreamInfo] = await call_jetstream(
+            "*", functools.partial(js.streams_info, len(streams))
+        )
         if not page:
             break
         streams.extend(page)
@@ -175,7 +174,7 @@ async def _read(client: NatsClient, monitor: dict[str, Any], problem: str) -> De
     )
     consumers: list[ConsumerLoad] = []
     for state in states:
-        consumers.extend(_load(c) for c in await _consumers(client, state.name))
+        consumers.extend(_load(c) for c in await list_consumers(client, state.name))
     consumers.sort(key=lambda c: (c.stream, c.name))
     varz, jsz = monitor.get("varz", {}), monitor.get("jsz", {})
     size, source = _cluster_size(info, jsz)
@@ -229,18 +228,6 @@ def _load(info: ConsumerInfo) -> ConsumerLoad:
     )
 
 
-async def _consumers(client: NatsClient, stream: str) -> list[ConsumerInfo]:
-    js = client.jetstream
-    infos: list[ConsumerInfo] = []
-    while True:
-        page: list[ConsumerInfo] = await _call(
-            stream, functools.partial(js.consumers_info, stream, len(infos))
-        )
-        infos.extend(page)
-        if len(page) < _LIST_PAGE:
-            return infos
-
-
 async def _monitor(urls: Sequence[str]) -> tuple[dict[str, Any], str]:
     """``{"varz": ..., "jsz": ...}`` from the first endpoint that answers, and why none
     did ("" if one did)."""
@@ -264,15 +251,6 @@ def _get_json(url: str) -> dict[str, Any]:
     if not isinstance(document, dict):
         raise ValueError(f"{url} did not answer a JSON object")
     return document
-
-
-async def _call(name: str, call: Callable[[], Awaitable[T]]) -> T:
-    try:
-        return await call()
-    except nats.js.errors.APIError as exc:
-        raise StreamError(name, f"{exc.description} (code {exc.err_code})") from exc
-    except (nats.errors.Error, OSError) as exc:
-        raise BusConnectionError(f"JetStream did not answer (stream {name}): {exc!r}") from exc
 
 
 __all__ = [

@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 import msgspec
-import nats.errors
-import nats.js.errors
 from nats.js.api import ConsumerInfo, StreamInfo
 
 from message_bus.adapters.ordered.store import BUCKET, GroupSpec, StoreUnavailable, decode, spec_key
@@ -26,6 +23,7 @@ from message_bus.ports.config import EPHEMERAL_CONSUMER_PREFIX
 
 from .client import NatsClient
 from .group_store import KvGroupStore
+from .jsapi import call_jetstream, list_consumers
 from .ordered_bucket import BUCKET_STREAM, BUCKET_SUBJECT_PREFIX
 from .streams import StreamError
 
@@ -35,7 +33,6 @@ MAX_KEY_SUBJECTS = 512
 """Subjects of one stream whose newest message is read to find a partition's newest
 message; a stream with more distinct subjects shows no per-partition lag."""
 _PARALLEL_GETS = 16
-_LIST_PAGE = 256
 """Consumers per page of JetStream's consumer list."""
 
 
@@ -159,7 +156,7 @@ async def _read(client: NatsClient) -> GroupsStatus:
     for name in sorted(by_name):
         if name == BUCKET_STREAM:
             continue
-        infos = await _consumers(client, name)
+        infos = await list_consumers(client, name)
         consumers.extend(_consumer(info, last[name]) for info in infos)
     consumers.sort(key=lambda c: (c.stream, c.name))
     ordered: list[OrderedGroupStatus] = []
@@ -168,18 +165,6 @@ async def _read(client: NatsClient) -> GroupsStatus:
             if stream in by_name:
                 ordered.append(await _ordered(client, by_name[stream], consumer))
     return GroupsStatus(at, tuple(consumers), tuple(ordered), last)
-
-
-async def _consumers(client: NatsClient, stream: str) -> list[ConsumerInfo]:
-    js = client.jetstream
-    infos: list[ConsumerInfo] = []
-    while True:
-        page: list[ConsumerInfo] = await _call(
-            stream, functools.partial(js.consumers_info, stream, len(infos))
-        )
-        infos.extend(page)
-        if len(page) < _LIST_PAGE:
-            return infos
 
 
 def _consumer(info: ConsumerInfo, stream_last: int) -> ConsumerStatus:
@@ -296,11 +281,7 @@ async def _newest_by_partition(
 
 async def _call(name: str, call: Callable[[], Awaitable[T]]) -> T:
     try:
-        return await call()
-    except nats.js.errors.APIError as exc:
-        raise StreamError(name, f"{exc.description} (code {exc.err_code})") from exc
-    except (nats.errors.Error, OSError) as exc:
-        raise BusConnectionError(f"JetStream did not answer (stream {name}): {exc!r}") from exc
+        return await call_jetstream(name, call)
     except StoreUnavailable as exc:
         raise BusConnectionError(f"bucket {BUCKET}: {exc}") from exc
 
