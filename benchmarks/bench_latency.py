@@ -144,6 +144,8 @@ Publish = Callable[[int], Awaitable[None]]
 async def paced(publish: Publish, rate: int, count: int) -> float:
     """Calls ``publish(seq)`` for ``count`` messages on a deadline schedule (message ``i``
     due at ``start + i / rate``); returns the rate achieved."""
+    if rate < 1:
+        raise ValueError(f"rate: must be at least 1 msg/s, got {rate!r}")
     interval_ns = 1_000_000_000 // rate
     start = time.perf_counter_ns()
     for seq in range(count):
@@ -475,10 +477,18 @@ async def main(
         return await report(fast, durable, rates, seconds)
 
 
+def positive(text: str) -> int:
+    """An argparse type: a rate in messages per second, at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"rate must be at least 1 msg/s, got {value}")
+    return value
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default=None, help="use this server instead of embedded ones")
-    parser.add_argument("--rates", type=int, nargs="+", default=list(RATES))
+    parser.add_argument("--rates", type=positive, nargs="+", default=list(RATES))
     parser.add_argument(
         "--seconds", type=float, default=None, help="seconds per line (default 4 at 500/s, 2 above)"
     )
