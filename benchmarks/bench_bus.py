@@ -30,7 +30,8 @@ where both sides are bound by the disk.
 Every figure is messages per second, best of ``--repeat`` rounds; in each round nats-py
 runs first, then the bus, on the same server. Ratios > 1 mean the bus is faster than
 the raw client. Run: ``python benchmarks/bench_bus.py``; ``--only core`` (or
-``jetstream``, ``consume``, ``ordered``) runs one benchmark (no fsync line),
+``jetstream``, ``consume``, ``ordered``, ``latency``) runs one benchmark (no fsync line;
+``latency`` is ``bench_latency.py``'s table, fsync-always lines included),
 ``--profile core`` runs it and profiles the bus's side with cProfile.
 """
 
@@ -50,6 +51,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import bench_latency
 import nats
 from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 
@@ -537,12 +539,13 @@ async def main(args: argparse.Namespace) -> None:
         return selected in (None, name)
 
     with servers(args.url) as (fast, durable):
-        print(
-            f"{count} messages (fsync-always lines: {args.fsync_messages}), best of {repeat}; "
-            f"consume batch {args.batch}"
-        )
-        print(f"{'benchmark':<44} {'nats-py/s':>11} {'bus/s':>11} {'ratio':>8}")
-        print("  (ordered lines: shared group /s, ordered group /s, ordered / shared)")
+        if selected != "latency":
+            print(
+                f"{count} messages (fsync-always lines: {args.fsync_messages}), best of {repeat}; "
+                f"consume batch {args.batch}"
+            )
+            print(f"{'benchmark':<44} {'nats-py/s':>11} {'bus/s':>11} {'ratio':>8}")
+            print("  (ordered lines: shared group /s, ordered group /s, ordered / shared)")
         if only("core"):
             raw, ours = await bench_core(fast, count, repeat, profiler)
             print(row("core publish", raw, ours, 1), flush=True)
@@ -605,6 +608,8 @@ async def main(args: argparse.Namespace) -> None:
                 f"(failover_timeout {failover:g} s)",
                 flush=True,
             )
+        if only("latency"):
+            await bench_latency.report(fast, durable, seconds=args.seconds)
         if selected is None:
             pub, consume = await bench_memory(count, repeat)
             print(f"{'in-memory publish_many':<44} {'':>11} {pub:>11,.0f}")
@@ -630,8 +635,13 @@ if __name__ == "__main__":
     parser.add_argument(
         "--batch", type=int, default=256, help="nats-py fetch size = bus fetch_batch"
     )
+    parser.add_argument(
+        "--seconds", type=float, default=None, help="latency: seconds per line (4 s/2 s)"
+    )
     choices = ("core", "jetstream", "consume", "ordered")
-    parser.add_argument("--only", choices=choices, default=None, help="run one benchmark")
+    parser.add_argument(
+        "--only", choices=(*choices, "latency"), default=None, help="run one benchmark"
+    )
     parser.add_argument(
         "--profile", choices=choices, default=None, help="run one, profiling the bus's side"
     )
