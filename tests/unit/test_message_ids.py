@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from uuid import UUID
@@ -172,8 +174,12 @@ def test_a_hundred_thousand_ids_never_repeat_random_bits() -> None:
     assert len({random_digits(message_id) for message_id in more}) == len(more)
 
 
-def test_threads_sharing_one_generator_get_distinct_ordered_ids() -> None:
-    generate = UUIDv7Generator(pool_bytes=64)
+@pytest.mark.parametrize("ticking", [False, True], ids=["wall-clock", "new-ms-every-id"])
+def test_threads_sharing_one_generator_get_distinct_ordered_ids(ticking: bool) -> None:
+    # A clock that moves on at every reading makes every id start a millisecond, the
+    # longest path through the generator's state.
+    clock = itertools.count(START_MS).__next__ if ticking else None
+    generate = UUIDv7Generator(clock, pool_bytes=64)
     per_thread: list[list[str]] = [[] for _ in range(4)]
     start = threading.Barrier(len(per_thread))
 
@@ -182,11 +188,16 @@ def test_threads_sharing_one_generator_get_distinct_ordered_ids() -> None:
         into.extend(generate() for _ in range(20_000))
 
     threads = [threading.Thread(target=produce, args=(into,)) for into in per_thread]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-        assert not thread.is_alive(), "id-generating thread did not finish within 60 s"
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter can
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+            assert not thread.is_alive(), "id-generating thread did not finish within 60 s"
+    finally:
+        sys.setswitchinterval(interval)
     everything = [message_id for made in per_thread for message_id in made]
     assert len(set(everything)) == len(everything) == 80_000
     assert len({random_digits(message_id) for message_id in everything}) == 80_000
