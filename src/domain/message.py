@@ -210,18 +210,20 @@ class Message(msgspec.Struct, frozen=True, kw_only=True):
             check_id("causation_id", causation_id)
         check_payload_numbers(payload)
         if created_at is None:
-            created_at = datetime.now(UTC)
+            created_at = datetime.now(UTC)  # already UTC: no conversion needed
         elif created_at.tzinfo is None:
             raise ValidationError("created_at", created_at, "must be timezone-aware")
+        else:
+            created_at = created_at.astimezone(UTC)
         return cls(
             id=new_message_id() if message_id is None else check_id("message_id", message_id),
             message_type=message_type,
             partition_key=partition_key,
             payload=payload,
-            created_at=created_at.astimezone(UTC),
+            created_at=created_at,
             correlation_id=correlation_id,
             causation_id=causation_id,
-            headers=freeze_headers(headers),
+            headers=_EMPTY if headers is None else freeze_headers(headers),
         )
 
     @property
