@@ -71,7 +71,6 @@ from message_bus.adapters.nats import (
     StreamManager,
 )
 from message_bus.adapters.nats.internals import ordered_flush
-from message_bus.app.embedded import EmbeddedNatsServer
 from message_bus.domain.catalog import StreamCatalog
 
 CORRIDORS = ["USD-EUR", "GBP-USD", "EUR-JPY", "AED-INR", "USD-CHF", "CAD-USD", "EUR-GBP", "SGD-HKD"]
@@ -79,7 +78,6 @@ CORRIDORS = ["USD-EUR", "GBP-USD", "EUR-JPY", "AED-INR", "USD-CHF", "CAD-USD", "
 # payload check (validate_payloads=False) so both sides do the same work.
 PAYLOAD = {"payment_id": "pay_000001", "amount": "1000.00", "currency": "USD"}
 RAW_BODY = b'{"payment_id":"pay_000001","amount":"1000.00","currency":"USD"}'
-NO_FSYNC_CONFIG = "jetstream {}\n"  # the server's default sync interval (2 minutes)
 RATE_TIMEOUT = 120.0
 RAW_IN_FLIGHT = 4000  # nats-py's publish_async_max_pending default
 
@@ -513,22 +511,6 @@ def row(name: str, raw: float, ours: float, target: float | None) -> str:
     return f"{name:<44} {raw:>11,.0f} {ours:>11,.0f} {ratio:>7.2f}x{aim}"
 
 
-@contextlib.contextmanager
-def servers(url: str | None) -> Iterator[tuple[str, str | None]]:
-    """(no-fsync url, fsync-always url); with ``--url`` only that server, as no-fsync."""
-    if url is not None:
-        yield url, None
-        return
-    with tempfile.TemporaryDirectory(prefix="bench-bus-") as tmp:
-        config = Path(tmp) / "no-fsync.conf"
-        config.write_text(NO_FSYNC_CONFIG)
-        with (
-            EmbeddedNatsServer(config_file=config, server_name="bench-no-fsync") as fast,
-            EmbeddedNatsServer(server_name="bench-fsync-always") as durable,
-        ):
-            yield fast.url, durable.url
-
-
 async def main(args: argparse.Namespace) -> None:
     profiler = Profiler(args.profile, args.top)
     count, repeat = args.messages, args.repeat
@@ -538,7 +520,7 @@ async def main(args: argparse.Namespace) -> None:
     def only(name: str) -> bool:
         return selected in (None, name)
 
-    with servers(args.url) as (fast, durable):
+    with bench_latency.servers(args.url, "bench") as (fast, durable):
         if selected != "latency":
             print(
                 f"{count} messages (fsync-always lines: {args.fsync_messages}), best of {repeat}; "

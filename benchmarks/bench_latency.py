@@ -435,17 +435,18 @@ def table(lines: Sequence[Latency]) -> str:
 
 
 @contextlib.contextmanager
-def servers(url: str | None) -> Iterator[tuple[str, str | None]]:
-    """(no-fsync url, fsync-always url); with ``--url`` only that server, as no-fsync."""
+def servers(url: str | None, name: str = "latency") -> Iterator[tuple[str, str | None]]:
+    """(no-fsync url, fsync-always url) of two embedded servers named after ``name``;
+    with ``--url`` only that server, as no-fsync."""
     if url is not None:
         yield url, None
         return
-    with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as tmp:
         config = Path(tmp) / "no-fsync.conf"
         config.write_text(NO_FSYNC_CONFIG)
         with (
-            EmbeddedNatsServer(config_file=config, server_name="latency-no-fsync") as fast,
-            EmbeddedNatsServer(server_name="latency-fsync-always") as durable,
+            EmbeddedNatsServer(config_file=config, server_name=f"{name}-no-fsync") as fast,
+            EmbeddedNatsServer(server_name=f"{name}-fsync-always") as durable,
         ):
             yield fast.url, durable.url
 

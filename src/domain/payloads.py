@@ -35,6 +35,16 @@ def _money(field: str, value: Decimal, *, positive: bool = True) -> None:
         raise ValidationError(field, value, "must be a positive decimal")
 
 
+def _check_payment(amount: Decimal, debtor: str, creditor: str, corridor: str | None) -> None:
+    """The checks a payment between two banks shares: a positive amount, two BICs and,
+    if given, a corridor."""
+    _money("amount", amount)
+    check_bic(debtor, "debtor_bank")
+    check_bic(creditor, "creditor_bank")
+    if corridor is not None:
+        check_corridor(corridor, "corridor")
+
+
 def _bics(field: str, banks: Iterable[str]) -> None:
     for bank in banks:
         check_bic(bank, f"{field}[{bank!r}]")
@@ -99,11 +109,7 @@ class PaymentInstruction(msgspec.Struct, frozen=True, kw_only=True):
     reference: str | None = None
 
     def __post_init__(self) -> None:
-        _money("amount", self.amount)
-        check_bic(self.debtor_bank, "debtor_bank")
-        check_bic(self.creditor_bank, "creditor_bank")
-        if self.corridor is not None:
-            check_corridor(self.corridor, "corridor")
+        _check_payment(self.amount, self.debtor_bank, self.creditor_bank, self.corridor)
 
 
 class NettingProposal(msgspec.Struct, frozen=True, kw_only=True):
@@ -185,11 +191,7 @@ class AdapterTransfer(msgspec.Struct, frozen=True, kw_only=True):
     corridor: CorridorId | None = None
 
     def __post_init__(self) -> None:
-        _money("amount", self.amount)
-        check_bic(self.debtor_bank, "debtor_bank")
-        check_bic(self.creditor_bank, "creditor_bank")
-        if self.corridor is not None:
-            check_corridor(self.corridor, "corridor")
+        _check_payment(self.amount, self.debtor_bank, self.creditor_bank, self.corridor)
 
 
 class AdapterResponse(msgspec.Struct, frozen=True, kw_only=True):
