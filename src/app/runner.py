@@ -15,7 +15,11 @@ from prometheus_client import CollectorRegistry
 from .health import HealthServer
 from .readiness import Readiness
 
-__all__ = ["Runnable", "serve"]
+__all__ = [
+    "Runnable",
+    "serve",
+    "signals_set",
+]
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +69,7 @@ async def serve(
         on_ready: called with the health server's URL once everything runs.
     """
     stop = stop or asyncio.Event()
-    with _signals_set(stop):
+    with signals_set(stop):
         await service.start()
         try:
             host, port = service.health_address
@@ -87,7 +91,7 @@ async def serve(
 
 
 @contextlib.contextmanager
-def _signals_set(stop: asyncio.Event) -> Iterator[None]:
+def signals_set(stop: asyncio.Event) -> Iterator[None]:
     """SIGINT and SIGTERM set ``stop`` (where the loop can handle signals)."""
     loop = asyncio.get_running_loop()
     installed: list[signal.Signals] = []

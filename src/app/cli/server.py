@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
-import signal
-from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from ..config import BusSettings
@@ -20,6 +17,7 @@ from ..containers import (
     start_in_thread,
 )
 from ..embedded import EmbeddedNatsServer
+from ..runner import signals_set
 from .errors import EXIT_OK
 from .output import out
 from .session import load_command_settings
@@ -46,7 +44,7 @@ async def server_command(args: argparse.Namespace, container: Container | None) 
     )
     stop = asyncio.Event()
     # From before the server starts: a signal during the start stops it once started.
-    with _signals_set(stop):
+    with signals_set(stop):
         await start_in_thread(server.start, server.stop)
         try:
             store = f"{server.store_dir}" + (
@@ -76,19 +74,3 @@ async def _apply_streams(settings: BusSettings, url: str) -> list[StreamReport]:
         return await apply_streams(container)
     finally:
         await shutdown_container(container)
-
-
-@contextlib.contextmanager
-def _signals_set(stop: asyncio.Event) -> Iterator[None]:
-    """While inside, SIGINT and SIGTERM set ``stop`` instead of ending the process."""
-    loop = asyncio.get_running_loop()
-    installed = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
-            installed.append(sig)
-    try:
-        yield
-    finally:
-        for sig in installed:
-            loop.remove_signal_handler(sig)
