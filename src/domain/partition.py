@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import blake3
 
@@ -21,6 +21,8 @@ BIC_PATTERN = r"[A-Z]{4}[A-Z]{2}[A-Z0-9]{2}(?:[A-Z0-9]{3})?"
 _CORRIDOR = re.compile(CORRIDOR_PATTERN)
 _BIC = re.compile(BIC_PATTERN)
 _U64 = 0xFFFFFFFFFFFFFFFF
+_KEYS_MAX = 65536
+"""Keys the factories remember (per kind); past it they start over."""
 
 
 def _check_token(field: str, value: object, pattern: re.Pattern[str], what: str) -> str:
@@ -89,7 +91,8 @@ class PartitionKey:
 
     @property
     def suffix(self) -> str:
-        """The canonical key: the subject suffix, e.g. ``corridor.USD-EUR``."""
+        """The canonical key: the subject suffix, e.g. ``corridor.USD-EUR`` (each kind
+        of key stores it, computed once when the key is built)."""
         raise NotImplementedError
 
     def partition_number(self, partitions: int = DEFAULT_PARTITIONS) -> int | None:
@@ -102,18 +105,36 @@ class PartitionKey:
 
     @staticmethod
     def corridor(corridor_id: str) -> Corridor:
-        """A key for one currency corridor, e.g. ``USD-EUR``."""
-        return Corridor(corridor_id)
+        """A key for one currency corridor, e.g. ``USD-EUR``.
+
+        Keys are immutable, so a corridor seen before gets the key validated then (a
+        dictionary lookup instead of a pattern match); the same holds for :meth:`bank`
+        and :meth:`corridor_bank`.
+        """
+        if type(corridor_id) is str:  # not a subclass: it could compare like other text
+            key = _corridors.get(corridor_id)
+            if key is not None:
+                return key
+        return _remember(_corridors, corridor_id, Corridor(corridor_id))
 
     @staticmethod
     def bank(bank_id: str) -> Bank:
         """A key for one bank, by BIC, e.g. ``BANKGB2L``."""
-        return Bank(bank_id)
+        if type(bank_id) is str:
+            key = _banks.get(bank_id)
+            if key is not None:
+                return key
+        return _remember(_banks, bank_id, Bank(bank_id))
 
     @staticmethod
     def corridor_bank(*, corridor_id: str, bank_id: str) -> CorridorBank:
         """A key for one bank within one corridor."""
-        return CorridorBank(corridor_id, bank_id)
+        pair = (corridor_id, bank_id)
+        if type(corridor_id) is str and type(bank_id) is str:
+            key = _corridor_banks.get(pair)
+            if key is not None:
+                return key
+        return _remember(_corridor_banks, pair, CorridorBank(corridor_id, bank_id))
 
     @staticmethod
     def broadcast() -> Broadcast:
@@ -149,14 +170,12 @@ class Corridor(PartitionKey):
     """A currency corridor such as ``USD-EUR``."""
 
     corridor_id: str
+    suffix: str = field(init=False, repr=False, compare=False)
     kind: ClassVar[str] = "corridor"
 
     def __post_init__(self) -> None:
         check_corridor(self.corridor_id)
-
-    @property
-    def suffix(self) -> str:
-        return f"corridor.{self.corridor_id}"
+        object.__setattr__(self, "suffix", f"corridor.{self.corridor_id}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,14 +183,12 @@ class Bank(PartitionKey):
     """A bank identified by its BIC."""
 
     bank_id: str
+    suffix: str = field(init=False, repr=False, compare=False)
     kind: ClassVar[str] = "bank"
 
     def __post_init__(self) -> None:
         check_bic(self.bank_id)
-
-    @property
-    def suffix(self) -> str:
-        return f"bank.{self.bank_id}"
+        object.__setattr__(self, "suffix", f"bank.{self.bank_id}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,27 +197,45 @@ class CorridorBank(PartitionKey):
 
     corridor_id: str
     bank_id: str
+    suffix: str = field(init=False, repr=False, compare=False)
     kind: ClassVar[str] = "corridor_bank"
 
     def __post_init__(self) -> None:
         check_corridor(self.corridor_id)
         check_bic(self.bank_id)
-
-    @property
-    def suffix(self) -> str:
-        return f"corridor.{self.corridor_id}.bank.{self.bank_id}"
+        object.__setattr__(self, "suffix", f"corridor.{self.corridor_id}.bank.{self.bank_id}")
 
 
 @dataclass(frozen=True, slots=True)
 class Broadcast(PartitionKey):
     """Everybody: no partition."""
 
+    suffix: str = field(init=False, repr=False, compare=False)
     kind: ClassVar[str] = "broadcast"
 
-    @property
-    def suffix(self) -> str:
-        return "broadcast"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "suffix", "broadcast")
 
     def partition_number(self, partitions: int = DEFAULT_PARTITIONS) -> int | None:
         check_partition_count(partitions)
         return None
+
+
+_K = TypeVar("_K", bound=PartitionKey)
+_corridors: dict[str, Corridor] = {}
+_banks: dict[str, Bank] = {}
+_corridor_banks: dict[tuple[str, str], CorridorBank] = {}
+
+
+def _remember(cache: dict[Any, _K], token: Any, key: _K) -> _K:
+    """Remember ``key`` (validated) as the key of ``token``; start over past ``_KEYS_MAX``.
+
+    Only exact ``str`` tokens are remembered (and looked up): a subclass could hash and
+    compare like a different text.
+    """
+    tokens = token if type(token) is tuple else (token,)
+    if all(type(t) is str for t in tokens):
+        if len(cache) >= _KEYS_MAX:
+            cache.clear()
+        cache[token] = key
+    return key

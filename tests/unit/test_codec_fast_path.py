@@ -44,6 +44,28 @@ def test_the_fast_encoding_is_the_reference_encoding_serialized(
 
 
 @given(messages(any_time=True), st.integers(min_value=1, max_value=4096))
+def test_the_core_publish_command_frames_the_reference_encoding(
+    message: Message, partitions: int
+) -> None:
+    wire = BlockCodec(partitions)
+    subject, headers, body = wire.encode(message)
+    block = header_block(headers)
+
+    command, size, body_size, pub_subject, partition = wire.encode_pub(message)
+
+    framed = b"HPUB %s %d %d\r\n%s%s\r\n" % (
+        subject.encode(),
+        len(block),
+        len(block) + len(body),
+        block,
+        body,
+    )
+    assert command == framed
+    assert (size, body_size, pub_subject) == (len(block) + len(body), len(body), subject)
+    assert partition == wire.partition_of(message)
+
+
+@given(messages(any_time=True), st.integers(min_value=1, max_value=4096))
 def test_the_fast_decoding_returns_what_the_reference_decoding_returns(
     message: Message, partitions: int
 ) -> None:
@@ -164,6 +186,8 @@ def test_a_message_built_around_the_checks_is_still_refused_by_the_fast_encoding
     for message, match in forged:
         with pytest.raises(ValidationError, match=match):
             codec.encode_block(message)
+        with pytest.raises(ValidationError, match=match):
+            codec.encode_pub(message)
 
 
 class _RecordingConnection:

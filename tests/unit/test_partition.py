@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from strategies import routed_keys
 
 from message_bus import Bank, Broadcast, Corridor, CorridorBank, PartitionKey, ValidationError
+from message_bus.domain import partition
 from message_bus.domain.partition import jump_consistent_hash, key_hash
 
 VECTORS = json.loads((Path(__file__).parents[2] / "docs" / "partition-vectors.json").read_text())
@@ -94,6 +95,44 @@ def test_keys_have_the_canonical_subject_suffixes() -> None:
     assert PartitionKey.broadcast().suffix == "broadcast"
     assert isinstance(key, CorridorBank)
     assert isinstance(PartitionKey.broadcast(), Broadcast)
+
+
+def test_a_key_seen_before_is_the_one_validated_then_and_a_bad_one_is_still_refused() -> None:
+    first = PartitionKey.corridor("GBP-JPY")
+    assert PartitionKey.corridor("GBP-JPY") is first
+    assert PartitionKey.bank("BANKGB2L") is PartitionKey.bank("BANKGB2L")
+    pair = PartitionKey.corridor_bank(corridor_id="GBP-JPY", bank_id="BANKGB2L")
+    assert PartitionKey.corridor_bank(corridor_id="GBP-JPY", bank_id="BANKGB2L") is pair
+    assert first == Corridor("GBP-JPY")
+    assert hash(first) == hash(Corridor("GBP-JPY"))
+    for _ in range(2):  # a refused token is never remembered
+        with pytest.raises(ValidationError, match="corridor_id"):
+            PartitionKey.corridor("GBP.JPY")
+        with pytest.raises(ValidationError, match="must be a str"):
+            PartitionKey.corridor(["GBP-JPY"])  # type: ignore[arg-type]
+        with pytest.raises(ValidationError, match="bank_id"):
+            PartitionKey.corridor_bank(corridor_id="GBP-JPY", bank_id="BANK>")
+
+
+def test_a_str_subclass_token_gives_a_key_of_plain_text_and_is_not_remembered() -> None:
+    class Shouty(str):
+        def __hash__(self) -> int:
+            return hash("USD-CAD")
+
+        def __eq__(self, other: object) -> bool:
+            return True
+
+    assert PartitionKey.corridor("USD-CAD").suffix == "corridor.USD-CAD"
+    assert PartitionKey.corridor(Shouty("AUD-NZD")).suffix == "corridor.AUD-NZD"
+    assert PartitionKey.corridor("USD-CAD").suffix == "corridor.USD-CAD"
+
+
+def test_the_remembered_keys_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(partition, "_KEYS_MAX", 4)
+    monkeypatch.setattr(partition, "_corridors", {})
+    for i in range(10):
+        PartitionKey.corridor(f"A{chr(65 + i)}A-EUR")
+        assert len(partition._corridors) <= 4
 
 
 @given(routed_keys)

@@ -459,6 +459,37 @@ class Writer:
         limit = nc._max_pending_size
         return limit > 0 and pending > limit
 
+    def write_live(self, command: bytes, size: int, body_size: int) -> bool | None:
+        """Queues a complete ``HPUB`` command the codec built (``encode_pub``: subject
+        allow-listed, header block safe) if the connection is up now; ``size`` is its
+        header block and body, ``body_size`` its body.
+
+        Returns:
+            None if the connection is not up (nothing was queued: not even to the
+            reconnect buffer), else whether the buffer is now over its limit (then
+            await :meth:`relieve`).
+
+        Raises:
+            MessageTooLarge: Over the server's max payload.
+        """
+        nc = self._nc
+        if nc._status != _CONNECTED:
+            return None
+        if size > nc._max_payload:
+            raise MessageTooLarge(size, nc._max_payload)
+        # _append, inlined on this hot path
+        pending = nc._pending_data_size + len(command)
+        nc._pending.append(command)
+        nc._pending_data_size = pending
+        stats = nc.stats
+        stats["out_msgs"] += 1
+        stats["out_bytes"] += body_size
+        if not self._kick_scheduled:
+            self._kick_scheduled = True
+            asyncio.get_running_loop().call_soon(self._kick)
+        limit = nc._max_pending_size
+        return limit > 0 and pending > limit
+
     def write_request(self, subject: bytes, reply: bytes, payload: bytes) -> bool:
         """Queues a PUB of ``payload`` to ``subject`` with a reply subject (checked by
         the caller: no whitespace). Returns and raises as :meth:`write`."""

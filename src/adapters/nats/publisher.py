@@ -29,7 +29,8 @@ from message_bus.ports.publisher import Publisher, PublishReceipt, check_request
 from .breaker import CircuitBreaker
 from .client import NatsClient
 from .failures import WRITE_ERRORS, counts_as_outage
-from .framing import BlockCodec
+from .framing import BlockCodec, EncodedBlock
+from .internals import Writer
 from .sender import RetryHook, Sender
 from .windows import WindowGuard
 
@@ -99,7 +100,10 @@ class JetStreamPublisher(Publisher):
         self._jetstream: Mapping[MessageType, bool] = {
             t: use_jetstream and self.catalog.stream_for(t) is not None for t in MessageType
         }
+        # the same, as the members' ids: enum members hash in Python, ints in C
+        self._jetstream_ids = frozenset(id(t) for t, js in self._jetstream.items() if js)
         self._validate = self.config.validate_payloads
+        self._core_writer: Writer | None = None  # the live connection's, for core publishes
         self._windows = WindowGuard(client, self.config, self.catalog)
         self._closed = False
 
@@ -117,28 +121,41 @@ class JetStreamPublisher(Publisher):
             raise ClosedError("the publisher was closed")
         if self._validate:
             check_payload(message.message_type, message.payload)
-        block = self._codec.encode_block(message)
         breaker = self.breaker
-        if not breaker.clean:  # before() lets every call through while clean
-            retry_after = breaker.before()
-            if retry_after is not None:
-                raise CircuitOpenError(message.id, block.subject, retry_after)
-        jetstream = self._jetstream.get(message.message_type, False)
-        if not jetstream:  # the core hot path: append to the connection's buffer
-            writer = self._sender.live_writer()
+        if id(message.message_type) not in self._jetstream_ids:  # the core hot path
+            command, size, body_size, subject, partition = self._codec.encode_pub(message)
+            if not breaker.clean:  # before() lets every call through while clean
+                retry_after = breaker.before()
+                if retry_after is not None:
+                    raise CircuitOpenError(message.id, subject, retry_after)
+            writer = self._core_writer
             if writer is not None:
-                try:
-                    over_limit = writer.write(block)
+                try:  # appended to the connection's buffer, if it is up
+                    over_limit = writer.write_live(command, size, body_size)
                 except WRITE_ERRORS:
-                    pass  # nothing was queued; the general path below reports it
-                else:
+                    over_limit = None  # the general path below reports it
+                if over_limit is not None:
                     if over_limit:
                         await writer.relieve()
                     if not breaker.clean:
                         breaker.success()
-                    return PublishReceipt(
-                        message.id, block.subject, None, None, False, block.partition
-                    )
+                    return PublishReceipt(message.id, subject, None, None, False, partition)
+            # not connected now, or refused, or the first publish: the general path
+            # (waits for a connection, retries, reports); it finds the current writer
+            self._core_writer = self._sender.live_writer()
+            return await self._send(message, self._codec.encode_block(message), jetstream=False)
+        block = self._codec.encode_block(message)
+        if not breaker.clean:
+            retry_after = breaker.before()
+            if retry_after is not None:
+                raise CircuitOpenError(message.id, block.subject, retry_after)
+        return await self._send(message, block, jetstream=True)
+
+    async def _send(
+        self, message: Message, block: EncodedBlock, *, jetstream: bool
+    ) -> PublishReceipt:
+        """Sends ``block`` through the sender (retries, breaker accounting)."""
+        breaker = self.breaker
         started = breaker.now()
         try:
             deadline = None
