@@ -65,6 +65,67 @@ def test_the_core_publish_command_frames_the_reference_encoding(
     assert partition == wire.partition_of(message)
 
 
+@given(st.lists(messages(any_time=True), max_size=12), st.integers(min_value=1, max_value=4096))
+def test_a_core_batch_is_the_core_publish_commands_of_its_messages_in_order(
+    batch: list[Message], partitions: int
+) -> None:
+    wire = BlockCodec(partitions)
+    one_by_one = [wire.encode_pub(message) for message in batch]
+
+    encoded = wire.encode_pubs(batch)
+
+    assert encoded.commands == b"".join(pub[0] for pub in one_by_one)
+    assert encoded.ids == [message.id for message in batch]
+    assert [(r.subject, r.partition) for r in encoded.routes] == [p[3:] for p in one_by_one]
+    assert encoded.largest >= max((pub[1] for pub in one_by_one), default=0)
+    assert encoded.body_bytes == sum(pub[2] for pub in one_by_one)
+    wire.check_pubs(batch)
+
+
+def test_a_core_batch_with_unusual_columns_still_encodes_each_message_as_the_single_path() -> None:
+    key = PartitionKey.corridor("USD-EUR")
+    plain = Message.new(MessageType.SYSTEM_EVENT, key, {"a": None, "b": [1, 2]})
+    odd = [
+        plain,
+        msgspec.structs.replace(plain, payload=msgspec.Raw(b'{"a":\n1}')),  # a line break
+        msgspec.structs.replace(plain, created_at=plain.created_at.replace(microsecond=0)),
+        plain.with_headers({"X-Trace": "t1"}),
+        Message.new(MessageType.SYSTEM_EVENT, key, {"n": 1}, correlation_id="c-1"),
+    ]
+    wire = BlockCodec()
+
+    encoded = wire.encode_pubs(odd)
+
+    assert encoded.commands == b"".join(wire.encode_pub(m)[0] for m in odd)
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"id": "two words"}, "id"),
+        ({"payload": {"amount": float("nan")}}, "payload.amount"),
+        ({"payload": {"x": object()}}, "payload"),
+        ({"causation_id": "a\r\nb"}, "causation_id"),
+        ({"headers": {"X-A": "a\r\nPUB x 0"}}, "CR, LF or NUL"),
+        ({"partition_key": "corridor.USD-EUR"}, "partition_key"),
+    ],
+)
+def test_one_bad_message_refuses_the_whole_core_batch_naming_it(
+    change: dict[str, object], match: str
+) -> None:
+    good = [
+        Message.new(MessageType.SYSTEM_EVENT, PartitionKey.corridor("USD-EUR"), {"n": i})
+        for i in range(5000)  # more than one slice of the check
+    ]
+    batch = [*good[:4500], msgspec.structs.replace(good[0], **change), *good[4500:]]
+    wire = BlockCodec()
+
+    with pytest.raises(ValidationError, match=match):
+        wire.check_pubs(batch)
+    with pytest.raises(ValidationError, match=match):
+        wire.encode_pubs(batch)
+
+
 @given(messages(any_time=True), st.integers(min_value=1, max_value=4096))
 def test_the_fast_decoding_returns_what_the_reference_decoding_returns(
     message: Message, partitions: int

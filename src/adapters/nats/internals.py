@@ -459,10 +459,12 @@ class Writer:
         limit = nc._max_pending_size
         return limit > 0 and pending > limit
 
-    def write_live(self, command: bytes, size: int, body_size: int) -> bool | None:
+    def write_live(self, command: bytes, size: int, body_size: int, count: int = 1) -> bool | None:
         """Queues a complete ``HPUB`` command the codec built (``encode_pub``: subject
         allow-listed, header block safe) if the connection is up now; ``size`` is its
-        header block and body, ``body_size`` its body.
+        header block and body, ``body_size`` its body. Or ``count`` such commands in
+        one buffer (``encode_pubs``): then ``size`` is the largest one's (or more) and
+        ``body_size`` their bodies'.
 
         Returns:
             None if the connection is not up (nothing was queued: not even to the
@@ -482,7 +484,7 @@ class Writer:
         nc._pending.append(command)
         nc._pending_data_size = pending
         stats = nc.stats
-        stats["out_msgs"] += 1
+        stats["out_msgs"] += count
         stats["out_bytes"] += body_size
         if not self._kick_scheduled:
             self._kick_scheduled = True
@@ -553,6 +555,23 @@ class Writer:
         flusher if that is not possible (draining, reconnecting)."""
         if not write_out(self._nc):
             self.kick()
+
+    def send_now(self) -> int:
+        """Hands the connection's outgoing buffer to the socket now (:func:`write_out`),
+        so the server reads it while the caller goes on; returns the bytes the socket
+        has not taken yet (kept by the transport until it can), 0 if not known."""
+        nc = self._nc
+        if not write_out(nc):
+            return 0
+        transport = nc._transport
+        io_writer = transport._io_writer if isinstance(transport, TcpTransport) else None
+        return 0 if io_writer is None else io_writer.transport.get_write_buffer_size()
+
+    async def drained(self) -> None:
+        """Waits until the socket took what the transport kept (see :meth:`send_now`)."""
+        nc = self._nc
+        if nc._status == _CONNECTED and nc._transport is not None:
+            await nc._transport.drain()  # type: ignore[no-untyped-call]
 
     async def relieve(self) -> None:
         """Waits until nats-py wrote out its buffer (after a write over its limit)."""

@@ -29,10 +29,20 @@ from message_bus.ports.publisher import Publisher, PublishReceipt, check_request
 from .breaker import CircuitBreaker
 from .client import NatsClient
 from .failures import WRITE_ERRORS, counts_as_outage
-from .framing import BlockCodec, EncodedBlock
+from .framing import PUB_BATCH, BlockCodec, EncodedBlock, PubBatch
 from .internals import Writer
 from .sender import RetryHook, Sender
 from .windows import WindowGuard
+
+_SLICE_WINDOWS = 8
+"""A batch is sent in slices of this many windows (``max_in_flight``)..."""
+_MIN_SLICE = 4096
+"""... and of at least this many messages: between two slices the pipeline runs dry once."""
+_CORE_BACKLOG = 8 << 20
+"""Bytes of a core batch the transport may hold for the socket before the batch waits."""
+_CORE_SLICES_AHEAD = 16
+"""Core slices (``PUB_BATCH`` messages each) a batch may encode before it sends any; a
+larger batch is checked in a pass of its own first."""
 
 
 class JetStreamPublisher(Publisher):
@@ -97,13 +107,13 @@ class JetStreamPublisher(Publisher):
         use_jetstream = self.config.use_jetstream
         # a type missing here (registered after this publisher was built) is core-only,
         # as it is for the catalog, which was built before it too
-        self._jetstream: Mapping[MessageType, bool] = {
-            t: use_jetstream and self.catalog.stream_for(t) is not None for t in MessageType
-        }
-        # the same, as the members' ids: enum members hash in Python, ints in C
-        self._jetstream_ids = frozenset(id(t) for t, js in self._jetstream.items() if js)
+        # by the members' ids: enum members hash in Python, ints in C
+        self._jetstream_ids = frozenset(
+            id(t) for t in MessageType if use_jetstream and self.catalog.stream_for(t) is not None
+        )
         self._validate = self.config.validate_payloads
         self._core_writer: Writer | None = None  # the live connection's, for core publishes
+        self._slice = max(_MIN_SLICE, _SLICE_WINDOWS * self.config.max_in_flight)
         self._windows = WindowGuard(client, self.config, self.catalog)
         self._closed = False
 
@@ -203,29 +213,47 @@ class JetStreamPublisher(Publisher):
         if self._validate:
             for message in messages:
                 check_payload(message.message_type, message.payload)
-        encode = self._codec.encode_block
-        blocks = [encode(message) for message in messages]
-        if not blocks:
+        if not messages:
             return []
+        codec = self._codec
+        core = self._jetstream_ids.isdisjoint([id(m.message_type) for m in messages])
+        size = PUB_BATCH if core else self._slice
+        starts = range(0, len(messages), size)
+        # Every message is checked before anything is sent: a batch of a few slices is
+        # encoded ahead (which checks it); a larger one is checked first, then encoded
+        # slice by slice, so what it holds does not grow with the batch.
+        if len(starts) > (_CORE_SLICES_AHEAD if core else 1):
+            codec.check_pubs(messages)
+            ahead: list[PubBatch | list[EncodedBlock] | None] | None = None
+        else:
+            ahead = [self._encode(messages[start : start + size], core) for start in starts]
         pending = self._windows.pending
-        for message_type in {m.message_type for m in messages if id(m.message_type) in pending}:
-            await self._windows.check(message_type, self.config.publish_timeout)
-        ids = [message.id for message in messages]
+        if pending:
+            for message_type in {m.message_type for m in messages if id(m.message_type) in pending}:
+                await self._windows.check(message_type, self.config.publish_timeout)
         breaker = self.breaker
         if breaker.threshold:
             retry_after = breaker.before()
             if retry_after is not None:
-                pairs = zip(ids, blocks, strict=True)
                 raise PublishBatchError(
-                    [CircuitOpenError(i, b.subject, retry_after) for i, b in pairs]
+                    [CircuitOpenError(m.id, m.subject, retry_after) for m in messages]
                 )
-        types = [message.message_type for message in messages]
-        jetstream = self._jetstream
         started = breaker.now()
+        results: list[PublishReceipt | PublishError] = []
         try:
-            results = await self._sender.send_many(
-                ids, blocks, [jetstream.get(t, False) for t in types], types
-            )
+            for index, start in enumerate(starts):
+                part = messages[start : start + size]
+                encoded: PubBatch | list[EncodedBlock] | None
+                if ahead is None:
+                    encoded = self._encode(part, core)
+                else:
+                    encoded, ahead[index] = ahead[index], None  # not held once sent
+                if isinstance(encoded, PubBatch):
+                    if await self._write_core_slice(encoded, results):
+                        continue
+                    encoded = self._blocks(part)
+                assert encoded is not None
+                results += await self._send_slice(part, encoded)
         except BaseException:
             breaker.release()
             raise
@@ -236,8 +264,60 @@ class JetStreamPublisher(Publisher):
             else:  # one batch, one outage seen
                 breaker.failure(started)
         if errors:
-            raise PublishBatchError(list(results))
+            raise PublishBatchError(results)
         return results  # type: ignore[return-value]  # no errors in it
+
+    def _encode(self, part: Sequence[Message], core: bool) -> PubBatch | list[EncodedBlock]:
+        """``part`` encoded for :meth:`_write_core_slice` (core) or :meth:`_send_slice`."""
+        return self._codec.encode_pubs(part) if core else self._blocks(part)
+
+    def _blocks(self, part: Sequence[Message]) -> list[EncodedBlock]:
+        encode = self._codec.encode_block
+        return [encode(message) for message in part]
+
+    async def _write_core_slice(
+        self, batch: PubBatch, results: list[PublishReceipt | PublishError]
+    ) -> bool:
+        """Writes a slice of core messages as one buffer to the live connection and adds
+        its receipts to ``results``; False (nothing written) when the connection is not
+        up now or a message of it may be over the server's limit: then send it as a
+        slice."""
+        writer = self._core_writer
+        if writer is None:
+            writer = self._core_writer = self._sender.live_writer()
+            if writer is None:
+                return False
+        try:
+            over_limit = writer.write_live(
+                batch.commands, batch.largest, batch.body_bytes, len(batch.ids)
+            )
+        except WRITE_ERRORS:
+            over_limit = None
+        if over_limit is None:
+            self._core_writer = None  # looked up again next time
+            return False
+        results += [
+            PublishReceipt(message_id, route.subject, None, None, False, route.partition)
+            for message_id, route in zip(batch.ids, batch.routes, strict=True)
+        ]
+        # to the socket now, so the server reads this slice while the next is encoded;
+        # what the socket cannot take yet is bounded by waiting for it
+        if writer.send_now() > _CORE_BACKLOG:
+            await writer.drained()
+        else:
+            await asyncio.sleep(0)  # one turn of the loop: the socket takes what it can
+        return True
+
+    async def _send_slice(
+        self, part: Sequence[Message], blocks: list[EncodedBlock]
+    ) -> list[PublishReceipt | PublishError]:
+        """Sends ``part`` (encoded as ``blocks``) through the sender: pipelined, with
+        retries."""
+        types = [message.message_type for message in part]
+        jetstream = self._jetstream_ids
+        return await self._sender.send_many(
+            [message.id for message in part], blocks, [id(t) in jetstream for t in types], types
+        )
 
     async def request(self, message: Message, timeout: float = 5.0) -> Message:
         if self._closed:
