@@ -46,7 +46,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -83,6 +83,7 @@ FETCH_TIMEOUT = 5.0  # seconds one raw fetch waits for messages
 SETTLE_TIMEOUT = 60.0  # seconds for the server to apply the last acks
 FLUSH_TIMEOUT = 60.0  # seconds for the server to process what was written
 RESULT_PREFIX = "MEMORY-RESULT "
+SCRIPT = Path(__file__).resolve()  # each child runs this file
 _ENCODER = msgspec.json.Encoder()
 
 DRAIN_RAW = "drain-raw"
@@ -477,7 +478,7 @@ async def child(work: str, url: str, count: int, name: str) -> Measurement | Non
 
 async def run_child(work: str, url: str, count: int, name: str = "") -> Measurement | None:
     """Runs one work in a fresh process of this file and returns what it measured."""
-    command = [sys.executable, str(Path(__file__).resolve()), "--child", work]
+    command = [sys.executable, str(SCRIPT), "--child", work]
     command += ["--url", url, "--messages", str(count), "--name", name]
     proc = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.PIPE)
     timeout = 2 * drain_timeout(count) + SETTLE_TIMEOUT
