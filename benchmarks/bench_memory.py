@@ -237,7 +237,8 @@ def measurement(
     end_kb: int,
 ) -> Measurement:
     _, hwm = memory_kb()
-    peak = hwm if peak_reset else max(s.rss_kb for s in sampler.samples)
+    # the kernel's high-water mark can lag the RSS by a few per-thread cached pages
+    peak = max([s.rss_kb for s in sampler.samples] + ([hwm] if peak_reset else []))
     marks = [at_fraction(sampler.samples, f, count) for f in FRACTIONS]
     return Measurement(
         work=work,
