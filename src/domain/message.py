@@ -30,7 +30,7 @@ _EDGE_SPACE = " \t\x0b\x0c"
 """What NATS clients strip from both ends of a header value (``bytes.strip`` and Go's
 ``textproto`` trim ASCII whitespace; CR and LF are refused anyway)."""
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_PROBE = msgspec.json.Encoder(decimal_format="string")
+_PACK_PROBE = msgspec.msgpack.Encoder(decimal_format="string")
 _SCALARS = frozenset({str, int, bool, type(None)})  # never NaN or infinite
 """What a non-finite number turns into in JSON: msgspec writes a NaN or infinite float
 as ``null``, a NaN or infinite Decimal as ``"NaN"`` / ``"Infinity"``. A body without
@@ -81,18 +81,42 @@ def check_payload_numbers(payload: Any, body: bytes | None = None) -> None:
                     break
             else:
                 return
-        try:
-            body = _PROBE.encode(payload)
-        except (TypeError, ValueError, OverflowError):
-            body = None  # not JSON at all: the encoder says so at publish; search anyway
-    # One C search each; a float NaN or infinity is encoded as null, a Decimal one as
-    # "NaN"/"Infinity" (a body with none of these holds no non-finite number).
-    if body is not None and not (b"null" in body or b"NaN" in body or b"Infinity" in body):
+        if _all_finite(payload, decimals=True):
+            return
+    # One C search each (find: ``in`` on bytes tries the needle as an int first, at
+    # twice the cost); a Decimal NaN or infinity is encoded as "NaN"/"Infinity", a
+    # float one as null, which is also what None is.
+    elif (
+        body.find(b"NaN") < 0
+        and body.find(b"Infinity") < 0
+        and (body.find(b"null") < 0 or _all_finite(payload, decimals=False))
+    ):
         return
     found = _non_finite(payload, "payload", 0)
     if found is not None:
         path, value = found
         raise ValidationError(path, value, "is not a finite number (JSON has no NaN or infinity)")
+
+
+def _all_finite(payload: Any, *, decimals: bool) -> bool:
+    """Whether every float in ``payload`` (and with ``decimals``, every Decimal) is
+    finite, read from its MessagePack form (C, no walk in Python): there every float is
+    ``0xcb`` and eight big-endian bytes, and a NaN or an infinity has all eleven
+    exponent bits set, so it starts ``7f f`` or ``ff f``; a Decimal is its text. False
+    when that cannot be told (a string that holds those bytes, or a payload MessagePack
+    cannot encode): then the payload is walked."""
+    try:
+        packed = _PACK_PROBE.encode(payload)
+    except (TypeError, ValueError, OverflowError):
+        return False
+    if decimals and (packed.find(b"NaN") >= 0 or packed.find(b"Infinity") >= 0):
+        return False
+    at = packed.find(b"\xcb")
+    while at >= 0:
+        if at + 2 < len(packed) and packed[at + 1] in (0x7F, 0xFF) and packed[at + 2] >= 0xF0:
+            return False
+        at = packed.find(b"\xcb", at + 1)
+    return True
 
 
 def _non_finite(value: Any, path: str, depth: int) -> tuple[str, Any] | None:

@@ -37,6 +37,7 @@ from message_bus.app.cli import run_cli
 from message_bus.app.config import load_settings
 from message_bus.app.containers import build_container, shutdown_container, start_container
 from message_bus.domain.errors import DuplicateWindowError, StreamError
+from message_bus.domain.message import check_payload_numbers
 from message_bus.ports.config import MAX_BACKOFF_EXPONENT, capped_backoff
 from message_bus.ports.subscriber import check_handler
 from message_bus.testing.samples import sample_payload
@@ -198,6 +199,45 @@ def test_a_float_payload_is_refused_exactly_when_it_is_not_finite(value: float) 
     message = new(payload)
     codec = WireCodec()
     assert codec.decode(*codec.encode(message)).payload == payload
+
+
+def _holds_non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_holds_non_finite(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_holds_non_finite(v) for v in value)
+    return False
+
+
+payload_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | finite_or_not
+    | st.text(max_size=8)
+    | st.sampled_from(["null", "\u00cb\u007f\u00f8", "\x7f\x7f"]),  # the probe's bytes in text
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=4), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@given(payload_values)
+def test_a_payload_with_nulls_is_refused_exactly_when_a_float_in_it_is_not_finite(
+    payload: Any,
+) -> None:
+    body = msgspec.json.encode(payload)
+    if _holds_non_finite(payload):
+        with pytest.raises(ValidationError, match="finite"):
+            check_payload_numbers(payload)
+        with pytest.raises(ValidationError, match="finite"):
+            check_payload_numbers(payload, body)
+    else:
+        check_payload_numbers(payload)
+        check_payload_numbers(payload, body)
 
 
 async def test_the_memory_broker_never_hands_a_handler_null_for_nan() -> None:

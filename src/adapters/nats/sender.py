@@ -441,12 +441,14 @@ class Sender:
             batch.abandon()
             raise
         outcomes = batch.outcomes
+        streams: dict[str, str] = {}  # one copy of each stream's name for the receipts
         for i in batch.sent:
             ack = outcomes[i]
             assert ack is not None
             if ack.error is None and ack.seq > 0 and ack.stream:
+                stream = streams.setdefault(ack.stream, ack.stream)
                 results[i] = PublishReceipt(
-                    ids[i], blocks[i].subject, ack.stream, ack.seq, ack.duplicate,
+                    ids[i], blocks[i].subject, stream, ack.seq, ack.duplicate,
                     blocks[i].partition,
                 )  # fmt: skip
             elif ack.error is None:
