@@ -64,6 +64,12 @@ _headers = attrgetter("headers")
 _id = attrgetter("id")
 _created_at = attrgetter("created_at")
 _payload = attrgetter("payload")
+_UUID_SIZE = 36
+_LINES_MAX = 1024
+"""Command lines a route remembers (one per message size)."""
+_STAMP_LINE = b"\r\nDeltran-Created-At: "
+_END = b"\r\n\r\n"
+_CRLF = b"\r\n"
 _ROUTES_MAX = 16384
 PUB_BATCH = 4096
 """Messages a core batch encodes into one buffer and writes at once."""
@@ -92,6 +98,17 @@ class _Route(NamedTuple):
     block_prefix: bytes  # header block up to the Nats-Msg-Id value
     pub_head: bytes  # "HPUB <subject> "
     static_size: int  # header block size less the id and the timestamp
+    usual_header: int  # the header block's size with a UUID id and a usual timestamp
+    lines: dict[int, bytes]  # size of the message -> its "HPUB <subject> <sizes>" line
+
+
+def _pub_line(route: _Route, header_size: int, size: int) -> bytes:
+    """``HPUB <subject> <header size> <size>`` CRLF; remembered per route for messages
+    of the usual header size (the sizes of a route's messages repeat)."""
+    line = b"%s%d %d\r\n" % (route.pub_head, header_size, size)
+    if header_size == route.usual_header and len(route.lines) < _LINES_MAX:
+        route.lines[size] = line
+    return line
 
 
 PubCommand = tuple[bytes, int, int, str, int | None]
@@ -203,14 +220,12 @@ class BlockCodec(WireCodec):
         if block is None:
             encoded_id = message_id.encode()
             header_size = route.static_size + len(encoded_id) + len(created)
-            command = b"%s%d %d\r\n%s%s\r\nDeltran-Created-At: %s\r\n\r\n%s\r\n" % (
-                route.pub_head,
-                header_size,
-                header_size + body_size,
-                route.block_prefix,
-                encoded_id,
-                created,
-                body,
+            size = header_size + body_size
+            line = route.lines.get(size) if header_size == route.usual_header else None
+            if line is None:
+                line = _pub_line(route, header_size, size)
+            command = b"".join(
+                (line, route.block_prefix, encoded_id, _STAMP_LINE, created, _END, body, _CRLF)
             )
         else:
             header_size = len(block)
@@ -247,22 +262,17 @@ class BlockCodec(WireCodec):
         del bodies[len(messages) :]  # the empty line after the last
         body_sizes = list(map(len, bodies))
         if not special and set(map(len, stamps)) == {_STAMP_SIZE}:  # the common batch
+            join = b"".join
             for route, encoded_id, created, body, body_size in zip(
                 routes, map(str.encode, ids), stamps, bodies, body_sizes, strict=True
             ):
                 header_size = route.static_size + len(encoded_id) + _STAMP_SIZE
-                push(
-                    b"%s%d %d\r\n%s%s\r\nDeltran-Created-At: %s\r\n\r\n%s\r\n"
-                    % (
-                        route.pub_head,
-                        header_size,
-                        header_size + body_size,
-                        route.block_prefix,
-                        encoded_id,
-                        created,
-                        body,
-                    )
-                )
+                size = header_size + body_size
+                line = route.lines.get(size) if header_size == route.usual_header else None
+                if line is None:
+                    line = _pub_line(route, header_size, size)
+                prefix = route.block_prefix
+                push(join((line, prefix, encoded_id, _STAMP_LINE, created, _END, body, _CRLF)))
             largest_header = max(map(_static_size, routes)) + max(map(len, ids)) + _STAMP_SIZE
         else:
             largest_header = 0
@@ -436,6 +446,8 @@ class BlockCodec(WireCodec):
             block_prefix,
             f"HPUB {subject} ".encode(),  # the subject's tokens are allow-listed
             len(block_prefix) + _TIMESTAMP_LINE_SIZE,
+            len(block_prefix) + _TIMESTAMP_LINE_SIZE + _UUID_SIZE + _STAMP_SIZE,
+            {},
         )
         routes = self._routes.setdefault(id(message_type), {})
         if len(routes) >= _ROUTES_MAX:
