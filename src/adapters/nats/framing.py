@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from operator import attrgetter
+from itertools import chain, repeat
+from operator import add, attrgetter
 from types import MappingProxyType
 from typing import NamedTuple
 
@@ -56,6 +57,9 @@ _TIMESTAMP_LINE_SIZE = len(b"\r\nDeltran-Created-At: \r\n\r\n")
 _STAMP_SIZE = len(b"2026-11-27T13:57:19.123456Z")
 """A timestamp in UTC with microseconds, as ``format_timestamp`` writes it."""
 _static_size = attrgetter("static_size")
+_usual_header = attrgetter("usual_header")
+_pub_head = attrgetter("pub_head")
+_block_prefix = attrgetter("block_prefix")
 _message_type = attrgetter("message_type")
 _suffix = attrgetter("partition_key.suffix")
 _correlation_id = attrgetter("correlation_id")
@@ -152,6 +156,7 @@ class BlockCodec(WireCodec):
     def __init__(self, partitions: int = DEFAULT_PARTITIONS) -> None:
         super().__init__(partitions)
         self._routes: dict[int, dict[str, _Route]] = {}  # id(type member) -> suffix -> route
+        self._lines: dict[tuple[bytes, int], bytes] = {}  # (HPUB head, size) -> HPUB line
 
     def encode_block(self, message: Message) -> EncodedBlock:
         """Encode ``message`` with its headers serialized; the fast path of :meth:`encode`.
@@ -261,7 +266,34 @@ class BlockCodec(WireCodec):
         push = commands.append
         del bodies[len(messages) :]  # the empty line after the last
         body_sizes = list(map(len, bodies))
-        if not special and set(map(len, stamps)) == {_STAMP_SIZE}:  # the common batch
+        usual_stamps = set(map(len, stamps)) == {_STAMP_SIZE}
+        if not special and usual_stamps and set(map(len, ids)) == {_UUID_SIZE}:
+            # the common batch: every message has its route's usual header size, so the
+            # whole buffer is one join of columns made in C, without a loop in Python
+            sizes = list(map(add, map(_usual_header, routes), body_sizes))
+            lines = list(map(self._lines.get, zip(map(_pub_head, routes), sizes, strict=True)))
+            if None in lines:
+                for at, line in enumerate(lines):
+                    if line is None:
+                        lines[at] = self._line(routes[at], sizes[at])
+            columns_of_commands = zip(
+                lines,
+                map(_block_prefix, routes),
+                map(str.encode, ids),
+                repeat(_STAMP_LINE),
+                stamps,
+                repeat(_END),
+                bodies,
+                repeat(_CRLF),
+            )
+            return PubBatch(
+                b"".join(chain.from_iterable(columns_of_commands)),
+                ids,
+                routes,
+                max(sizes, default=0),
+                sum(body_sizes),
+            )
+        if not special and usual_stamps:
             join = b"".join
             for route, encoded_id, created, body, body_size in zip(
                 routes, map(str.encode, ids), stamps, bodies, body_sizes, strict=True
@@ -287,6 +319,18 @@ class BlockCodec(WireCodec):
             largest_header + max(body_sizes, default=0),  # a bound on the largest message
             sum(body_sizes),
         )
+
+    def _line(self, route: _Route, size: int) -> bytes:
+        """The ``HPUB`` line of a message of ``route``'s usual header size and ``size``."""
+        lines = self._lines
+        if len(lines) >= _ROUTES_MAX:
+            lines.clear()
+        line = lines[route.pub_head, size] = b"%s%d %d\r\n" % (
+            route.pub_head,
+            route.usual_header,
+            size,
+        )
+        return line
 
     def check_pubs(self, messages: Sequence[Message]) -> None:
         """Raise the :class:`ValidationError` :meth:`encode_pub` would raise for the first
