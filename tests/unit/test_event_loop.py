@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from message_bus.app import cli
 from message_bus.app.bus import Bus
-from message_bus.app.config import load_settings
+from message_bus.app.config import BusSettings, load_settings
 from message_bus.app.loop import (
     EVENT_LOOP_ENV,
     EVENT_LOOPS,
@@ -158,3 +158,21 @@ def test_the_test_suite_itself_stays_on_asyncio() -> None:
         return running_loop_name()
 
     assert asyncio.run(name()) == "asyncio"
+
+
+@pytest.mark.parametrize("asked", ["uvloop", "asyncio"])
+def test_a_memory_bus_serves_a_whole_run_on_the_loop_asked_for_and_logs_it(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, asked: str
+) -> None:
+    bus = Bus(BusSettings(backend="memory"))
+    bus.container.config.metrics.port.from_value(0)
+    stop_now = bus.serve
+
+    async def serve_until_ready(**_: Any) -> int:
+        stop = asyncio.Event()
+        return await stop_now(stop=stop, on_ready=lambda url: stop.set())
+
+    monkeypatch.setattr(bus, "serve", serve_until_ready)
+    with caplog.at_level(logging.INFO, logger="message_bus.app.runner"):
+        assert bus.run(event_loop=asked) == 0
+    assert f"(event loop: {asked})" in caplog.text
