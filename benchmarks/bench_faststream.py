@@ -38,7 +38,9 @@ default ack policy (ack after the handler returns, as the bus). The installed so
 ``faststream/nats/publisher/producer.py``) confirms what these calls do.
 
 Run: ``python benchmarks/bench_faststream.py [--messages N] [--url URL] [--loop
-asyncio|uvloop|both]``; ``bench_bus.py`` can call :func:`report` in its own loop.
+asyncio|uvloop|both] [--rounds N]``; with ``both`` the loops take turns, round by
+round, so a machine whose load changes does not favour one; ``bench_bus.py`` can call
+:func:`report` in its own loop.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ CORE_SUBJECT = "deltran.system.event.broadcast"
 PUBLISH_STREAM = "FS_BENCH"
 CONSUME_STREAM = "FS_CONSUME"
 INSTALL_HINT = 'pip install -e ".[bench]"'
+SKIPPED = f"FastStream comparison skipped: faststream[nats] is not installed ({INSTALL_HINT})"
 
 
 def faststream_installed() -> bool:
@@ -283,39 +286,56 @@ def row(name: str, theirs: float, ours: float, aim: float | None = AIM) -> str:
     return f"{name:<44} {theirs:>13,.0f} {ours:>11,.0f} {ratio:>7.2f}x{verdict}"
 
 
+CORE = "core publish"
+PUBLISH_MANY = "jetstream publish, bus publish_many"
+PUBLISH_SEQUENTIAL = "  same, bus sequential publish"
+CONSUME = "jetstream consume + ack (pull)"
+NO_AIM = (PUBLISH_SEQUENTIAL,)  # printed for fairness, not a target
+
+
+async def measure(
+    url: str, count: int, repeat: int, batch: int = 256
+) -> dict[str, tuple[float, float]]:
+    """``{line: (FastStream/s, bus/s)}`` of every line, measured in the running loop."""
+    lines: dict[str, tuple[float, float]] = {}
+    lines[CORE] = await bench_core(url, count, repeat)
+    theirs, many, sequential = await bench_jetstream(url, count, repeat)
+    lines[PUBLISH_MANY] = (theirs, many)
+    lines[PUBLISH_SEQUENTIAL] = (theirs, sequential)
+    lines[CONSUME] = await bench_consume(url, count, repeat, batch)
+    return lines
+
+
+def print_table(
+    lines: dict[str, tuple[float, float]], count: int, repeat: int, batch: int, loop: str
+) -> None:
+    """Prints ``lines`` (from :func:`measure`) with ratios and aims."""
+    print(
+        f"FastStream {version('faststream')} vs the bus, {count} messages, best of {repeat}, "
+        f"consume batch {batch}, event loop {loop}"
+    )
+    print(f"{'benchmark':<44} {'FastStream/s':>13} {'bus/s':>11} {'ratio':>8}")
+    for name, (theirs, ours) in lines.items():
+        print(row(name, theirs, ours, None if name in NO_AIM else AIM), flush=True)
+
+
 async def report(
     url: str, count: int, repeat: int, batch: int = 256
 ) -> dict[str, tuple[float, float]]:
-    """Measures every line on the server at ``url``, prints them and returns
-    ``{line: (FastStream/s, bus/s)}``; empty (one line printed) without FastStream."""
+    """Measures every line on the server at ``url`` in the running loop, prints them and
+    returns ``{line: (FastStream/s, bus/s)}``; empty (one line printed) without FastStream."""
     if not faststream_installed():
-        print(f"FastStream comparison skipped: faststream[nats] is not installed ({INSTALL_HINT})")
+        print(SKIPPED, flush=True)
         return {}
     from message_bus.app.loop import running_loop_name
 
-    print(
-        f"FastStream {version('faststream')} vs the bus, {count} messages, best of {repeat}, "
-        f"consume batch {batch}, event loop {running_loop_name()}",
-        flush=True,
-    )
-    print(f"{'benchmark':<44} {'FastStream/s':>13} {'bus/s':>11} {'ratio':>8}")
-    lines: dict[str, tuple[float, float]] = {}
-    theirs, ours = await bench_core(url, count, repeat)
-    lines["core publish"] = (theirs, ours)
-    print(row("core publish", theirs, ours), flush=True)
-    theirs, many, sequential = await bench_jetstream(url, count, repeat)
-    lines["jetstream publish (bus publish_many)"] = (theirs, many)
-    lines["jetstream publish (bus sequential publish)"] = (theirs, sequential)
-    print(row("jetstream publish, bus publish_many", theirs, many), flush=True)
-    print(row("  same, bus sequential publish", theirs, sequential, None), flush=True)
-    theirs, ours = await bench_consume(url, count, repeat, batch)
-    lines["jetstream consume + ack"] = (theirs, ours)
-    print(row("jetstream consume + ack (pull)", theirs, ours), flush=True)
+    lines = await measure(url, count, repeat, batch)
+    print_table(lines, count, repeat, batch, running_loop_name())
     return lines
 
 
 def main() -> None:
-    from loops import available_loops, run_with_loop
+    from loops import available_loops, best_per_loop, print_loop_ratios
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default=None, help="use this server instead of an embedded one")
@@ -326,16 +346,23 @@ def main() -> None:
         "--loop",
         choices=("asyncio", "uvloop", "both"),
         default="asyncio",
-        help="event loop to measure in (both: asyncio, then uvloop if installed)",
+        help="event loop to measure in (both: asyncio and uvloop, rounds interleaved)",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="rounds per loop, the loops taking turns"
     )
     args = parser.parse_args()
     if not faststream_installed():
-        print(f"FastStream comparison skipped: faststream[nats] is not installed ({INSTALL_HINT})")
+        print(SKIPPED, flush=True)
         return
     loops = available_loops() if args.loop == "both" else [args.loop]
     with bench_latency.servers(args.url, "faststream") as (fast, _durable):
-        for loop in loops:
-            run_with_loop(lambda: report(fast, args.messages, args.repeat, args.batch), loop)
+        found = best_per_loop(
+            lambda: measure(fast, args.messages, args.repeat, args.batch), loops, args.rounds
+        )
+    for loop, lines in found.items():
+        print_table(lines, args.messages, args.repeat * args.rounds, args.batch, loop)
+    print_loop_ratios(found, ("FastStream", "bus"))
 
 
 if __name__ == "__main__":
