@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 import sys
 from typing import Any
@@ -23,7 +24,10 @@ from message_bus.app.loop import (
 )
 from message_bus.domain.errors import ValidationError
 
-uvloop = pytest.importorskip("uvloop")  # a dev dependency: CI runs the uvloop path
+needs_uvloop = pytest.mark.skipif(
+    importlib.util.find_spec("uvloop") is None,
+    reason="uvloop is not installed (a dev dependency: CI runs the uvloop path)",
+)
 
 
 def block_uvloop(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -35,6 +39,7 @@ async def loop_name() -> str:
     return running_loop_name()
 
 
+@needs_uvloop
 def test_auto_picks_uvloop_when_it_is_installed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(EVENT_LOOP_ENV, raising=False)
     choice = choose_event_loop()
@@ -51,6 +56,7 @@ def test_auto_falls_back_to_asyncio_when_uvloop_cannot_be_imported(
     assert run(loop_name()) == "asyncio"
 
 
+@needs_uvloop
 def test_asyncio_asked_for_runs_asyncio_even_with_uvloop_installed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -86,7 +92,7 @@ def test_any_other_value_is_refused_naming_the_variable_and_the_value(text: str)
     assert "auto, asyncio, uvloop" in caught.value.reason
 
 
-@pytest.mark.parametrize("text", ["UVLOOP", " asyncio ", "Auto"])
+@pytest.mark.parametrize("text", [pytest.param("UVLOOP", marks=needs_uvloop), " asyncio ", "Auto"])
 def test_values_are_read_without_regard_to_case_or_surrounding_blanks(text: str) -> None:
     assert choose_event_loop(environ={EVENT_LOOP_ENV: text}).requested == text.strip().lower()
 
@@ -98,7 +104,9 @@ class StopAtOnce(Bus):
         return {"uvloop": 10, "asyncio": 20}[running_loop_name()]
 
 
-@pytest.mark.parametrize(("asked", "code"), [("uvloop", 10), ("asyncio", 20)])
+@pytest.mark.parametrize(
+    ("asked", "code"), [pytest.param("uvloop", 10, marks=needs_uvloop), ("asyncio", 20)]
+)
 def test_bus_run_serves_on_the_loop_asked_for(
     monkeypatch: pytest.MonkeyPatch, asked: str, code: int
 ) -> None:
@@ -114,6 +122,7 @@ def test_bus_run_falls_back_to_asyncio_without_uvloop(monkeypatch: pytest.Monkey
     assert StopAtOnce().run() == 20
 
 
+@needs_uvloop
 def test_every_cli_command_runs_in_the_chosen_loop(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[str] = []
 
@@ -160,7 +169,7 @@ def test_the_test_suite_itself_stays_on_asyncio() -> None:
     assert asyncio.run(name()) == "asyncio"
 
 
-@pytest.mark.parametrize("asked", ["uvloop", "asyncio"])
+@pytest.mark.parametrize("asked", [pytest.param("uvloop", marks=needs_uvloop), "asyncio"])
 def test_a_memory_bus_serves_a_whole_run_on_the_loop_asked_for_and_logs_it(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, asked: str
 ) -> None:
