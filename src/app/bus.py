@@ -37,6 +37,7 @@ from .config import BusSettings, load_settings
 from .containers import Container, build_container, resolve, shutdown_container, start_container
 from .handlers import HandlerSpec, RegisteredHandler
 from .logs import configure_logging
+from .loop import run as run_loop
 from .middleware import MetricsMiddleware, Middleware, TracingMiddleware
 from .overrides import merge_config
 from .readiness import Readiness, check_readiness
@@ -318,6 +319,14 @@ class Bus:
             settings.format(), repeat_window=float(settings.repeat_window()), secrets=secrets
         )
 
-    def run(self) -> int:
-        """:meth:`serve` in a new event loop: the entry point of a service's ``main``."""
-        return asyncio.run(self.serve())
+    def run(self, *, event_loop: str | None = None) -> int:
+        """:meth:`serve` in a new event loop: the entry point of a service's ``main``.
+
+        Args:
+            event_loop: ``auto``, ``asyncio`` or ``uvloop``; None: ``DELTRAN_EVENT_LOOP``
+                (default ``auto``: uvloop when installed, see :mod:`message_bus.app.loop`).
+
+        Raises:
+            ValidationError: the loop asked for is unknown or not installed.
+        """
+        return run_loop(self.serve(), event_loop=event_loop)

@@ -49,6 +49,7 @@ from message_bus.domain.redaction import redact_url
 from message_bus.ports.config import DUPLICATE_WINDOW_FACTOR, PublisherConfig, SubscriberConfig
 
 from .logs import LOG_FORMATS, LogFormat
+from .loop import EVENT_LOOP_ENV
 
 __all__ = [
     "BACKENDS",
@@ -917,7 +918,7 @@ def load_settings(
             values[key] = (_from_toml(_REFERENCE[key], label, raw), label)
 
     for name, text in env.items():
-        if not name.startswith("DELTRAN_") or name == CONFIG_ENV:
+        if not name.startswith("DELTRAN_") or name in (CONFIG_ENV, EVENT_LOOP_ENV):
             continue
         setting = _BY_ENV.get(name)
         if setting is None:

@@ -13,6 +13,7 @@ from typing import Protocol
 from prometheus_client import CollectorRegistry
 
 from .health import HealthServer
+from .loop import running_loop_name
 from .readiness import Readiness
 
 __all__ = [
@@ -76,7 +77,11 @@ async def serve(
             server = HealthServer(service.registry, service.readiness, host=host, port=port)
             await server.start()
             try:
-                log.info("serving /metrics /healthz /readyz on %s", server.url)
+                log.info(
+                    "serving /metrics /healthz /readyz on %s (event loop: %s)",
+                    server.url,
+                    running_loop_name(),
+                )
                 if on_ready is not None:
                     waiting = on_ready(server.url)
                     if waiting is not None:

@@ -32,6 +32,8 @@ from message_bus.domain.errors import BusConnectionError, MessageBusError, Valid
 
 from ..containers import Container
 from ..embedded import EmbeddedServerError
+from ..loop import choose_event_loop
+from ..loop import run as run_loop
 from .demo import demo_command
 from .dlq import dlq_command
 from .docs import docs_command
@@ -126,7 +128,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     configure_logging("-v" in arguments or "--verbose" in arguments, arguments)
     try:
-        return asyncio.run(_run_until_terminated(arguments))
+        event_loop = choose_event_loop()  # DELTRAN_EVENT_LOOP: uvloop when installed
+    except ValidationError as exc:
+        print(f"{PROG}: error: {error_line(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return run_loop(_run_until_terminated(arguments), event_loop=event_loop)
     except (KeyboardInterrupt, asyncio.CancelledError):
         print(f"{PROG}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
