@@ -244,7 +244,7 @@ class PullSubscription(Subscription):
             await workers.finish()  # idle: they exit at once
             raise
         if self._config.confirm_acks:
-            confirmer = AckConfirmer(self._client, self._writer)
+            confirmer = AckConfirmer(self._client, self._writer, self._config.ack_confirm_timeout)
             try:
                 await confirmer.start()
             except BaseException:
@@ -653,7 +653,7 @@ class PullSubscription(Subscription):
         if confirmer is None or (self._stale and delivery.reply in self._stale):
             await self.settle(delivery.reply, ACK)
             return
-        failure = await confirmer.confirm(delivery.reply, ACK, self._config.ack_confirm_timeout)
+        failure = await confirmer.confirm(delivery.reply, ACK)
         if failure is not None:
             raise AckNotConfirmed(delivery.stream or "", delivery.sequence or 0, failure)
 
