@@ -170,7 +170,7 @@ class Corridor(PartitionKey):
     """A currency corridor such as ``USD-EUR``."""
 
     corridor_id: str
-    suffix: str = field(init=False, repr=False, compare=False)
+    suffix: str = field(init=False, repr=False, compare=False, default="")
     kind: ClassVar[str] = "corridor"
 
     def __post_init__(self) -> None:
@@ -183,7 +183,7 @@ class Bank(PartitionKey):
     """A bank identified by its BIC."""
 
     bank_id: str
-    suffix: str = field(init=False, repr=False, compare=False)
+    suffix: str = field(init=False, repr=False, compare=False, default="")
     kind: ClassVar[str] = "bank"
 
     def __post_init__(self) -> None:
@@ -197,7 +197,7 @@ class CorridorBank(PartitionKey):
 
     corridor_id: str
     bank_id: str
-    suffix: str = field(init=False, repr=False, compare=False)
+    suffix: str = field(init=False, repr=False, compare=False, default="")
     kind: ClassVar[str] = "corridor_bank"
 
     def __post_init__(self) -> None:
@@ -210,7 +210,7 @@ class CorridorBank(PartitionKey):
 class Broadcast(PartitionKey):
     """Everybody: no partition."""
 
-    suffix: str = field(init=False, repr=False, compare=False)
+    suffix: str = field(init=False, repr=False, compare=False, default="")
     kind: ClassVar[str] = "broadcast"
 
     def __post_init__(self) -> None:

@@ -220,3 +220,56 @@ async def test_a_core_batch_over_the_servers_limit_reports_that_message_and_send
     outcomes = refused.value.results
     assert [isinstance(o, PublishReceipt) for o in outcomes] == [True] * 3 + [False] + [True] * 3
     assert {m.id for m in received.messages} == {m.id for i, m in enumerate(batch) if i != 3}
+
+
+async def test_a_core_batch_the_server_stops_reading_fails_its_rest_within_the_timeout(
+    nats_server: EmbeddedNatsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(publisher_module, "PUB_BATCH", 500)
+    monkeypatch.setattr(publisher_module, "_CORE_BACKLOG", 256 << 10)
+    batch = events(20_000)  # about 7 MB: more than the sockets on the way hold
+    with TcpProxy("127.0.0.1", nats_server.port) as proxy:
+        client = await connect(proxy.url)
+        publisher = JetStreamPublisher(client, PublisherConfig(publish_timeout=1.0))
+        try:
+            proxy.delay(60.0)  # the proxy holds what it read: nothing more is read
+            began = asyncio.get_running_loop().time()
+            with pytest.raises(PublishBatchError) as stalled:
+                await asyncio.wait_for(publisher.publish_many(batch), 30.0)
+            took = asyncio.get_running_loop().time() - began
+        finally:
+            proxy.cut()
+            await client.close()
+
+    results = stalled.value.results
+    written = [r for r in results if isinstance(r, PublishReceipt)]
+    failed = [r for r in results if not isinstance(r, PublishReceipt)]
+    assert len(results) == len(batch)
+    assert written, "the first slices were queued before the socket filled"
+    assert failed, "the rest failed instead of growing the buffer"
+    assert results == written + failed  # the receipts come first, in input order
+    assert all("did not take the batch" in str(error) for error in failed)
+    assert took < 10.0
+
+
+async def test_a_core_batch_without_a_connection_fails_within_one_timeout_not_one_each(
+    nats_server: EmbeddedNatsServer,
+) -> None:
+    with TcpProxy("127.0.0.1", nats_server.port) as proxy:
+        client = await connect(proxy.url)
+        publisher = JetStreamPublisher(client, PublisherConfig(publish_timeout=1.0))
+        try:
+            proxy.refuse()
+            proxy.cut()
+            await eventually(lambda: not client.is_connected, "the connection lost", 10.0)
+            began = asyncio.get_running_loop().time()
+            with pytest.raises(PublishBatchError) as refused:
+                await publisher.publish_many(events(8))
+            took = asyncio.get_running_loop().time() - began
+        finally:
+            proxy.refuse(False)
+            await client.close()
+
+    assert len(refused.value.errors) == 8
+    # one publish_timeout (1 s) for the batch; waiting it out per message took 5.3 s here
+    assert took < 3.5, f"8 core messages without a connection took {took:.1f} s"

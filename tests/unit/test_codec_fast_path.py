@@ -7,6 +7,9 @@ port's own.
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
+from unittest import mock
+
 import msgspec
 import pytest
 from hypothesis import given
@@ -97,6 +100,79 @@ def test_a_core_batch_with_unusual_columns_still_encodes_each_message_as_the_sin
     encoded = wire.encode_pubs(odd)
 
     assert encoded.commands == b"".join(wire.encode_pub(m)[0] for m in odd)
+
+
+@pytest.mark.parametrize(
+    "zone",
+    [timezone(timedelta(seconds=30)), timezone(timedelta(microseconds=1)), timezone(timedelta(0))],
+    ids=["30s", "1us", "zero"],
+)
+def test_a_core_batch_writes_the_reference_timestamp_in_any_zone(zone: timezone) -> None:
+    plain = Message.new(MessageType.SYSTEM_EVENT, PartitionKey.corridor("USD-EUR"), {"n": 1})
+    moment = datetime(2026, 1, 5, 10, 0, 0, 123456, tzinfo=zone)
+    odd = msgspec.structs.replace(plain, created_at=moment)
+    wire = BlockCodec()
+
+    encoded = wire.encode_pubs([plain, odd])
+
+    assert encoded.commands == b"".join(wire.encode_pub(m)[0] for m in (plain, odd))
+    assert wire.encode(odd)[1]["Deltran-Created-At"].encode() in encoded.commands
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "match"),
+    [
+        ({"correlation_id": "a b"}, {"payload": {"x": float("nan")}}, "correlation_id"),
+        ({"headers": {"X-A": "a\rb"}}, {"payload": {"x": float("nan")}}, "headers"),
+        ({"payload": {"x": float("nan")}}, {"partition_key": "corridor.USD-EUR"}, "payload.x"),
+        (
+            {"created_at": datetime(1, 1, 1, 0, 0, 0, 5, tzinfo=timezone(timedelta(hours=5)))},
+            {"id": "two words"},
+            None,
+        ),
+    ],
+)
+def test_a_batch_names_its_first_bad_message_as_the_single_path_does(
+    first: dict[str, object], second: dict[str, object], match: str | None
+) -> None:
+    good = Message.new(MessageType.SYSTEM_EVENT, PartitionKey.corridor("USD-EUR"), {"n": 1})
+    batch = [good, msgspec.structs.replace(good, **first), msgspec.structs.replace(good, **second)]
+    wire = BlockCodec()
+    with pytest.raises((ValidationError, OverflowError)) as single:  # a year-1 time overflows
+        wire.encode_pub(batch[1])
+    if match is not None:
+        assert match in str(single.value)
+
+    for encode in (wire.encode_pubs, wire.check_pubs):
+        with pytest.raises(type(single.value)) as batched:
+            encode(batch)
+        assert str(batched.value) == str(single.value)
+
+
+def test_checking_a_batch_first_checks_its_timestamps_too() -> None:
+    good = Message.new(MessageType.SYSTEM_EVENT, PartitionKey.corridor("USD-EUR"), {"n": 1})
+    early = datetime(1, 1, 1, 0, 0, 0, 5, tzinfo=timezone(timedelta(hours=5)))
+    batch = [good] * 5000 + [msgspec.structs.replace(good, created_at=early)]
+
+    with pytest.raises(OverflowError):  # as the single path: before anything is sent
+        BlockCodec().check_pubs(batch)
+
+
+def test_a_batch_compares_types_and_ids_by_identity_not_equality() -> None:
+    good = Message.new(MessageType.SYSTEM_EVENT, PartitionKey.corridor("USD-EUR"), {"n": 1})
+    wire = BlockCodec()
+    wire.encode_pubs([good])
+    for forged in (
+        msgspec.structs.replace(good, message_type=mock.ANY),
+        msgspec.structs.replace(good, correlation_id=mock.ANY),
+        msgspec.structs.replace(good, causation_id=mock.ANY),
+    ):
+        with pytest.raises(ValidationError):
+            wire.encode_pub(forged)
+        with pytest.raises(ValidationError):
+            wire.encode_pubs([good, forged])
+        with pytest.raises(ValidationError):
+            wire.check_pubs([good, forged])
 
 
 @pytest.mark.parametrize(

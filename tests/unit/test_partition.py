@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
+import pickle
 from pathlib import Path
 
 import blake3
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -125,6 +129,16 @@ def test_a_str_subclass_token_gives_a_key_of_plain_text_and_is_not_remembered() 
     assert PartitionKey.corridor("USD-CAD").suffix == "corridor.USD-CAD"
     assert PartitionKey.corridor(Shouty("AUD-NZD")).suffix == "corridor.AUD-NZD"
     assert PartitionKey.corridor("USD-CAD").suffix == "corridor.USD-CAD"
+
+
+def test_a_key_rebuilt_by_pickle_copy_replace_or_convert_has_its_own_suffix() -> None:
+    key = PartitionKey.corridor_bank(corridor_id="GBP-USD", bank_id="BANKGB2L")
+    assert pickle.loads(pickle.dumps(key)).suffix == key.suffix
+    assert copy.deepcopy(key).suffix == key.suffix
+    assert dataclasses.replace(key, bank_id="DEUTDEFF").suffix == "corridor.GBP-USD.bank.DEUTDEFF"
+    converted = msgspec.convert({"corridor_id": "GBP-USD", "suffix": "broadcast"}, Corridor)
+    assert converted.suffix == "corridor.GBP-USD"  # computed from the tokens, never taken
+    assert pickle.loads(pickle.dumps(PartitionKey.broadcast())).suffix == "broadcast"
 
 
 def test_the_remembered_keys_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:

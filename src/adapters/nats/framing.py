@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from itertools import chain, repeat
-from operator import add, attrgetter
+from operator import add, attrgetter, is_
 from types import MappingProxyType
 from typing import NamedTuple
 
@@ -58,6 +58,7 @@ _STAMP_SIZE = len(b"2026-11-27T13:57:19.123456Z")
 """A timestamp in UTC with microseconds, as ``format_timestamp`` writes it."""
 _static_size = attrgetter("static_size")
 _usual_header = attrgetter("usual_header")
+_tzinfo = attrgetter("tzinfo")
 _pub_head = attrgetter("pub_head")
 _block_prefix = attrgetter("block_prefix")
 _message_type = attrgetter("message_type")
@@ -69,7 +70,7 @@ _id = attrgetter("id")
 _created_at = attrgetter("created_at")
 _payload = attrgetter("payload")
 _UUID_SIZE = 36
-_LINES_MAX = 1024
+_LINES_MAX = 32
 """Command lines a route remembers (one per message size)."""
 _STAMP_LINE = b"\r\nDeltran-Created-At: "
 _END = b"\r\n\r\n"
@@ -119,6 +120,18 @@ PubCommand = tuple[bytes, int, int, str, int | None]
 """A message as one complete ``HPUB`` command (see :meth:`BlockCodec.encode_pub`): the
 command, its header block and body size, its body size, its subject and partition. A
 plain tuple: it is made and taken apart once per core publish."""
+
+
+class _Columns(NamedTuple):
+    """A batch's messages column by column, checked (see :meth:`BlockCodec._columns`)."""
+
+    routes: list[_Route]
+    ids: list[str]
+    stamps: list[bytes]  # timestamps as JSON text, without quotes
+    bodies: list[bytes]
+    special: set[int]
+    """``id()`` of the messages to encode on their own: optional headers, or a timestamp
+    that is not in UTC with microseconds."""
 
 
 class PubBatch(NamedTuple):
@@ -258,16 +271,12 @@ class BlockCodec(WireCodec):
         Raises:
             ValidationError: as :meth:`encode` (for the first bad message).
         """
-        columns = self._columns(messages)
+        columns = self._checked_columns(messages)
         if columns is None:  # something unusual: one by one, as the single path does
             return self._one_by_one(messages)
         routes, ids, stamps, bodies, special = columns
-        commands: list[bytes] = []
-        push = commands.append
-        del bodies[len(messages) :]  # the empty line after the last
         body_sizes = list(map(len, bodies))
-        usual_stamps = set(map(len, stamps)) == {_STAMP_SIZE}
-        if not special and usual_stamps and set(map(len, ids)) == {_UUID_SIZE}:
+        if not special and set(map(len, ids)) == {_UUID_SIZE}:
             # the common batch: every message has its route's usual header size, so the
             # whole buffer is one join of columns made in C, without a loop in Python
             sizes = list(map(add, map(_usual_header, routes), body_sizes))
@@ -293,32 +302,27 @@ class BlockCodec(WireCodec):
                 max(sizes, default=0),
                 sum(body_sizes),
             )
-        if not special and usual_stamps:
-            join = b"".join
-            for route, encoded_id, created, body, body_size in zip(
-                routes, map(str.encode, ids), stamps, bodies, body_sizes, strict=True
-            ):
+        commands: list[bytes] = []
+        push = commands.append
+        join = b"".join
+        largest = 0
+        for message, route, message_id, created, body in zip(
+            messages, routes, ids, stamps, bodies, strict=True
+        ):
+            if id(message) in special:  # optional headers, or an unusual timestamp
+                command, size, _, _, _ = self.encode_pub(message)
+            else:
+                encoded_id = message_id.encode()
                 header_size = route.static_size + len(encoded_id) + _STAMP_SIZE
-                size = header_size + body_size
+                size = header_size + len(body)
                 line = route.lines.get(size) if header_size == route.usual_header else None
                 if line is None:
                     line = _pub_line(route, header_size, size)
                 prefix = route.block_prefix
-                push(join((line, prefix, encoded_id, _STAMP_LINE, created, _END, body, _CRLF)))
-            largest_header = max(map(_static_size, routes)) + max(map(len, ids)) + _STAMP_SIZE
-        else:
-            largest_header = 0
-            for message in messages:  # each as the single path encodes it
-                command, size, body_size, _, _ = self.encode_pub(message)
-                push(command)
-                largest_header = max(largest_header, size - body_size)
-        return PubBatch(
-            b"".join(commands),
-            ids,
-            routes,
-            largest_header + max(body_sizes, default=0),  # a bound on the largest message
-            sum(body_sizes),
-        )
+                command = join((line, prefix, encoded_id, _STAMP_LINE, created, _END, body, _CRLF))
+            push(command)
+            largest = max(largest, size)
+        return PubBatch(join(commands), ids, routes, largest, sum(body_sizes))
 
     def _line(self, route: _Route, size: int) -> bytes:
         """The ``HPUB`` line of a message of ``route``'s usual header size and ``size``."""
@@ -338,54 +342,56 @@ class BlockCodec(WireCodec):
         ``PUB_BATCH``, so the memory it takes does not grow with the batch."""
         for start in range(0, len(messages), PUB_BATCH):
             chunk = messages[start : start + PUB_BATCH]
-            columns = self._columns(chunk)
+            columns = self._checked_columns(chunk)
             if columns is None:
-                for message in chunk:
-                    self.encode_pub(message)
-                continue
-            special = columns[4]
+                special = None  # every message on its own
+            else:
+                special = columns.special
+                if not special:
+                    continue
             for message in chunk:
-                if id(message) in special:  # optional headers: checked as they are encoded
-                    self.encode_pub(message)
+                if special is None or id(message) in special:
+                    self.encode_pub(message)  # checks what the columns left to it
 
-    def _columns(
-        self, messages: Sequence[Message]
-    ) -> tuple[list[_Route], list[str], list[bytes], list[bytes], set[int]] | None:
-        """The checked columns of ``messages``: routes, ids, timestamps (as JSON text,
-        unchecked where not ``_STAMP_SIZE`` long), bodies and the messages with
-        (``id()`` of the) messages with optional headers, left to :meth:`encode_pub`. None
-        when a column is unusual.
+    def _checked_columns(self, messages: Sequence[Message]) -> _Columns | None:
+        """:meth:`_columns`, whose checks run column by column: when one refuses a
+        message, the messages are checked one by one, in order, so the error names the
+        first bad message, as the single path would."""
+        try:
+            return self._columns(messages)
+        except ValidationError as refused:
+            for message in messages:
+                self.encode_pub(message)
+            raise refused from None
+
+    def _columns(self, messages: Sequence[Message]) -> _Columns | None:
+        """The checked columns of ``messages`` (see :class:`_Columns`), or None when a
+        column is unusual (see :meth:`encode_pubs`).
 
         Raises:
-            ValidationError: a type or key is refused, or a payload holds a NaN or an
-                infinite number.
+            ValidationError: a type or key is refused, an id is not one, or a payload
+                holds a NaN or an infinite number (not necessarily the first bad message's
+                error: see :meth:`_checked_columns`).
         """
         count = len(messages)
-        # column by column in C (map, count) where it can be: a Python loop per message
-        # costs more than the rest of the column
+        # column by column in C (map, set, all) where it can be: a Python loop per
+        # message costs more than the rest of the column; identities, never equality
         types = list(map(_message_type, messages))
         routes: list[_Route] | None = None
-        if count and types.count(types[0]) == count:  # one type: one table of routes
+        if count and len(set(map(id, types))) == 1:  # one type: one table of routes
             table = self._routes.get(id(types[0]))
             if table is not None:
                 try:
                     routes = list(map(table.__getitem__, map(_suffix, messages)))
-                except (KeyError, AttributeError):
+                except (KeyError, AttributeError, TypeError):
                     routes = None  # a key seen for the first time, or not a key
         if routes is None:
-            routes = []
-            for message in messages:
-                try:
-                    routes.append(
-                        self._routes[id(message.message_type)][message.partition_key.suffix]
-                    )
-                except (KeyError, AttributeError):
-                    routes.append(self._route(message))
-        special: set[int] = set()  # ids of the messages with optional headers
-        if (
-            list(map(_correlation_id, messages)).count(None) != count
-            or list(map(_causation_id, messages)).count(None) != count
-            or any(map(_headers, messages))
+            routes = [self._route_of(message) for message in messages]
+        special: set[int] = set()  # id() of the messages to encode one by one
+        if not (
+            all(map(is_, map(_correlation_id, messages), repeat(None)))
+            and all(map(is_, map(_causation_id, messages), repeat(None)))
+            and not any(map(_headers, messages))
         ):
             special = {
                 id(m)
@@ -410,14 +416,31 @@ class BlockCodec(WireCodec):
         except (TypeError, ValueError, OverflowError):
             return None
         bodies = lines.split(b"\n")
-        if len(bodies) != len(messages) + 1:  # a msgspec.Raw with a line break
+        if len(bodies) != count + 1:  # a msgspec.Raw with a line break
             return None
+        del bodies[count:]  # the empty text after the last line break
         if lines.find(b"null") >= 0:  # a float NaN or infinity would travel as null
-            for message, body in zip(messages, bodies, strict=False):
+            for message, body in zip(messages, bodies, strict=True):
                 if body.find(b"null") >= 0:
                     check_payload_numbers(message.payload, body)
         stamps = JSON_ENCODER.encode_lines(moments)[1:-2].split(b'"\n"')
-        return routes, ids, stamps, bodies, special
+        # msgspec writes an aware time in its own zone (rounding the offset to the
+        # minute): only times in UTC with microseconds are the text the codec writes
+        if set(map(id, map(_tzinfo, moments))) != {id(UTC)} or set(map(len, stamps)) != {
+            _STAMP_SIZE
+        }:
+            special.update(
+                id(m)
+                for m, stamp in zip(messages, stamps, strict=True)
+                if m.created_at.tzinfo is not UTC or len(stamp) != _STAMP_SIZE
+            )
+        return _Columns(routes, ids, stamps, bodies, special)
+
+    def _route_of(self, message: Message) -> _Route:
+        try:
+            return self._routes[id(message.message_type)][message.partition_key.suffix]
+        except (KeyError, AttributeError, TypeError):
+            return self._route(message)
 
     def _one_by_one(self, messages: Sequence[Message]) -> PubBatch:
         """:meth:`encode_pubs` through :meth:`encode_pub`, message by message."""
@@ -425,7 +448,7 @@ class BlockCodec(WireCodec):
         return PubBatch(
             b"".join(pub[0] for pub in pubs),
             [message.id for message in messages],
-            [self._routes[id(m.message_type)][m.partition_key.suffix] for m in messages],
+            [self._route_of(message) for message in messages],
             max((pub[1] for pub in pubs), default=0),
             sum(pub[2] for pub in pubs),
         )

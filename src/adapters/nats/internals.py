@@ -559,19 +559,35 @@ class Writer:
     def send_now(self) -> int:
         """Hands the connection's outgoing buffer to the socket now (:func:`write_out`),
         so the server reads it while the caller goes on; returns the bytes the socket
-        has not taken yet (kept by the transport until it can), 0 if not known."""
+        has not taken yet (kept by the transport until it can), 0 if not known. Another
+        transport (a WebSocket sends only from its ``drain``) is left to nats-py's
+        flusher, woken now."""
         nc = self._nc
-        if not write_out(nc):
-            return 0
         transport = nc._transport
         io_writer = transport._io_writer if isinstance(transport, TcpTransport) else None
-        return 0 if io_writer is None else io_writer.transport.get_write_buffer_size()
+        if io_writer is None:
+            self.kick()
+            return 0
+        if not write_out(nc):
+            return 0
+        return io_writer.transport.get_write_buffer_size()
 
-    async def drained(self) -> None:
-        """Waits until the socket took what the transport kept (see :meth:`send_now`)."""
+    async def drained(self, timeout: float) -> bool:
+        """Waits until the socket took what the transport kept (see :meth:`send_now`);
+        False if it did not within ``timeout`` seconds (the server does not read). A
+        connection lost meanwhile ends the wait (nats-py reconnects; what it had not
+        sent is lost, as for any core publish on a connection that dies)."""
         nc = self._nc
-        if nc._status == _CONNECTED and nc._transport is not None:
-            await nc._transport.drain()  # type: ignore[no-untyped-call]
+        if nc._status != _CONNECTED or nc._transport is None:
+            return True
+        try:
+            async with asyncio.timeout(timeout):
+                await nc._transport.drain()  # type: ignore[no-untyped-call]
+        except TimeoutError:
+            return False
+        except (OSError, RuntimeError, AttributeError):  # as nats-py's flusher catches them
+            return True
+        return True
 
     async def relieve(self) -> None:
         """Waits until nats-py wrote out its buffer (after a write over its limit)."""

@@ -40,6 +40,8 @@ _MIN_SLICE = 4096
 """... and of at least this many messages: between two slices the pipeline runs dry once."""
 _CORE_BACKLOG = 8 << 20
 """Bytes of a core batch the transport may hold for the socket before the batch waits."""
+_WRITTEN, _NOT_WRITTEN, _STALLED = "written", "not written", "stalled"
+"""What became of a core slice (see ``JetStreamPublisher._write_core_slice``)."""
 _CORE_SLICES_AHEAD = 16
 """Core slices (``PUB_BATCH`` messages each) a batch may encode before it sends any; a
 larger batch is checked in a pass of its own first."""
@@ -249,7 +251,13 @@ class JetStreamPublisher(Publisher):
                 else:
                     encoded, ahead[index] = ahead[index], None  # not held once sent
                 if isinstance(encoded, PubBatch):
-                    if await self._write_core_slice(encoded, results):
+                    written = await self._write_core_slice(encoded, results)
+                    if written == _STALLED:  # the rest cannot be queued behind it
+                        detail = "the connection did not take the batch within publish_timeout"
+                        rest = messages[start + size :]
+                        results += [PublishTimeout(m.id, m.subject, detail) for m in rest]
+                        break
+                    if written == _WRITTEN:
                         continue
                     encoded = self._blocks(part)
                 assert encoded is not None
@@ -277,16 +285,17 @@ class JetStreamPublisher(Publisher):
 
     async def _write_core_slice(
         self, batch: PubBatch, results: list[PublishReceipt | PublishError]
-    ) -> bool:
+    ) -> str:
         """Writes a slice of core messages as one buffer to the live connection and adds
-        its receipts to ``results``; False (nothing written) when the connection is not
-        up now or a message of it may be over the server's limit: then send it as a
-        slice."""
+        its receipts to ``results`` (``_WRITTEN``); ``_NOT_WRITTEN`` when the connection
+        is not up now or a message of it may be over the server's limit: then send it as
+        a slice; ``_STALLED`` when it was written but the socket has not taken what
+        waits for it within ``publish_timeout`` (the server does not read)."""
         writer = self._core_writer
         if writer is None:
             writer = self._core_writer = self._sender.live_writer()
             if writer is None:
-                return False
+                return _NOT_WRITTEN
         try:
             over_limit = writer.write_live(
                 batch.commands, batch.largest, batch.body_bytes, len(batch.ids)
@@ -295,7 +304,7 @@ class JetStreamPublisher(Publisher):
             over_limit = None
         if over_limit is None:
             self._core_writer = None  # looked up again next time
-            return False
+            return _NOT_WRITTEN
         results += [
             PublishReceipt(message_id, route.subject, None, None, False, route.partition)
             for message_id, route in zip(batch.ids, batch.routes, strict=True)
@@ -303,10 +312,13 @@ class JetStreamPublisher(Publisher):
         # to the socket now, so the server reads this slice while the next is encoded;
         # what the socket cannot take yet is bounded by waiting for it
         if writer.send_now() > _CORE_BACKLOG:
-            await writer.drained()
+            if not await writer.drained(self.config.publish_timeout):
+                return _STALLED
+        elif over_limit:  # a transport that sends from nats-py's flusher only
+            await writer.relieve()
         else:
             await asyncio.sleep(0)  # one turn of the loop: the socket takes what it can
-        return True
+        return _WRITTEN
 
     async def _send_slice(
         self, part: Sequence[Message], blocks: list[EncodedBlock]

@@ -358,8 +358,18 @@ class Sender:
             timeout = (deadline - loop.time()) / (attempts - waited)
             js_todo = [i for i in todo if jetstream[i]]
             core_todo = [i for i in todo if not jetstream[i]]
+            down: PublishError | None = None  # no connection this round: the rest fail alike
             for i in core_todo:
-                results[i] = await self._attempt_core(ids[i], blocks[i], timeout)
+                if down is not None:
+                    results[i] = PublishError(
+                        ids[i], blocks[i].subject, down.reason,
+                        retryable=down.retryable, detail=down.detail,
+                    )  # fmt: skip
+                    continue
+                outcome = await self._attempt_core(ids[i], blocks[i], timeout)
+                results[i] = outcome
+                if isinstance(outcome, PublishError) and not self.client.is_connected:
+                    down = outcome
             if js_todo:
                 await self._pipeline(js_todo, ids, blocks, results, timeout, lookups)
             failed: list[PublishError] = []
