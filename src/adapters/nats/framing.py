@@ -1,10 +1,14 @@
 """NATS framing of the wire format: messages to and from ready-made header blocks.
 
 :class:`BlockCodec` is the domain's :class:`WireCodec` plus the adapter's fast paths:
-:meth:`~BlockCodec.encode_block` writes the header block of ``encode``'s headers
-directly, and :meth:`~BlockCodec.decode_block` reads a block laid out that way without
-building a header dict. Both give exactly what the general ``encode``/``decode`` give
-(the unit tests hold them to it); anything unusual falls back to the general path.
+:meth:`~BlockCodec.encode_pub` writes a message as one complete ``HPUB`` command (the
+header block of ``encode``'s headers and the body), :meth:`~BlockCodec.encode_pubs` a
+batch of them into one buffer, :meth:`~BlockCodec.encode_block` the header block and
+body apart, and :meth:`~BlockCodec.decode_block` reads a block laid out that way without
+building a header dict. They give exactly what the general ``encode``/``decode`` give
+(the unit tests hold them to it); anything unusual falls back to the general path. The
+subject and the static headers of each (type, key) are validated and serialized once,
+so the per message work is the id, the timestamp, the optional headers and the body.
 """
 
 from __future__ import annotations
@@ -174,22 +178,17 @@ class BlockCodec(WireCodec):
     def encode_block(self, message: Message) -> EncodedBlock:
         """Encode ``message`` with its headers serialized; the fast path of :meth:`encode`.
 
-        Same checks, same headers in the same order (see :class:`EncodedBlock`). The
-        subject and the static headers of each (type, key) are validated and
-        serialized once, so the per message work is the id, the timestamp, the
-        optional headers and the body.
+        Same checks, same headers in the same order (see :class:`EncodedBlock`): the
+        header block and body of :meth:`encode_pub`'s command, for publishes that add a
+        reply subject (JetStream's acknowledgement inbox).
 
         Raises:
             ValidationError: as :meth:`encode`.
         """
-        route, message_id, created, body, block = self._parts(message)
-        if block is None:
-            block = b"%s%s\r\nDeltran-Created-At: %s\r\n\r\n" % (
-                route.block_prefix,
-                message_id,
-                created,
-            )
-        return EncodedBlock(route.subject, block, body, route.partition)
+        command, size, body_size, subject, partition = self.encode_pub(message)
+        start = command.index(b"\r\n") + 2  # after the HPUB line
+        split = start + size - body_size
+        return EncodedBlock(subject, command[start:split], command[split:-2], partition)
 
     def encode_pub(self, message: Message) -> PubCommand:
         """``message`` as one complete NATS ``HPUB`` command without a reply subject:
@@ -204,8 +203,7 @@ class BlockCodec(WireCodec):
         Raises:
             ValidationError: as :meth:`encode`.
         """
-        # _parts, inlined on the core publish path (a call costs a tenth of a publish);
-        # the unit tests hold this to encode_block's checks and bytes
+        # one function, no helper calls on the way: a call costs a tenth of a publish
         try:
             route = self._routes[id(message.message_type)][message.partition_key.suffix]
         except (KeyError, AttributeError):
@@ -452,45 +450,6 @@ class BlockCodec(WireCodec):
             max((pub[1] for pub in pubs), default=0),
             sum(pub[2] for pub in pubs),
         )
-
-    def _parts(self, message: Message) -> tuple[_Route, bytes, bytes, bytes, bytes | None]:
-        """What every encoding of ``message`` is made of, checked: its route, id,
-        timestamp and body, and its whole header block when it has optional headers
-        (else None: the block is the route's prefix, the id and the timestamp)."""
-        try:  # keyed by the member's id: enum members hash in Python, ints in C
-            route = self._routes[id(message.message_type)][message.partition_key.suffix]
-        except (KeyError, AttributeError):
-            route = self._route(message)
-        message_id = message.id
-        if not (  # _is_id, inlined
-            type(message_id) is str
-            and 0 < len(message_id) <= 128
-            and message_id.isascii()
-            and message_id.isprintable()
-            and " " not in message_id
-        ):
-            check_id("id", message_id)
-        moment = message.created_at
-        if moment.tzinfo is UTC and moment.microsecond:  # else msgspec drops the fraction
-            created = JSON_ENCODER.encode(moment)[1:-1]  # RFC 3339 with "Z", as format_timestamp
-        else:
-            created = format_timestamp(moment).encode()
-        block = None
-        if (
-            message.correlation_id is not None
-            or message.causation_id is not None
-            or message.headers
-        ):
-            block = self._block_with_options(route, message, created)
-        try:
-            body = JSON_ENCODER.encode(message.payload)
-        except (TypeError, ValueError, OverflowError):
-            body = encode_payload(message.payload)  # raises the ValidationError
-        # a float NaN or infinity would travel as null: look closer (find, not ``in``:
-        # bytes.__contains__ tries the needle as an int first, which costs twice as much)
-        if body.find(b"null") >= 0:
-            check_payload_numbers(message.payload, body)
-        return route, message_id.encode(), created, body, block
 
     def _route(self, message: Message) -> _Route:
         message_type = message.message_type
