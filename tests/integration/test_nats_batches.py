@@ -11,6 +11,7 @@ import msgspec
 import nats
 import pytest
 from proxy import TcpProxy
+from servers import connect
 from waits import eventually
 
 from message_bus import (
@@ -22,7 +23,7 @@ from message_bus import (
     PublishReceipt,
     ValidationError,
 )
-from message_bus.adapters.nats import JetStreamPublisher, NatsClient, NatsConfig, StreamManager
+from message_bus.adapters.nats import JetStreamPublisher, NatsClient, StreamManager
 from message_bus.adapters.nats import publisher as publisher_module
 from message_bus.adapters.nats.framing import BlockCodec
 from message_bus.app.embedded import EmbeddedNatsServer
@@ -49,12 +50,6 @@ def payments(count: int) -> list[Message]:
     ]
 
 
-async def connect(url: str) -> NatsClient:
-    client = NatsClient(NatsConfig(urls=[url], reconnect_delay=0.05, reconnect_max_delay=0.2))
-    await client.connect()
-    return client
-
-
 @pytest.fixture
 async def client(nats_server: EmbeddedNatsServer) -> AsyncIterator[NatsClient]:
     client = await connect(nats_server.url)
@@ -71,6 +66,13 @@ def small_slices(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(publisher_module, "_MIN_SLICE", 64)
     monkeypatch.setattr(publisher_module, "_SLICE_WINDOWS", 1)
     monkeypatch.setattr(publisher_module, "_CORE_SLICES_AHEAD", 1)
+
+
+async def lose_connection(proxy: TcpProxy, client: NatsClient) -> None:
+    """Cuts the client's connection and refuses new ones until ``proxy.refuse(False)``."""
+    proxy.refuse()
+    proxy.cut()
+    await eventually(lambda: not client.is_connected, "the connection lost", 10.0)
 
 
 class Received:
@@ -183,9 +185,7 @@ async def test_a_core_batch_waits_for_a_lost_connection_and_then_goes_out_whole(
         client = await connect(proxy.url)
         publisher = JetStreamPublisher(client, PublisherConfig(publish_timeout=20.0))
         try:
-            proxy.refuse()
-            proxy.cut()
-            await eventually(lambda: not client.is_connected, "the connection lost", 10.0)
+            await lose_connection(proxy, client)
             publishing = asyncio.create_task(publisher.publish_many(batch))
             await asyncio.sleep(0)
             assert not publishing.done()
@@ -259,9 +259,7 @@ async def test_a_core_batch_without_a_connection_fails_within_one_timeout_not_on
         client = await connect(proxy.url)
         publisher = JetStreamPublisher(client, PublisherConfig(publish_timeout=1.0))
         try:
-            proxy.refuse()
-            proxy.cut()
-            await eventually(lambda: not client.is_connected, "the connection lost", 10.0)
+            await lose_connection(proxy, client)
             began = asyncio.get_running_loop().time()
             with pytest.raises(PublishBatchError) as refused:
                 await publisher.publish_many(events(8))
