@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 
 import bench_latency
 import nats
+from common import CORRIDORS, PAYLOAD, RAW_BODY
 
 from message_bus import Message, MessageType, PartitionKey, PublisherConfig
 from message_bus.adapters.nats import JetStreamPublisher, NatsClient, NatsConfig
@@ -36,9 +37,6 @@ from message_bus.domain.ids import new_message_id
 from message_bus.domain.message import check_payload_numbers
 from message_bus.ports.publisher import PublishReceipt
 
-CORRIDORS = ["USD-EUR", "GBP-USD", "EUR-JPY", "AED-INR", "USD-CHF", "CAD-USD", "EUR-GBP", "SGD-HKD"]
-PAYLOAD = {"payment_id": "pay_000001", "amount": "1000.00", "currency": "USD"}
-RAW_BODY = b'{"payment_id":"pay_000001","amount":"1000.00","currency":"USD"}'
 RAW_SUBJECT = "deltran.system.event.broadcast"
 COUNT = 2_000
 FLUSH_TIMEOUT = 60.0

@@ -66,6 +66,7 @@ import bench_latency
 import bench_memory as bench_memory_rss
 import loops
 import nats
+from common import CORRIDORS, PAYLOAD, RAW_BODY, CountingHandler
 from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 
 from message_bus import (
@@ -87,11 +88,6 @@ from message_bus.adapters.nats.internals import ordered_flush
 from message_bus.app.loop import running_loop_name
 from message_bus.domain.catalog import StreamCatalog
 
-CORRIDORS = ["USD-EUR", "GBP-USD", "EUR-JPY", "AED-INR", "USD-CHF", "CAD-USD", "EUR-GBP", "SGD-HKD"]
-# Free-form payload, the same bytes as the raw baseline: publishers here skip the typed
-# payload check (validate_payloads=False) so both sides do the same work.
-PAYLOAD = {"payment_id": "pay_000001", "amount": "1000.00", "currency": "USD"}
-RAW_BODY = b'{"payment_id":"pay_000001","amount":"1000.00","currency":"USD"}'
 RATE_TIMEOUT = 120.0
 RAW_IN_FLIGHT = 4000  # nats-py's publish_async_max_pending default
 
@@ -237,20 +233,6 @@ async def bench_jetstream_publish(
         await js.delete_stream("RAW_BENCH")
     await nc.close()
     return raw.rate, ours.rate
-
-
-class CountingHandler:
-    """Counts deliveries; sets ``done`` at ``target``."""
-
-    def __init__(self, target: int) -> None:
-        self.target = target
-        self.received = 0
-        self.done = asyncio.Event()
-
-    async def handle(self, message: Message) -> None:
-        self.received += 1
-        if self.received >= self.target:
-            self.done.set()
 
 
 async def _acked_everything(js: nats.js.JetStreamContext, stream: str, consumer: str) -> None:

@@ -60,7 +60,8 @@ from typing import Any
 
 import bench_bus
 import bench_latency
-from bench_bus import CORRIDORS, PAYLOAD, RATE_TIMEOUT, Best, bus_client, messages
+from bench_bus import RATE_TIMEOUT, Best, bus_client, messages
+from common import CORRIDORS, PAYLOAD, CountingHandler
 from nats.js.api import StreamConfig
 
 from message_bus import MessageType, PublisherConfig, SubscriberConfig
@@ -263,7 +264,7 @@ async def bench_consume(url: str, count: int, repeat: int, batch: int) -> tuple[
                     fetch_batch=batch,
                 )
                 bus_subscriber = JetStreamSubscriber(client, MessageType.NETTING_PROPOSAL, config)
-                handler = bench_bus.CountingHandler(count)
+                handler = CountingHandler(count)
                 start = time.perf_counter()
                 subscription = await bus_subscriber.subscribe(handler)
                 await asyncio.wait_for(handler.done.wait(), RATE_TIMEOUT)

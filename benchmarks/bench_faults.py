@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 
 import nats
 import nats.errors
+from common import CORRIDORS
 from nats.aio.client import Client
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
@@ -74,7 +75,6 @@ from message_bus.app.embedded import NatsCluster
 from message_bus.domain.catalog import StreamCatalog
 from message_bus.domain.errors import StreamError
 
-CORRIDORS = ["USD-EUR", "GBP-USD", "EUR-JPY", "AED-INR", "USD-CHF", "CAD-USD", "EUR-GBP", "SGD-HKD"]
 STREAM = "PAYMENT_INSTRUCTIONS"
 BUS_SUBJECTS = "deltran.payment.instruction.>"
 RAW_SUBJECT = "raw.payment"

@@ -54,6 +54,7 @@ from typing import Any, NamedTuple
 
 import msgspec
 import nats
+from common import CORRIDORS, CountingHandler, at_least_one
 from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 
 from message_bus import Message, MessageType, PartitionKey, PublisherConfig, SubscriberConfig
@@ -68,7 +69,6 @@ from message_bus.adapters.nats.internals import ordered_flush
 from message_bus.domain.catalog import StreamCatalog
 from message_bus.domain.codec import WireCodec
 
-CORRIDORS = ["USD-EUR", "GBP-USD", "EUR-JPY", "AED-INR", "USD-CHF", "CAD-USD", "EUR-GBP", "SGD-HKD"]
 DRAIN_TYPE = MessageType.NETTING_PROPOSAL
 DRAIN_STREAM = "NETTING_PROPOSALS"
 DRAIN_FILTER = "deltran.netting.proposal.>"
@@ -358,36 +358,22 @@ async def child_drain_raw(url: str, count: int, consumer: str) -> Measurement:
     return result
 
 
-class DrainHandler:
-    """A no-op handler that counts what it handled; sets ``done`` at ``target``."""
-
-    def __init__(self, target: int) -> None:
-        self.target = target
-        self.handled = 0
-        self.done = asyncio.Event()
-
-    async def handle(self, message: Message) -> None:
-        self.handled += 1
-        if self.handled >= self.target:
-            self.done.set()
-
-
 async def child_drain_bus(url: str, count: int, group: str) -> Measurement:
     client = NatsClient(NatsConfig(urls=[url]))
     await client.connect()
     config = SubscriberConfig(consumer_group=group)  # default max_ack_pending, fetch_batch
-    handler = DrainHandler(count)
+    handler = CountingHandler(count)
     gc.collect()
     start_kb, _ = memory_kb()
     reset = reset_peak()
-    with Sampler(lambda: handler.handled) as sampler:
+    with Sampler(lambda: handler.received) as sampler:
         began = time.perf_counter()
         subscriber = JetStreamSubscriber(client, DRAIN_TYPE, config)
         subscription = await subscriber.subscribe(handler)
         await wait_event(
             handler.done,
             drain_timeout(count),
-            lambda: f"the bus subscriber to handle {count} messages ({handler.handled} done)",
+            lambda: f"the bus subscriber to handle {count} messages ({handler.received} done)",
         )
         await asyncio.sleep(0)  # the last handler's ack is written after it returns
         await client.flush(FLUSH_TIMEOUT)
@@ -647,18 +633,10 @@ def main(url: str | None, count: int) -> list[MemoryRow]:
         return asyncio.run(report(fast, count))
 
 
-def count_arg(text: str) -> int:
-    """An argparse type: a message count, at least 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"messages must be at least 1, got {value}")
-    return value
-
-
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default=None, help="use this server instead of an embedded one")
-    parser.add_argument("--messages", type=count_arg, default=1_000_000)
+    parser.add_argument("--messages", type=at_least_one("messages"), default=1_000_000)
     parser.add_argument("--child", choices=CHILD_WORKS, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--name", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()

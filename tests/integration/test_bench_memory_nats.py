@@ -3,34 +3,18 @@ numbers (no memory is asserted: the numbers are only checked to make sense)."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
-from types import ModuleType
 
+import bench_memory as bench
 import pytest
 
 from message_bus.app.embedded import EmbeddedNatsServer
-
-BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_memory.py"
-
-
-def load_benchmark() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_memory", BENCHMARK)
-    assert spec is not None, f"no module spec for {BENCHMARK}"
-    assert spec.loader is not None, f"no loader for {BENCHMARK}"
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("bench_memory", module)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.timeout(180)
 async def test_memory_benchmark_measures_drain_and_publish_many_on_both_sides(
     nats_server: EmbeddedNatsServer,
 ) -> None:
-    bench = load_benchmark()
     count = 300
 
     rows = await bench.report(nats_server.url, count)

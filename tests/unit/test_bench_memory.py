@@ -3,28 +3,9 @@ of the work (no memory is asserted: only the parsing and the picking are checked
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
-
+import bench_memory as bench
 from hypothesis import given
 from hypothesis import strategies as st
-
-BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_memory.py"
-
-
-def load_benchmark() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_memory", BENCHMARK)
-    assert spec is not None, f"no module spec for {BENCHMARK}"
-    assert spec.loader is not None, f"no loader for {BENCHMARK}"
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("bench_memory", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = load_benchmark()
 
 STATUS = """Name:\tpython
 Umask:\t0022
