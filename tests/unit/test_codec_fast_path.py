@@ -83,6 +83,7 @@ def test_a_core_batch_is_the_core_publish_commands_of_its_messages_in_order(
     assert encoded.largest >= max((pub[1] for pub in one_by_one), default=0)
     assert encoded.body_bytes == sum(pub[2] for pub in one_by_one)
     wire.check_pubs(batch)
+    assert wire.encode_blocks(batch) == [wire.encode_block(message) for message in batch]
 
 
 def test_a_core_batch_with_unusual_columns_still_encodes_each_message_as_the_single_path() -> None:
@@ -100,6 +101,7 @@ def test_a_core_batch_with_unusual_columns_still_encodes_each_message_as_the_sin
     encoded = wire.encode_pubs(odd)
 
     assert encoded.commands == b"".join(wire.encode_pub(m)[0] for m in odd)
+    assert wire.encode_blocks(odd) == [wire.encode_block(m) for m in odd]
 
 
 @pytest.mark.parametrize(
@@ -117,6 +119,7 @@ def test_a_core_batch_writes_the_reference_timestamp_in_any_zone(zone: timezone)
 
     assert encoded.commands == b"".join(wire.encode_pub(m)[0] for m in (plain, odd))
     assert wire.encode(odd)[1]["Deltran-Created-At"].encode() in encoded.commands
+    assert wire.encode_blocks([plain, odd]) == [wire.encode_block(m) for m in (plain, odd)]
 
 
 @pytest.mark.parametrize(
@@ -143,7 +146,7 @@ def test_a_batch_names_its_first_bad_message_as_the_single_path_does(
     if match is not None:
         assert match in str(single.value)
 
-    for encode in (wire.encode_pubs, wire.check_pubs):
+    for encode in (wire.encode_pubs, wire.check_pubs, wire.encode_blocks):
         with pytest.raises(type(single.value)) as batched:
             encode(batch)
         assert str(batched.value) == str(single.value)

@@ -63,6 +63,8 @@ _STAMP_SIZE = len(b"2026-11-27T13:57:19.123456Z")
 _static_size = attrgetter("static_size")
 _usual_header = attrgetter("usual_header")
 _tzinfo = attrgetter("tzinfo")
+_subject = attrgetter("subject")
+_partition = attrgetter("partition")
 _pub_head = attrgetter("pub_head")
 _block_prefix = attrgetter("block_prefix")
 _message_type = attrgetter("message_type")
@@ -321,6 +323,36 @@ class BlockCodec(WireCodec):
             push(command)
             largest = max(largest, size)
         return PubBatch(join(commands), ids, routes, largest, sum(body_sizes))
+
+    def encode_blocks(self, messages: Sequence[Message]) -> list[EncodedBlock]:
+        """:meth:`encode_block` of every message of ``messages``, in order, built from
+        the checked columns of :meth:`encode_pubs` (the JetStream batch path).
+
+        Raises:
+            ValidationError: as :meth:`encode` (for the first bad message).
+        """
+        columns = self._checked_columns(messages)
+        if columns is None:
+            return [self.encode_block(message) for message in messages]
+        routes, ids, stamps, bodies, special = columns
+        blocks = map(
+            b"".join,
+            zip(
+                map(_block_prefix, routes),
+                map(str.encode, ids),
+                repeat(_STAMP_LINE),
+                stamps,
+                repeat(_END),
+            ),
+        )
+        encoded = list(
+            map(EncodedBlock, map(_subject, routes), blocks, bodies, map(_partition, routes))
+        )
+        if special:  # optional headers, or an unusual timestamp: encoded on their own
+            for at, message in enumerate(messages):
+                if id(message) in special:
+                    encoded[at] = self.encode_block(message)
+        return encoded
 
     def _line(self, route: _Route, size: int) -> bytes:
         """The ``HPUB`` line of a message of ``route``'s usual header size and ``size``."""

@@ -280,8 +280,7 @@ class JetStreamPublisher(Publisher):
         return self._codec.encode_pubs(part) if core else self._blocks(part)
 
     def _blocks(self, part: Sequence[Message]) -> list[EncodedBlock]:
-        encode = self._codec.encode_block
-        return [encode(message) for message in part]
+        return self._codec.encode_blocks(part)
 
     async def _write_core_slice(
         self, batch: PubBatch, results: list[PublishReceipt | PublishError]
