@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from test_ordered_member import Rig, T, new, settle
 
 from message_bus import FunctionHandler, Message, MessageType, PartitionKey, PublisherConfig
@@ -93,4 +95,52 @@ async def test_a_partition_handed_over_behind_the_readers_position_misses_nothin
     late = [100 + i for i in range(n)]
     assert handled[moving.suffix] == [0, 1, 2, 3, 4, *late], handled[moving.suffix]
     assert handled[staying.suffix] == late
+    await rig.close()
+
+
+Step = tuple[str, int]
+steps = st.lists(
+    st.one_of(
+        st.tuples(st.just("add"), st.integers(0, len(CORRIDORS) - 1)),
+        st.tuples(st.sampled_from(["tick", "step", "join"]), st.just(0)),
+        st.tuples(st.just("stop"), st.integers(0, 2)),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps)
+async def test_members_joining_and_stopping_while_records_arrive_lose_and_reorder_nothing(
+    plan: list[Step],
+) -> None:
+    """Clean handovers only: every record is handled once, in its key's order, whatever
+    step of a rebalance it arrives at."""
+    rig = Rig()
+    handled: dict[str, list[int]] = {}
+    sent: dict[str, list[int]] = {}
+
+    async def handle(message: Message) -> None:
+        if message.payload["n"] % 3 == 0:
+            await asyncio.sleep(0)  # some handlers suspend: handovers wait for them
+        handled.setdefault(message.partition_key.suffix, []).append(message.payload["n"])
+
+    live = [await rig.member(handle)]
+    await rig.advance(T)
+    for n, (action, arg) in enumerate(plan):
+        if action == "add":
+            key = PartitionKey.corridor(CORRIDORS[arg])
+            rig.source.add(new(n, key))
+            sent.setdefault(key.suffix, []).append(n)
+        elif action == "tick":
+            rig.clock.advance(0.25)
+            await asyncio.sleep(0)
+        elif action == "step":
+            await asyncio.sleep(0)
+        elif action == "join" and len(live) < 3:
+            live.append(await rig.member(handle))
+        elif action == "stop" and len(live) > 1:
+            await live.pop(arg % len(live)).stop()
+    await rig.advance(3 * T)
+    assert handled == sent
     await rig.close()

@@ -380,13 +380,7 @@ class OrderedSubscription(Subscription):
         as the reader would have dispatched them: no event loop step in between.
         Anything else (a failure, a re-open) is the reader's."""
         cursor = self._cursor
-        if (
-            self._parked
-            and cursor is not None
-            and not self._closing
-            and self._rewind_to() is None
-            and any(lane.accepting for lane in self.lanes.values())
-        ):
+        if self._parked and cursor is not None and not self._closing and self._only_take():
             try:
                 records = cursor.take(self.config.fetch_batch)
             except Exception:  # noqa: BLE001  # the reader takes it again and handles it
@@ -395,6 +389,18 @@ class OrderedSubscription(Subscription):
                 self._dispatch(records)
                 return
         self._reader_wake.set()
+
+    def _only_take(self) -> bool:
+        """Whether the reader's next round would only take and dispatch: a lane accepts,
+        and none needs a re-read (as :meth:`_rewind_to`, in one pass over the lanes)."""
+        position = self._position
+        accepting = False
+        for lane in self.lanes.values():
+            if lane.accepting:
+                if lane.behind and lane.next_sequence < position:
+                    return False
+                accepting = True
+        return accepting
 
     def _partition(self, record: Record) -> int:
         key = record.key
