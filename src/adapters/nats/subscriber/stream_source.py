@@ -263,13 +263,15 @@ class JetStreamCursor:
     """Reads an ephemeral consumer of a :class:`JetStreamSource` (see its doc).
 
     Messages arrive on a raw inbox route (no ``Msg``, no task per message) and wait in
-    a buffer; two pull requests of ``batch`` messages are kept in flight while the
-    buffer holds less than a batch, so a busy stream is read without a round trip per
-    batch. Status replies give back the unused part of a request (404, 408, 409), idle
-    heartbeats prove the requests are alive. :meth:`read` raises
-    :class:`StoreUnavailable` once the consumer is gone (deleted, lost by a server
-    restart: 409 Consumer Deleted, 503 no responders), the connection dropped, or the
-    heartbeats went silent: the caller reopens at its own position.
+    a buffer, and the callback given to :meth:`notify` hears of each; :meth:`take`
+    empties the buffer without waiting, :meth:`read` waits for it. Two pull requests
+    of ``batch`` messages are kept in flight while the buffer holds less than a batch,
+    so a busy stream is read without a round trip per batch. Status replies give back
+    the unused part of a request (404, 408, 409), idle heartbeats prove the requests
+    are alive. :meth:`take` and :meth:`read` raise :class:`StoreUnavailable` once the
+    consumer is gone (deleted, lost by a server restart: 409 Consumer Deleted, 503 no
+    responders), the connection dropped, or the heartbeats went silent: the caller
+    reopens at its own position.
     """
 
     def __init__(self, source: JetStreamSource, name: str) -> None:
