@@ -100,14 +100,20 @@ class ListSource:
     def __init__(self) -> None:
         self.records: list[Record] = []
         self.grew = asyncio.Event()
+        self.readers: list[Callable[[], None]] = []
 
     def add(self, message: Message | None, key: str | None = None, error: str = "") -> Record:
         sequence = len(self.records) + 1
         suffix = message.partition_key.suffix if message is not None else key
         record = Record(sequence, f"deltran.x.{sequence}", suffix, message, error, None)
         self.records.append(record)
-        self.grew.set()
+        self.changed()
         return record
+
+    def changed(self) -> None:
+        self.grew.set()
+        for wake in list(self.readers):
+            wake()
 
     async def generation(self) -> str:
         return "g1"
@@ -123,17 +129,28 @@ class ListCursor:
     def __init__(self, source: ListSource, start: int) -> None:
         self.source = source
         self.next = max(start, 1)
+        self.wake: Callable[[], None] | None = None
 
-    async def read(self, limit: int) -> list[Record]:
-        while self.next > len(self.source.records):
-            self.source.grew.clear()
-            await self.source.grew.wait()
+    def notify(self, wake: Callable[[], None]) -> None:
+        self.wake = wake
+        self.source.readers.append(wake)
+
+    def take(self, limit: int) -> list[Record]:
         batch = self.source.records[self.next - 1 : self.next - 1 + limit]
         self.next += len(batch)
         return batch
 
+    async def read(self, limit: int) -> list[Record]:
+        while True:
+            self.source.grew.clear()
+            batch = self.take(limit)
+            if batch:
+                return batch
+            await self.source.grew.wait()
+
     async def close(self) -> None:
-        return None
+        if self.wake is not None and self.wake in self.source.readers:
+            self.source.readers.remove(self.wake)
 
 
 class Sink:

@@ -32,7 +32,7 @@ class RecreatedSource(ListSource):
     def delete(self) -> None:
         self.missing = True
         self.records.clear()
-        self.grew.set()
+        self.changed()
 
     def create(self) -> None:
         self.missing = False
@@ -44,16 +44,12 @@ class IncarnationCursor(ListCursor):
         super().__init__(source, start)
         self.incarnation = source.incarnation
 
-    async def read(self, limit: int) -> list[Record]:
+    def take(self, limit: int) -> list[Record]:
         source = self.source
         assert isinstance(source, RecreatedSource)
-        while True:
-            if source.missing or source.incarnation != self.incarnation:
-                raise StoreUnavailable("its consumer was deleted")
-            if self.next <= len(source.records):
-                return await super().read(limit)
-            source.grew.clear()
-            await source.grew.wait()
+        if source.missing or source.incarnation != self.incarnation:
+            raise StoreUnavailable("its consumer was deleted")
+        return super().take(limit)
 
 
 async def test_a_member_reads_a_stream_that_was_deleted_and_created_again_from_its_start() -> None:

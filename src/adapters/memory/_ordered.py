@@ -110,11 +110,11 @@ class StreamWatch:
     """Wakes the readers of one stream when a message is stored."""
 
     def __init__(self) -> None:
-        self.readers: set[asyncio.Event] = set()
+        self.readers: set[Callable[[], None]] = set()
 
     def stored(self) -> None:
-        for event in self.readers:
-            event.set()
+        for wake in list(self.readers):
+            wake()
 
 
 class MemoryCursor:
@@ -136,31 +136,46 @@ class MemoryCursor:
         self._next = max(start, 1)
         self._watch = watch
         self._event = asyncio.Event()
-        watch.readers.add(self._event)
+        self._notify: Callable[[], None] | None = None
+        watch.readers.add(self._stored)
+
+    def _stored(self) -> None:
+        self._event.set()
+        if self._notify is not None:
+            self._notify()
 
     def _wanted(self, subject: str) -> bool:
         if is_replay_subject(subject):
             return subject == self._replay
         return subject.startswith(self._prefix)
 
-    async def read(self, limit: int) -> list[Record]:
-        stream, host = self._stream, self._host
+    def notify(self, wake: Callable[[], None]) -> None:
+        self._notify = wake
+
+    def take(self, limit: int) -> list[Record]:
+        stream = self._stream
+        now = self._host.clock.now()
+        if now >= stream.expires_at:
+            stream.expire(now)
         while True:
-            now = host.clock.now()
-            if now >= stream.expires_at:
-                stream.expire(now)
             records: list[Record] = []
             for sequence, entry in stream.entries_from(self._next, limit):
                 self._next = sequence + 1
                 encoded = entry.encoded
                 if self._wanted(encoded.subject):
                     records.append(self._record(sequence, entry.encoded))
-            if self._next <= stream.last_seq and not records:
-                continue
             if records:
                 self._host.activity.events += 1  # the reader has work: the broker is busy
                 return records
+            if self._next > stream.last_seq:
+                return []
+
+    async def read(self, limit: int) -> list[Record]:
+        while True:
             self._event.clear()
+            records = self.take(limit)
+            if records:
+                return records
             await self._event.wait()
 
     def _record(self, sequence: int, encoded: Encoded) -> Record:
@@ -173,7 +188,8 @@ class MemoryCursor:
         return Record(sequence, encoded.subject, key, message, "", encoded)
 
     async def close(self) -> None:
-        self._watch.readers.discard(self._event)
+        self._watch.readers.discard(self._stored)
+        self._notify = None
 
 
 class MemorySource:

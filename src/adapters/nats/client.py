@@ -370,10 +370,12 @@ class NatsClient:
         subject: str,
         handler: RawHandler,
         *,
+        queue: str = "",
         pending_msgs_limit: int = 1024 * 1024,
         pending_bytes_limit: int = 256 * 1024 * 1024,
     ) -> Subscription:
-        """Subscribes ``handler`` to ``subject`` on a raw route (see :mod:`.internals`).
+        """Subscribes ``handler`` to ``subject`` on a raw route (see :mod:`.internals`),
+        in the queue group ``queue`` if given.
 
         The handler gets every message as it is read, in order, on the event loop.
         Unsubscribing (or draining) the returned subscription removes the route.
@@ -385,6 +387,7 @@ class NatsClient:
 
         sub = await nc.subscribe(
             subject,
+            queue=queue,
             cb=fallback,
             pending_msgs_limit=pending_msgs_limit,
             pending_bytes_limit=pending_bytes_limit,

@@ -7,7 +7,6 @@ import contextlib
 import logging
 import secrets
 from collections.abc import Callable
-from typing import Any
 
 import msgspec
 
@@ -124,6 +123,7 @@ class OrderedSubscription(Subscription):
         self._seen: dict[str, tuple[int, float]] = {}
         self._partition_cache: dict[str | None, int] = {}
         self._reader_wake = asyncio.Event()
+        self._parked = False  # the reader waits for its wake-up, with nothing left to take
         self._position = 0
         self._cursor: Cursor | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -374,6 +374,34 @@ class OrderedSubscription(Subscription):
     def _wake_reader(self) -> None:
         self._reader_wake.set()
 
+    def _on_records(self) -> None:
+        """The cursor has something new. While the reader waits with nothing to do but
+        take (no re-open due, a lane accepting), the records go to the lanes right here,
+        as the reader would have dispatched them: no event loop step in between.
+        Anything else (a failure, a re-open) is the reader's."""
+        cursor = self._cursor
+        if self._parked and cursor is not None and not self._closing and self._only_take():
+            try:
+                records = cursor.take(self.config.fetch_batch)
+            except Exception:  # noqa: BLE001  # the reader takes it again and handles it
+                records = []
+            if records:
+                self._dispatch(records)
+                return
+        self._reader_wake.set()
+
+    def _only_take(self) -> bool:
+        """Whether the reader's next round would only take and dispatch: a lane accepts,
+        and none needs a re-read (as :meth:`_rewind_to`, in one pass over the lanes)."""
+        position = self._position
+        accepting = False
+        for lane in self.lanes.values():
+            if lane.accepting:
+                if lane.behind and lane.next_sequence < position:
+                    return False
+                accepting = True
+        return accepting
+
     def _partition(self, record: Record) -> int:
         key = record.key
         partition = self._partition_cache.get(key)
@@ -398,6 +426,7 @@ class OrderedSubscription(Subscription):
     async def _open(self, start: int) -> None:
         await self._close_cursor()
         self._cursor = await self._source.open(start)
+        self._cursor.notify(self._on_records)
         self._position = start
         for lane in self.lanes.values():
             if lane.next_sequence >= start:
@@ -413,15 +442,18 @@ class OrderedSubscription(Subscription):
         """Read the stream for the lanes, from the lowest sequence one of them needs.
 
         ``_position`` is the next sequence to dispatch: everything before it was offered
-        to the lanes. A read whose records are dropped undispatched is only ever one
-        that a re-open at an earlier sequence replaces.
+        to the lanes. Records go from the cursor to the lanes in one step (:meth:`take`,
+        then :meth:`_dispatch`, nothing awaited between), so a lane acquired at any
+        await of this loop sees ``_position`` exactly as far as the reader went.
+        Records the cursor holds untaken when it is re-opened at an earlier sequence
+        are dropped: that re-open reads them again.
         """
         retry = 0.0
-        read: asyncio.Task[list[Record]] | None = None
-        wake: asyncio.Task[bool] | None = None
+        wake = self._reader_wake
         unsure = False  # after a failed read: the stream may have been re-created
         try:
             while not self._closing:
+                wake.clear()  # whatever happens from here on wakes the next round
                 if unsure and self._cursor is None:
                     unsure = not await self._check_generation()
                     if unsure:
@@ -430,9 +462,6 @@ class OrderedSubscription(Subscription):
                         continue
                 lanes = self.lanes
                 if not lanes:
-                    if read is not None:
-                        read.cancel()
-                        read = None
                     await self._close_cursor()
                 try:
                     if lanes and self._cursor is None:
@@ -440,29 +469,12 @@ class OrderedSubscription(Subscription):
                     elif lanes:
                         rewind = self._rewind_to()
                         if rewind is not None:
-                            if read is not None:
-                                read.cancel()
-                                read = None
                             await self._open(rewind)
                     cursor = self._cursor
-                    accepting = any(lane.accepting for lane in lanes.values())
-                    if read is None and cursor is not None and accepting:
-                        read = asyncio.create_task(cursor.read(self.config.fetch_batch))
-                    if wake is None:
-                        self._reader_wake.clear()
-                        wake = asyncio.create_task(self._reader_wake.wait())
-                    waiting: set[asyncio.Future[Any]] = {wake}
-                    if read is not None:
-                        waiting.add(read)
-                    await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-                    if wake.done():
-                        wake = None
-                    if read is None or not read.done():
-                        continue
-                    task, read = read, None
-                    records = task.result()
+                    records: list[Record] = []
+                    if cursor is not None and any(lane.accepting for lane in lanes.values()):
+                        records = cursor.take(self.config.fetch_batch)
                 except Exception as exc:  # noqa: BLE001  # the reader outlives every error
-                    read = None
                     await self._close_cursor()
                     retry = min(_READ_RETRY_MAX, retry * 2 or 0.05)
                     level = logging.DEBUG if isinstance(exc, StoreUnavailable) else logging.WARNING
@@ -470,12 +482,16 @@ class OrderedSubscription(Subscription):
                     await sleep(self._clock, retry)
                     unsure = True
                     continue
-                retry = 0.0
-                self._dispatch(records)
+                if records:
+                    retry = 0.0
+                    self._dispatch(records)
+                    continue  # the cursor may hold more: take it before waiting
+                self._parked = True
+                try:
+                    await wake.wait()
+                finally:
+                    self._parked = False
         finally:
-            for pending in (read, wake):
-                if pending is not None:
-                    pending.cancel()
             await self._close_cursor()
 
     def _dispatch(self, records: list[Record]) -> None:

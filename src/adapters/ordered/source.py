@@ -8,6 +8,7 @@ adapter from its stream's log.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -39,11 +40,33 @@ class Record:
 
 
 class Cursor(Protocol):
-    """Reads a stream forward from one sequence."""
+    """Reads a stream forward from one sequence.
+
+    A member takes what was read with :meth:`take`, which never waits, and learns that
+    there is more through the callback given to :meth:`notify`: no task and no wait per
+    read, so a record reaches its partition in the event loop step after it arrived.
+    """
+
+    def notify(self, wake: Callable[[], None]) -> None:
+        """From now on call ``wake`` (on the event loop, never from inside :meth:`take`)
+        whenever :meth:`take` may have something new: records, or a failure to raise.
+        Spurious calls are allowed."""
+        ...
+
+    def take(self, limit: int) -> list[Record]:
+        """The records read and not taken yet (at most ``limit``; none if nothing is
+        there yet), in sequence order, without waiting. Sequences only grow between
+        calls, and :meth:`read` and :meth:`take` share them.
+
+        Raises:
+            StoreUnavailable: nothing is left to take and the stream cannot be read now
+                (the caller reopens later).
+        """
+        ...
 
     async def read(self, limit: int) -> list[Record]:
         """The next records (at most ``limit``, at least one), in sequence order; waits
-        while there are none. Sequences only grow between calls.
+        while there are none (:meth:`take`, waiting).
 
         Raises:
             StoreUnavailable: the stream cannot be read now (the caller reopens later).

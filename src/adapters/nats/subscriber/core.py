@@ -9,7 +9,6 @@ from collections.abc import Callable
 from typing import Any
 
 import nats.errors
-from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
 
 from message_bus.domain.catalog import MessageType
@@ -25,6 +24,8 @@ from message_bus.ports.subscriber import (
 )
 
 from ..client import ConnectionStatus, NatsClient
+from ..framing import BlockCodec
+from ..headers import headers_of
 from ..internals import ordered_flush
 from .closing import close_inbox, flush_acks
 from .limits import HandlerLimit, HandlerLimits
@@ -32,9 +33,25 @@ from .workers import Workers
 
 log = logging.getLogger("message_bus.nats.subscriber")
 
+PENDING_MSGS_LIMIT = 512 * 1024
+"""Core messages a subscription holds unhandled before it drops new ones (nats-py's own
+default for a subscription: core NATS drops messages for a slow consumer)."""
+PENDING_BYTES_LIMIT = 128 * 1024 * 1024
+"""Bytes of core messages a subscription holds unhandled before it drops new ones."""
+
+Raw = tuple[bytes, bytes, bytes, "bytes | None"]
+"""A core message as read: subject, reply subject, body, header block."""
+
 
 class CoreSubscription(Subscription):
     """A core NATS subscription in the group's queue group.
+
+    Messages come on a raw route (see :mod:`..internals`): the parser hands each one to
+    the worker pool as it reads it, with no ``Msg``, no header dict and no task of
+    nats-py's in between, so a handler starts in the event loop step after its message
+    was read. Beyond ``PENDING_MSGS_LIMIT`` messages or ``PENDING_BYTES_LIMIT`` bytes
+    waiting, new messages are dropped with a warning, as core NATS drops them for a
+    slow consumer.
 
     Args:
         client: The connection to subscribe on.
@@ -55,7 +72,7 @@ class CoreSubscription(Subscription):
         message_type: MessageType,
         config: SubscriberConfig,
         *,
-        codec: WireCodec,
+        codec: BlockCodec,
         reply_codec: WireCodec,
         on_closed: Callable[[Subscription], None],
         queue_group: bool = True,
@@ -72,7 +89,10 @@ class CoreSubscription(Subscription):
         self._capacity = config.max_concurrent
         self._limits = HandlerLimits(config.max_handler_time, config.max_concurrent)
         self._sub: NatsSubscription | None = None
-        self._workers: Workers[Msg] | None = None
+        self._workers: Workers[Raw] | None = None
+        self._pending_bytes = 0
+        self._dropped = 0
+        self._finishing = False
         self._stopping = False
         self._shutdown: asyncio.Task[None] | None = None
         self._started_closing = asyncio.Event()
@@ -80,14 +100,10 @@ class CoreSubscription(Subscription):
 
     async def start(self) -> None:
         nc = self._client.connection
-        workers = self._workers = Workers(
-            self._capacity, self._deliver, f"deltran-{self._subject}", maxsize=self._capacity
-        )
+        workers = self._workers = Workers(self._capacity, self._deliver, f"deltran-{self._subject}")
         try:
-            self._sub = await nc.subscribe(
-                self._subject,
-                queue=self._queue,
-                cb=self._on_message,
+            self._sub = await self._client.subscribe_raw(
+                self._subject, self._on_message, queue=self._queue
             )
             await ordered_flush(nc, self._client.config.connection_timeout)  # the SUB is in effect
         except BaseException:
@@ -103,20 +119,42 @@ class CoreSubscription(Subscription):
         if status is ConnectionStatus.CLOSED:
             self._begin_close()
 
-    async def _on_message(self, msg: Msg) -> None:
-        assert self._workers is not None
-        # Back-pressure: beyond max_concurrent waiting messages, nats-py buffers them
-        # (and reports a slow consumer past its pending limits).
-        await self._workers.put_wait(msg)
+    def _on_message(self, subject: bytes, reply: bytes, data: bytes, block: bytes | None) -> None:
+        workers = self._workers
+        if workers is None or self._finishing:
+            return  # routed after the close gave up unsubscribing: nobody would handle it
+        size = len(data) + (len(block) if block else 0)
+        if (
+            len(workers.items) >= PENDING_MSGS_LIMIT
+            or self._pending_bytes + size > PENDING_BYTES_LIMIT
+        ):
+            if not self._dropped:
+                log.warning(
+                    "slow consumer on %s: %d messages wait for a handler; dropping new ones",
+                    self._subject,
+                    len(workers.items),
+                )
+            self._dropped += 1
+            return
+        if self._dropped:
+            log.warning("slow consumer on %s: %d messages dropped", self._subject, self._dropped)
+            self._dropped = 0
+        self._pending_bytes += size
+        workers.put((subject, reply, data, block))
 
-    async def _deliver(self, msg: Msg) -> None:
+    async def _deliver(self, raw: Raw) -> None:
+        subject_bytes, reply, data, block = raw
+        self._pending_bytes -= len(data) + (len(block) if block else 0)
+        subject = subject_bytes.decode("utf-8", "replace")
         try:
-            message = self._codec.decode(msg.subject, msg.headers, msg.data)
+            message = self._codec.decode_block(subject, block, data)
+            if message is None:
+                message = self._codec.decode(subject, headers_of(block), data)
         except DecodeError as exc:
-            log.warning("dropped an undecodable core message on %s: %s", msg.subject, exc)
+            log.warning("dropped an undecodable core message on %s: %s", subject, exc)
             return
         limit = self._limits.start(HandlerLimit())
-        delivery = NatsCoreDelivery(self, msg, message)
+        delivery = NatsCoreDelivery(self, subject, reply.decode() if reply else "", message)
         try:
             await run_handler(self._handler, delivery, self._config, limit=limit)
         finally:
@@ -163,7 +201,8 @@ class CoreSubscription(Subscription):
         # Core messages cannot be redelivered: stop and drain both handle what arrived.
         if self._remove_listener is not None:
             self._remove_listener()
-        await close_inbox(self._client, self._sub)
+        await close_inbox(self._client, self._sub)  # what arrived until then is handled
+        self._finishing = True
         if self._workers is not None:
             await self._workers.finish(self._config.ack_wait)
         self._limits.close()
@@ -174,14 +213,14 @@ class CoreSubscription(Subscription):
 class NatsCoreDelivery(CoreDelivery):
     """A core NATS delivery; a request's reply goes to its reply subject."""
 
-    def __init__(self, owner: CoreSubscription, msg: Msg, message: Message) -> None:
-        super().__init__(message, msg.subject)
-        self._msg = msg
+    def __init__(self, owner: CoreSubscription, subject: str, reply: str, message: Message) -> None:
+        super().__init__(message, subject)
+        self._reply = reply
         self._owner = owner
 
     async def respond(self, reply: Message) -> None:
-        if self._msg.reply:
-            await self._owner.respond(self._msg.reply, reply)
+        if self._reply:
+            await self._owner.respond(self._reply, reply)
 
 
 __all__ = ["CoreSubscription", "NatsCoreDelivery"]

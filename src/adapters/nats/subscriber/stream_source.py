@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from datetime import UTC
 from typing import Any, NamedTuple
 
@@ -41,6 +42,10 @@ _STREAM_NOT_FOUND = 10059
 _DELETE_TIMEOUT = 2.0
 _SILENT_HEARTBEATS = 2.5
 """Missed idle heartbeats after which a cursor's pull requests count as lost."""
+
+
+def _nothing() -> None:
+    return None
 
 
 class StoredMessage(NamedTuple):
@@ -258,13 +263,15 @@ class JetStreamCursor:
     """Reads an ephemeral consumer of a :class:`JetStreamSource` (see its doc).
 
     Messages arrive on a raw inbox route (no ``Msg``, no task per message) and wait in
-    a buffer; two pull requests of ``batch`` messages are kept in flight while the
-    buffer holds less than a batch, so a busy stream is read without a round trip per
-    batch. Status replies give back the unused part of a request (404, 408, 409), idle
-    heartbeats prove the requests are alive. :meth:`read` raises
-    :class:`StoreUnavailable` once the consumer is gone (deleted, lost by a server
-    restart: 409 Consumer Deleted, 503 no responders), the connection dropped, or the
-    heartbeats went silent: the caller reopens at its own position.
+    a buffer, and the callback given to :meth:`notify` hears of each; :meth:`take`
+    empties the buffer without waiting, :meth:`read` waits for it. Two pull requests
+    of ``batch`` messages are kept in flight while the buffer holds less than a batch,
+    so a busy stream is read without a round trip per batch. Status replies give back
+    the unused part of a request (404, 408, 409), idle heartbeats prove the requests
+    are alive. :meth:`take` and :meth:`read` raise :class:`StoreUnavailable` once the
+    consumer is gone (deleted, lost by a server restart: 409 Consumer Deleted, 503 no
+    responders), the connection dropped, or the heartbeats went silent: the caller
+    reopens at its own position.
     """
 
     def __init__(self, source: JetStreamSource, name: str) -> None:
@@ -288,6 +295,8 @@ class JetStreamCursor:
         )
         self._last_seen = time.monotonic()
         self._remove_listener: Any = None
+        self._notify: Callable[[], None] = _nothing
+        self._watchdog: asyncio.TimerHandle | None = None
 
     async def subscribe(self) -> None:
         """Subscribes the inbox (before the consumer exists, so nothing is missed)."""
@@ -313,6 +322,7 @@ class JetStreamCursor:
         if self._failure is None:
             self._failure = why
         self._wake.set()
+        self._notify()
 
     def _on_message(self, subject: bytes, reply: bytes, data: bytes, block: bytes | None) -> None:
         self._last_seen = time.monotonic()
@@ -321,6 +331,7 @@ class JetStreamCursor:
                 self._outstanding -= 1
             self._buffer.append((subject, reply, data, block))
             self._wake.set()
+            self._notify()
             return
         headers = headers_of(block) or {}
         status = headers.get("Status")
@@ -339,6 +350,7 @@ class JetStreamCursor:
             if status == "409":
                 log.info("ordered reader %s: 409 %s", self.name, description)
             self._wake.set()
+            self._notify()  # its taker asks again
             return
         self._fail(f"pull refused: {status} {headers.get('Description', '')}".strip())
 
@@ -362,36 +374,71 @@ class JetStreamCursor:
         if asked:
             writer.write_out()
 
-    async def read(self, limit: int) -> list[Record]:
-        """The next records (1 to ``limit``), waiting while there are none.
+    def notify(self, wake: Callable[[], None]) -> None:
+        """Calls ``wake`` whenever records arrive or the cursor fails; a watchdog timer
+        (every ``idle_heartbeat``) fails it once the server's heartbeats went silent, so
+        a caller that only waits for ``wake`` notices that too."""
+        self._notify = wake
+        if self._watchdog is None and not self._closed:
+            loop = asyncio.get_running_loop()
+            self._watchdog = loop.call_later(self.source.idle_heartbeat, self._watch)
+
+    def _watch(self) -> None:
+        self._watchdog = None
+        if self._closed or self._failure is not None:
+            return
+        waited = time.monotonic() - self._last_seen
+        if not self._buffer and waited > self.source.idle_heartbeat * _SILENT_HEARTBEATS:
+            self._fail(f"no heartbeat for {waited:.1f}s")
+            return
+        loop = asyncio.get_running_loop()
+        self._watchdog = loop.call_later(self.source.idle_heartbeat, self._watch)
+
+    def take(self, limit: int) -> list[Record]:
+        """The records that arrived and were not taken yet (at most ``limit``, maybe
+        none), without waiting; asks for more as the buffer empties.
 
         Raises:
-            StoreUnavailable: the consumer or the connection is gone (reopen).
+            StoreUnavailable: the buffer is empty and the consumer or the connection is
+                gone, or the heartbeats went silent (reopen).
         """
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ValidationError("limit", limit, "must be an int >= 1")
         buffer = self._buffer
-        silence = self.source.idle_heartbeat * _SILENT_HEARTBEATS
-        while not buffer:
+        if not buffer:
             if self._failure is not None:
                 raise StoreUnavailable(f"ordered reader {self.name}: {self._failure}")
             if self._closed:
                 raise StoreUnavailable(f"ordered reader {self.name}: closed")
             self._ask()
             waited = time.monotonic() - self._last_seen
-            if waited > silence:
-                self._fail(f"no heartbeat for {waited:.1f}s")
-                continue
+            if waited > self.source.idle_heartbeat * _SILENT_HEARTBEATS:
+                self._failure = f"no heartbeat for {waited:.1f}s"
+                raise StoreUnavailable(f"ordered reader {self.name}: {self._failure}")
+            return []
+        record = self.source.record
+        records = [record(buffer.popleft()) for _ in range(min(limit, len(buffer)))]
+        self._ask()
+        return records
+
+    async def read(self, limit: int) -> list[Record]:
+        """The next records (1 to ``limit``), waiting while there are none.
+
+        Raises:
+            StoreUnavailable: the consumer or the connection is gone (reopen).
+        """
+        silence = self.source.idle_heartbeat * _SILENT_HEARTBEATS
+        while True:
             self._wake.clear()
+            records = self.take(limit)
+            if records:
+                return records
+            waited = time.monotonic() - self._last_seen
             try:
-                async with asyncio.timeout(silence - waited):
+                async with asyncio.timeout(max(0.0, silence - waited) + 0.001):
                     await self._wake.wait()
             except TimeoutError:
                 pass
-        source = self.source
-        records = [source.record(buffer.popleft()) for _ in range(min(limit, len(buffer)))]
-        self._ask()
-        return records
 
     async def close(self) -> None:
         """Deletes the consumer (best effort) and unsubscribes; idempotent."""
@@ -399,6 +446,10 @@ class JetStreamCursor:
             return
         self._closed = True
         self._wake.set()
+        self._notify = _nothing
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         if self._remove_listener is not None:
             self._remove_listener()
         await close_inbox(self.source.client, self._sub)
