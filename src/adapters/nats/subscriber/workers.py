@@ -22,21 +22,16 @@ class Workers(Generic[T]):
     other wake-up is on its way, and a worker that takes an item while more wait wakes
     the next one before handling it: handlers that suspend run ``size`` at once, while
     handlers that do not are run back to back by one worker, with one or two wake-ups
-    per burst instead of one per message. ``maxsize`` bounds the deque for
-    :meth:`put_wait` (0 = unbounded).
+    per burst instead of one per message.
     """
 
-    def __init__(
-        self, size: int, handle: Callable[[T], Awaitable[None]], name: str, maxsize: int = 0
-    ) -> None:
+    def __init__(self, size: int, handle: Callable[[T], Awaitable[None]], name: str) -> None:
         self.items: collections.deque[T | None] = collections.deque()
         self.busy = 0
         self.on_idle_slot: Callable[[], None] | None = None
         self._handle = handle
         self._name = name
-        self._maxsize = maxsize
         self._parked: list[asyncio.Future[None]] = []
-        self._space: collections.deque[asyncio.Future[None]] = collections.deque()
         self._waking = False
         self._tasks = [
             asyncio.create_task(self._run(), name=f"{name}-worker-{i}") for i in range(size)
@@ -48,15 +43,6 @@ class Workers(Generic[T]):
         if self._parked and not self._waking:
             self._wake()
 
-    async def put_wait(self, item: T) -> None:
-        """Queues ``item`` once fewer than ``maxsize`` items wait."""
-        loop = asyncio.get_running_loop()
-        while self._maxsize and len(self.items) >= self._maxsize:
-            space = loop.create_future()
-            self._space.append(space)
-            await space
-        self.put(item)
-
     def _wake(self) -> None:
         parked = self._parked
         while parked:
@@ -67,7 +53,7 @@ class Workers(Generic[T]):
                 return
 
     async def _run(self) -> None:
-        items, space = self.items, self._space
+        items = self.items
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()
         while True:
@@ -81,11 +67,6 @@ class Workers(Generic[T]):
                         self._waking = False
                 continue
             item = items.popleft()
-            while space:
-                waiting = space.popleft()
-                if not waiting.done():
-                    waiting.set_result(None)
-                    break
             if item is None:
                 return
             if items and self._parked and not self._waking:
