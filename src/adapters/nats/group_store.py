@@ -31,8 +31,11 @@ from message_bus.adapters.ordered.store import (
 )
 from message_bus.domain.errors import MessageBusError, ValidationError
 
+from .acks import NO_RESPONDERS, shared_ack_mux
 from .client import NatsClient
-from .headers import headers_of
+from .failures import MessageTooLarge
+from .framing import EncodedBlock
+from .headers import header_block, headers_of
 from .ordered_bucket import BUCKET_STREAM, BUCKET_SUBJECT_PREFIX, ensure_bucket
 
 log = logging.getLogger("message_bus.nats.ordered")
@@ -274,8 +277,26 @@ class KvGroupStore:
         return answer
 
     async def _put(self, key: str, data: bytes, headers: dict[str, str] | None = None) -> int:
-        answer = await self._api(BUCKET_SUBJECT_PREFIX + key, data, headers)
-        return self._saw(int(answer["seq"]))
+        """Writes ``key``: a publish to the bucket's stream, its acknowledgement awaited on
+        the connection's shared acknowledgement inbox (as the publishers' are), not a
+        request with an inbox, a reply message and a header dict of its own."""
+        await self._ensure()
+        self._live()
+        subject = BUCKET_SUBJECT_PREFIX + key
+        block = EncodedBlock(subject, header_block(headers or {}), data, None)
+        try:
+            mux = await shared_ack_mux(self.client)
+            ack = await mux.request(block, self.timeout)
+        except (nats.errors.Error, MessageBusError, MessageTooLarge, OSError) as exc:
+            raise StoreUnavailable(f"{subject}: {exc!r}") from exc
+        error = ack.error
+        if error is None:
+            return self._saw(ack.seq)
+        if ack is NO_RESPONDERS:
+            self._ready = False  # the bucket may be gone: look again next time
+        if error.err_code == _WRONG_LAST_SEQUENCE:
+            raise StoreConflict(f"{subject}: {error.description}")
+        raise StoreUnavailable(f"{subject}: {error.description} (code {error.err_code})")
 
     async def _create(self, key: str, data: bytes) -> int:
         """Writes ``key`` if it has no value (none, or a delete marker)."""
