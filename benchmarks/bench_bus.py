@@ -89,6 +89,7 @@ from message_bus.app.loop import running_loop_name
 from message_bus.domain.catalog import StreamCatalog
 
 RATE_TIMEOUT = 120.0
+CONSUME_STREAM = "NETTING_PROPOSALS"  # the stream the bus's consume lines read
 RAW_IN_FLIGHT = 4000  # nats-py's publish_async_max_pending default
 
 
@@ -235,16 +236,50 @@ async def bench_jetstream_publish(
     return raw.rate, ours.rate
 
 
-async def _acked_everything(js: nats.js.JetStreamContext, stream: str, consumer: str) -> None:
+async def acked_everything(js: Any, stream: str, consumer: str) -> None:
     """Checks every delivery was acked once (the server applies acks asynchronously)."""
-    for _ in range(100):
+    deadline = time.monotonic() + RATE_TIMEOUT
+    while True:
         info = await js.consumer_info(stream, consumer)
         if info.num_redelivered:
             raise AssertionError(f"{stream}/{consumer} redelivered: {info}")
-        if not info.num_ack_pending:
+        if not info.num_ack_pending and not info.num_pending:
             return
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"{stream}/{consumer} still unacked after {RATE_TIMEOUT:g} s: {info}"
+            )
         await asyncio.sleep(0.02)
-    raise AssertionError(f"{stream}/{consumer} left unacked: {info}")
+
+
+async def bus_consume_seconds(
+    client: NatsClient,
+    publisher: JetStreamPublisher,
+    count: int,
+    config: SubscriberConfig,
+    profiler: Profiler | None = None,
+) -> float:
+    """Seconds a bus subscriber with ``config`` (a no-op handler) takes to handle and ack
+    ``count`` netting proposals published to their purged stream beforehand, timed until
+    every ack reached the server; then checks nothing was left or redelivered and
+    deletes the consumer."""
+    js = client.jetstream
+    await js.purge_stream(CONSUME_STREAM)
+    await publisher.publish_many(messages(MessageType.NETTING_PROPOSAL, count))
+    subscriber = JetStreamSubscriber(client, MessageType.NETTING_PROPOSAL, config)
+    handler = CountingHandler(count)
+    with profiler.measure("consume") if profiler is not None else contextlib.nullcontext():
+        start = time.perf_counter()
+        subscription = await subscriber.subscribe(handler)
+        await asyncio.wait_for(handler.done.wait(), RATE_TIMEOUT)
+        await asyncio.sleep(0)  # the last handler's ack is written after it returns
+        await client.flush()
+        seconds = time.perf_counter() - start
+    await subscription.stop()
+    await subscriber.close()
+    await acked_everything(js, CONSUME_STREAM, config.consumer_name)
+    await js.delete_consumer(CONSUME_STREAM, config.consumer_name)
+    return seconds
 
 
 async def bench_consume(
@@ -254,7 +289,6 @@ async def bench_consume(
     js = nc.jetstream()
     await js.add_stream(StreamConfig(name="RAW_CONSUME", subjects=["rawconsume.>"]))
     raw, ours = Best(), Best()
-    stream = "NETTING_PROPOSALS"
     async with bus_client(url) as client:
         await StreamManager(client).apply(StreamCatalog.default())
         publisher = JetStreamPublisher(client, PublisherConfig(validate_payloads=False))
@@ -283,31 +317,17 @@ async def bench_consume(
                     seen += 1
             await ordered_flush(nc, RATE_TIMEOUT)
             raw.add(count, time.perf_counter() - start)
-            await _acked_everything(js, "RAW_CONSUME", durable)
+            await acked_everything(js, "RAW_CONSUME", durable)
             await sub.unsubscribe()
             await js.delete_consumer("RAW_CONSUME", durable)
 
-            await js.purge_stream(stream)
-            await publisher.publish_many(messages(MessageType.NETTING_PROPOSAL, count))
             config = SubscriberConfig(
                 consumer_group=f"bench{round_}{'c' if confirm else ''}",
                 max_concurrent=batch,
                 fetch_batch=batch,
                 confirm_acks=confirm,
             )
-            subscriber = JetStreamSubscriber(client, MessageType.NETTING_PROPOSAL, config)
-            handler = CountingHandler(count)
-            with profiler.measure("consume"):
-                start = time.perf_counter()
-                subscription = await subscriber.subscribe(handler)
-                await asyncio.wait_for(handler.done.wait(), RATE_TIMEOUT)
-                await asyncio.sleep(0)  # the last handler's ack is written after it returns
-                await client.flush()
-                ours.add(count, time.perf_counter() - start)
-            await subscription.stop()
-            await subscriber.close()
-            await _acked_everything(js, stream, config.consumer_name)
-            await js.delete_consumer(stream, config.consumer_name)
+            ours.add(count, await bus_consume_seconds(client, publisher, count, config, profiler))
         await publisher.close()
         await js.delete_stream("RAW_CONSUME")
     await nc.close()
@@ -349,7 +369,6 @@ async def bench_ordered(
     start and own their partitions first, then ``count`` messages are published and
     timed until all are handled."""
     shared, ordered = Best(), Best()
-    stream = "NETTING_PROPOSALS"
     clients = [NatsClient(NatsConfig(urls=[url])) for _ in range(members)]
     for client in clients:
         await client.connect()
@@ -359,7 +378,7 @@ async def bench_ordered(
     try:
         for round_ in range(repeat):
             for ordering, best in (("none", shared), ("partition", ordered)):
-                await js.purge_stream(stream)
+                await js.purge_stream(CONSUME_STREAM)
                 config = SubscriberConfig(
                     consumer_group=f"bench-{ordering}-{members}-{round_}-{uuid.uuid4().hex[:6]}",
                     ordering=ordering,  # type: ignore[arg-type]  # one of the two
@@ -391,7 +410,7 @@ async def bench_ordered(
                 for sub in subscribers:
                     await sub.close()
                 if ordering == "none":
-                    await js.delete_consumer(stream, config.consumer_name)
+                    await js.delete_consumer(CONSUME_STREAM, config.consumer_name)
     finally:
         await publisher.close()
         for client in clients:

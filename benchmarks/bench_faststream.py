@@ -60,12 +60,19 @@ from typing import Any
 
 import bench_bus
 import bench_latency
-from bench_bus import RATE_TIMEOUT, Best, bus_client, messages
-from common import CORRIDORS, PAYLOAD, CountingHandler
+from bench_bus import (
+    RATE_TIMEOUT,
+    Best,
+    acked_everything,
+    bus_client,
+    bus_consume_seconds,
+    messages,
+)
+from common import CORRIDORS, PAYLOAD
 from nats.js.api import StreamConfig
 
 from message_bus import MessageType, PublisherConfig, SubscriberConfig
-from message_bus.adapters.nats import JetStreamPublisher, JetStreamSubscriber, StreamManager
+from message_bus.adapters.nats import JetStreamPublisher, StreamManager
 from message_bus.adapters.nats.internals import ordered_flush
 from message_bus.domain.catalog import StreamCatalog
 
@@ -189,22 +196,6 @@ class Counter:
         return handle
 
 
-async def acked_everything(js: Any, stream: str, consumer: str) -> None:
-    """Checks every delivery was acked once (the server applies acks asynchronously)."""
-    deadline = time.monotonic() + RATE_TIMEOUT
-    while True:
-        info = await js.consumer_info(stream, consumer)
-        if info.num_redelivered:
-            raise AssertionError(f"{stream}/{consumer} redelivered: {info}")
-        if not info.num_ack_pending and not info.num_pending:
-            return
-        if time.monotonic() > deadline:
-            raise TimeoutError(
-                f"{stream}/{consumer} still unacked after {RATE_TIMEOUT:g} s: {info}"
-            )
-        await asyncio.sleep(0.02)
-
-
 async def _wait(counter: Counter, what: str) -> None:
     try:
         await asyncio.wait_for(counter.done.wait(), RATE_TIMEOUT)
@@ -219,7 +210,6 @@ async def bench_consume(url: str, count: int, repeat: int, batch: int) -> tuple[
     from faststream.nats import JStream, PullSub
 
     theirs, ours = Best(), Best()
-    stream = "NETTING_PROPOSALS"
     async with faststream_broker(url) as broker, bus_client(url) as client:
         js = broker.connection.jetstream()
         await js.add_stream(StreamConfig(name=CONSUME_STREAM, subjects=["fsconsume.>"]))
@@ -256,25 +246,12 @@ async def bench_consume(url: str, count: int, repeat: int, batch: int) -> tuple[
                 await acked_everything(js, CONSUME_STREAM, durable)
                 await js.delete_consumer(CONSUME_STREAM, durable)
 
-                await js.purge_stream(stream)
-                await publisher.publish_many(messages(MessageType.NETTING_PROPOSAL, count))
                 config = SubscriberConfig(
                     consumer_group=f"fsbench{round_}-{uuid.uuid4().hex[:6]}",
                     max_concurrent=batch,
                     fetch_batch=batch,
                 )
-                bus_subscriber = JetStreamSubscriber(client, MessageType.NETTING_PROPOSAL, config)
-                handler = CountingHandler(count)
-                start = time.perf_counter()
-                subscription = await bus_subscriber.subscribe(handler)
-                await asyncio.wait_for(handler.done.wait(), RATE_TIMEOUT)
-                await asyncio.sleep(0)  # the last handler's ack is written after it returns
-                await client.flush()
-                ours.add(count, time.perf_counter() - start)
-                await subscription.stop()
-                await bus_subscriber.close()
-                await acked_everything(js, stream, config.consumer_name)
-                await js.delete_consumer(stream, config.consumer_name)
+                ours.add(count, await bus_consume_seconds(client, publisher, count, config))
         finally:
             await publisher.close()
             await js.delete_stream(CONSUME_STREAM)

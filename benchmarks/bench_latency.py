@@ -56,6 +56,7 @@ from typing import Any
 
 import msgspec
 import nats
+from common import CORRIDORS, at_least_one
 
 from message_bus import (
     Message,
@@ -76,7 +77,6 @@ from message_bus.domain.catalog import StreamCatalog
 
 RATES = (500, 5_000)
 NO_FSYNC_CONFIG = "jetstream {}\n"  # the server's default sync interval (2 minutes)
-CORRIDORS = ["USD-EUR", "GBP-USD", "EUR-JPY", "AED-INR", "USD-CHF", "CAD-USD", "EUR-GBP", "SGD-HKD"]
 DRAIN_TIMEOUT = 60.0  # seconds for the last messages to reach the handler
 START_TIMEOUT = 60.0  # seconds for a consumer or an ordered member to be ready
 FETCH_BATCH = 64  # the nats-py pull loop's batch, the bus's default fetch_batch
@@ -525,18 +525,12 @@ async def main(
         return await report(fast, durable, rates, seconds)
 
 
-def positive(text: str) -> int:
-    """An argparse type: a rate in messages per second, at least 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"rate must be at least 1 msg/s, got {value}")
-    return value
-
-
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default=None, help="use this server instead of embedded ones")
-    parser.add_argument("--rates", type=positive, nargs="+", default=list(RATES))
+    parser.add_argument(
+        "--rates", type=at_least_one("rate (msg/s)"), nargs="+", default=list(RATES)
+    )
     parser.add_argument(
         "--seconds", type=float, default=None, help="seconds per line (default 4 at 500/s, 2 above)"
     )

@@ -65,7 +65,7 @@ _usual_header = attrgetter("usual_header")
 _tzinfo = attrgetter("tzinfo")
 _subject = attrgetter("subject")
 _partition = attrgetter("partition")
-_pub_head = attrgetter("pub_head")
+_lines = attrgetter("lines")
 _block_prefix = attrgetter("block_prefix")
 _message_type = attrgetter("message_type")
 _suffix = attrgetter("partition_key.suffix")
@@ -175,7 +175,6 @@ class BlockCodec(WireCodec):
     def __init__(self, partitions: int = DEFAULT_PARTITIONS) -> None:
         super().__init__(partitions)
         self._routes: dict[int, dict[str, _Route]] = {}  # id(type member) -> suffix -> route
-        self._lines: dict[tuple[bytes, int], bytes] = {}  # (HPUB head, size) -> HPUB line
 
     def encode_block(self, message: Message) -> EncodedBlock:
         """Encode ``message`` with its headers serialized; the fast path of :meth:`encode`.
@@ -280,11 +279,12 @@ class BlockCodec(WireCodec):
             # the common batch: every message has its route's usual header size, so the
             # whole buffer is one join of columns made in C, without a loop in Python
             sizes = list(map(add, map(_usual_header, routes), body_sizes))
-            lines = list(map(self._lines.get, zip(map(_pub_head, routes), sizes, strict=True)))
+            lines = list(map(dict.get, map(_lines, routes), sizes))
             if None in lines:
                 for at, line in enumerate(lines):
                     if line is None:
-                        lines[at] = self._line(routes[at], sizes[at])
+                        route = routes[at]
+                        lines[at] = _pub_line(route, route.usual_header, sizes[at])
             columns_of_commands = zip(
                 lines,
                 map(_block_prefix, routes),
@@ -353,18 +353,6 @@ class BlockCodec(WireCodec):
                 if id(message) in special:
                     encoded[at] = self.encode_block(message)
         return encoded
-
-    def _line(self, route: _Route, size: int) -> bytes:
-        """The ``HPUB`` line of a message of ``route``'s usual header size and ``size``."""
-        lines = self._lines
-        if len(lines) >= _ROUTES_MAX:
-            lines.clear()
-        line = lines[route.pub_head, size] = b"%s%d %d\r\n" % (
-            route.pub_head,
-            route.usual_header,
-            size,
-        )
-        return line
 
     def check_pubs(self, messages: Sequence[Message]) -> None:
         """Raise the :class:`ValidationError` :meth:`encode_pub` would raise for the first

@@ -259,7 +259,7 @@ class JetStreamPublisher(Publisher):
                         break
                     if written == _WRITTEN:
                         continue
-                    encoded = self._blocks(part)
+                    encoded = self._codec.encode_blocks(part)
                 assert encoded is not None
                 results += await self._send_slice(part, encoded)
         except BaseException:
@@ -277,10 +277,7 @@ class JetStreamPublisher(Publisher):
 
     def _encode(self, part: Sequence[Message], core: bool) -> PubBatch | list[EncodedBlock]:
         """``part`` encoded for :meth:`_write_core_slice` (core) or :meth:`_send_slice`."""
-        return self._codec.encode_pubs(part) if core else self._blocks(part)
-
-    def _blocks(self, part: Sequence[Message]) -> list[EncodedBlock]:
-        return self._codec.encode_blocks(part)
+        return self._codec.encode_pubs(part) if core else self._codec.encode_blocks(part)
 
     async def _write_core_slice(
         self, batch: PubBatch, results: list[PublishReceipt | PublishError]

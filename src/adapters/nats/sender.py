@@ -361,10 +361,7 @@ class Sender:
             down: PublishError | None = None  # no connection this round: the rest fail alike
             for i in core_todo:
                 if down is not None:
-                    results[i] = PublishError(
-                        ids[i], blocks[i].subject, down.reason,
-                        retryable=down.retryable, detail=down.detail,
-                    )  # fmt: skip
+                    results[i] = _alike(down, ids[i], blocks[i].subject)
                     continue
                 outcome = await self._attempt_core(ids[i], blocks[i], timeout)
                 results[i] = outcome
@@ -433,10 +430,7 @@ class Sender:
                     failure = await self._await_connection(ids[first], subject, timeout)
                     if failure is not None:
                         for j in todo[done:]:
-                            results[j] = PublishError(
-                                ids[j], blocks[j].subject, failure.reason,
-                                retryable=failure.retryable, detail=failure.detail,
-                            )  # fmt: skip
+                            results[j] = _alike(failure, ids[j], blocks[j].subject)
                         break
                 chunk = todo[done : done + window - batch.outstanding]
                 done += len(chunk)
@@ -465,6 +459,13 @@ class Sender:
                 results[i] = _not_a_puback(ids[i], blocks[i].subject, ack)
             else:
                 results[i] = await self._classify(ids[i], blocks[i].subject, ack, lookups)
+
+
+def _alike(failure: PublishError, message_id: str, subject: str) -> PublishError:
+    """``failure``, for another message of the batch that failed for the same reason."""
+    return PublishError(
+        message_id, subject, failure.reason, retryable=failure.retryable, detail=failure.detail
+    )
 
 
 def _not_a_puback(message_id: str, subject: str, ack: PubAckWire) -> PublishError:
