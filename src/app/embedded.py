@@ -634,8 +634,9 @@ class NatsCluster:
 
     Every node runs from the shipped ``cluster.conf`` with its own client, route and
     monitoring port and its own store directory (below ``base_dir``), and routes to all
-    the others. :meth:`start` returns once a JetStream meta leader is elected and every
-    node reports healthy. Nodes can be killed and restarted on the same ports and
+    the others. :meth:`start` returns once a JetStream meta leader is elected, every
+    node reports healthy, and every node routes to every other and offers their client
+    URLs to its clients. Nodes can be killed and restarted on the same ports and
     directories to test failover.
 
     Usable as a context manager (``with NatsCluster() as cluster: ...``).
@@ -659,7 +660,8 @@ class NatsCluster:
         """Configures the cluster; nothing is started until :meth:`start`.
 
         Args:
-            size: Number of nodes (3 gives R3 streams a quorum that survives one loss).
+            size: Number of nodes, at least 2 (3 gives R3 streams a quorum that survives
+                one loss).
             cluster_name: The NATS cluster name (``--cluster_name``).
             base_dir: Parent of the nodes' store directories (``nats-1``, ...), kept on
                 :meth:`stop`; ``None`` uses a temporary directory that :meth:`stop`
@@ -678,10 +680,13 @@ class NatsCluster:
                 (routes between the nodes stay as ``cluster.conf`` has them).
 
         Raises:
-            ValueError: If ``size`` is less than 1, or the credentials are inconsistent.
+            ValueError: If ``size`` is less than 2, or the credentials are inconsistent.
         """
-        if size < 1:
-            raise ValueError("a cluster needs at least one node")
+        if size < 2:
+            raise ValueError(
+                f"size={size!r}: a cluster needs at least two nodes "
+                "(one node alone never elects a JetStream meta leader; use EmbeddedNatsServer)"
+            )
         if (user is None) != (password is None):
             raise ValueError("user and password must be given together")
         self._user, self._password, self._tls = user, password, tls
@@ -700,7 +705,7 @@ class NatsCluster:
     # -- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> Self:
-        """Starts every node and waits for a healthy cluster with a meta leader.
+        """Starts every node and waits for a healthy, fully routed cluster with a meta leader.
 
         Ports are chosen free just before launch; if another process takes one in that
         window, the start is retried with new ports.
@@ -728,6 +733,7 @@ class NatsCluster:
                     node._wait_ready(deadline)
                 self._wait_healthy(range(self._size), deadline)
                 self._wait_peers_current(deadline)
+                self._wait_meshed(deadline)
             except EmbeddedServerError as exc:
                 self._stop_nodes()
                 if attempt == attempts or "address already in use" not in str(exc):
@@ -793,7 +799,8 @@ class NatsCluster:
         Args:
             index: The node, 0-based.
             wait_healthy: Also wait until every running node's ``/healthz`` answers
-                200 (JetStream is in contact with the meta leader). Stream replicas on
+                200 (JetStream is in contact with the meta leader) and the running nodes
+                route to each other again. Stream replicas on
                 the restarted node may still be catching up after that.
 
         Raises:
@@ -804,7 +811,9 @@ class NatsCluster:
         node.restart()
         if wait_healthy:
             running = [i for i, n in enumerate(self._nodes) if n.is_running]
-            self._wait_healthy(running, time.monotonic() + self._ready_timeout)
+            deadline = time.monotonic() + self._ready_timeout
+            self._wait_healthy(running, deadline)
+            self._wait_meshed(deadline)
 
     def __enter__(self) -> Self:
         return self.start()
@@ -922,6 +931,29 @@ class NatsCluster:
                 )
             time.sleep(_POLL_INTERVAL)
 
+    def _wait_meshed(self, deadline: float) -> None:
+        """Polls ``/routez`` and ``/varz`` until every running node routes to every other
+        running node and offers all their client URLs (``connect_urls``, which its INFO
+        gives clients).
+
+        Routes and the client URLs they carry are exchanged after a node turns healthy
+        and a meta leader is elected; until then a client told of the cluster by one
+        node would not know all the others.
+        """
+        while True:
+            running = [node for node in self._nodes if node.is_running]
+            missing = [
+                f"{node.server_name} {gap}" for node in running if (gap := _mesh_gap(node, running))
+            ]
+            if not missing:
+                return
+            if time.monotonic() > deadline:
+                raise EmbeddedServerError(
+                    f"cluster {self._cluster_name}: routes not complete within the ready "
+                    f"timeout: {'; '.join(missing)}"
+                )
+            time.sleep(_POLL_INTERVAL)
+
     def _wait_healthy(self, indexes: Sequence[int], deadline: float) -> None:
         """Polls full ``/healthz`` (JetStream in contact with a meta leader) on the nodes."""
         pending = list(indexes)
@@ -950,6 +982,24 @@ class NatsCluster:
                 node._owned.process.popen.terminate()
         for node in self._nodes:
             node._terminate_process()
+
+
+def _mesh_gap(node: EmbeddedNatsServer, running: Sequence[EmbeddedNatsServer]) -> str:
+    """What ``node`` does not yet see of the other ``running`` nodes ("" if nothing)."""
+    routed = {route.get("remote_name") for route in node.monitor("routez")[1].get("routes", [])}
+    unrouted = sorted(
+        n.server_name for n in running if n is not node and n.server_name not in routed
+    )
+    offered = {
+        str(url).rpartition(":")[2] for url in node.monitor("varz")[1].get("connect_urls") or ()
+    }
+    unoffered = sorted(n.server_name for n in running if str(n.port) not in offered)
+    gaps = []
+    if unrouted:
+        gaps.append(f"has no route to {', '.join(unrouted)}")
+    if unoffered:
+        gaps.append(f"does not offer the client URL of {', '.join(unoffered)}")
+    return " and ".join(gaps)
 
 
 def _free_ports(host: str, count: int) -> list[int]:
