@@ -909,8 +909,9 @@ class NatsCluster:
         """Polls ``/jsz`` until the meta leader sees every other node as a current peer.
 
         A node's ``/healthz`` turns 200 once it is in contact with a meta leader, which
-        may not yet know every peer: a stream with as many replicas as the cluster has
-        nodes is then refused ("no suitable peers"). So :meth:`start` waits for this too.
+        may not yet know every peer. Placement needs more than this: the leader places
+        replicas only on peers whose statistics have reached it, which monitoring does
+        not show; the stream manager asks a placement refused for that reason again.
         """
         want = self._size - 1
         while True:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -11,11 +12,14 @@ import nats.errors
 import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
+from nats.js.api import StreamConfig
 
+from message_bus.adapters.nats.placement import PLACEMENT_WAIT, place
 from message_bus.app.embedded import NatsCluster
 
 STREAM = "PAYMENT_INSTRUCTIONS"
 SUBJECT = "deltran.payment.instruction.corridor.USD-EUR"
+log = logging.getLogger(__name__)
 
 
 @asynccontextmanager
@@ -28,7 +32,10 @@ async def connected(servers: str | list[str]) -> AsyncIterator[Client]:
 
 
 async def create_r3_stream(js: JetStreamContext) -> None:
-    await js.add_stream(name=STREAM, subjects=["deltran.payment.instruction.>"], num_replicas=3)
+    """Creates the stream on all three nodes; a node that has not reported its statistics
+    to the meta leader yet makes placement refuse it for a moment, which is asked again."""
+    config = StreamConfig(name=STREAM, subjects=["deltran.payment.instruction.>"], num_replicas=3)
+    await place(lambda: js.add_stream(config), PLACEMENT_WAIT, log, f"stream {STREAM}")
 
 
 async def publish(js: JetStreamContext, n: int, *, within: float = 15.0) -> None:

@@ -19,10 +19,9 @@ from typing import TypeVar
 
 import nats.errors
 import pytest
-from waits import apply_r3
 
 from message_bus import Message, MessageType, PartitionKey, PublisherConfig, PublishError
-from message_bus.adapters.nats import JetStreamPublisher, NatsClient, NatsConfig
+from message_bus.adapters.nats import JetStreamPublisher, NatsClient, NatsConfig, StreamManager
 from message_bus.app.embedded import NatsCluster
 from message_bus.testing.samples import sample_payload
 
@@ -111,7 +110,7 @@ async def test_payments_keep_flowing_and_none_is_lost_or_doubled_under_a_nemesis
 ) -> None:
     client = NatsClient(NatsConfig(urls=nats_cluster.urls))
     await client.connect()
-    await apply_r3(client)
+    await StreamManager(client).apply(replicas=3)
     publisher = JetStreamPublisher(client, PublisherConfig())
     acknowledged: list[str] = []
     failures: collections.Counter[str] = collections.Counter()

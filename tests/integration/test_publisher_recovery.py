@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from proxy import TcpProxy
-from waits import apply_r3, eventually
+from waits import eventually
 
 from message_bus import Message, MessageType, PartitionKey, PublisherConfig
 from message_bus.adapters.nats import (
@@ -52,7 +52,7 @@ async def stored_ids(client: NatsClient) -> list[str]:
 async def cluster_client(nats_cluster: NatsCluster) -> AsyncIterator[NatsClient]:
     client = NatsClient(NatsConfig(urls=nats_cluster.urls, reconnect_delay=0.05))
     await client.connect()
-    await apply_r3(client)
+    await StreamManager(client).apply(replicas=3)
     yield client
     await client.close()
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import nats.errors
 import pytest
-from waits import apply_r3, eventually
+from waits import eventually
 
 from message_bus import FunctionHandler, Message, MessageType, PartitionKey, SubscriberConfig
 from message_bus.adapters.nats import (
@@ -269,7 +269,7 @@ async def test_a_replicated_stream_is_restored_on_a_cluster_with_its_group(
     client = NatsClient(NatsConfig(urls=nats_cluster.urls, reconnect_delay=0.1))
     await client.connect()
     try:
-        await apply_r3(client)
+        await StreamManager(client).apply(replicas=3)
         config = SubscriberConfig(consumer_group="settlement", ack_wait=30.0)
         publisher = JetStreamPublisher(client)
         for n in range(10):

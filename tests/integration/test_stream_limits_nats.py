@@ -147,19 +147,17 @@ async def test_discard_old_keeps_the_newest(client: NatsClient) -> None:
 
 
 async def test_a_full_r3_stream_refuses_on_a_cluster_too(nats_cluster: NatsCluster) -> None:
-    client = NatsClient(NatsConfig(urls=nats_cluster.urls, connection_timeout=5.0))
-    await client.connect()
-    manager = StreamManager(client)
-    await manager.apply(_payments(StreamLimits(max_msgs=2)), replicas=3)
-    publisher = JetStreamPublisher(client, PublisherConfig(publish_timeout=10.0))
-    for n in range(2):
-        await publisher.publish(_message(n))
-    error = await _refused_at_once(publisher, _message(2))
-    assert error.reason == "stream_full"
-    info = await manager.info("PAYMENT_INSTRUCTIONS")
-    assert (info.messages, info.replicas) == (2, 3)
-    await publisher.close()
-    await client.close()
+    async with NatsClient(NatsConfig(urls=nats_cluster.urls, connection_timeout=5.0)) as client:
+        manager = StreamManager(client)
+        await manager.apply(_payments(StreamLimits(max_msgs=2)), replicas=3)
+        publisher = JetStreamPublisher(client, PublisherConfig(publish_timeout=10.0))
+        for n in range(2):
+            await publisher.publish(_message(n))
+        error = await _refused_at_once(publisher, _message(2))
+        assert error.reason == "stream_full"
+        info = await manager.info("PAYMENT_INSTRUCTIONS")
+        assert (info.messages, info.replicas) == (2, 3)
+        await publisher.close()
 
 
 async def test_a_server_out_of_jetstream_storage_refuses_with_stream_full_at_once(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import nats.errors
 import nats.js.errors
@@ -12,12 +13,14 @@ from message_bus.adapters.ordered.store import BUCKET, StoreUnavailable
 from message_bus.domain.errors import MessageBusError
 
 from .client import NatsClient
+from .placement import PLACEMENT_RETRY, place
 
 BUCKET_STREAM = f"KV_{BUCKET}"
 """The stream that holds the ``DELTRAN_ORDERED`` bucket (JetStream KV's naming)."""
 BUCKET_SUBJECT_PREFIX = f"$KV.{BUCKET}."
 """A key ``k`` of the bucket is stored under the subject ``$KV.DELTRAN_ORDERED.k``."""
 _DUPLICATE_WINDOW = 120.0
+log = logging.getLogger("message_bus.nats.ordered")
 _EXISTS_OTHERWISE = 10058  # "stream name already in use with a different configuration"
 
 
@@ -47,14 +50,15 @@ async def ensure_bucket(client: NatsClient, replicas: int, timeout: float) -> No
 
     An existing bucket keeps its settings (``deltran-bus streams apply`` corrects
     them), except that direct gets are turned on if they are off: the group store reads
-    through them.
+    through them. A replicated bucket refused for a peer that has not reported yet
+    (a node just started or rejoined) is asked again within ``timeout``.
 
     Raises:
         StoreUnavailable: JetStream did not answer within ``timeout``, or refused.
     """
     try:
         async with asyncio.timeout(timeout):
-            await _ensure(client, replicas)
+            await _ensure(client, replicas, timeout)
     except nats.js.errors.APIError as exc:
         raise StoreUnavailable(
             f"bucket {BUCKET}: JetStream refused ({exc.description}, code {exc.err_code})"
@@ -63,13 +67,16 @@ async def ensure_bucket(client: NatsClient, replicas: int, timeout: float) -> No
         raise StoreUnavailable(f"bucket {BUCKET}: JetStream did not answer ({exc!r})") from exc
 
 
-async def _ensure(client: NatsClient, replicas: int) -> None:
+async def _ensure(client: NatsClient, replicas: int, timeout: float) -> None:
     js = client.jetstream
+    loop = asyncio.get_running_loop()
+    last = loop.time() + timeout - PLACEMENT_RETRY  # the last attempt fits the timeout
     try:
         info = await js.stream_info(BUCKET_STREAM)
     except nats.js.errors.NotFoundError:
+        config = bucket_config(replicas)
         try:
-            await js.add_stream(bucket_config(replicas))
+            await place(lambda: js.add_stream(config), last - loop.time(), log, f"bucket {BUCKET}")
             return
         except nats.js.errors.APIError as exc:
             if exc.err_code != _EXISTS_OTHERWISE:

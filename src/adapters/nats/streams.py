@@ -29,6 +29,7 @@ from message_bus.ports.config import PublisherConfig
 
 from .client import NatsClient
 from .ordered_bucket import bucket_config
+from .placement import PLACEMENT_WAIT, place, placement_pending
 
 log = logging.getLogger("message_bus.nats.streams")
 
@@ -132,12 +133,27 @@ class StreamManager:
     Applying is idempotent: a missing stream is created, a stream whose settings
     drifted is updated back (and the drift reported), a matching one is left alone.
 
+    A replicated stream that JetStream refuses to place only because a peer has not
+    reported yet (a node that just started or rejoined: "no suitable peers for
+    placement, peer offline") is asked again for up to ``placement_wait`` seconds.
+
     Args:
         client: A connected :class:`NatsClient` with JetStream enabled.
+        placement_wait: Seconds a placement refused for an unreported peer is asked
+            again; 0 refuses at once.
+
+    Raises:
+        ValidationError: ``placement_wait`` is not a finite number >= 0.
     """
 
-    def __init__(self, client: NatsClient) -> None:
+    def __init__(self, client: NatsClient, *, placement_wait: float = PLACEMENT_WAIT) -> None:
+        ok = isinstance(placement_wait, int | float) and not isinstance(placement_wait, bool)
+        if not ok or not math.isfinite(placement_wait) or placement_wait < 0:
+            raise ValidationError(
+                "placement_wait", placement_wait, "must be a finite number >= 0 of seconds"
+            )
         self.client = client
+        self.placement_wait = float(placement_wait)
 
     def desired(
         self, spec: StreamSpec, replicas: int, duplicate_window: float, *, replays: bool = True
@@ -252,18 +268,23 @@ class StreamManager:
 
     async def _call(self, name: str, call: Callable[[], Awaitable[Any]]) -> Any:
         """Runs a JetStream API call, retrying while JetStream is briefly unavailable
-        (a cluster electing its meta leader, a slow replicated create). Creating or
-        updating a stream with the same config again is idempotent."""
+        (a cluster electing its meta leader, a slow replicated create) and, for up to
+        ``placement_wait``, while a placement is refused for a peer that has not
+        reported yet. Creating or updating a stream with the same config again is
+        idempotent."""
         for attempt in range(1, _ATTEMPTS + 1):
             try:
-                return await call()
+                return await place(call, self.placement_wait, log, f"stream {name}")
             except _TRANSIENT as exc:
                 if attempt == _ATTEMPTS:
                     raise _api_failure(name, exc) from exc
                 log.info("JetStream busy (stream %s): %s; retrying", name, exc)
                 await asyncio.sleep(0.2 * 2 ** (attempt - 1))
             except nats.js.errors.APIError as exc:
-                raise StreamError(name, f"{exc.description} (code {exc.err_code})") from exc
+                reason = f"{exc.description} (code {exc.err_code})"
+                if placement_pending(exc) and self.placement_wait:
+                    reason += f"; still so after {self.placement_wait:g} s"
+                raise StreamError(name, reason) from exc
             except (nats.errors.Error, TimeoutError) as exc:
                 raise _api_failure(name, exc) from exc
         raise AssertionError("unreachable")  # pragma: no cover
