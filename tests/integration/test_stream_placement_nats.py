@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import pytest
 from waits import eventually
@@ -29,6 +30,7 @@ from message_bus.domain.errors import StreamError
 STREAMS_LOG = "message_bus.nats.streams"
 BUCKET_LOG = "message_bus.nats.ordered"
 ASKED_AGAIN = "asking again until the peers report"
+T = TypeVar("T")
 ATTEMPTS = 5
 """Times the setup restarts the node if its statistics reached the leader before the
 freeze (the freeze follows the route within milliseconds; the first report comes a
@@ -46,6 +48,23 @@ class Unreported:
 
     def thaw(self) -> None:
         self.cluster.thaw_node(self.index)
+
+    async def asked_again_until_thawed(
+        self, placing: Coroutine[Any, Any, T], caplog: pytest.LogCaptureFixture, what: str
+    ) -> T:
+        """Runs ``placing``; once it logged that it asks again (and not sooner), thaws
+        the node and returns what ``placing`` returns."""
+        task = asyncio.create_task(placing)
+        try:
+            await eventually(
+                lambda: task.done() or ASKED_AGAIN in caplog.text,
+                f"{what} to be asked again for the unreported peer",
+            )
+            assert not task.done(), f"{what} ended before the peer reported: {task!r}"
+            self.thaw()
+            return await asyncio.wait_for(task, timeout=60.0)
+        finally:
+            task.cancel()
 
 
 def _routed(cluster: NatsCluster, leader: int, name: str, timeout: float = 30.0) -> None:
@@ -105,17 +124,8 @@ async def test_an_r3_catalog_applied_before_a_peer_reports_is_placed_once_it_doe
 ) -> None:
     caplog.set_level(logging.INFO, logger=STREAMS_LOG)
     manager = StreamManager(unreported.client, placement_wait=60.0)
-    applying = asyncio.create_task(manager.apply(StreamCatalog.default(), replicas=3))
-    try:
-        await eventually(
-            lambda: applying.done() or ASKED_AGAIN in caplog.text,
-            "the manager to ask again for a placement refused for the unreported peer",
-        )
-        assert not applying.done(), f"apply ended before the peer reported: {applying!r}"
-        unreported.thaw()
-        reports = await asyncio.wait_for(applying, timeout=60.0)
-    finally:
-        applying.cancel()
+    applying = manager.apply(StreamCatalog.default(), replicas=3)
+    reports = await unreported.asked_again_until_thawed(applying, caplog, "the catalog's apply")
     assert {report.action for report in reports} == {"created"}
     info = await manager.info("PAYMENT_INSTRUCTIONS")
     assert info.replicas == 3
@@ -151,17 +161,8 @@ async def test_the_ordered_bucket_created_before_a_peer_reports_is_placed_once_i
     unreported: Unreported, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger=BUCKET_LOG)
-    ensuring = asyncio.create_task(ensure_bucket(unreported.client, replicas=3, timeout=60.0))
-    try:
-        await eventually(
-            lambda: ensuring.done() or ASKED_AGAIN in caplog.text,
-            "the bucket's creation to be asked again for the unreported peer",
-        )
-        assert not ensuring.done(), f"ensure_bucket ended before the peer reported: {ensuring!r}"
-        unreported.thaw()
-        await asyncio.wait_for(ensuring, timeout=60.0)
-    finally:
-        ensuring.cancel()
+    ensuring = ensure_bucket(unreported.client, replicas=3, timeout=60.0)
+    await unreported.asked_again_until_thawed(ensuring, caplog, "the bucket's creation")
     info = await unreported.client.jetstream.stream_info(BUCKET_STREAM)
     assert info.config.num_replicas == 3
 
