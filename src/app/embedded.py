@@ -278,9 +278,14 @@ class _Process:
         )
 
     def terminate(self, timeout: float) -> None:
-        """SIGTERM, then SIGKILL if the process has not exited after ``timeout`` s."""
+        """SIGTERM, then SIGKILL if the process has not exited after ``timeout`` s.
+
+        A process stopped with SIGSTOP is continued after the SIGTERM, so it handles it.
+        """
         if self.alive():
             self.popen.terminate()
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.popen.pid, signal.SIGCONT)
             if not self.wait(timeout):
                 logger.warning("%s ignored SIGTERM for %.1f s; killing it", self.label, timeout)
                 self.kill()

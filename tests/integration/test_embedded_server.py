@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import ssl
 import sysconfig
 from collections.abc import AsyncIterator, Callable
@@ -201,6 +203,20 @@ def test_stop_is_idempotent_and_deletes_its_temporary_store() -> None:
     assert server.pid is None
     assert not store_dir.exists()
     assert not store_dir.parent.exists()
+
+
+def test_a_frozen_server_stops_on_sigterm_without_being_killed(
+    nats_server_factory: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = nats_server_factory(stop_timeout=30.0)
+    pid = server.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+
+    server.stop()
+
+    assert not server.is_running
+    assert "ignored SIGTERM" not in caplog.text, "the frozen server was killed"
 
 
 def test_stop_keeps_a_given_store_dir(tmp_path: Path) -> None:

@@ -151,13 +151,15 @@ async def test_a_full_r3_stream_refuses_on_a_cluster_too(nats_cluster: NatsClust
         manager = StreamManager(client)
         await manager.apply(_payments(StreamLimits(max_msgs=2)), replicas=3)
         publisher = JetStreamPublisher(client, PublisherConfig(publish_timeout=10.0))
-        for n in range(2):
-            await publisher.publish(_message(n))
-        error = await _refused_at_once(publisher, _message(2))
-        assert error.reason == "stream_full"
-        info = await manager.info("PAYMENT_INSTRUCTIONS")
-        assert (info.messages, info.replicas) == (2, 3)
-        await publisher.close()
+        try:
+            for n in range(2):
+                await publisher.publish(_message(n))
+            error = await _refused_at_once(publisher, _message(2))
+            assert error.reason == "stream_full"
+            info = await manager.info("PAYMENT_INSTRUCTIONS")
+            assert (info.messages, info.replicas) == (2, 3)
+        finally:
+            await publisher.close()
 
 
 async def test_a_server_out_of_jetstream_storage_refuses_with_stream_full_at_once(

@@ -13,8 +13,9 @@ from message_bus.adapters.nats import NatsClient, StreamManager
 from message_bus.adapters.nats.placement import PLACEMENT_WAIT, placement_pending
 from message_bus.domain.errors import ValidationError
 
-PENDING = ["peer offline", "miscellaneous issue"]
+PENDING = ["peer offline"]
 FINAL = [
+    "miscellaneous issue",
     "exclude tag set",
     "insufficient storage",
     "server tag not unique",

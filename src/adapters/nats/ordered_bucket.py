@@ -56,18 +56,29 @@ async def ensure_bucket(client: NatsClient, replicas: int, timeout: float) -> No
     Raises:
         StoreUnavailable: JetStream did not answer within ``timeout``, or refused.
     """
+    refused: list[nats.js.errors.APIError] = []
     try:
         async with asyncio.timeout(timeout):
-            await _ensure(client, replicas, timeout)
+            await _ensure(client, replicas, timeout, refused)
     except nats.js.errors.APIError as exc:
         raise StoreUnavailable(
             f"bucket {BUCKET}: JetStream refused ({exc.description}, code {exc.err_code})"
         ) from exc
-    except (nats.errors.Error, TimeoutError, OSError, MessageBusError) as exc:
+    except TimeoutError as exc:
+        if not refused:
+            raise StoreUnavailable(f"bucket {BUCKET}: JetStream did not answer ({exc!r})") from exc
+        last = refused[-1]
+        raise StoreUnavailable(
+            f"bucket {BUCKET}: JetStream refused ({last.description}, code {last.err_code}); "
+            f"still so after {timeout:g} s"
+        ) from last
+    except (nats.errors.Error, OSError, MessageBusError) as exc:
         raise StoreUnavailable(f"bucket {BUCKET}: JetStream did not answer ({exc!r})") from exc
 
 
-async def _ensure(client: NatsClient, replicas: int, timeout: float) -> None:
+async def _ensure(
+    client: NatsClient, replicas: int, timeout: float, refused: list[nats.js.errors.APIError]
+) -> None:
     js = client.jetstream
     loop = asyncio.get_running_loop()
     last = loop.time() + timeout - PLACEMENT_RETRY  # the last attempt fits the timeout
@@ -76,7 +87,9 @@ async def _ensure(client: NatsClient, replicas: int, timeout: float) -> None:
     except nats.js.errors.NotFoundError:
         config = bucket_config(replicas)
         try:
-            await place(lambda: js.add_stream(config), last - loop.time(), log, f"bucket {BUCKET}")
+            await place(
+                lambda: js.add_stream(config), last - loop.time(), log, f"bucket {BUCKET}", refused
+            )
             return
         except nats.js.errors.APIError as exc:
             if exc.err_code != _EXISTS_OTHERWISE:

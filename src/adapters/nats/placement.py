@@ -21,15 +21,16 @@ T = TypeVar("T")
 
 NO_PEERS = 10005
 """JetStream's error code for "no suitable peers for placement, <reasons>"."""
-PLACEMENT_WAIT = 10.0
+PLACEMENT_WAIT = 15.0
 """Seconds a refused placement is asked again by default: the longest interval between
-two reports of a peer."""
+two reports of a peer (10 s), and a margin for its delivery."""
 PLACEMENT_RETRY = 0.25
 """Seconds between two attempts at placing a stream."""
 _PREFIX = "no suitable peers for placement"
-_PENDING = frozenset({"peer offline", "miscellaneous issue"})
-"""The reasons that only say a peer is not (yet) known to the meta leader; every other
-reason (storage, tags, JetStream disabled) is a configuration that waiting cannot fix."""
+_PENDING = frozenset({"peer offline"})
+"""The reason that says a peer has not reported (or is down); every other reason
+(storage, tags, JetStream disabled, "miscellaneous issue", which also stands for a
+peer's HA asset limit) is one that waiting cannot be trusted to fix."""
 
 
 def placement_pending(error: BaseException) -> bool:
@@ -43,10 +44,17 @@ def placement_pending(error: BaseException) -> bool:
     return bool(reasons) and reasons <= _PENDING
 
 
-async def place(call: Callable[[], Awaitable[T]], wait: float, log: logging.Logger, what: str) -> T:
+async def place(
+    call: Callable[[], Awaitable[T]],
+    wait: float,
+    log: logging.Logger,
+    what: str,
+    refused: list[nats.js.errors.APIError] | None = None,
+) -> T:
     """``await call()``; a refusal for a peer not reported yet is asked again every
-    :data:`PLACEMENT_RETRY` seconds for up to ``wait`` seconds, and logged naming
-    ``what``.
+    :data:`PLACEMENT_RETRY` seconds for up to ``wait`` seconds. The first refusal is
+    logged at INFO naming ``what``, the others at DEBUG; each is appended to
+    ``refused``, for a caller whose own deadline may cut the last attempt short.
 
     Raises:
         nats.js.errors.APIError: JetStream's refusal, at once if waiting cannot fix it,
@@ -54,6 +62,7 @@ async def place(call: Callable[[], Awaitable[T]], wait: float, log: logging.Logg
     """
     loop = asyncio.get_running_loop()
     until = loop.time() + wait
+    level = logging.INFO
     while True:
         try:
             return await call()
@@ -61,12 +70,16 @@ async def place(call: Callable[[], Awaitable[T]], wait: float, log: logging.Logg
             left = until - loop.time()
             if left <= 0 or not placement_pending(exc):
                 raise
-            log.info(
+            if refused is not None:
+                refused.append(exc)
+            log.log(
+                level,
                 "%s: %s (code %s); asking again until the peers report",
                 what,
                 exc.description,
                 exc.err_code,
             )
+            level = logging.DEBUG
         await asyncio.sleep(min(PLACEMENT_RETRY, left))
 
 

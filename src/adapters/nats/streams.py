@@ -272,9 +272,12 @@ class StreamManager:
         ``placement_wait``, while a placement is refused for a peer that has not
         reported yet. Creating or updating a stream with the same config again is
         idempotent."""
+        loop = asyncio.get_running_loop()
+        placed_by = loop.time() + self.placement_wait  # one wait across the retries
         for attempt in range(1, _ATTEMPTS + 1):
             try:
-                return await place(call, self.placement_wait, log, f"stream {name}")
+                wait = max(0.0, placed_by - loop.time())
+                return await place(call, wait, log, f"stream {name}")
             except _TRANSIENT as exc:
                 if attempt == _ATTEMPTS:
                     raise _api_failure(name, exc) from exc
