@@ -14,12 +14,13 @@ Fixtures:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from message_bus.adapters.nats import NatsClient, NatsConfig, StreamManager
 from message_bus.app.embedded import EmbeddedNatsServer, NatsCluster
 
 _HERE = Path(__file__).parent
@@ -52,6 +53,20 @@ def nats_server_factory() -> Iterator[Callable[..., EmbeddedNatsServer]]:
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture
+async def client(nats_server: EmbeddedNatsServer) -> AsyncIterator[NatsClient]:
+    """A client of ``nats_server`` with the catalog's streams applied, reconnecting
+    within a fraction of a second; closed after the test. A test module may define its
+    own ``client`` instead."""
+    client = NatsClient(
+        NatsConfig(urls=[nats_server.url], reconnect_delay=0.05, reconnect_max_delay=0.2)
+    )
+    await client.connect()
+    await StreamManager(client).apply()
+    yield client
+    await client.close()
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import json
 import re
-from collections.abc import AsyncIterator
 
 import pytest
 from proxy import TcpProxy
@@ -46,17 +45,6 @@ def payment(n: int, corridor: str = "USD-EUR") -> Message:
     key = PartitionKey.corridor(corridor)
     payload = sample_payload(PAYMENT, payment_id=f"pay_{n}", amount="10.00", corridor=corridor)
     return Message.new(PAYMENT, key, payload)
-
-
-@pytest.fixture
-async def client(nats_server: EmbeddedNatsServer) -> AsyncIterator[NatsClient]:
-    client = NatsClient(
-        NatsConfig(urls=[nats_server.url], reconnect_delay=0.05, reconnect_max_delay=0.2)
-    )
-    await client.connect()
-    await StreamManager(client).apply()
-    yield client
-    await client.close()
 
 
 async def groups_ls(url: str, capsys: pytest.CaptureFixture[str], *options: str) -> tuple[int, str]:

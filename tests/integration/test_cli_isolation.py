@@ -9,11 +9,9 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
 
-import pytest
 from waits import eventually
 
 from message_bus import FunctionHandler, Message, MessageType, PartitionKey, SubscriberConfig
@@ -22,8 +20,6 @@ from message_bus.adapters.nats import (
     JetStreamSubscriber,
     KvGroupStore,
     NatsClient,
-    NatsConfig,
-    StreamManager,
 )
 from message_bus.app.embedded import EmbeddedNatsServer
 from message_bus.domain.payloads import PaymentInstruction
@@ -45,17 +41,6 @@ def deltran_bus(*args: str, timeout: float = 120) -> subprocess.CompletedProcess
 
 async def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return await asyncio.to_thread(deltran_bus, *args, timeout=timeout)
-
-
-@pytest.fixture
-async def client(nats_server: EmbeddedNatsServer) -> AsyncIterator[NatsClient]:
-    client = NatsClient(
-        NatsConfig(urls=[nats_server.url], reconnect_delay=0.05, reconnect_max_delay=0.2)
-    )
-    await client.connect()
-    await StreamManager(client).apply()
-    yield client
-    await client.close()
 
 
 def service_payment(n: int) -> Message:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig
@@ -21,11 +20,8 @@ from message_bus.adapters.nats import (
     JetStreamPublisher,
     JetStreamSubscriber,
     NatsClient,
-    NatsConfig,
-    StreamManager,
 )
 from message_bus.adapters.nats.subscriber.consumer import ConsumerBinding
-from message_bus.app.embedded import EmbeddedNatsServer
 from message_bus.testing.samples import sample_payload
 
 PAYMENT = MessageType.PAYMENT_INSTRUCTION
@@ -33,17 +29,6 @@ STREAM = "PAYMENT_INSTRUCTIONS"
 USD_EUR = PartitionKey.corridor("USD-EUR")
 GBP_USD = PartitionKey.corridor("GBP-USD")
 FAST = {"pull_expires": 2.0, "idle_heartbeat": 0.5}
-
-
-@pytest.fixture
-async def client(nats_server: EmbeddedNatsServer) -> AsyncIterator[NatsClient]:
-    client = NatsClient(
-        NatsConfig(urls=[nats_server.url], reconnect_delay=0.05, reconnect_max_delay=0.2)
-    )
-    await client.connect()
-    await StreamManager(client).apply()
-    yield client
-    await client.close()
 
 
 def payment(n: int, key: PartitionKey) -> Message:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -25,11 +25,9 @@ from message_bus.adapters.nats import (
     JetStreamPublisher,
     JetStreamSubscriber,
     NatsClient,
-    NatsConfig,
     StreamManager,
 )
 from message_bus.adapters.nats.subscriber.pull import PullSubscription
-from message_bus.app.embedded import EmbeddedNatsServer
 from message_bus.testing.samples import sample_payload
 
 PAYMENT = MessageType.PAYMENT_INSTRUCTION
@@ -44,17 +42,6 @@ def payment(name: str) -> Message:
         KEY,
         sample_payload(MessageType.PAYMENT_INSTRUCTION, payment_id=name, amount="10.00"),
     )
-
-
-@pytest.fixture
-async def client(nats_server: EmbeddedNatsServer) -> AsyncIterator[NatsClient]:
-    client = NatsClient(
-        NatsConfig(urls=[nats_server.url], reconnect_delay=0.05, reconnect_max_delay=0.2)
-    )
-    await client.connect()
-    await StreamManager(client).apply()
-    yield client
-    await client.close()
 
 
 def subscriber(

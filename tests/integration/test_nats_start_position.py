@@ -5,7 +5,7 @@ start floors."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -22,12 +22,9 @@ from message_bus.adapters.nats import (
     JetStreamPublisher,
     JetStreamSubscriber,
     NatsClient,
-    NatsConfig,
-    StreamManager,
 )
 from message_bus.adapters.nats.subscriber.consumer import START_METADATA
 from message_bus.adapters.nats.subscriber.stream_source import JetStreamSource
-from message_bus.app.embedded import EmbeddedNatsServer
 from message_bus.testing.samples import sample_payload
 
 PAYMENT = MessageType.PAYMENT_INSTRUCTION
@@ -40,17 +37,6 @@ def payment(n: int) -> Message:
     return Message.new(
         PAYMENT, USD_EUR, sample_payload(PAYMENT, payment_id=f"pay_{n}", amount="10.00")
     )
-
-
-@pytest.fixture
-async def client(nats_server: EmbeddedNatsServer) -> AsyncIterator[NatsClient]:
-    client = NatsClient(
-        NatsConfig(urls=[nats_server.url], reconnect_delay=0.05, reconnect_max_delay=0.2)
-    )
-    await client.connect()
-    await StreamManager(client).apply()
-    yield client
-    await client.close()
 
 
 def subscriber(client: NatsClient, **config: object) -> JetStreamSubscriber:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import pytest
 from nats.js.api import RawStreamMsg
@@ -45,17 +45,6 @@ def payment(n: int = 0, key: PartitionKey = USD_EUR) -> Message:
         key,
         sample_payload(MessageType.PAYMENT_INSTRUCTION, payment_id=f"pay_{n}", amount="10.00"),
     )
-
-
-@pytest.fixture
-async def client(nats_server: EmbeddedNatsServer) -> AsyncIterator[NatsClient]:
-    client = NatsClient(
-        NatsConfig(urls=[nats_server.url], reconnect_delay=0.05, reconnect_max_delay=0.2)
-    )
-    await client.connect()
-    await StreamManager(client).apply()
-    yield client
-    await client.close()
 
 
 @pytest.fixture

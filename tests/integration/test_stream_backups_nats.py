@@ -9,7 +9,6 @@ import json
 import os
 import re
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import nats.errors
@@ -47,17 +46,6 @@ HALF = 40
 def payment(n: int) -> Message:
     payload = sample_payload(PAYMENT, payment_id=f"pay_{n}", amount="10.00", corridor="USD-EUR")
     return Message.new(PAYMENT, PartitionKey.corridor("USD-EUR"), payload)
-
-
-@pytest.fixture
-async def client(nats_server: EmbeddedNatsServer) -> AsyncIterator[NatsClient]:
-    client = NatsClient(
-        NatsConfig(urls=[nats_server.url], reconnect_delay=0.05, reconnect_max_delay=0.2)
-    )
-    await client.connect()
-    await StreamManager(client).apply()
-    yield client
-    await client.close()
 
 
 async def consume(
