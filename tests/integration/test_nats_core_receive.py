@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -152,9 +153,12 @@ async def test_a_slow_core_consumer_drops_new_messages_past_its_limit_and_says_s
         await eventually(lambda: 100 in seen, "the message sent once there was room")
     *kept, last = seen
     assert last == 100
-    # five waiting, and one in its handler if the worker took it before the rest came
-    assert kept == list(range(len(kept)))
+    # Five wait. A sixth is kept when the worker takes one into its handler while the
+    # burst still arrives: the first one to come after that (any, on a loaded machine).
+    assert kept[:5] == [0, 1, 2, 3, 4], kept
     assert len(kept) in (5, 6), kept
-    assert f"{20 - len(kept)} messages dropped" in caplog.text
+    assert kept == sorted(set(kept)), kept
+    drops = re.findall(r"(\d+) messages dropped", caplog.text)
+    assert sum(map(int, drops)) == 20 - len(kept), caplog.text
     await subscription.stop()
     await subscriber.close()
